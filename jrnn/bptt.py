@@ -1,0 +1,187 @@
+"""Hand-written backpropagation through time for the Elman RNN: the float64 numpy oracle.
+
+This module imports numpy only and shares no code with the JAX path, so that
+`jax.grad(scan forward) == bptt.*` is a real check. It is written the way the seeds derive it,
+with column vectors and `W @ h` (the JAX path stores the transposes, `h @ W`):
+
+    z_t = W_xh x_t + W_hh h_{t-1} + b_h        h_t = act(z_t)
+    y_t = W_hy h_t + b_y                       p_t = softmax(y_t)
+    L   = sum_t -log p_t[target_t]
+
+    dy_t     = p_t - onehot(target_t)                 # softmax + cross-entropy
+    dh_t     = W_hy^T dy_t + dh_next                  # readout + the future
+    dz_t     = act'(h_t) * dh_t                       # e.g. (1 - h_t^2) for tanh
+    dW_xh   += dz_t x_t^T ;  dW_hh += dz_t h_{t-1}^T ;  db_h += dz_t
+    dh_next  = W_hh^T dz_t                            # into h_{t-1}; at t = 0 this is dL/dh0
+
+Bugs of the seeds that this reference fixes (and that tests would catch):
+
+* 000: the recurrent back-propagation `d_h = Whh @ temp` must be `Whh.T @ temp`.
+* 001: `np.zeros_like((hidden_size, 1))` makes a 2-vector, not a zero state; tanh' is applied to
+  the already-activated state (`tanh(h, derivative=True)` = 1 - tanh(h)^2, but it needs
+  1 - h^2); `dW` is overwritten at each step instead of accumulated; `dV` pairs dh_raw with
+  h[t] where it needs h[t-1]; `dhb` is a typo for `dbh`; the cross-entropy takes the mean of
+  log p over all classes (`+ epsilon * y`) instead of -log p[target]; and
+  `backward_propagation` is called with its arguments out of order.
+* 002: inside the truncated loop it applies tanh' at h[k] where dz_{k-1} needs h[k-1]
+  (its gradient misses finite differences by ~1e-2; `truncated` below matches them).
+
+All functions take Elman parameters as any object with attributes `w_xh [D, H]`,
+`w_hh [H, H]`, `b_h [H]`, `w_hy [H, V]`, `b_y [V]` (e.g. `jrnn.ElmanParams`), and return
+gradients as a dict with the same names and shapes, plus dL/dh0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _act(name):
+    """Activation and its derivative written in terms of the *output* h = act(z)."""
+    if name == "tanh":
+        return np.tanh, lambda h: 1.0 - h * h
+    if name == "sigmoid":
+        return (lambda z: 1.0 / (1.0 + np.exp(-z))), (lambda h: h * (1.0 - h))
+    if name == "relu":
+        return (lambda z: np.maximum(z, 0.0)), (lambda h: (h > 0).astype(h.dtype))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _columns(params):
+    """Seed-style float64 matrices: Wxh [H, D], Whh [H, H], bh [H], Why [V, H], by [V]."""
+    f = lambda a: np.asarray(a, dtype=np.float64)
+    return f(params.w_xh).T, f(params.w_hh).T, f(params.b_h), f(params.w_hy).T, f(params.b_y)
+
+
+def _one_hot_inputs(inputs, D):
+    x = np.asarray(inputs)
+    if np.issubdtype(x.dtype, np.integer):
+        return np.eye(D)[x]  # [T, D]
+    return x.astype(np.float64)
+
+
+def _softmax(y):
+    e = np.exp(y - y.max())  # shift for stability; softmax is shift-invariant
+    return e / e.sum()
+
+
+def _nll(y, target):
+    """-log softmax(y)[target] via log-sum-exp, finite even where p underflows to 0."""
+    m = y.max()
+    return m + np.log(np.sum(np.exp(y - m))) - y[target]
+
+
+def forward(params, inputs, h0=None, activation="tanh"):
+    """Forward pass. Returns (xs [T, D], hs [T+1, H] with hs[0] = h0, logits ys [T, V])."""
+    Wxh, Whh, bh, Why, by = _columns(params)
+    act, _ = _act(activation)
+    xs = _one_hot_inputs(inputs, Wxh.shape[1])
+    T, H = len(xs), Whh.shape[0]
+    hs = np.zeros((T + 1, H))
+    hs[0] = np.zeros(H) if h0 is None else np.asarray(h0, np.float64)
+    ys = np.zeros((T, Why.shape[0]))
+    for t in range(T):
+        hs[t + 1] = act(Wxh @ xs[t] + Whh @ hs[t] + bh)
+        ys[t] = Why @ hs[t + 1] + by
+    return xs, hs, ys
+
+
+def _grads_dict(dWxh, dWhh, dbh, dWhy, dby):
+    # back to the library's row-vector layout
+    return {"w_xh": dWxh.T, "w_hh": dWhh.T, "b_h": dbh, "w_hy": dWhy.T, "b_y": dby}
+
+
+def many_to_many(params, inputs, targets, h0=None, activation="tanh"):
+    """Full BPTT of L = sum_t CE(p_t, target_t).
+
+    Returns (loss, grads dict, dL/dh0 [H]).
+    """
+    Wxh, Whh, bh, Why, by = _columns(params)
+    _, dact = _act(activation)
+    xs, hs, ys = forward(params, inputs, h0, activation)
+    T = len(xs)
+    loss = sum(_nll(ys[t], targets[t]) for t in range(T))
+    ps = [_softmax(y) for y in ys]
+    dWxh, dWhh, dbh = np.zeros_like(Wxh), np.zeros_like(Whh), np.zeros_like(bh)
+    dWhy, dby = np.zeros_like(Why), np.zeros_like(by)
+    dh_next = np.zeros_like(bh)
+    for t in reversed(range(T)):
+        h, h_prev = hs[t + 1], hs[t]
+        dy = ps[t].copy()
+        dy[targets[t]] -= 1                     # backprop into y: p - onehot
+        dWhy += np.outer(dy, h)
+        dby += dy
+        dh = Why.T @ dy + dh_next               # backprop into h: readout + the future
+        dz = dact(h) * dh                       # backprop through the nonlinearity at h_t
+        dbh += dz
+        dWxh += np.outer(dz, xs[t])
+        dWhh += np.outer(dz, h_prev)            # pairs dz_t with h_{t-1} (seed 001 used h_t)
+        dh_next = Whh.T @ dz                    # Whh transposed (seed 000 forgot the .T)
+    return loss, _grads_dict(dWxh, dWhh, dbh, dWhy, dby), dh_next
+
+
+def many_to_one(params, inputs, target, h0=None, activation="tanh"):
+    """BPTT of L = CE(softmax(W_hy h_T + b_y), target), the last state only (seed 000).
+
+    Returns (loss, grads dict, dL/dh0 [H]).
+    """
+    Wxh, Whh, bh, Why, by = _columns(params)
+    _, dact = _act(activation)
+    xs, hs, _ = forward(params, inputs, h0, activation)
+    T = len(xs)
+    y = Why @ hs[T] + by
+    loss, p = _nll(y, target), _softmax(y)
+    dy = p.copy()
+    dy[target] -= 1
+    dWhy, dby = np.outer(dy, hs[T]), dy
+    dWxh, dWhh, dbh = np.zeros_like(Wxh), np.zeros_like(Whh), np.zeros_like(bh)
+    dh = Why.T @ dy                              # only the last state sees the loss
+    for t in reversed(range(T)):
+        dz = dact(hs[t + 1]) * dh
+        dbh += dz
+        dWxh += np.outer(dz, xs[t])
+        dWhh += np.outer(dz, hs[t])
+        dh = Whh.T @ dz
+    return loss, _grads_dict(dWxh, dWhh, dbh, dWhy, dby), dh
+
+
+def truncated(params, inputs, targets, h0=None, *, k1, k2, activation="tanh"):
+    """Williams & Peng TBPTT(k1, k2) gradient of L = sum_t CE(p_t, target_t) over one chunk.
+
+    The chunk is cut into blocks of k1 steps. The losses of a block ending at step e are
+    back-propagated through the k2 hidden states h_e, ..., h_{e-k2+1} and no further (into h0
+    only if that window reaches step 0). Gradients of all blocks are summed (one update per
+    chunk). Seed 002 is k1 = 1, k2 = k + 1: the loss at t reaches at most k + 1 states.
+    min-char-rnn is k1 = k2 = T, i.e. `many_to_many`.
+
+    Returns (loss, grads dict, dL/dh0 [H]).
+    """
+    if not (1 <= k1 <= k2):
+        raise ValueError(f"TBPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")
+    Wxh, Whh, bh, Why, by = _columns(params)
+    _, dact = _act(activation)
+    xs, hs, ys = forward(params, inputs, h0, activation)
+    T = len(xs)
+    loss = sum(_nll(ys[t], targets[t]) for t in range(T))
+    ps = [_softmax(y) for y in ys]
+    dWxh, dWhh, dbh = np.zeros_like(Wxh), np.zeros_like(Whh), np.zeros_like(bh)
+    dWhy, dby = np.zeros_like(Why), np.zeros_like(by)
+    dh0 = np.zeros_like(bh)
+    for t in reversed(range(T)):
+        end = min((t // k1 + 1) * k1, T) - 1     # last step of t's block
+        first = max(end - k2 + 1, 0)             # oldest state the block may reach
+        dy = ps[t].copy()
+        dy[targets[t]] -= 1
+        dWhy += np.outer(dy, hs[t + 1])
+        dby += dy
+        dz = dact(hs[t + 1]) * (Why.T @ dy)
+        for k in reversed(range(first, t + 1)):  # hs[k + 1] is h_k, hs[k] is h_{k-1}
+            dbh += dz
+            dWxh += np.outer(dz, xs[k])
+            dWhh += np.outer(dz, hs[k])
+            dh = Whh.T @ dz
+            if k > first:
+                dz = dact(hs[k]) * dh            # tanh' at h_{k-1} (seed 002 used h_k)
+            elif k == 0:
+                dh0 += dh                        # the window reached the initial state
+    return loss, _grads_dict(dWxh, dWhh, dbh, dWhy, dby), dh0

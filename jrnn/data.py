@@ -1,0 +1,168 @@
+"""Corpora, sorted vocabularies and language-model batching.
+
+A corpus is found, in order: an explicit path; `$JRNN_DATA_DIR/<name>.txt`; the user cache
+(`$XDG_CACHE_HOME/jrnn` or `~/.cache/jrnn`), where it is downloaded once from its public source
+and checked against its sha256.
+
+Text rules (decided here, enforced before anything is compiled):
+  * must be UTF-8: invalid bytes raise ValueError;
+  * a UTF-8 byte-order mark at the start is dropped (it is an encoding artefact, not text);
+  * NUL bytes raise ValueError (a binary file, not text);
+  * CRLF line ends are kept as they are: '\r' is then one more symbol of the vocabulary;
+  * empty or one-character corpora raise ValueError (a language model needs >= 2 chars).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+ENV_VAR = "JRNN_DATA_DIR"
+
+CORPORA = {
+    "tinyshakespeare": (
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    ),
+    "kafka": (
+        "https://raw.githubusercontent.com/llSourcell/recurrent_neural_network/master/kafka.txt",
+        "836497d1e5a47b1744e68da78822e8af19ddadc565e3a09fde348f300e14ec78",
+    ),
+}
+
+
+class CorpusNotFoundError(FileNotFoundError):
+    """The corpus is neither at the given path, nor in $JRNN_DATA_DIR, nor downloadable."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jrnn"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _download(name: str, dest: Path) -> None:
+    url, sha = CORPORA[name]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            payload = r.read()
+    except OSError as e:
+        raise CorpusNotFoundError(
+            f"corpus {name!r} not found: set {ENV_VAR} to a folder holding {name}.txt, pass a path, "
+            f"or go online to download it from {url} ({e.__class__.__name__}: {e})") from None
+    got = hashlib.sha256(payload).hexdigest()
+    if got != sha:
+        raise ValueError(f"download of {name!r} from {url} has sha256 {got}, expected {sha}; not saved")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".download")
+    with os.fdopen(fd, "wb") as f:  # atomic: a killed download never leaves a half file
+        f.write(payload)
+    os.replace(tmp, dest)
+
+
+def corpus_path(name: str, path: str | os.PathLike | None = None) -> Path:
+    """Locate corpus `name` ("tinyshakespeare", "kafka"): explicit path, $JRNN_DATA_DIR, cache."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise CorpusNotFoundError(f"no corpus file at {p}")
+        return p
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; known: {sorted(CORPORA)} (or pass a path)")
+    env = os.environ.get(ENV_VAR)
+    if env:
+        p = Path(env) / f"{name}.txt"
+        if p.is_file():
+            return p
+    p = cache_dir() / f"{name}.txt"
+    if p.is_file() and _sha256(p) == CORPORA[name][1]:
+        return p
+    _download(name, p)
+    return p
+
+
+def decode_text(raw: bytes, source: str = "corpus") -> str:
+    """Apply the text rules of this module to raw bytes."""
+    if b"\x00" in raw:
+        raise ValueError(f"{source} contains NUL bytes: not a text file")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{source} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if len(text) < 2:
+        raise ValueError(f"{source} has {len(text)} characters; a language model needs at least 2")
+    return text
+
+
+def load_text(name: str, path: str | os.PathLike | None = None) -> str:
+    """Read and validate a corpus (see the module's text rules)."""
+    p = corpus_path(name, path)
+    return decode_text(p.read_bytes(), source=str(p))
+
+
+class Vocab(NamedTuple):
+    """A sorted character vocabulary: id i is `chars[i]`."""
+    chars: tuple
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Text -> int32 ids `[len(text)]`; ValueError on characters outside the vocabulary."""
+        index = {c: i for i, c in enumerate(self.chars)}
+        unknown = sorted(set(text) - index.keys())
+        if unknown:
+            raise ValueError(f"characters not in the vocabulary: {unknown[:10]!r}")
+        return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
+
+
+def build_vocab(text: str) -> Vocab:
+    """Sorted, so ids never depend on hash order (never `list(set(text))`)."""
+    return Vocab(tuple(sorted(set(text))))
+
+
+def chunks(ids: np.ndarray, seq_len: int):
+    """Consecutive non-overlapping (input, target) chunks, as seed 002 and min-char-rnn read text.
+
+    Returns (inputs `[N, T]`, targets `[N, T]`) with targets = inputs shifted by one.
+    """
+    ids = np.asarray(ids)
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    n = (len(ids) - 1) // seq_len
+    if n < 1:
+        raise ValueError(f"text of {len(ids)} tokens is shorter than seq_len + 1 = {seq_len + 1}")
+    x = ids[: n * seq_len].reshape(n, seq_len)
+    y = ids[1: n * seq_len + 1].reshape(n, seq_len)
+    return x, y
+
+
+def streams(ids: np.ndarray, batch_size: int, seq_len: int):
+    """Cut text into B parallel streams read T tokens at a time (hidden state carried per stream).
+
+    Returns (inputs `[N, T, B]`, targets `[N, T, B]`), time-major inside each chunk.
+    """
+    ids = np.asarray(ids)
+    per = (len(ids) - 1) // batch_size
+    n = per // seq_len
+    if n < 1:
+        raise ValueError(f"{len(ids)} tokens cannot fill {batch_size} streams of {seq_len + 1}")
+    x = ids[: batch_size * per].reshape(batch_size, per)[:, : n * seq_len]
+    y = ids[1: batch_size * per + 1].reshape(batch_size, per)[:, : n * seq_len]
+    shape = lambda a: a.reshape(batch_size, n, seq_len).transpose(1, 2, 0)
+    return shape(x), shape(y)

@@ -1,0 +1,204 @@
+"""Elman RNN: h_t = act(x_t W_xh + h_{t-1} W_hh + b_h),  y_t = h_t W_hy + b_y.
+
+Row-vector convention (`x @ W`), so a batch `[B, D] @ [D, H]` needs no transposes. Token-id
+inputs replace the seeds' one-hot matmul `W_xh @ onehot(x)` by a row gather `W_xh[x]`.
+
+The input projection of all T steps is one gather/matmul before the scan; only the
+recurrence `h_{t-1} W_hh` runs inside it. The readout is applied to all T states at once after.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn import initializers, rnn
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
+
+
+class ElmanParams(NamedTuple):
+    """Weights of an Elman RNN with a linear readout."""
+    w_xh: jax.Array  # [D, H] input -> hidden (row x_t of a token id is gathered)
+    w_hh: jax.Array  # [H, H] hidden -> hidden
+    b_h: jax.Array   # [H]
+    w_hy: jax.Array  # [H, V] hidden -> output
+    b_y: jax.Array   # [V]
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def init(key, *, hidden_size: int, input_size: int | None = None, output_size: int | None = None,
+         vocab_size: int | None = None, scheme: str = "default", scale: float = 0.01,
+         dtype=jnp.float32) -> ElmanParams:
+    """Initialise Elman parameters from a `jax.random` key (deterministic per key).
+
+    Args:
+      key: PRNG key.
+      hidden_size: H.
+      input_size: D (defaults to `vocab_size`).
+      output_size: V (defaults to `vocab_size`).
+      vocab_size: shorthand for a language model, D = V = vocab_size.
+      scheme: "default" (Glorot input/output, orthogonal recurrent), "normal" (randn * scale:
+        min-char-rnn 0.01, seed 000 1e-3), "uniform_fan_in" (U(+-1/sqrt(fan_in)), seed 002),
+        "uniform01" (U(0, 1), seed 004).
+      scale: standard deviation for scheme "normal".
+      dtype: parameter dtype.
+
+    Returns:
+      ElmanParams with shapes w_xh [D, H], w_hh [H, H], b_h [H], w_hy [H, V], b_y [V].
+
+    Example:
+      >>> params = jrnn.elman.init(jax.random.key(0), vocab_size=65, hidden_size=128)
+    """
+    input_size = vocab_size if input_size is None else input_size
+    output_size = vocab_size if output_size is None else output_size
+    if input_size is None or output_size is None:
+        raise ValueError("give vocab_size, or both input_size and output_size")
+    D = _positive_int("input_size", input_size)
+    H = _positive_int("hidden_size", hidden_size)
+    V = _positive_int("output_size", output_size)
+    if scheme not in initializers.SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {initializers.SCHEMES}")
+    k_xh, k_hh, k_hy, k_bh, k_by = jax.random.split(key, 5)
+    w = lambda k, shape, fan_in, recurrent=False: initializers.weight(
+        scheme, k, shape, fan_in=fan_in, recurrent=recurrent, scale=scale, dtype=dtype)
+    return ElmanParams(
+        w_xh=w(k_xh, (D, H), D),
+        w_hh=w(k_hh, (H, H), H, recurrent=True),
+        b_h=initializers.bias(scheme, k_bh, (H,), dtype=dtype),
+        w_hy=w(k_hy, (H, V), H),
+        b_y=initializers.bias(scheme, k_by, (V,), dtype=dtype),
+    )
+
+
+def activation_fn(activation: str):
+    try:
+        return ACTIVATIONS[activation]
+    except KeyError:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_inputs(params: ElmanParams, inputs) -> None:
+    """Raise ValueError/TypeError for inputs the model cannot take (before anything is jitted).
+
+    Token ids must lie in [0, D): JAX would silently clamp an out-of-range gather. Values are
+    only checked when concrete; under `jit` only shapes and dtypes can be checked.
+    """
+    D = params.w_xh.shape[0]
+    x = inputs
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"empty sequence: inputs have shape {x.shape}; need at least one time step")
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        if _is_concrete(x) and x.size:
+            lo, hi = int(np.min(np.asarray(x))), int(np.max(np.asarray(x)))
+            if lo < 0 or hi >= D:
+                raise ValueError(f"token ids must lie in [0, {D}), got min {lo}, max {hi}")
+    elif jnp.issubdtype(x.dtype, jnp.floating):
+        if x.shape[-1] != D:
+            raise ValueError(f"dense inputs need last dim {D} (input_size), got shape {x.shape}")
+    else:
+        raise TypeError(f"inputs must be integer token ids or float features, got {x.dtype}")
+
+
+def _add_bias(x, b):
+    """x [..., N] + b [N], broadcast explicitly (works under jax_numpy_rank_promotion="raise")."""
+    return x + b.reshape((1,) * (x.ndim - 1) + b.shape)
+
+
+def project(params: ElmanParams, inputs) -> jax.Array:
+    """Input projection for all steps at once: `[T, ...]` ids or `[T, ..., D]` -> `[T, ..., H]`."""
+    check_inputs(params, inputs)
+    inputs = jnp.asarray(inputs)
+    if jnp.issubdtype(inputs.dtype, jnp.integer):
+        u = jnp.take(params.w_xh, inputs, axis=0)  # row gather == W_xh^T onehot(x)
+    else:
+        u = inputs @ params.w_xh
+    return _add_bias(u, params.b_h)
+
+
+def step(params: ElmanParams, h, u, *, activation: str = "tanh"):
+    """One recurrence step, scan-shaped: `(params, h [..., H], u [..., H]) -> (h, h)`.
+
+    `u` is the already-projected input `x_t W_xh + b_h` (see `project`).
+    """
+    h = activation_fn(activation)(u + h @ params.w_hh)
+    return h, h
+
+
+def zeros_carry(params: ElmanParams, batch_shape=()) -> jax.Array:
+    """h0 = 0 of shape `[*batch_shape, H]`."""
+    return jnp.zeros((*batch_shape, params.w_hh.shape[0]), params.w_hh.dtype)
+
+
+def _h0(params, inputs, h0):
+    inputs = jnp.asarray(inputs)
+    batch_shape = inputs.shape[1:] if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[1:-1]
+    if h0 is None:
+        return zeros_carry(params, batch_shape)
+    H = params.w_hh.shape[0]
+    if tuple(h0.shape) != (*batch_shape, H):
+        raise ValueError(f"h0 must have shape {(*batch_shape, H)} for these inputs, got {tuple(h0.shape)}")
+    return h0
+
+
+def hidden(params: ElmanParams, inputs, h0=None, *, activation: str = "tanh",
+           reverse: bool = False, unroll: int = 1, remat: bool = False):
+    """All hidden states.
+
+    Args:
+      params: ElmanParams.
+      inputs: token ids `[T, ...]` (int) or features `[T, ..., D]` (float), time-major.
+      h0: initial state `[..., H]`; zeros if None.
+
+    Returns:
+      (hs `[T, ..., H]`, h_T `[..., H]`): h_T is the state after the last processed step
+      (after t = 0 when `reverse`).
+    """
+    activation_fn(activation)
+    h0 = _h0(params, inputs, h0)
+    us = project(params, inputs)  # [T, ..., H], hoisted out of the scan
+    cell = lambda p, h, u: step(p, h, u, activation=activation)
+    h_T, hs = rnn.scan(cell, params, h0, us, reverse=reverse, unroll=unroll, remat=remat)
+    return hs, h_T
+
+
+def readout(params: ElmanParams, h) -> jax.Array:
+    """Logits `[..., V]` from states `[..., H]`."""
+    return _add_bias(h @ params.w_hy, params.b_y)
+
+
+def apply(params: ElmanParams, inputs, h0=None, **kw):
+    """Many-to-many forward: (logits `[T, ..., V]`, h_T `[..., H]`). Keywords as `hidden`."""
+    hs, h_T = hidden(params, inputs, h0, **kw)
+    return readout(params, hs), h_T
+
+
+def apply_last(params: ElmanParams, inputs, h0=None, **kw):
+    """Many-to-one forward: (logits `[..., V]` of the last state, h_T `[..., H]`)."""
+    _, h_T = hidden(params, inputs, h0, **kw)
+    return readout(params, h_T), h_T
+
+
+def apply_batch(params: ElmanParams, inputs, h0=None, **kw):
+    """Batch-major many-to-many: inputs `[B, T]` or `[B, T, D]` -> (logits `[B, T, V]`, h_T `[B, H]`)."""
+    inputs = jnp.asarray(inputs)
+    if inputs.ndim < 2:
+        raise ValueError(f"apply_batch needs [B, T] or [B, T, D] inputs, got shape {inputs.shape}")
+    logits, h_T = apply(params, jnp.swapaxes(inputs, 0, 1), h0, **kw)
+    return jnp.swapaxes(logits, 0, 1), h_T

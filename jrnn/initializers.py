@@ -1,0 +1,54 @@
+"""Named weight-initialisation schemes for the seeds and a sensible default.
+
+Each scheme maps (key, shape, fan_in, dtype) -> array. Biases follow the scheme too: zero for
+every scheme except "uniform01", which seed 004 applies to biases as well.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+SCHEMES = ("default", "normal", "uniform_fan_in", "uniform01")
+
+
+def normal(key, shape, *, scale: float, dtype=jnp.float32) -> jax.Array:
+    """randn * scale: min-char-rnn (seed 003) uses 0.01, seed 000 uses 1/1000."""
+    return scale * jax.random.normal(key, shape, dtype)
+
+
+def uniform_fan_in(key, shape, *, fan_in: int, dtype=jnp.float32) -> jax.Array:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as seed 002 (and PyTorch's nn.RNN)."""
+    bound = 1.0 / jnp.sqrt(jnp.asarray(fan_in, dtype))
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def uniform01(key, shape, *, dtype=jnp.float32) -> jax.Array:
+    """U(0, 1) for every weight and bias, as seed 004. All-positive: see experiments.sequences."""
+    return jax.random.uniform(key, shape, dtype, 0.0, 1.0)
+
+
+def weight(scheme: str, key, shape, *, fan_in: int, recurrent: bool, scale: float, dtype):
+    """One weight matrix under `scheme`; the default is Glorot inputs, orthogonal recurrence."""
+    if scheme == "normal":
+        return normal(key, shape, scale=scale, dtype=dtype)
+    if scheme == "uniform_fan_in":
+        return uniform_fan_in(key, shape, fan_in=fan_in, dtype=dtype)
+    if scheme == "uniform01":
+        return uniform01(key, shape, dtype=dtype)
+    if scheme == "default":
+        # Orthogonal W_hh keeps the recurrence's singular values at 1 (Saxe et al., 2014).
+        init = jax.nn.initializers.orthogonal() if recurrent else jax.nn.initializers.glorot_uniform()
+        return init(key, shape, dtype)
+    raise ValueError(f"unknown init scheme {scheme!r}; choose one of {SCHEMES}")
+
+
+def bias(scheme: str, key, shape, *, dtype) -> jax.Array:
+    """Zero biases, except uniform01 (seed 004 draws its biases from U(0, 1) too)."""
+    if scheme == "uniform01":
+        return uniform01(key, shape, dtype=dtype)
+    return jnp.zeros(shape, dtype)

@@ -1,0 +1,69 @@
+"""Losses over per-step logits, computed stably (log-softmax via optax), with masks and reductions.
+
+Reductions: "sum" (min-char-rnn reports the sum over its 25 steps), "mean" (seed 002 reports the
+mean per char; with a mask, the mean over unmasked steps) and "none" (per-element).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduce(values, mask=None, reduction: str = "mean"):
+    """Reduce per-element losses `[...]` under an optional 0/1 mask of the same shape."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    if mask is not None:
+        mask = jnp.asarray(mask, values.dtype)
+        if mask.shape != values.shape:
+            raise ValueError(f"mask shape {mask.shape} != loss shape {values.shape}")
+        # where, not multiply: a NaN in a padded position must not leak into the sum
+        values = jnp.where(mask > 0, values, 0.0)
+    if reduction == "none":
+        return values
+    total = jnp.sum(values)
+    if reduction == "sum":
+        return total
+    count = values.size if mask is None else jnp.maximum(jnp.sum(mask), 1.0)
+    return total / count
+
+
+def _check_labels(labels, num_classes: int):
+    if isinstance(labels, jax.core.Tracer):
+        return
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be integer class ids, got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got min {labels.min()}, max {labels.max()}")
+
+
+def softmax_cross_entropy(logits, labels, *, mask=None, reduction: str = "mean"):
+    """-log softmax(logits)[label] per element, reduced.
+
+    Args:
+      logits: `[..., V]`.
+      labels: integer ids `[...]` in [0, V).
+      mask: optional `[...]` 0/1 weights (padding = 0).
+      reduction: "mean", "sum" or "none".
+    """
+    logits = jnp.asarray(logits)
+    _check_labels(labels, logits.shape[-1])
+    if jnp.shape(labels) != logits.shape[:-1]:
+        raise ValueError(f"labels shape {jnp.shape(labels)} does not match logits {logits.shape[:-1]}")
+    per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return reduce(per_step, mask, reduction)
+
+
+def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, reduction: str = "mean"):
+    """Binary cross-entropy of sigmoid(logits) against 0/1 targets of the same shape."""
+    logits = jnp.asarray(logits)
+    targets = jnp.asarray(targets, logits.dtype)
+    if targets.shape != logits.shape:
+        raise ValueError(f"targets shape {targets.shape} != logits shape {logits.shape}")
+    return reduce(optax.sigmoid_binary_cross_entropy(logits, targets), mask, reduction)

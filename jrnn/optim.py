@@ -1,0 +1,96 @@
+"""Optimizer chains of the seeds, built from optax pieces, and the seed-004 "Rprop" rule.
+
+    seed 000  sentiment     sgd(2e-2, clip_value=1.0)
+    seed 002  char LM       sgd(1e-3)
+    seed 003a binary add    sgd(0.1)       (the seed ascends on y - p; same thing)
+    seed 003b min-char-rnn  karpathy_adagrad(0.1)  = clip +-5, then Adagrad from a zero accumulator
+    seed 004  toy sequences seed_rprop(lr)  (a per-weight gradient multiplier) or optax.rprop
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def check_learning_rate(lr) -> float:
+    """A learning rate must be a finite positive number (checked before anything is traced)."""
+    if callable(lr):  # an optax schedule
+        return lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) and not hasattr(lr, "__float__"):
+        raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
+    if not math.isfinite(float(lr)) or float(lr) <= 0:
+        raise ValueError(f"learning rate must be finite and > 0, got {lr}")
+    return float(lr)
+
+
+def with_clipping(optimizer: optax.GradientTransformation, *, clip_value: float | None = None,
+                  clip_norm: float | None = None) -> optax.GradientTransformation:
+    """Clip gradients elementwise to +-clip_value and/or to global norm clip_norm, then optimize."""
+    parts = []
+    if clip_value is not None:
+        parts.append(optax.clip(clip_value))
+    if clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    return optax.chain(*parts, optimizer) if parts else optimizer
+
+
+def sgd(learning_rate, *, clip_value=None, clip_norm=None) -> optax.GradientTransformation:
+    """Plain SGD, p -= lr * g, optionally after clipping (seeds 000, 002, 003a)."""
+    lr = check_learning_rate(learning_rate)
+    return with_clipping(optax.sgd(lr), clip_value=clip_value, clip_norm=clip_norm)
+
+
+def karpathy_adagrad(learning_rate=0.1, *, clip_value=5.0, eps=1e-8) -> optax.GradientTransformation:
+    """min-char-rnn's update: clip to +-5, mem += g^2, p -= lr * g / sqrt(mem + eps).
+
+    optax's defaults differ (accumulator starts at 0.1, eps 1e-7); min-char-rnn starts at 0.
+    """
+    lr = check_learning_rate(learning_rate)
+    return with_clipping(optax.adagrad(lr, initial_accumulator_value=0.0, eps=eps), clip_value=clip_value)
+
+
+def adam(learning_rate=1e-3, *, clip_value=None, clip_norm=None, **kw) -> optax.GradientTransformation:
+    """optax.adam with optional clipping."""
+    return with_clipping(optax.adam(check_learning_rate(learning_rate), **kw),
+                         clip_value=clip_value, clip_norm=clip_norm)
+
+
+def rprop(learning_rate=1e-3, **kw) -> optax.GradientTransformation:
+    """Riedmiller & Braun's sign-based Rprop (optax.rprop); `learning_rate` is the initial step."""
+    return optax.rprop(check_learning_rate(learning_rate), **kw)
+
+
+class SeedRpropState(NamedTuple):
+    """State of the seed-004 multiplier rule."""
+    prev_grad: optax.Updates   # same tree as params; starts at ones, as the seed
+    multiplier: optax.Updates  # per-weight factor in [lo, hi]; starts at ones
+
+
+def scale_by_seed_rprop(eta_plus=1.2, eta_minus=0.5, lo=0.01, hi=100.0) -> optax.GradientTransformation:
+    """Seed 004's rule: multiplier *= 1.2 where sign(g) == sign(g_prev), else *= 0.5, clipped to
+    [0.01, 100]; the update is g * multiplier. Unlike Rprop it keeps the gradient's magnitude."""
+
+    def init(params):
+        ones = jax.tree.map(jnp.ones_like, params)
+        return SeedRpropState(prev_grad=ones, multiplier=ones)
+
+    def update(grads, state, params=None):
+        del params
+        same = jax.tree.map(lambda g, p: jnp.sign(g) == jnp.sign(p), grads, state.prev_grad)
+        mult = jax.tree.map(lambda m, s: jnp.clip(jnp.where(s, m * eta_plus, m * eta_minus), lo, hi),
+                            state.multiplier, same)
+        updates = jax.tree.map(lambda g, m: g * m, grads, mult)
+        return updates, SeedRpropState(prev_grad=grads, multiplier=mult)
+
+    return optax.GradientTransformation(init, update)
+
+
+def seed_rprop(learning_rate, **kw) -> optax.GradientTransformation:
+    """Seed 004's "Rprop": p -= lr * g * multiplier (see `scale_by_seed_rprop`)."""
+    lr = check_learning_rate(learning_rate)
+    return optax.chain(scale_by_seed_rprop(**kw), optax.scale(-lr))

@@ -1,0 +1,91 @@
+"""Jitted training steps: loss, grad, non-finite guard and optax update in one compiled region.
+
+A loss function has the uniform signature
+
+    loss_fn(params, batch, carry) -> (loss, new_carry)
+
+where `carry` is e.g. the hidden state carried across chunks of a long text (min-char-rnn) or
+None for stateless losses. The carry never carries gradient between steps: it enters each
+step as a plain input and leaves it through `stop_gradient`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LossFn = Callable[..., tuple]
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _select(ok, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry):
+    """The body shared by `make_step` and `make_multi_step` (not jitted on its own)."""
+    (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, carry)
+    new_carry = jax.lax.stop_gradient(new_carry)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    if guard_nonfinite:
+        # A NaN/inf loss or gradient must never reach the parameters: keep the old params,
+        # optimizer state and carry, and report the skip.
+        ok = jnp.isfinite(loss) & _all_finite(grads)
+        new_params = _select(ok, new_params, params)
+        new_opt_state = _select(ok, new_opt_state, opt_state)
+        new_carry = _select(ok, new_carry, carry)
+        metrics["skipped"] = (~ok).astype(jnp.int32)
+    return new_params, new_opt_state, metrics, new_carry
+
+
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+              guard_nonfinite: bool = True, donate: bool = False):
+    """Build `step(params, opt_state, batch, carry=None) -> (params, opt_state, metrics, carry)`.
+
+    Args:
+      loss_fn: `(params, batch, carry) -> (scalar loss, new carry)`.
+      optimizer: any optax GradientTransformation (`opt_state = optimizer.init(params)`).
+      guard_nonfinite: skip (and count in `metrics["skipped"]`) steps with NaN/inf loss or grads.
+      donate: donate params/opt_state buffers to the update (saves memory on accelerators).
+
+    Returns:
+      A jitted function; it compiles once per batch shape/dtype. metrics has "loss",
+      "grad_norm" (before clipping) and, when guarded, "skipped" (0 or 1).
+
+    Example:
+      >>> step = jrnn.make_step(loss_fn, jrnn.optim.karpathy_adagrad(0.1))
+      >>> params, opt_state, metrics, h = step(params, opt_state, (x, y), h)
+    """
+    def step(params, opt_state, batch, carry=None):
+        return _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry)
+
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+
+
+def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+                    guard_nonfinite: bool = True, donate: bool = False):
+    """Like `make_step`, but one call runs K optimizer steps over a stack of batches.
+
+    `multi_step(params, opt_state, batches, carry=None)` scans over the leading axis K of
+    every leaf of `batches` (`[K, ...]`), threading params, optimizer state and carry, and
+    returns metrics stacked as `[K]`. For small models this removes K-1 Python dispatches.
+    """
+    def multi_step(params, opt_state, batches, carry=None):
+        def body(state, batch):
+            p, s, c = state
+            p, s, m, c = _update(loss_fn, optimizer, guard_nonfinite, p, s, batch, c)
+            return (p, s, c), m
+
+        (params, opt_state, carry), metrics = jax.lax.scan(body, (params, opt_state, carry), batches)
+        return params, opt_state, metrics, carry
+
+    return jax.jit(multi_step, donate_argnums=(0, 1) if donate else ())

@@ -1,0 +1,28 @@
+"""Strict test environment: float64 for the gradient proofs, rank promotion raises, warnings
+are errors (pyproject), as Equinox's conftest does."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture
+def rng():
+    return np.random.RandomState(0)
+
+
+@pytest.fixture
+def data_dir(monkeypatch):
+    """$JRNN_DATA_DIR for tests that need a real corpus (CI sets it to ../shared/data)."""
+    d = os.environ.get("JRNN_DATA_DIR") or SHARED_DATA
+    if not os.path.isfile(os.path.join(d, "tinyshakespeare.txt")):
+        pytest.skip("no corpus: set JRNN_DATA_DIR to a folder with tinyshakespeare.txt and kafka.txt")
+    monkeypatch.setenv("JRNN_DATA_DIR", os.path.abspath(d))
+    return os.path.abspath(d)

@@ -1,0 +1,109 @@
+"""Corpus lookup, text rules, sorted vocabularies and batching."""
+
+import os
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from jrnn import data
+
+
+def test_vocab_is_sorted_and_round_trips():
+    v = data.build_vocab("hello world")
+    assert v.chars == tuple(sorted(set("hello world")))
+    ids = v.encode("world hello")
+    assert ids.dtype == np.int32 and v.decode(ids) == "world hello"
+
+
+def test_unknown_characters_raise():
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        data.build_vocab("abc").encode("abd")
+
+
+def test_vocab_does_not_depend_on_hash_seed():
+    code = "from jrnn import data; print(data.build_vocab('the quick brown fox jumps').chars)"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": s}).stdout for s in ("0", "1", "12345")}
+    assert len(outs) == 1
+
+
+@pytest.mark.parametrize("raw,match", [(b"", "0 characters"), (b"a", "1 characters"),
+                                       (b"ab\xff\xfe", "not valid UTF-8"), (b"ab\x00c", "NUL")])
+def test_bad_corpora_raise(raw, match):
+    with pytest.raises(ValueError, match=match):
+        data.decode_text(raw)
+
+
+def test_bom_is_dropped_and_crlf_kept():
+    assert data.decode_text(b"\xef\xbb\xbfab\r\ncd") == "ab\r\ncd"
+
+
+def test_corpus_found_via_env_var(data_dir):
+    p = data.corpus_path("kafka")
+    assert p == data.corpus_path("kafka", os.path.join(data_dir, "kafka.txt"))
+    text = data.load_text("kafka")
+    assert len(text) == 137628 and data.build_vocab(text).size == 80
+
+
+def test_offline_missing_corpus_names_env_var_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv("JRNN_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(data.CorpusNotFoundError) as e:
+        data.corpus_path("tinyshakespeare")
+    assert "JRNN_DATA_DIR" in str(e.value) and data.CORPORA["tinyshakespeare"][0] in str(e.value)
+    assert not (tmp_path / "cache" / "jrnn" / "tinyshakespeare.txt").exists()
+
+
+def test_download_is_checked_against_sha256(tmp_path, monkeypatch):
+    monkeypatch.delenv("JRNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    class Fake:
+        def __init__(self, payload):
+            self.payload = payload
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self):
+            return self.payload
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Fake(b"tampered"))
+    with pytest.raises(ValueError, match="sha256"):
+        data.corpus_path("kafka")
+    assert not (tmp_path / "jrnn" / "kafka.txt").exists()
+
+
+def test_unknown_corpus_and_missing_path_raise(tmp_path):
+    with pytest.raises(ValueError, match="unknown corpus"):
+        data.corpus_path("wikipedia")
+    with pytest.raises(data.CorpusNotFoundError):
+        data.corpus_path("kafka", tmp_path / "nope.txt")
+
+
+def test_chunks_are_shifted_by_one():
+    ids = np.arange(53)
+    x, y = data.chunks(ids, 25)
+    assert x.shape == (2, 25) and np.array_equal(y, x + 1)
+    with pytest.raises(ValueError, match="shorter than seq_len"):
+        data.chunks(np.arange(25), 25)
+
+
+def test_streams_keep_each_stream_contiguous():
+    ids = np.arange(1001)
+    x, y = data.streams(ids, 4, 10)
+    assert x.shape == (25, 10, 4)
+    np.testing.assert_array_equal(y, x + 1)
+    stream0 = x[:, :, 0].reshape(-1)
+    np.testing.assert_array_equal(np.diff(stream0), 1)  # chunks follow each other in stream 0

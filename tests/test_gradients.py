@@ -1,0 +1,166 @@
+"""jax.grad of the scan forward equals the hand-written float64 BPTT reference (jrnn.bptt)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jrnn
+from jrnn import bptt, elman, losses, tbptt
+from jrnn.testing import assert_trees_close, check_gradients, relative_error
+
+RTOL = 1e-10
+
+
+def make_problem(seed, T, D, H, V, dense=False, activation="tanh"):
+    rng = np.random.RandomState(seed)
+    params = elman.init(jax.random.key(seed), input_size=D, hidden_size=H, output_size=V,
+                        scheme="normal", scale=1.5 / np.sqrt(H), dtype=jnp.float64)
+    if activation == "relu":  # keep relu units away from the kink so both sides agree
+        params = params._replace(b_h=params.b_h + 0.1)
+    inputs = rng.randn(T, D) if dense else rng.randint(0, D, size=T)
+    targets = rng.randint(0, V, size=T)
+    h0 = 0.5 * rng.randn(H)
+    return params, inputs, targets, jnp.asarray(h0)
+
+
+SIZES = [(3, 4, 5), (11, 16, 7), (65, 32, 65)]
+
+
+@pytest.mark.parametrize("T", [1, 2, 13])
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_grad_matches_bptt_reference_many_to_many(T, sizes, activation, dense):
+    params, x, y, h0 = make_problem(T * 7 + sizes[1], T, *sizes, dense=dense, activation=activation)
+
+    def loss(p, h0):
+        logits, _ = elman.apply(p, x, h0, activation=activation)
+        return losses.softmax_cross_entropy(logits, y, reduction="sum")
+
+    value, (g, gh0) = jax.value_and_grad(loss, argnums=(0, 1))(params, h0)
+    ref_loss, ref, ref_dh0 = bptt.many_to_many(params, x, y, h0, activation=activation)
+    np.testing.assert_allclose(float(value), ref_loss, rtol=RTOL)
+    assert_trees_close(g, elman.ElmanParams(**ref), rtol=RTOL, what="dL/dparams")
+    assert_trees_close(gh0, ref_dh0, rtol=RTOL, what="dL/dh0")
+
+
+@pytest.mark.parametrize("T", [1, 2, 13])
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu"])
+def test_grad_matches_bptt_reference_many_to_one(T, sizes, activation):
+    params, x, y, h0 = make_problem(T + 100 * sizes[0], T, *sizes, activation=activation)
+
+    def loss(p, h0):
+        logits, _ = elman.apply_last(p, x, h0, activation=activation)
+        return losses.softmax_cross_entropy(logits, y[-1])
+
+    g, gh0 = jax.grad(loss, argnums=(0, 1))(params, h0)
+    _, ref, ref_dh0 = bptt.many_to_one(params, x, y[-1], h0, activation=activation)
+    assert_trees_close(g, elman.ElmanParams(**ref), rtol=RTOL)
+    assert_trees_close(gh0, ref_dh0, rtol=RTOL)
+
+
+@pytest.mark.parametrize("T", [1, 5, 25])
+@pytest.mark.parametrize("k1,k2", [(1, 1), (1, 6), (2, 3), (3, 3), (4, 10), (5, 5), (25, 25)])
+def test_truncated_grad_matches_tbptt_reference(T, k1, k2):
+    params, x, y, h0 = make_problem(T + k1 + 10 * k2, T, 11, 16, 11)
+
+    def loss(p, h0):
+        return tbptt.sequence_loss(p, x, y, h0, k1=k1, k2=k2, reduction="sum")[0]
+
+    value, (g, gh0) = jax.value_and_grad(loss, argnums=(0, 1))(params, h0)
+    ref_loss, ref, ref_dh0 = bptt.truncated(params, x, y, h0, k1=k1, k2=k2)
+    np.testing.assert_allclose(float(value), ref_loss, rtol=RTOL)
+    assert_trees_close(g, elman.ElmanParams(**ref), rtol=RTOL)
+    assert_trees_close(gh0, ref_dh0, rtol=RTOL)
+
+
+def test_truncation_to_full_window_equals_full_bptt():
+    params, x, y, h0 = make_problem(3, 9, 5, 6, 5)
+    _, full, dh_full = bptt.many_to_many(params, x, y, h0)
+    _, trunc, dh_trunc = bptt.truncated(params, x, y, h0, k1=9, k2=9)
+    assert_trees_close(trunc, full, rtol=1e-12)
+    assert_trees_close(dh_trunc, dh_full, rtol=1e-12)
+
+
+def test_truncation_changes_the_gradient():
+    params, x, y, h0 = make_problem(4, 25, 11, 16, 11)
+    _, full, _ = bptt.many_to_many(params, x, y, h0)
+    _, trunc, _ = bptt.truncated(params, x, y, h0, k1=1, k2=6)
+    assert relative_error(trunc["w_hh"], full["w_hh"]) > 1e-3
+    assert relative_error(trunc["w_hy"], full["w_hy"]) < 1e-12  # readout is never truncated
+
+
+def _seed002_buggy_backprop(params, x, y, k):
+    """Seed 002's loop verbatim in shape: tanh' at h[k] where dz_{k-1} needs h[k-1]."""
+    Wxh, Whh, bh, Why, by = (np.asarray(a).T for a in params)
+    xs, hs, logits = bptt.forward(params, x)
+    ps = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    dW = np.zeros_like(Whh)
+    for t in reversed(range(len(x))):
+        dz = (Why.T @ (ps[t] - np.eye(len(by))[y[t]])) * (1 - hs[t + 1] ** 2)
+        for j in reversed(range(max(0, t - k), t + 1)):
+            dW += np.outer(dz, hs[j])
+            dz = (Whh.T @ dz) * (1 - hs[j + 1] ** 2)  # the bug: h_j, not h_{j-1}
+    return dW.T
+
+
+def test_seed002_bug_is_caught_and_fixed_reference_agrees_with_finite_differences():
+    params, x, y, _ = make_problem(5, 25, 11, 16, 11)
+    h0 = jnp.zeros(16)
+
+    def loss(p):
+        return tbptt.sequence_loss(p, x, y, h0, k1=1, k2=6, reduction="sum")[0]
+
+    g = jax.grad(loss)(params)
+    assert relative_error(_seed002_buggy_backprop(params, x, y, 5), g.w_hh) > 1e-3
+    _, ref, _ = bptt.truncated(params, x, y, h0, k1=1, k2=6)
+    assert relative_error(ref["w_hh"], g.w_hh) < RTOL
+    # and finite differences of the full loss agree with the untruncated reference
+    full_loss = lambda p: losses.softmax_cross_entropy(elman.apply(p, x, h0)[0], y, reduction="sum")
+    check_gradients(full_loss, params, rtol=1e-6)
+
+
+def test_check_grads_on_the_scan_forward():
+    params, x, y, h0 = make_problem(6, 6, 5, 4, 5, dense=True)
+    fwd = lambda p, h0, xs: elman.apply(p, xs, h0)[0]
+    check_grads(fwd, (params, h0, jnp.asarray(x)), order=2, modes=("rev",))
+
+
+def test_check_gradients_rejects_a_wrong_gradient():
+    @jax.custom_vjp
+    def wrong_square(x):
+        return jnp.sum(x ** 2)
+
+    wrong_square.defvjp(lambda x: (wrong_square(x), x), lambda x, g: (g * 2.2 * x,))
+    x = jnp.arange(1.0, 4.0)
+    check_gradients(lambda p: jnp.sum(p ** 2), x)
+    with pytest.raises(AssertionError, match="relative error"):
+        check_gradients(wrong_square, x)
+
+
+def test_vmap_grad_equals_loop_of_grads():
+    params, _, _, _ = make_problem(7, 1, 7, 8, 7)
+    rng = np.random.RandomState(1)
+    xs, ys = rng.randint(0, 7, (4, 9)), rng.randint(0, 7, (4, 9))
+
+    def loss(p, x, y):
+        return losses.softmax_cross_entropy(elman.apply(p, x)[0], y, reduction="sum")
+
+    batched = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(params, xs, ys)
+    for b in range(4):
+        one = jax.grad(loss)(params, xs[b], ys[b])
+        assert_trees_close(jax.tree.map(lambda a: a[b], batched), one, rtol=1e-12)
+
+
+def test_batched_tbptt_equals_sum_over_sequences():
+    params, _, _, _ = make_problem(8, 1, 7, 8, 7)
+    rng = np.random.RandomState(2)
+    xs, ys = rng.randint(0, 7, (12, 3)), rng.randint(0, 7, (12, 3))  # [T, B]
+    loss = lambda p: tbptt.sequence_loss(p, xs, ys, k1=2, k2=4, reduction="sum")[0]
+    g = jax.grad(loss)(params)
+    parts = [bptt.truncated(params, xs[:, b], ys[:, b], k1=2, k2=4)[1] for b in range(3)]
+    total = {k: sum(p[k] for p in parts) for k in parts[0]}
+    assert_trees_close(g, elman.ElmanParams(**total), rtol=RTOL)

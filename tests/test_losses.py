@@ -1,0 +1,50 @@
+"""Cross-entropy: stable, reductions, masks, label validation."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jrnn import losses
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = jnp.array([[1e4, 0.0, -1e4], [0.0, 1e4, 0.0]])
+    out = losses.softmax_cross_entropy(logits, jnp.array([2, 1]), reduction="none")
+    np.testing.assert_allclose(out, [2e4, 0.0], rtol=1e-12)
+
+
+def test_sum_and_mean_reductions(rng):
+    logits, labels = rng.randn(6, 4, 5), rng.randint(0, 5, (6, 4))
+    per = losses.softmax_cross_entropy(logits, labels, reduction="none")
+    ref = -np.log(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))
+    np.testing.assert_allclose(per, np.take_along_axis(ref, labels[..., None], -1)[..., 0], rtol=1e-12)
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, reduction="sum"), per.sum(), rtol=1e-12)
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels), per.mean(), rtol=1e-12)
+
+
+def test_mask_ignores_padding_even_if_it_is_nan(rng):
+    logits, labels = rng.randn(4, 3), rng.randint(0, 3, 4)
+    mask = np.array([1, 1, 0, 0])
+    logits[3] = np.nan
+    full = losses.softmax_cross_entropy(logits[:2], labels[:2])
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, mask=mask), full, rtol=1e-12)
+
+
+@pytest.mark.parametrize("labels", [[0, 3], [-1, 0]])
+def test_labels_out_of_range_raise(labels):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        losses.softmax_cross_entropy(jnp.zeros((2, 3)), np.array(labels))
+
+
+def test_shape_mismatch_and_unknown_reduction_raise():
+    with pytest.raises(ValueError, match="does not match"):
+        losses.softmax_cross_entropy(jnp.zeros((2, 3)), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="unknown reduction"):
+        losses.softmax_cross_entropy(jnp.zeros((2, 3)), np.array([0, 1]), reduction="avg")
+
+
+def test_binary_cross_entropy_matches_formula():
+    z, t = jnp.array([-2.0, 0.5, 3.0]), jnp.array([0.0, 1.0, 1.0])
+    p = 1 / (1 + np.exp(-np.asarray(z)))
+    ref = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    np.testing.assert_allclose(losses.sigmoid_binary_cross_entropy(z, t, reduction="sum"), ref.sum(), rtol=1e-12)

@@ -1,0 +1,141 @@
+"""Jitted training steps, the seeds' optimizer chains, carried state and the NaN guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jrnn
+from jrnn import elman, losses, optim, tbptt
+from jrnn.testing import assert_trees_close
+
+
+def lm_loss(params, batch, h):
+    x, y = batch
+    return tbptt.sequence_loss(params, x, y, h, k1=x.shape[0], k2=x.shape[0], reduction="sum")
+
+
+@pytest.fixture
+def setup():
+    params = elman.init(jax.random.key(1), vocab_size=8, hidden_size=10, scheme="normal", scale=0.1,
+                        dtype=jnp.float64)
+    rng = np.random.RandomState(0)
+    text = rng.randint(0, 8, size=200)
+    return params, text
+
+
+def test_step_compiles_once_across_batches(setup):
+    params, text = setup
+    opt = optim.karpathy_adagrad(0.1)
+    step = jrnn.make_step(lm_loss, opt)
+    state, h = opt.init(params), jnp.zeros(10)
+    for i in range(5):
+        x, y = text[i * 25:(i + 1) * 25], text[i * 25 + 1:(i + 1) * 25 + 1]
+        params, state, metrics, h = step(params, state, (jnp.asarray(x), jnp.asarray(y)), h)
+    assert step._cache_size() == 1
+
+
+def test_karpathy_adagrad_matches_min_char_rnn_update(setup):
+    params, text = setup
+    x, y = text[:25], text[1:26]
+    opt = optim.karpathy_adagrad(0.1)
+    step = jrnn.make_step(lm_loss, opt)
+    state, h = opt.init(params), jnp.zeros(10)
+    # numpy re-implementation of min-char-rnn's update (seed 003b), gradients from jrnn.bptt
+    p = {k: np.asarray(v).copy() for k, v in params._asdict().items()}
+    mem = {k: np.zeros_like(v) for k, v in p.items()}
+    hprev = np.zeros(10)
+    for i in range(3):
+        xi, yi = text[25 * i:25 * i + 25], text[25 * i + 1:25 * i + 26]
+        loss, grads, _ = jrnn.bptt.many_to_many(elman.ElmanParams(**p), xi, yi, hprev)
+        hprev = jrnn.bptt.forward(elman.ElmanParams(**p), xi, hprev)[1][-1]
+        for k in p:
+            d = np.clip(grads[k], -5, 5)             # np.clip(dparam, -5, 5, out=dparam)
+            mem[k] += d * d                          # mem += dparam * dparam
+            p[k] += -0.1 * d / np.sqrt(mem[k] + 1e-8)  # adagrad update
+        params, state, metrics, h = step(params, state, (jnp.asarray(xi), jnp.asarray(yi)), h)
+        np.testing.assert_allclose(float(metrics["loss"]), loss, rtol=1e-12)
+    assert_trees_close(params, elman.ElmanParams(**p), rtol=1e-10)
+    np.testing.assert_allclose(h, hprev, rtol=1e-10)
+
+
+def test_carried_state_equals_one_long_forward(setup):
+    params, text = setup
+    x = text[:100]
+    _, h_full = elman.apply(params, x)
+    h = None
+    for c in range(4):
+        _, h = elman.apply(params, x[25 * c:25 * (c + 1)], h)
+    np.testing.assert_allclose(h, h_full, rtol=1e-12)
+
+
+def test_nonfinite_step_never_changes_params(setup):
+    params, text = setup
+    opt = optim.sgd(0.1)
+
+    def loss_fn(p, batch, h):
+        x, y, scale = batch
+        loss, h = lm_loss(p, (x, y), h)
+        return loss * scale, h
+
+    step = jrnn.make_step(loss_fn, opt)
+    state, h = opt.init(params), jnp.zeros(10)
+    x, y = jnp.asarray(text[:25]), jnp.asarray(text[1:26])
+    for bad in (jnp.nan, jnp.inf):
+        new, new_state, m, new_h = step(params, state, (x, y, jnp.asarray(bad)), h)
+        assert int(m["skipped"]) == 1
+        assert all(np.array_equal(a, b) for a, b in zip(new, params))
+        np.testing.assert_array_equal(new_h, h)
+    new, _, m, _ = step(params, state, (x, y, jnp.asarray(1.0)), h)
+    assert int(m["skipped"]) == 0 and not np.array_equal(new.w_hh, params.w_hh)
+
+
+def test_multi_step_equals_repeated_single_steps(setup):
+    params, text = setup
+    opt = optim.adam(1e-2, clip_norm=1.0)
+    xs = jnp.asarray(text[:100].reshape(4, 25))
+    ys = jnp.asarray(text[1:101].reshape(4, 25))
+    step, multi = jrnn.make_step(lm_loss, opt), jrnn.make_multi_step(lm_loss, opt)
+    p1, s1, h1 = params, opt.init(params), jnp.zeros(10)
+    losses_1 = []
+    for k in range(4):
+        p1, s1, m, h1 = step(p1, s1, (xs[k], ys[k]), h1)
+        losses_1.append(float(m["loss"]))
+    p2, s2, m2, h2 = multi(params, opt.init(params), (xs, ys), jnp.zeros(10))
+    np.testing.assert_allclose(m2["loss"], losses_1, rtol=1e-12)
+    assert_trees_close(p2, p1, rtol=1e-12)
+    np.testing.assert_allclose(h2, h1, rtol=1e-12)
+
+
+def test_seed_rprop_follows_the_seed_rule():
+    g1, g2 = jnp.array([1.0, -2.0, 0.5]), jnp.array([3.0, 1.0, -1.0])
+    opt = optim.seed_rprop(0.01)
+    state = opt.init(g1)
+    u1, state = opt.update(g1, state)
+    np.testing.assert_allclose(u1, -0.01 * np.array([1.2, 0.5, 1.2]) * g1)  # prev grad starts at ones
+    u2, state = opt.update(g2, state)
+    np.testing.assert_allclose(u2, -0.01 * np.array([1.44, 0.25, 0.6]) * g2)
+
+
+@pytest.mark.parametrize("make", [optim.sgd, optim.karpathy_adagrad, optim.adam, optim.rprop, optim.seed_rprop])
+@pytest.mark.parametrize("lr", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_learning_rates_raise(make, lr):
+    with pytest.raises(ValueError, match="learning rate"):
+        make(lr)
+
+
+@pytest.mark.parametrize("opt", [optim.sgd(0.05), optim.karpathy_adagrad(0.1), optim.adam(1e-2),
+                                 optim.rprop(1e-2), optim.seed_rprop(0.01),
+                                 optim.with_clipping(optax.sgd(0.05), clip_value=1.0, clip_norm=5.0)])
+def test_every_optimizer_lowers_the_loss(setup, opt):
+    params, text = setup
+    x, y = jnp.asarray(text[:25]), jnp.asarray(text[1:26])
+    step = jrnn.make_step(lm_loss, opt)
+    state = opt.init(params)
+    first = None
+    for _ in range(30):
+        params, state, m, _ = step(params, state, (x, y), jnp.zeros(10))
+        first = float(m["loss"]) if first is None else first
+    assert float(m["loss"]) < 0.8 * first
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in params)
