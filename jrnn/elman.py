@@ -49,9 +49,9 @@ def init(key, *, hidden_size: int, input_size: int | None = None, output_size: i
       output_size: V (defaults to `vocab_size`).
       vocab_size: shorthand for a language model, D = V = vocab_size.
       scheme: "default" (Glorot input/output, orthogonal recurrent), "normal" (randn * scale:
-        min-char-rnn 0.01, seed 000 1e-3), "uniform_fan_in" (U(+-1/sqrt(fan_in)), seed 002),
-        "uniform01" (U(0, 1), seed 004).
-      scale: standard deviation for scheme "normal".
+        min-char-rnn 0.01, seed 000 1e-3), "uniform" (U(+-scale), seed 003a with scale 1),
+        "uniform_fan_in" (U(+-1/sqrt(fan_in)), seed 002), "uniform01" (U(0, 1), seed 004).
+      scale: standard deviation for "normal", half-width for "uniform".
       dtype: parameter dtype.
 
     Returns:
@@ -157,7 +157,7 @@ def _h0(params, inputs, h0):
     return h0
 
 
-def hidden(params: ElmanParams, inputs, h0=None, *, activation: str = "tanh",
+def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str = "tanh",
            reverse: bool = False, unroll: int = 1, remat: bool = False):
     """All hidden states.
 
@@ -165,6 +165,8 @@ def hidden(params: ElmanParams, inputs, h0=None, *, activation: str = "tanh",
       params: ElmanParams.
       inputs: token ids `[T, ...]` (int) or features `[T, ..., D]` (float), time-major.
       h0: initial state `[..., H]`; zeros if None.
+      mask: optional `[T, ...]` (1 = real step, 0 = padding). Across padding the carry is
+        frozen and the output is zero, so right-padded sequences end in their real last state.
 
     Returns:
       (hs `[T, ..., H]`, h_T `[..., H]`): h_T is the state after the last processed step
@@ -173,8 +175,21 @@ def hidden(params: ElmanParams, inputs, h0=None, *, activation: str = "tanh",
     activation_fn(activation)
     h0 = _h0(params, inputs, h0)
     us = project(params, inputs)  # [T, ..., H], hoisted out of the scan
-    cell = lambda p, h, u: step(p, h, u, activation=activation)
-    h_T, hs = rnn.scan(cell, params, h0, us, reverse=reverse, unroll=unroll, remat=remat)
+    if mask is None:
+        cell = lambda p, h, u: step(p, h, u, activation=activation)
+        h_T, hs = rnn.scan(cell, params, h0, us, reverse=reverse, unroll=unroll, remat=remat)
+        return hs, h_T
+    mask = jnp.asarray(mask, bool)
+    if mask.shape != us.shape[:-1]:
+        raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
+
+    def masked_cell(p, h, x):
+        u, m = x
+        h_new, _ = step(p, h, u, activation=activation)
+        h = jnp.where(m[..., None], h_new, h)  # padding: carry frozen
+        return h, jnp.where(m[..., None], h, 0.0)
+
+    h_T, hs = rnn.scan(masked_cell, params, h0, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
     return hs, h_T
 
 

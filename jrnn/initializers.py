@@ -13,12 +13,17 @@ import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 
-SCHEMES = ("default", "normal", "uniform_fan_in", "uniform01")
+SCHEMES = ("default", "normal", "uniform", "uniform_fan_in", "uniform01")
 
 
 def normal(key, shape, *, scale: float, dtype=jnp.float32) -> jax.Array:
     """randn * scale: min-char-rnn (seed 003) uses 0.01, seed 000 uses 1/1000."""
     return scale * jax.random.normal(key, shape, dtype)
+
+
+def uniform(key, shape, *, scale: float, dtype=jnp.float32) -> jax.Array:
+    """U(-scale, scale): iamtrask's binary addition (seed 003a) uses 2 * random - 1, scale 1."""
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
 
 
 def uniform_fan_in(key, shape, *, fan_in: int, dtype=jnp.float32) -> jax.Array:
@@ -36,6 +41,8 @@ def weight(scheme: str, key, shape, *, fan_in: int, recurrent: bool, scale: floa
     """One weight matrix under `scheme`; the default is Glorot inputs, orthogonal recurrence."""
     if scheme == "normal":
         return normal(key, shape, scale=scale, dtype=dtype)
+    if scheme == "uniform":
+        return uniform(key, shape, scale=scale, dtype=dtype)
     if scheme == "uniform_fan_in":
         return uniform_fan_in(key, shape, fan_in=fan_in, dtype=dtype)
     if scheme == "uniform01":

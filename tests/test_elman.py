@@ -142,3 +142,17 @@ def test_empty_sequence_and_bad_shapes_raise(params):
         elman.apply(params, np.zeros((4,), bool))
     with pytest.raises(ValueError, match="unknown activation"):
         elman.apply(params, np.zeros((4,), np.int32), activation="gelu")
+
+
+def test_padding_never_changes_real_steps_or_final_state(params, rng):
+    lengths = [3, 7, 5]
+    x = rng.randint(0, 9, size=(7, 3))  # [T, B], right-padded
+    mask = np.arange(7)[:, None] < np.array(lengths)[None, :]
+    hs, h_T = elman.hidden(params, x, mask=mask)
+    for b, n in enumerate(lengths):
+        alone, h_alone = elman.hidden(params, x[:n, b])
+        np.testing.assert_allclose(hs[:n, b], alone, rtol=1e-12)
+        np.testing.assert_allclose(h_T[b], h_alone, rtol=1e-12)
+        assert float(jnp.abs(hs[n:, b]).max(initial=0.0)) == 0.0
+    with pytest.raises(ValueError, match="mask must have shape"):
+        elman.hidden(params, x, mask=mask[:, :2])

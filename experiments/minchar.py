@@ -1,0 +1,162 @@
+"""Karpathy's min-char-rnn (seed 003b) on kafka.txt, trained with jrnn.
+
+Same algorithm as the seed: H=100, T=25 chunks read in order with the hidden state carried
+across chunks (reset at the start and at wrap-around), sum-over-25-steps loss, gradients clipped
+to +-5, Adagrad lr 0.1 from a zero accumulator, smooth loss 0.999/0.001 from -ln(1/V)*T, and a
+200-char sample every 1000 iterations. The numpy loop of the seed runs in the same command for
+the speed ratio.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jrnn
+from experiments import baselines, common
+
+# hyperparameters (seed 003b)
+HIDDEN = 100          # size of hidden layer of neurons
+SEQ_LEN = 25          # number of steps to unroll the RNN for
+LEARNING_RATE = 0.1   # Adagrad
+CLIP = 5.0            # elementwise gradient clip
+INIT_SCALE = 0.01     # randn * 0.01
+SAMPLE_EVERY = 1000   # iterations between samples
+SAMPLE_LEN = 200
+CALL_ITERS = 100      # optimizer steps per jitted call (lax.scan over chunks)
+
+
+def loss_fn(params, batch, h):
+    """Sum of the 25 per-step losses; h is reset to zero where the loop starts over."""
+    x, y, reset = batch
+    h = jnp.where(reset, jnp.zeros_like(h), h)
+    logits, h = jrnn.elman.apply(params, x, h)
+    return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"), h
+
+
+# one compiled multi-step for every run of this process (a new jit would recompile)
+OPTIMIZER = jrnn.optim.karpathy_adagrad(LEARNING_RATE, clip_value=CLIP)
+MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER)
+
+
+def positions(n_iters: int, data_len: int):
+    """The seed's data pointer per iteration and where hprev is reset (n == 0 or wrap-around)."""
+    ps, resets, p = [], [], 0
+    for n in range(n_iters):
+        reset = n == 0 or p + SEQ_LEN + 1 > data_len
+        p = 0 if reset else p
+        ps.append(p)
+        resets.append(reset)
+        p += SEQ_LEN
+    return np.array(ps), np.array(resets)
+
+
+def train(params, ids, n_iters, *, on_call=None):
+    """Run n_iters min-char-rnn iterations; returns (params, per-iteration losses, h)."""
+    opt_state, h = OPTIMIZER.init(params), jrnn.elman.zeros_carry(params)
+    ps, resets = positions(n_iters, len(ids))
+    offsets = np.arange(SEQ_LEN)
+    losses = []
+    for start in range(0, n_iters, CALL_ITERS):
+        sl = slice(start, min(start + CALL_ITERS, n_iters))
+        x = ids[ps[sl, None] + offsets]            # [K, T]
+        y = ids[ps[sl, None] + offsets + 1]
+        params, opt_state, metrics, h = MULTI_STEP(params, opt_state, (x, y, resets[sl]), h)
+        losses.append(np.asarray(metrics["loss"]))
+        if on_call is not None:
+            on_call(sl.stop, params, h, x[-1, 0], np.concatenate(losses))
+    return params, np.concatenate(losses), h
+
+
+def smooth(losses, V):
+    """min-char-rnn's smooth loss after each iteration."""
+    s, out = -math.log(1.0 / V) * SEQ_LEN, []
+    for loss in losses:
+        s = s * 0.999 + loss * 0.001
+        out.append(s)
+    return np.array(out)
+
+
+def run_seed(seed, ids, vocab, steps, quiet, samples):
+    params = jrnn.elman.init(jax.random.key(seed), vocab_size=vocab.size, hidden_size=HIDDEN,
+                             scheme="normal", scale=INIT_SCALE)
+    bar = common.progress(steps, f"minchar seed {seed}", quiet)
+    sample_key = jax.random.key(seed + 10_000)
+
+    def on_call(done, params, h, last_input, losses):
+        bar.update(done - bar.n)
+        bar.set_postfix(smooth_loss=f"{smooth(losses, vocab.size)[-1]:.2f}")
+        if done % SAMPLE_EVERY == 0 or done == steps:
+            toks, _ = jrnn.generate(params, jax.random.fold_in(sample_key, done), [int(last_input)], SAMPLE_LEN, h0=h)
+            samples.append({"iter": done, "seed": seed, "text": vocab.decode(toks)})
+
+    with common.Timer() as t:
+        _, losses, _ = train(params, ids, steps, on_call=on_call)
+    bar.close()
+    return losses, t.s
+
+
+def main(argv=None):
+    ap = common.parser("minchar", __doc__, steps=4000)
+    ap.add_argument("--seeds", type=int, default=1, help="independent runs (seeds seed..seed+n-1)")
+    ap.add_argument("--data", default=None, help="path to kafka.txt (else $JRNN_DATA_DIR or download)")
+    ap.add_argument("--baseline-steps", type=int, default=300, help="numpy-loop iterations timed for the ratio (0: skip)")
+    args = ap.parse_args(argv)
+    common.positive(args, "steps", "seeds")
+    text = jrnn.data.load_text("kafka", args.data)
+    vocab = jrnn.data.build_vocab(text)
+    ids = vocab.encode(text)
+    if len(ids) < SEQ_LEN + 1:
+        raise ValueError(f"corpus has {len(ids)} chars; min-char-rnn needs at least {SEQ_LEN + 1}")
+
+    runs, samples = [], []
+    for seed in range(args.seed, args.seed + args.seeds):
+        losses, wall = run_seed(seed, ids, vocab, args.steps, args.quiet, samples)
+        sm = smooth(losses, vocab.size)
+        marks = {str(i): float(sm[i]) for i in range(0, args.steps, 1000)}
+        marks[str(args.steps)] = float(sm[-1])
+        runs.append({"seed": seed, "smooth_loss": marks, "final_smooth_loss": float(sm[-1]),
+                     "first_loss": float(losses[0]), "wall_s": wall, "iters_per_s": args.steps / wall,
+                     "curve": sm[:: max(1, args.steps // 500)]})
+    for s in samples[-1:]:
+        print(f"---- sample at iter {s['iter']} (seed {s['seed']})\n{s['text']}\n----")
+
+    # steady-state jrnn speed (compiled) vs the seed's numpy loop, same command, same machine
+    params = jrnn.elman.init(jax.random.key(args.seed), vocab_size=vocab.size, hidden_size=HIDDEN,
+                             scheme="normal", scale=INIT_SCALE)
+    metrics = {"final_smooth_loss_per_seed": [r["final_smooth_loss"] for r in runs],
+               "median_final_smooth_loss": float(np.median([r["final_smooth_loss"] for r in runs]))}
+    if args.baseline_steps > 0:
+        n = max(CALL_ITERS, args.steps // CALL_ITERS * CALL_ITERS)
+        train(params, ids, CALL_ITERS)  # compile
+        with common.Timer() as tj:
+            train(params, ids, n)
+        with common.Timer() as tn:
+            baselines.minchar_numpy(params, ids, args.baseline_steps)
+        metrics.update(jrnn_iters_per_s=n / tj.s, numpy_iters_per_s=args.baseline_steps / tn.s)
+        metrics["speedup_vs_numpy"] = metrics["jrnn_iters_per_s"] / metrics["numpy_iters_per_s"]
+
+    config = {"hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE, "clip": CLIP, "steps": args.steps,
+              "seeds": list(range(args.seed, args.seed + args.seeds)), "vocab_size": vocab.size, "chars": len(ids)}
+    common.save_results(args.out, "minchar", config, metrics, sum(r["wall_s"] for r in runs), runs=runs, samples=samples)
+    xs = np.arange(args.steps)[:: max(1, args.steps // 500)]
+    common.plot_curves(args.out, {f"seed {r['seed']}": (xs, r["curve"]) for r in runs},
+                       xlabel="iteration", ylabel="smooth loss (sum over 25 chars)", title="min-char-rnn on kafka.txt")
+    for r in runs:
+        print(f"seed {r['seed']}: smooth loss " + ", ".join(f"{k}: {v:.2f}" for k, v in r["smooth_loss"].items())
+              + f"  ({r['iters_per_s']:.0f} it/s incl. compile)")
+    print(f"median smooth loss at iter {args.steps}: {metrics['median_final_smooth_loss']:.2f}")
+    if "speedup_vs_numpy" in metrics:
+        print(f"speed: jrnn {metrics['jrnn_iters_per_s']:.0f} it/s, numpy loop {metrics['numpy_iters_per_s']:.0f} it/s "
+              f"-> {metrics['speedup_vs_numpy']:.1f}x")
+    print(f"results: {args.out / 'results.json'}")
+    return metrics
+
+
+run = common.cli(main)
+
+if __name__ == "__main__":
+    run()

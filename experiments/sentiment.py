@@ -1,0 +1,180 @@
+"""Word-level sentiment classifier (seed 000): many-to-one tanh RNN, per-sentence SGD.
+
+The seed's recipe with its gradient fixed (its backward pass used Whh where Whh.T belongs):
+58 training / 20 test sentences, sorted vocabulary, H=64, weights randn/1000, SGD lr 2e-2 with
+elementwise clip +-1, one update per sentence, 1000 epochs, reshuffled every epoch. Several
+seeds train at once under `jax.vmap`; the seed's numpy loop (fixed) is timed in the same command.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jrnn
+from experiments import baselines, common
+
+# hyperparameters (seed 000)
+HIDDEN = 64
+INIT_SCALE = 1e-3     # randn / 1000
+LEARNING_RATE = 2e-2
+CLIP = 1.0            # elementwise, as the seed's np.clip(d, -1, 1)
+EPOCHS_PER_CALL = 50  # epochs per jitted call (progress-bar granularity)
+
+TRAIN = {
+    "good": True, "bad": False, "happy": True, "sad": False, "not good": False, "not bad": True,
+    "not happy": False, "not sad": True, "very good": True, "very bad": False, "very happy": True,
+    "very sad": False, "i am happy": True, "this is good": True, "i am bad": False,
+    "this is bad": False, "i am sad": False, "this is sad": False, "i am not happy": False,
+    "this is not good": False, "i am not bad": True, "this is not sad": True,
+    "i am very happy": True, "this is very good": True, "i am very bad": False,
+    "this is very sad": False, "this is very happy": True, "i am good not bad": True,
+    "this is good not bad": True, "i am bad not good": False, "i am good and happy": True,
+    "this is not good and not happy": False, "i am not at all good": False,
+    "i am not at all bad": True, "i am not at all happy": False, "this is not at all sad": True,
+    "this is not at all happy": False, "i am good right now": True, "i am bad right now": False,
+    "this is bad right now": False, "i am sad right now": False, "i was good earlier": True,
+    "i was happy earlier": True, "i was bad earlier": False, "i was sad earlier": False,
+    "i am very bad right now": False, "this is very good right now": True,
+    "this is very sad right now": False, "this was bad earlier": False,
+    "this was very good earlier": True, "this was very bad earlier": False,
+    "this was very happy earlier": True, "this was very sad earlier": False,
+    "i was good and not bad earlier": True, "i was not good and not happy earlier": False,
+    "i am not at all bad or sad right now": True, "i am not at all good or happy right now": False,
+    "this was not happy and not good earlier": False,
+}
+TEST = {
+    "this is happy": True, "i am good": True, "this is not happy": False, "i am not good": False,
+    "this is not bad": True, "i am not sad": True, "i am very good": True, "this is very bad": False,
+    "i am very sad": False, "this is bad not good": False, "this is good and happy": True,
+    "i am not good and not happy": False, "i am not at all sad": True,
+    "this is not at all good": False, "this is not at all bad": True, "this is good right now": True,
+    "this is sad right now": False, "this is very bad right now": False,
+    "this was good earlier": True, "i was not happy and not good earlier": False,
+}
+
+
+def vocabulary():
+    """Sorted word list of the training sentences (the seed's list(set(...)) was hash-ordered)."""
+    return sorted({w for s in TRAIN for w in s.split(" ")})
+
+
+def encode(sentences: dict, vocab: list, T: int):
+    """Right-padded ids [N, T], mask [N, T] and labels [N]."""
+    index = {w: i for i, w in enumerate(vocab)}
+    ids = np.zeros((len(sentences), T), np.int32)
+    mask = np.zeros((len(sentences), T), bool)
+    for n, s in enumerate(sentences):
+        words = [index[w] for w in s.split(" ")]
+        ids[n, :len(words)], mask[n, :len(words)] = words, True
+    return ids, mask, np.array([int(v) for v in sentences.values()], np.int32)
+
+
+def loss_fn(params, batch, carry):
+    """Cross-entropy of the class read from the last real state of one padded sentence."""
+    x, mask, label = batch
+    logits, _ = jrnn.elman.apply_last(params, x, mask=mask)
+    return jrnn.losses.softmax_cross_entropy(logits, label), carry
+
+
+OPTIMIZER = jrnn.optim.sgd(LEARNING_RATE, clip_value=CLIP)
+MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER)
+
+
+@functools.partial(jax.jit, static_argnames="n_epochs")
+def train_epochs(params, opt_state, key, data, *, n_epochs):
+    """n_epochs of per-sentence SGD, reshuffled each epoch. Returns mean train loss per epoch."""
+    def epoch(state, k):
+        params, opt_state = state
+        perm = jax.random.permutation(k, data[0].shape[0])
+        params, opt_state, m, _ = MULTI_STEP(params, opt_state, jax.tree.map(lambda a: a[perm], data))
+        return (params, opt_state), jnp.mean(m["loss"])
+
+    (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, n_epochs))
+    return params, opt_state, losses
+
+
+def accuracy(params, data):
+    x, mask, labels = data
+    logits, _ = jax.vmap(lambda xi, mi: jrnn.elman.apply_last(params, xi, mask=mi))(x, mask)
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def init(key, vocab_size):
+    return jrnn.elman.init(key, input_size=vocab_size, hidden_size=HIDDEN, output_size=2,
+                           scheme="normal", scale=INIT_SCALE)
+
+
+def train(seeds, epochs, quiet=True):
+    """Train one model per seed, all at once under vmap. Returns (params, losses [S, E], wall)."""
+    vocab = vocabulary()
+    T = max(len(s.split(" ")) for s in list(TRAIN) + list(TEST))
+    train_data = encode(TRAIN, vocab, T)
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    params = jax.vmap(lambda k: init(k, len(vocab)))(keys)
+    opt_state = jax.vmap(OPTIMIZER.init)(params)
+    shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    bar = common.progress(epochs, f"sentiment x{len(seeds)} seeds", quiet)
+    history = []
+    with common.Timer() as t:
+        done = 0
+        while done < epochs:
+            n = min(EPOCHS_PER_CALL, epochs - done)
+            ks = jax.vmap(lambda k: jax.random.fold_in(k, done))(shuffle_keys)
+            params, opt_state, losses = jax.vmap(
+                lambda p, s, k: train_epochs(p, s, k, train_data, n_epochs=n))(params, opt_state, ks)
+            history.append(np.asarray(losses))
+            done += n
+            bar.update(n)
+            bar.set_postfix(loss=f"{float(history[-1][:, -1].mean()):.4f}")
+    bar.close()
+    return params, np.concatenate(history, axis=1), t.s, (vocab, T)
+
+
+def main(argv=None):
+    ap = common.parser("sentiment", __doc__, epochs=1000)
+    ap.add_argument("--seeds", type=int, default=5, help="independent runs, trained together under vmap")
+    ap.add_argument("--baseline-epochs", type=int, default=20, help="epochs of the numpy loop timed for the ratio (0: skip)")
+    args = ap.parse_args(argv)
+    common.positive(args, "epochs", "seeds")
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    params, losses, wall, (vocab, T) = train(seeds, args.epochs, args.quiet)
+    test_data, train_data = encode(TEST, vocab, T), encode(TRAIN, vocab, T)
+    test_acc = np.asarray(jax.vmap(lambda p: accuracy(p, test_data))(params))
+    train_acc = np.asarray(jax.vmap(lambda p: accuracy(p, train_data))(params))
+    metrics = {"test_accuracy": test_acc, "train_accuracy": train_acc,
+               "test_perfect_runs": int(np.sum(test_acc == 1.0)), "min_test_accuracy": float(test_acc.min()),
+               "final_train_loss": losses[:, -1], "epochs_per_s_all_seeds": args.epochs * len(seeds) / wall}
+    if args.baseline_epochs > 0:
+        train(seeds, EPOCHS_PER_CALL)  # compile the same shapes, then time a steady-state run
+        _, _, wall_jit, _ = train(seeds, args.epochs)
+        one = init(jax.random.key(args.seed), len(vocab))
+        sentences = [(x[m].tolist(), int(y)) for x, m, y in zip(*train_data)]
+        with common.Timer() as tn:
+            baselines.sentiment_numpy(one, sentences, args.baseline_epochs)
+        metrics.update(jrnn_epochs_per_s=args.epochs * len(seeds) / wall_jit,
+                       numpy_epochs_per_s=args.baseline_epochs / tn.s)
+        metrics["speedup_vs_numpy"] = metrics["jrnn_epochs_per_s"] / metrics["numpy_epochs_per_s"]
+    config = {"hidden": HIDDEN, "init_scale": INIT_SCALE, "lr": LEARNING_RATE, "clip": CLIP,
+              "epochs": args.epochs, "seeds": seeds, "vocab": vocab}
+    common.save_results(args.out, "sentiment", config, metrics, wall)
+    xs = np.arange(1, args.epochs + 1)
+    common.plot_curves(args.out, {f"seed {s}": (xs, losses[i]) for i, s in enumerate(seeds)},
+                       xlabel="epoch", ylabel="mean train loss", title="sentiment (seed 000), per-sentence SGD")
+    for s, a, b in zip(seeds, test_acc, train_acc):
+        print(f"seed {s}: test accuracy {a:.2f} ({int(round(a * 20))}/20), train accuracy {b:.3f}")
+    print(f"perfect test accuracy in {metrics['test_perfect_runs']} of {len(seeds)} seeds; min {metrics['min_test_accuracy']:.2f}")
+    if "speedup_vs_numpy" in metrics:
+        print(f"speed: jrnn {metrics['jrnn_epochs_per_s']:.0f} epochs/s ({len(seeds)} seeds under vmap), "
+              f"numpy loop {metrics['numpy_epochs_per_s']:.1f} epochs/s -> {metrics['speedup_vs_numpy']:.1f}x")
+    print(f"results: {args.out / 'results.json'}")
+    return metrics
+
+
+run = common.cli(main)
+
+if __name__ == "__main__":
+    run()
