@@ -2,7 +2,7 @@
 
 A corpus is found, in order: an explicit path; `$JRNN_DATA_DIR/<name>.txt`; the user cache
 (`$XDG_CACHE_HOME/jrnn` or `~/.cache/jrnn`), where it is downloaded once from its public source
-and checked against its sha256.
+and checked against its sha256 (never, when `$JRNN_OFFLINE=1`).
 
 Text rules (decided here, enforced before anything is compiled):
   * must be UTF-8: invalid bytes raise ValueError;
@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 ENV_VAR = "JRNN_DATA_DIR"
+OFFLINE_VAR = "JRNN_OFFLINE"  # set to 1 to never download (the error then says where to get it)
 
 CORPORA = {
     "tinyshakespeare": (
@@ -52,14 +53,16 @@ def _sha256(path: Path) -> str:
 
 def _download(name: str, dest: Path) -> None:
     url, sha = CORPORA[name]
+    missing = (f"corpus {name!r} not found: set {ENV_VAR} to a folder holding {name}.txt, pass a path, "
+               f"or go online to download it from {url}")
+    if os.environ.get(OFFLINE_VAR, "") not in ("", "0"):
+        raise CorpusNotFoundError(f"{missing} ({OFFLINE_VAR} is set)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
             payload = r.read()
     except OSError as e:
-        raise CorpusNotFoundError(
-            f"corpus {name!r} not found: set {ENV_VAR} to a folder holding {name}.txt, pass a path, "
-            f"or go online to download it from {url} ({e.__class__.__name__}: {e})") from None
+        raise CorpusNotFoundError(f"{missing} ({e.__class__.__name__}: {e})") from None
     got = hashlib.sha256(payload).hexdigest()
     if got != sha:
         raise ValueError(f"download of {name!r} from {url} has sha256 {got}, expected {sha}; not saved")

@@ -1,0 +1,209 @@
+"""Character-level language model on tinyshakespeare (seed 002), the main experiment.
+
+Default: the seed's recipe. First 10,000 chars, vocabulary of the whole corpus (65), tanh H=128,
+chunks of T=25 read in order from h=0, SGD lr 1e-3 on the chunk's summed loss, weights
+U(+-1/sqrt(fan_in)), exact k=5 truncated BPTT (TBPTT(k1=1, k2=6): the loss at step t reaches
+at most 6 states), cost = mean NLL per char over the 10k chars, printed before every epoch and
+after the last.
+
+--full: the whole corpus, last 10 % held out, B parallel streams with the hidden state carried
+across chunks, Adam + global-norm clipping, validation nats and bits per char, wall time.
+
+Both modes end with a 500-char sample (--temperature, --prime).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jrnn
+from experiments import common
+
+# hyperparameters: seed mode (seed 002)
+SEED_CHARS = 10_000    # training_examples
+SEED_HIDDEN = 128      # hidden_units
+SEED_SEQ_LEN = 25      # sequence_length
+SEED_LR = 1e-3         # learning_rate, plain SGD on the chunk's summed loss
+SEED_K = 5             # max_bptt_steps: TBPTT(k1=1, k2=k+1)
+
+# hyperparameters: --full mode
+FULL_HIDDEN = 512
+FULL_BATCH = 64        # parallel streams
+FULL_SEQ_LEN = 64      # BPTT length per chunk (state carried across chunks)
+FULL_LR = 2e-3         # Adam
+FULL_CLIP_NORM = 5.0
+FULL_CALL_STEPS = 10   # optimizer steps per jitted call
+VAL_FRACTION = 0.1
+
+
+# ---- seed mode -------------------------------------------------------------------------------
+
+def seed_loss(params, batch, carry):
+    """Summed NLL of one chunk from h=0, gradient of exact k-step truncated BPTT."""
+    x, y = batch
+    loss, _ = jrnn.tbptt.sequence_loss(params, x, y, k1=1, k2=SEED_K + 1, reduction="sum")
+    return loss, carry
+
+
+SEED_EPOCH = jrnn.make_multi_step(seed_loss, jrnn.optim.sgd(SEED_LR))
+
+
+@jax.jit
+def seed_cost(params, xs, ys):
+    """The seed's calculate_cost: mean NLL per char, every chunk from h=0. xs, ys: [N, T]."""
+    logits, _ = jrnn.elman.apply(params, xs.T)          # chunks side by side: [T, N, V]
+    return jrnn.losses.softmax_cross_entropy(logits, ys.T)
+
+
+def run_seed_mode(seed, ids, V, epochs, quiet):
+    xs, ys = jrnn.data.chunks(ids[: SEED_CHARS + 1], SEED_SEQ_LEN)     # [400, 25] each
+    params = jrnn.elman.init(jax.random.key(seed), vocab_size=V, hidden_size=SEED_HIDDEN, scheme="uniform_fan_in")
+    opt_state = jrnn.optim.sgd(SEED_LR).init(params)
+    costs = [float(seed_cost(params, xs, ys))]
+    bar = common.progress(epochs, f"charlm seed {seed}", quiet)
+    bar.set_postfix(cost=f"{costs[-1]:.3f}")
+    for epoch in range(epochs):
+        if quiet:
+            print(f"seed {seed} epoch {epoch}: cost {costs[-1]:.4f}")
+        params, opt_state, _, _ = SEED_EPOCH(params, opt_state, (xs, ys))
+        costs.append(float(seed_cost(params, xs, ys)))
+        bar.update(1)
+        bar.set_postfix(cost=f"{costs[-1]:.3f}")
+    bar.close()
+    return params, costs
+
+
+# ---- full mode -------------------------------------------------------------------------------
+
+def full_loss(params, batch, h):
+    """Mean NLL of one [T, B] chunk, continuing each stream from its carried state."""
+    x, y = batch
+    logits, h = jrnn.elman.apply(params, x, h)
+    return jrnn.losses.softmax_cross_entropy(logits, y), h
+
+
+@jax.jit
+def stream_nll(params, xs, ys, h):
+    """Summed NLL over stacked chunks [K, T, B] with carried state (evaluation)."""
+    def body(h, batch):
+        logits, h = jrnn.elman.apply(params, batch[0], h)
+        return h, jrnn.losses.softmax_cross_entropy(logits, batch[1], reduction="sum")
+    h, sums = jax.lax.scan(body, h, (xs, ys))
+    return jnp.sum(sums), h
+
+
+def evaluate(params, ids, batch=16, seq_len=256):
+    """Validation nats/char: `batch` contiguous streams, read `seq_len` chars per scan step."""
+    seq_len = max(1, min(seq_len, (len(ids) - 1) // batch))
+    xs, ys = jrnn.data.streams(ids, batch, seq_len)
+    total, _ = stream_nll(params, xs, ys, jrnn.elman.zeros_carry(params, (batch,)))
+    return float(total) / ys.size
+
+
+def run_full_mode(args, ids, V):
+    n_val = int(len(ids) * VAL_FRACTION)
+    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+    xs, ys = jrnn.data.streams(train_ids, args.batch, args.seq_len)      # [N, T, B]
+    opt = jrnn.optim.adam(args.lr, clip_norm=FULL_CLIP_NORM)
+    multi_step = jrnn.make_multi_step(full_loss, opt)
+    params = jrnn.elman.init(jax.random.key(args.seed), vocab_size=V, hidden_size=args.hidden)
+    opt_state = opt.init(params)
+    n_calls = len(xs) // FULL_CALL_STEPS
+    total = args.epochs * n_calls * FULL_CALL_STEPS
+    bar = common.progress(total, "charlm --full", args.quiet)
+    history, t0, step = [], time.perf_counter(), 0
+    for epoch in range(args.epochs):
+        h = jrnn.elman.zeros_carry(params, (args.batch,))
+        for c in range(n_calls):
+            sl = slice(c * FULL_CALL_STEPS, (c + 1) * FULL_CALL_STEPS)
+            params, opt_state, m, h = multi_step(params, opt_state, (xs[sl], ys[sl]), h)
+            step += FULL_CALL_STEPS
+            bar.update(FULL_CALL_STEPS)
+            bar.set_postfix(loss=f"{float(m['loss'][-1]):.3f}")
+        val = evaluate(params, val_ids)
+        history.append({"epoch": epoch + 1, "step": step, "val_nats": val, "val_bits": val / math.log(2),
+                        "train_loss": float(m["loss"].mean()), "wall_s": time.perf_counter() - t0})
+        print(f"epoch {epoch + 1}: val {val:.4f} nats/char ({val / math.log(2):.4f} bits), "
+              f"{history[-1]['wall_s']:.0f} s")
+        if args.max_minutes and history[-1]["wall_s"] > 60 * args.max_minutes:
+            print(f"stopping: --max-minutes {args.max_minutes} reached")
+            break
+    bar.close()
+    return params, history
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = common.parser("charlm", __doc__, epochs=10)
+    ap.add_argument("--seeds", type=int, default=1, help="independent runs in seed mode (median reported)")
+    ap.add_argument("--full", action="store_true", help="train on the whole corpus with minibatches")
+    ap.add_argument("--hidden", type=int, default=FULL_HIDDEN, help="--full: hidden units")
+    ap.add_argument("--batch", type=int, default=FULL_BATCH, help="--full: parallel streams")
+    ap.add_argument("--seq-len", type=int, default=FULL_SEQ_LEN, help="--full: BPTT length")
+    ap.add_argument("--lr", type=float, default=FULL_LR, help="--full: Adam learning rate")
+    ap.add_argument("--max-minutes", type=float, default=0, help="--full: stop after the epoch that passes this")
+    ap.add_argument("--chars", type=int, default=None, help="use only the first N chars of the corpus (smoke runs)")
+    ap.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    ap.add_argument("--prime", default="\n", help="text the sample starts from")
+    ap.add_argument("--sample-len", type=int, default=500, help="characters to sample")
+    args = ap.parse_args(argv)
+    common.positive(args, "epochs", "seeds", "hidden", "batch", "seq_len", "sample_len")
+    jrnn.optim.check_learning_rate(args.lr)
+    text = jrnn.data.load_text("tinyshakespeare", args.data)
+    vocab = jrnn.data.build_vocab(text)          # of the whole corpus, as the seed
+    ids = vocab.encode(text[: args.chars] if args.chars else text)
+    prime = vocab.encode(args.prime)             # validates the prime before any training
+    if len(prime) == 0:
+        raise ValueError("--prime must not be empty")
+
+    with common.Timer() as t:
+        if args.full:
+            params, history = run_full_mode(args, ids, vocab.size)
+            metrics = {"val_nats": history[-1]["val_nats"], "val_bits": history[-1]["val_bits"],
+                       "epochs_run": len(history), "steps": history[-1]["step"],
+                       "steps_per_s": history[-1]["step"] / history[-1]["wall_s"]}
+            runs = {"history": history}
+            curves = {"validation": ([r["step"] for r in history], [r["val_nats"] for r in history])}
+            xlabel, ylabel = "step", "validation nats/char"
+        else:
+            results = [run_seed_mode(s, ids, vocab.size, args.epochs, args.quiet)
+                       for s in range(args.seed, args.seed + args.seeds)]
+            params = results[0][0]
+            finals = [c[-1] for _, c in results]
+            metrics = {"cost_before": [c[0] for _, c in results], "cost_after": finals,
+                       "median_cost_after": float(np.median(finals))}
+            n_steps = (SEED_CHARS // SEED_SEQ_LEN) * args.epochs * args.seeds
+            runs = {"costs": [c for _, c in results]}
+            curves = {f"seed {args.seed + i}": (np.arange(len(c)), c) for i, (_, c) in enumerate(results)}
+            xlabel, ylabel = "epoch", "cost (mean NLL per char, first 10k chars)"
+    toks, _ = jrnn.generate(params, jax.random.key(args.seed), prime, args.sample_len, temperature=args.temperature)
+    sample = args.prime + vocab.decode(toks)
+    print(f"---- sample (temperature {args.temperature})\n{sample}\n----")
+    config = {k: (str(v) if k == "out" else v) for k, v in vars(args).items()}
+    config.update(vocab_size=vocab.size, chars=len(ids))
+    if not args.full:
+        metrics["steps_per_s"] = n_steps / t.s
+    common.save_results(args.out, "charlm", config, metrics, t.s, sample=sample, **runs)
+    common.plot_curves(args.out, curves, xlabel=xlabel, ylabel=ylabel, title="char-level LM, tinyshakespeare")
+    if args.full:
+        print(f"validation: {metrics['val_nats']:.4f} nats/char = {metrics['val_bits']:.4f} bits/char, wall {t.s:.0f} s")
+    else:
+        for s, c in zip(range(args.seed, args.seed + args.seeds), runs["costs"]):
+            print(f"seed {s}: cost " + " ".join(f"{v:.3f}" for v in c))
+        print(f"median cost after {args.epochs} epochs: {metrics['median_cost_after']:.4f} (wall {t.s:.1f} s)")
+    print(f"results: {args.out / 'results.json'}")
+    return metrics
+
+
+run = common.cli(main)
+
+if __name__ == "__main__":
+    run()

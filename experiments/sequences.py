@@ -1,0 +1,111 @@
+"""Toy sequence tasks of the RNN-class notebook (seed 004), with three optimizers and two inits.
+
+Five tasks, 3 input dims, 3 classes, softmax over classes, length 10: constant targets 0, 1, 2
+from U(0, 1) inputs (hidden 5), and periodic targets [0,1,0,1,...] (hidden 10) and
+[0,1,2,0,1,2,...] (hidden 50) from all-ones inputs. A task is solved when the argmax matches the
+target at every step and the summed loss is < 0.05, with no inf/NaN anywhere.
+
+Optimizers: the seed's "Rprop" (a per-weight multiplier on the gradient, `jrnn.optim.seed_rprop`),
+Riedmiller's sign-based Rprop (`optax.rprop`), and SGD. Inits: jrnn's default (zero-mean) and the
+seed's U(0, 1) for every weight and bias.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jrnn
+from experiments import common
+
+# hyperparameters
+LENGTH = 10
+DIMS = 3
+TASKS = {  # name: (hidden, targets, inputs: "uniform" or "ones")
+    "constant_0": (5, [0], "uniform"),
+    "constant_1": (5, [1], "uniform"),
+    "constant_2": (5, [2], "uniform"),
+    "periodic_01": (10, [0, 1], "ones"),
+    "periodic_012": (50, [0, 1, 2], "ones"),
+}
+OPTIMIZERS = {  # name: (factory, learning rate)
+    "seed_rprop": (jrnn.optim.seed_rprop, 0.01),
+    "rprop": (jrnn.optim.rprop, 0.01),
+    "sgd": (jrnn.optim.sgd, 0.1),
+}
+INITS = ("default", "uniform01")
+SOLVED_LOSS = 0.05
+
+
+def dataset(task, seed):
+    hidden, pattern, kind = TASKS[task]
+    rng = np.random.RandomState(seed)
+    x = rng.uniform(0, 1, (LENGTH, DIMS)) if kind == "uniform" else np.ones((LENGTH, DIMS))
+    y = np.array([pattern[t % len(pattern)] for t in range(LENGTH)], np.int32)
+    return x.astype(np.float32), y
+
+
+def loss_fn(params, batch, carry):
+    x, y = batch
+    logits, _ = jrnn.elman.apply(params, x)
+    return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"), carry
+
+
+def train(task, opt_name, init, steps, seed):
+    """Full-batch training on one sequence; returns a result dict."""
+    hidden = TASKS[task][0]
+    factory, lr = OPTIMIZERS[opt_name]
+    opt = factory(lr)
+    params = jrnn.elman.init(jax.random.key(seed), input_size=DIMS, hidden_size=hidden, output_size=DIMS, scheme=init)
+    x, y = dataset(task, seed)
+    multi = jrnn.make_multi_step(loss_fn, opt, guard_nonfinite=False)  # we want to *see* divergence here
+    xs, ys = np.broadcast_to(x, (steps,) + x.shape), np.broadcast_to(y, (steps,) + y.shape)
+    params, _, m, _ = multi(params, opt.init(params), (xs, ys))
+    logits, _ = jrnn.elman.apply(params, x)
+    loss = float(jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"))
+    finite = bool(np.all(np.isfinite(m["loss"]))) and all(bool(jnp.all(jnp.isfinite(p))) for p in params)
+    correct = bool(np.all(np.argmax(np.asarray(logits), -1) == y))
+    return {"task": task, "optimizer": opt_name, "init": init, "final_loss": loss, "finite": finite,
+            "all_steps_correct": correct, "solved": finite and correct and loss < SOLVED_LOSS,
+            "curve": np.asarray(m["loss"])[:: max(1, steps // 200)]}
+
+
+def main(argv=None):
+    ap = common.parser("sequences", __doc__, steps=3000)
+    args = ap.parse_args(argv)
+    common.positive(args, "steps")
+    results = []
+    bar = common.progress(len(TASKS) * len(OPTIMIZERS) * len(INITS), "sequences", args.quiet)
+    with common.Timer() as t:
+        for init in INITS:
+            for opt_name in OPTIMIZERS:
+                for task in TASKS:
+                    results.append(train(task, opt_name, init, args.steps, args.seed))
+                    bar.update(1)
+    bar.close()
+    solved = {init: {o: sum(r["solved"] for r in results if r["init"] == init and r["optimizer"] == o)
+                     for o in OPTIMIZERS} for init in INITS}
+    metrics = {"solved_of_5": solved, "all_solved_default_init": all(v == len(TASKS) for v in solved["default"]),
+               "failures": [f"{r['init']}/{r['optimizer']}/{r['task']}" for r in results if not r["solved"]]}
+    config = {"steps": args.steps, "tasks": {k: v[:2] for k, v in TASKS.items()},
+              "optimizers": {k: v[1] for k, v in OPTIMIZERS.items()}, "seed": args.seed}
+    common.save_results(args.out, "sequences", config, metrics, t.s, runs=results)
+    xs = np.arange(args.steps)[:: max(1, args.steps // 200)]
+    common.plot_curves(args.out, {f"{r['optimizer']}/{r['task']}": (xs, r["curve"]) for r in results if r["init"] == "default"},
+                       xlabel="step", ylabel="summed loss", title="seed 004 toy tasks, default init")
+    print(f"{'init':10s} {'optimizer':11s} " + " ".join(f"{k:>13s}" for k in TASKS))
+    for init in INITS:
+        for o in OPTIMIZERS:
+            cells = [next(r for r in results if r["init"] == init and r["optimizer"] == o and r["task"] == k) for k in TASKS]
+            print(f"{init:10s} {o:11s} " + " ".join(
+                f"{('ok ' if c['solved'] else 'FAIL')} {c['final_loss']:8.2g}" if c["finite"] else f"{'NaN/inf':>13s}"
+                for c in cells))
+    print(f"results: {args.out / 'results.json'}")
+    return metrics
+
+
+run = common.cli(main)
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,159 @@
+"""Each experiment runs through its real entry point for a few steps; min-char-rnn is the seed's
+algorithm to 1e-6 (float64, 200 iterations, same initial weights)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from experiments import baselines, binary_addition, charlm, many_to_many, minchar, sentiment, sequences
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def outputs(out):
+    assert (out / "loss.png").stat().st_size > 1000
+    r = json.loads((out / "results.json").read_text())
+    assert r["environment"]["backend"] == jax.default_backend() and r["wall_time_s"] > 0
+    return r
+
+
+@pytest.fixture(scope="module")
+def minchar_runs():
+    d = os.environ.get("JRNN_DATA_DIR") or os.path.join(ROOT, "..", "shared", "data")
+    if not os.path.isfile(os.path.join(d, "kafka.txt")):
+        pytest.skip("no kafka.txt: set JRNN_DATA_DIR")
+    text = jrnn.data.load_text("kafka", os.path.join(d, "kafka.txt"))
+    vocab = jrnn.data.build_vocab(text)
+    ids = vocab.encode(text)
+    params = jrnn.elman.init(jax.random.key(7), vocab_size=vocab.size, hidden_size=minchar.HIDDEN,
+                             scheme="normal", scale=minchar.INIT_SCALE, dtype=jnp.float64)
+    _, ours, _ = minchar.train(params, ids, 200)
+    ref = baselines.minchar_numpy(params, ids, 200)
+    # the seed's own loop from weights perturbed by 1 part in 1e15: its floating-point noise floor
+    ref_perturbed = baselines.minchar_numpy(jax.tree.map(lambda a: a * (1 + 1e-15), params), ids, 200)
+    return ours, ref, ref_perturbed
+
+
+def test_minchar_matches_the_numpy_seed_loop(minchar_runs):
+    ours, ref, _ = minchar_runs
+    np.testing.assert_allclose(ours[:40], ref[:40], rtol=1e-6)
+    assert ours[-1] < ours[0]
+
+
+def test_minchar_differs_from_the_seed_loop_no_more_than_rounding_noise(minchar_runs):
+    """Adagrad from a zero accumulator with eps=1e-8 multiplies the error of near-zero gradient
+    components by up to lr/sqrt(eps) = 1000 per step, so beyond ~40 iterations float64 rounding
+    alone (a 1e-15 perturbation of the seed loop's own weights) moves the losses by ~5e-6. Over
+    200 iterations jrnn stays within a small multiple of that noise floor."""
+    ours, ref, ref_perturbed = minchar_runs
+    noise = np.max(np.abs(ref_perturbed - ref) / ref)
+    ours_err = np.max(np.abs(ours - ref) / ref)
+    assert ours_err <= 3 * noise and noise < 1e-4
+
+
+def test_minchar_resets_state_at_wraparound():
+    ps, resets = minchar.positions(8, 80)  # 80 chars: chunks at 0, 25, 50, then wrap (50+26 > 80? no: 76 <= 80)
+    assert list(ps) == [0, 25, 50, 0, 25, 50, 0, 25] and list(resets) == [True, False, False, True, False, False, True, False]
+
+
+def test_minchar_smoke(data_dir, tmp_path):
+    m = minchar.main(["--steps", "200", "--baseline-steps", "0", "--quiet", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    assert r["runs"][0]["smooth_loss"]["0"] == pytest.approx(109.55, abs=0.05)  # the seed's iter-0 value
+    assert m["median_final_smooth_loss"] < r["runs"][0]["smooth_loss"]["0"]
+    assert len(r["samples"]) == 1 and len(r["samples"][0]["text"]) == minchar.SAMPLE_LEN
+
+
+def test_sentiment_smoke(tmp_path):
+    m = sentiment.main(["--epochs", "50", "--seeds", "2", "--baseline-epochs", "0", "--quiet", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    assert max(m["final_train_loss"]) < np.log(2) and len(r["metrics"]["test_accuracy"]) == 2
+
+
+def test_sentiment_vocabulary_is_sorted_and_covers_the_test_set():
+    vocab = sentiment.vocabulary()
+    assert vocab == sorted(vocab) and len(vocab) == 18
+    assert {w for s in sentiment.TEST for w in s.split()} <= set(vocab)
+    assert len(sentiment.TRAIN) == 58 and len(sentiment.TEST) == 20
+
+
+def test_charlm_seed_mode_smoke(data_dir, tmp_path):
+    m = charlm.main(["--epochs", "1", "--chars", "2000", "--sample-len", "50", "--quiet", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    assert m["cost_after"][0] < m["cost_before"][0]
+    assert m["cost_before"][0] == pytest.approx(np.log(65), abs=0.1)   # uniform init: ~ln V
+    assert len(r["sample"]) == 51
+
+
+def test_charlm_full_mode_smoke(data_dir, tmp_path):
+    m = charlm.main(["--full", "--epochs", "2", "--chars", "40000", "--hidden", "32", "--batch", "8",
+                     "--seq-len", "16", "--sample-len", "20", "--quiet", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    h = r["history"]
+    assert h[-1]["val_nats"] < h[0]["val_nats"] < np.log(65)
+    assert m["val_bits"] == pytest.approx(m["val_nats"] / np.log(2))
+
+
+def test_binary_addition_smoke(tmp_path):
+    m = binary_addition.main(["--steps", "300", "--seeds", "1", "--recipe", "seed", "--quiet", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    acc = r["curves"]["seed 0"][1]
+    assert len(acc) == 3 and 0 <= m["final_exhaustive_accuracy"][0] <= 1
+
+
+def test_binary_addition_encoding_is_exact():
+    x, y = binary_addition.encode(np.array([5, 127]), np.array([3, 127]))
+    assert x.shape == (8, 2, 2) and y.shape == (8, 2, 1)
+    decode = lambda bits: (bits[:, :, 0] * (2 ** np.arange(8))[:, None]).sum(0)
+    np.testing.assert_array_equal(decode(y), [8, 254])
+    np.testing.assert_array_equal(decode(x[..., :1]), [5, 127])
+    assert binary_addition.ALL_X.shape == (8, 16384, 2)
+
+
+def test_sequences_smoke(tmp_path):
+    m = sequences.main(["--steps", "200", "--quiet", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    assert len(r["runs"]) == 30
+    curves = [run["curve"] for run in r["runs"] if run["init"] == "default"]
+    assert all(c[-1] < c[0] for c in curves)
+    assert set(m["solved_of_5"]) == {"default", "uniform01"}
+
+
+def test_many_to_many_smoke(tmp_path):
+    m = many_to_many.main(["--steps", "100", "--quiet", "--out", str(tmp_path)])
+    outputs(tmp_path)
+    assert m["final_loss"] < m["first_loss"]
+    assert m["grad_vs_bptt_rel_error_start"] < 1e-10 and m["grad_vs_bptt_rel_error_end"] < 1e-10
+
+
+def _run(args, **env):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["minchar", "sentiment", "charlm", "binary_addition", "sequences", "many_to_many"])
+def test_help_explains_every_flag(name):
+    p = _run([f"experiments.{name}", "--help"])
+    assert p.returncode == 0 and "--seed" in p.stdout and "--out" in p.stdout
+
+
+def test_missing_corpus_offline_is_one_clear_line(tmp_path):
+    p = _run(["experiments.minchar", "--steps", "10"], JRNN_DATA_DIR=str(tmp_path), XDG_CACHE_HOME=str(tmp_path),
+             JRNN_OFFLINE="1")
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "JRNN_DATA_DIR" in p.stderr and "kafka.txt" in p.stderr and "https://" in p.stderr
+
+
+def test_bad_arguments_fail_before_training(tmp_path):
+    p = _run(["experiments.charlm", "--epochs", "0", "--out", str(tmp_path)])
+    assert p.returncode == 2 and "--epochs must be positive" in p.stderr
+    p = _run(["experiments.charlm", "--prime", "\u00e9", "--out", str(tmp_path)])
+    assert p.returncode in (2,) and ("not in the vocabulary" in p.stderr or "not found" in p.stderr)
