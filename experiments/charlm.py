@@ -168,6 +168,7 @@ def main(argv=None):
         if args.full:
             params, history = run_full_mode(args, ids, vocab.size)
             metrics = {"val_nats": history[-1]["val_nats"], "val_bits": history[-1]["val_bits"],
+                       "best_val_nats": min(r["val_nats"] for r in history),
                        "epochs_run": len(history), "steps": history[-1]["step"],
                        "steps_per_s": history[-1]["step"] / history[-1]["wall_s"]}
             runs = {"history": history}

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from jrnn import data
+from jrnn.train import NonFiniteError
 
 
 def parser(name: str, doc: str, *, steps: int | None = None, epochs: int | None = None) -> argparse.ArgumentParser:
@@ -115,7 +116,7 @@ def cli(main):
     def run(argv=None):
         try:
             return main(sys.argv[1:] if argv is None else argv)
-        except (data.CorpusNotFoundError, ValueError) as e:
+        except (data.CorpusNotFoundError, ValueError, NonFiniteError) as e:
             if argv is not None:  # called from Python (tests): let the caller see the exception
                 raise
             print(f"error: {e}", file=sys.stderr)

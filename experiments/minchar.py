@@ -54,21 +54,27 @@ def positions(n_iters: int, data_len: int):
     return np.array(ps), np.array(resets)
 
 
-def train(params, ids, n_iters, *, on_call=None):
-    """Run n_iters min-char-rnn iterations; returns (params, per-iteration losses, h)."""
-    opt_state, h = OPTIMIZER.init(params), jrnn.elman.zeros_carry(params)
+def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None, max_bad_steps=10):
+    """Run iterations start..n_iters-1 of min-char-rnn; returns (params, per-iteration losses, h).
+
+    Pass the opt_state and h of a checkpoint with `start` to resume exactly where it stopped.
+    """
+    opt_state = OPTIMIZER.init(params) if opt_state is None else opt_state
+    h = jrnn.elman.zeros_carry(params) if h is None else h
     ps, resets = positions(n_iters, len(ids))
     offsets = np.arange(SEQ_LEN)
+    bad = jrnn.train.BadStepCounter(max_bad_steps)
     losses = []
-    for start in range(0, n_iters, CALL_ITERS):
-        sl = slice(start, min(start + CALL_ITERS, n_iters))
+    for first in range(start, n_iters, CALL_ITERS):
+        sl = slice(first, min(first + CALL_ITERS, n_iters))
         x = ids[ps[sl, None] + offsets]            # [K, T]
         y = ids[ps[sl, None] + offsets + 1]
         params, opt_state, metrics, h = MULTI_STEP(params, opt_state, (x, y, resets[sl]), h)
         losses.append(np.asarray(metrics["loss"]))
+        bad.update(metrics["skipped"])
         if on_call is not None:
-            on_call(sl.stop, params, h, x[-1, 0], np.concatenate(losses))
-    return params, np.concatenate(losses), h
+            on_call(sl.stop, params, opt_state, h, x[-1, 0], np.concatenate(losses))
+    return params, np.concatenate(losses) if losses else np.zeros(0), h
 
 
 def smooth(losses, V):
@@ -80,23 +86,43 @@ def smooth(losses, V):
     return np.array(out)
 
 
-def run_seed(seed, ids, vocab, steps, quiet, samples):
+def run_seed(seed, ids, vocab, args, samples):
     params = jrnn.elman.init(jax.random.key(seed), vocab_size=vocab.size, hidden_size=HIDDEN,
                              scheme="normal", scale=INIT_SCALE)
-    bar = common.progress(steps, f"minchar seed {seed}", quiet)
+    ckpt_dir, config = args.out / "checkpoints" / f"seed_{seed}", checkpoint_config(seed)
+    state = {"params": params, "opt_state": OPTIMIZER.init(params), "h": jrnn.elman.zeros_carry(params)}
+    start, earlier = 0, []
+    if args.resume:
+        ck = jrnn.checkpoint.load_latest(ckpt_dir, state, config=config, vocab=vocab.chars)
+        if ck is not None:
+            state, start, earlier = ck.state, ck.step, ck.cursor["losses"]
+            print(f"seed {seed}: resumed from {ck.path} at iteration {start}")
+    bar = common.progress(args.steps, f"minchar seed {seed}", args.quiet)
+    bar.update(start)
     sample_key = jax.random.key(seed + 10_000)
 
-    def on_call(done, params, h, last_input, losses):
+    def on_call(done, params, opt_state, h, last_input, losses):
+        losses = np.concatenate([earlier, losses])
         bar.update(done - bar.n)
         bar.set_postfix(smooth_loss=f"{smooth(losses, vocab.size)[-1]:.2f}")
-        if done % SAMPLE_EVERY == 0 or done == steps:
+        if args.checkpoint_every and done % args.checkpoint_every == 0:
+            jrnn.checkpoint.save(ckpt_dir, {"params": params, "opt_state": opt_state, "h": h}, step=done,
+                                 config=config, vocab=vocab.chars, cursor={"losses": losses.tolist()})
+        if done % SAMPLE_EVERY == 0 or done == args.steps:
             toks, _ = jrnn.generate(params, jax.random.fold_in(sample_key, done), [int(last_input)], SAMPLE_LEN, h0=h)
             samples.append({"iter": done, "seed": seed, "text": vocab.decode(toks)})
 
     with common.Timer() as t:
-        _, losses, _ = train(params, ids, steps, on_call=on_call)
+        _, losses, _ = train(state["params"], ids, args.steps, opt_state=state["opt_state"], h=state["h"],
+                             start=start, on_call=on_call, max_bad_steps=args.max_bad_steps)
     bar.close()
-    return losses, t.s
+    return np.concatenate([earlier, losses]), t.s
+
+
+def checkpoint_config(seed):
+    """What a resumed run must share with the run that wrote the checkpoint."""
+    return {"experiment": "minchar", "seed": seed, "hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE,
+            "clip": CLIP, "init_scale": INIT_SCALE, "call_iters": CALL_ITERS}
 
 
 def main(argv=None):
@@ -104,8 +130,13 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=1, help="independent runs (seeds seed..seed+n-1)")
     ap.add_argument("--data", default=None, help="path to kafka.txt (else $JRNN_DATA_DIR or download)")
     ap.add_argument("--baseline-steps", type=int, default=300, help="numpy-loop iterations timed for the ratio (0: skip)")
+    ap.add_argument("--checkpoint-every", type=int, default=0, help=f"save the training state every N iterations (multiple of {CALL_ITERS}; 0: never)")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
+    ap.add_argument("--max-bad-steps", type=int, default=10, help="stop after this many consecutive NaN/inf steps")
     args = ap.parse_args(argv)
-    common.positive(args, "steps", "seeds")
+    common.positive(args, "steps", "seeds", "max_bad_steps")
+    if args.checkpoint_every < 0 or args.checkpoint_every % CALL_ITERS:
+        raise ValueError(f"--checkpoint-every must be a non-negative multiple of {CALL_ITERS}")
     text = jrnn.data.load_text("kafka", args.data)
     vocab = jrnn.data.build_vocab(text)
     ids = vocab.encode(text)
@@ -114,11 +145,11 @@ def main(argv=None):
 
     runs, samples = [], []
     for seed in range(args.seed, args.seed + args.seeds):
-        losses, wall = run_seed(seed, ids, vocab, args.steps, args.quiet, samples)
+        losses, wall = run_seed(seed, ids, vocab, args, samples)
         sm = smooth(losses, vocab.size)
         marks = {str(i): float(sm[i]) for i in range(0, args.steps, 1000)}
         marks[str(args.steps)] = float(sm[-1])
-        runs.append({"seed": seed, "smooth_loss": marks, "final_smooth_loss": float(sm[-1]),
+        runs.append({"seed": seed, "smooth_loss": marks, "final_smooth_loss": float(sm[-1]), "losses": losses,
                      "first_loss": float(losses[0]), "wall_s": wall, "iters_per_s": args.steps / wall,
                      "curve": sm[:: max(1, args.steps // 500)]})
     for s in samples[-1:]:

@@ -89,3 +89,31 @@ def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         return params, opt_state, metrics, carry
 
     return jax.jit(multi_step, donate_argnums=(0, 1) if donate else ())
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a NaN/inf loss or gradient."""
+
+
+class BadStepCounter:
+    """Stops training after `limit` consecutive skipped (non-finite) steps.
+
+    Feed it `metrics["skipped"]` (a scalar or a `[K]` array from `make_multi_step`) after each
+    call; it raises NonFiniteError naming the step, so the caller's last checkpoint stays the
+    last good state.
+    """
+
+    def __init__(self, limit: int = 10):
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit, self.run, self.total, self.step = limit, 0, 0, 0
+
+    def update(self, skipped) -> None:
+        for s in jnp.atleast_1d(jnp.asarray(skipped)).tolist():
+            self.step += 1
+            self.run = self.run + 1 if s else 0
+            self.total += int(bool(s))
+            if self.run >= self.limit:
+                raise NonFiniteError(f"{self.run} consecutive steps with NaN/inf loss or gradients "
+                                     f"(last at step {self.step}); parameters were left unchanged by "
+                                     f"each of them; stopping")

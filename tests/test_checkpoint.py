@@ -1,0 +1,174 @@
+"""Checkpoints: exact round trips, checks on load, crash safety, bitwise resume, NaN stops."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from jrnn import checkpoint, elman, optim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_state(seed=0, H=16):
+    params = elman.init(jax.random.key(seed), vocab_size=7, hidden_size=H)
+    opt = optim.karpathy_adagrad(0.1)
+    grads = jax.tree.map(jnp.ones_like, params)
+    _, opt_state = opt.update(grads, opt.init(params), params)
+    return {"params": params, "opt_state": opt_state, "key": jax.random.key_data(jax.random.key(seed)),
+            "h": jnp.arange(H, dtype=jnp.float32)}
+
+
+def bits_equal(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) and np.asarray(x).dtype == np.asarray(y).dtype
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_round_trip_is_bitwise(tmp_path):
+    state = make_state()
+    path = checkpoint.save(tmp_path, state, step=12, config={"lr": 0.1}, vocab="abcdefg", cursor={"pos": 300})
+    ck = checkpoint.load(path, make_state(1), config={"lr": 0.1}, vocab="abcdefg")
+    assert bits_equal(ck.state, state) and ck.step == 12 and ck.cursor == {"pos": 300}
+    key = jax.random.wrap_key_data(ck.state["key"])
+    assert np.array_equal(jax.random.normal(key, (3,)), jax.random.normal(jax.random.key(0), (3,)))
+
+
+def test_keeps_the_last_n(tmp_path):
+    for step in range(5):
+        checkpoint.save(tmp_path, make_state(), step=step, keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["ckpt_0000000003.npz", "ckpt_0000000004.npz"]
+
+
+def test_mismatches_are_refused(tmp_path):
+    path = checkpoint.save(tmp_path, make_state(), step=1, config={"lr": 0.1}, vocab="abc")
+    with pytest.raises(ValueError, match="config"):
+        checkpoint.load(path, make_state(), config={"lr": 0.2})
+    with pytest.raises(ValueError, match="vocabulary"):
+        checkpoint.load(path, make_state(), vocab="abd")
+    with pytest.raises(ValueError, match="template wants"):
+        checkpoint.load(path, make_state(H=8))
+    with pytest.raises(ValueError, match="another structure"):
+        checkpoint.load(path, {"params": make_state()["params"]})
+    with pytest.raises(TypeError, match="key_data"):
+        checkpoint.save(tmp_path, {"key": jax.random.key(0)}, step=2)
+
+
+def test_format_version_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 99)
+    path = checkpoint.save(tmp_path, make_state(), step=1)
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 1)
+    with pytest.raises(ValueError, match="format version 99"):
+        checkpoint.load(path, make_state())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_file_is_a_clear_error_and_the_previous_one_loads(tmp_path, damage):
+    good = make_state(0)
+    checkpoint.save(tmp_path, good, step=1)
+    newest = checkpoint.save(tmp_path, make_state(1), step=2)
+    raw = newest.read_bytes()
+    if damage == "truncate":
+        newest.write_bytes(raw[: len(raw) // 2])
+    else:
+        i = raw.index(np.asarray(make_state(1)["params"].w_hh).tobytes()[:16]) + 8
+        newest.write_bytes(raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1:])
+    with pytest.raises(ValueError, match="truncated or corrupted|checksum"):
+        checkpoint.load(newest, make_state())
+    ck = checkpoint.load_latest(tmp_path, make_state())
+    assert ck.step == 1 and bits_equal(ck.state, good)
+
+
+WRITER = """
+import sys, jax, jax.numpy as jnp
+from jrnn import checkpoint
+state = {"w": jnp.ones((512, 512)), "step": jnp.zeros(())}
+print("ready", flush=True)
+for step in range(1, 100000):
+    state = {"w": state["w"] + 1, "step": jnp.asarray(float(step))}
+    checkpoint.save(sys.argv[1], state, step=step, keep=2)
+"""
+
+
+def test_sigkill_during_writes_never_leaves_an_unloadable_latest(tmp_path):
+    rng = np.random.RandomState(0)
+    template = {"w": jnp.zeros((512, 512), jnp.float32), "step": jnp.zeros((), jnp.float32)}
+    for trial in range(6):
+        p = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, cwd=ROOT)
+        assert p.stdout.readline().strip() == b"ready"
+        time.sleep(0.05 + rng.uniform(0, 0.3))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+        for path in checkpoint.list_checkpoints(tmp_path):  # every file under its final name is whole
+            ck = checkpoint.load(path, template)
+            assert float(ck.state["step"]) == ck.step and float(ck.state["w"][0, 0]) == ck.step + 1
+        assert checkpoint.load_latest(tmp_path, template) is not None or trial == 0
+
+
+def test_bad_step_counter_stops_after_consecutive_nonfinite_steps(tmp_path):
+    params = elman.init(jax.random.key(0), vocab_size=5, hidden_size=4)
+    opt = optim.sgd(0.1)
+
+    def loss_fn(p, batch, carry):
+        x, y, scale = batch
+        logits, _ = elman.apply(p, x)
+        return jrnn.losses.softmax_cross_entropy(logits, y) * scale, carry
+
+    step = jrnn.make_step(loss_fn, opt)
+    state = opt.init(params)
+    counter = jrnn.train.BadStepCounter(limit=3)
+    x, y = jnp.array([1, 2, 3]), jnp.array([2, 3, 4])
+    with pytest.raises(jrnn.train.NonFiniteError, match="3 consecutive steps"):
+        for i, scale in enumerate([1.0, 1.0, jnp.nan, 1.0, jnp.nan, jnp.inf, jnp.nan, 1.0]):
+            params, state, m, _ = step(params, state, (x, y, jnp.asarray(scale)), None)
+            counter.update(m["skipped"])
+            if not int(m["skipped"]):
+                checkpoint.save(tmp_path, params, step=i)
+    assert counter.step == 7 and counter.total == 4
+    ck = checkpoint.load_latest(tmp_path, params)
+    assert ck.step == 3 and bits_equal(ck.state, params)  # last good state == current params
+
+
+def _minchar(out, *args):
+    cmd = [sys.executable, "-m", "experiments.minchar", "--baseline-steps", "0", "--quiet",
+           "--checkpoint-every", "200", "--out", str(out), *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads((out / "results.json").read_text())
+
+
+def test_resume_in_a_new_process_is_bitwise_identical(data_dir, tmp_path):
+    straight = _minchar(tmp_path / "a", "--steps", "400")
+    _minchar(tmp_path / "b", "--steps", "200")
+    resumed = _minchar(tmp_path / "b", "--steps", "400", "--resume")
+    assert straight["runs"][0]["losses"] == resumed["runs"][0]["losses"]
+    from experiments import minchar
+    text = jrnn.data.load_text("kafka")
+    vocab = jrnn.data.build_vocab(text)
+    p0 = elman.init(jax.random.key(0), vocab_size=vocab.size, hidden_size=minchar.HIDDEN)
+    template = {"params": p0, "opt_state": minchar.OPTIMIZER.init(p0), "h": elman.zeros_carry(p0)}
+    load = lambda run, step: checkpoint.load(tmp_path / run / "checkpoints" / "seed_0" / f"ckpt_{step:010d}.npz", template)
+    a, b = load("a", 400), load("b", 400)
+    assert bits_equal(a.state, b.state)
+
+    # negative controls: resuming without the optimizer state or the carried h changes the bits
+    mid, ids = load("b", 200).state, vocab.encode(text)
+    fresh_opt, _, _ = minchar.train(mid["params"], ids, 400, opt_state=None, h=mid["h"], start=200)
+    zero_h, _, _ = minchar.train(mid["params"], ids, 400, opt_state=mid["opt_state"], h=None, start=200)
+    exact, _, _ = minchar.train(mid["params"], ids, 400, opt_state=mid["opt_state"], h=mid["h"], start=200)
+    assert bits_equal(exact, a.state["params"])
+    assert not bits_equal(fresh_opt, a.state["params"]) and not bits_equal(zero_h, a.state["params"])
+
+
+def test_same_command_same_losses_bit_for_bit(data_dir, tmp_path):
+    one = _minchar(tmp_path / "one", "--steps", "200")
+    two = _minchar(tmp_path / "two", "--steps", "200")
+    assert one["runs"][0]["losses"] == two["runs"][0]["losses"]
