@@ -169,3 +169,30 @@ def streams(ids: np.ndarray, batch_size: int, seq_len: int):
     y = ids[1: batch_size * per + 1].reshape(batch_size, per)[:, : n * seq_len]
     shape = lambda a: a.reshape(batch_size, n, seq_len).transpose(1, 2, 0)
     return shape(x), shape(y)
+
+
+def bucket_length(n: int, bucket: int = 32) -> int:
+    """Round a sequence length up to a multiple of `bucket`, so that batches of many real lengths
+    share a few padded shapes (one compilation each) instead of one shape per length."""
+    if n < 1 or bucket < 1:
+        raise ValueError(f"length and bucket must be >= 1, got {n}, {bucket}")
+    return -(-n // bucket) * bucket
+
+
+def pad_batch(sequences, length: int | None = None, *, bucket: int | None = None, pad_id: int = 0):
+    """Right-pad token sequences into (ids `[B, T]` int32, mask `[B, T]` bool).
+
+    T is `length` if given, else the longest sequence rounded up with `bucket_length`.
+    """
+    seqs = [np.asarray(s) for s in sequences]
+    if not seqs or any(s.ndim != 1 or s.size == 0 for s in seqs):
+        raise ValueError("pad_batch needs a non-empty list of non-empty 1-D sequences")
+    longest = max(len(s) for s in seqs)
+    T = length if length is not None else (bucket_length(longest, bucket) if bucket else longest)
+    if T < longest:
+        raise ValueError(f"length {T} is shorter than the longest sequence ({longest})")
+    ids = np.full((len(seqs), T), pad_id, np.int32)
+    mask = np.zeros((len(seqs), T), bool)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)], mask[i, :len(s)] = s, True
+    return ids, mask

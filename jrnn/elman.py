@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import initializers, rnn
+from jrnn import initializers, losses, rnn
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
 
@@ -211,9 +211,55 @@ def apply_last(params: ElmanParams, inputs, h0=None, **kw):
 
 
 def apply_batch(params: ElmanParams, inputs, h0=None, **kw):
-    """Batch-major many-to-many: inputs `[B, T]` or `[B, T, D]` -> (logits `[B, T, V]`, h_T `[B, H]`)."""
+    """Batch-major many-to-many: inputs `[B, T]` or `[B, T, D]` -> (logits `[B, T, V]`, h_T `[B, H]`).
+
+    Sequences of different lengths must be padded (`jrnn.data.pad_batch`) and the mask
+    passed as `mask=` (`[B, T]`).
+    """
+    if isinstance(inputs, (list, tuple)):
+        lengths = sorted({len(s) for s in inputs})
+        if len(lengths) > 1:
+            raise ValueError(f"sequences have different lengths {lengths}: pad them with "
+                             f"jrnn.data.pad_batch and pass the mask")
     inputs = jnp.asarray(inputs)
+    if kw.get("mask") is not None:
+        kw["mask"] = jnp.swapaxes(jnp.asarray(kw["mask"]), 0, 1)
     if inputs.ndim < 2:
         raise ValueError(f"apply_batch needs [B, T] or [B, T, D] inputs, got shape {inputs.shape}")
     logits, h_T = apply(params, jnp.swapaxes(inputs, 0, 1), h0, **kw)
     return jnp.swapaxes(logits, 0, 1), h_T
+
+
+def sequence_loss(params: ElmanParams, inputs, targets, h0=None, *, mask=None, reduction: str = "mean",
+                  activation: str = "tanh", unroll: int = 1, remat: bool = False):
+    """Many-to-many softmax cross-entropy of a sequence: (loss, h_T).
+
+    Args:
+      inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`.
+      mask: optional `[T, ...]` (padding = 0): ignored by the loss, carry frozen across it.
+      remat: for long sequences. The readout and loss run inside the scan, which keeps only
+        sqrt(T) hidden states for the backward pass (see `rnn.checkpointed_scan`), so memory
+        grows like sqrt(T) instead of T; costs one extra forward pass and per-step readouts.
+    """
+    if not remat:
+        hs, h_T = hidden(params, inputs, h0, mask=mask, activation=activation, unroll=unroll)
+        return losses.softmax_cross_entropy(readout(params, hs), targets, mask=mask, reduction=reduction), h_T
+    activation_fn(activation)
+    check_inputs(params, inputs)
+    h0 = _h0(params, inputs, h0)
+    inputs = jnp.asarray(inputs)
+    batch = inputs.shape if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[:-1]
+    mask = jnp.ones(batch, bool) if mask is None else jnp.asarray(mask, bool)
+    losses._check_labels(targets, params.w_hy.shape[1])
+
+    def fused(p, h, x):
+        # the input projection moves into the step too: a hoisted [T, ..., H] projection (and
+        # its gradient) would be the largest O(T) buffers left
+        x_t, y, m = x
+        h_new, _ = step(p, h, project(p, x_t[None])[0], activation=activation)
+        h = jnp.where(m[..., None], h_new, h)
+        nll = losses.softmax_cross_entropy(readout(p, h), y, reduction="none")
+        return h, jnp.where(m, nll, 0.0)
+
+    h_T, per_step = rnn.scan(fused, params, h0, (inputs, jnp.asarray(targets), mask), unroll=unroll, remat=True)
+    return losses.reduce(per_step, mask, reduction), h_T
