@@ -48,7 +48,9 @@ def test_corpus_found_via_env_var(data_dir):
     assert len(text) == 137628 and data.build_vocab(text).size == 80
 
 
-def test_offline_missing_corpus_names_env_var_and_url(tmp_path, monkeypatch):
+@pytest.mark.parametrize("offline_var", ["0", "1"])
+def test_offline_missing_corpus_names_env_var_and_url(tmp_path, monkeypatch, offline_var):
+    monkeypatch.setenv("JRNN_OFFLINE", offline_var)
     monkeypatch.setenv("JRNN_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
@@ -64,6 +66,7 @@ def test_offline_missing_corpus_names_env_var_and_url(tmp_path, monkeypatch):
 
 def test_download_is_checked_against_sha256(tmp_path, monkeypatch):
     monkeypatch.delenv("JRNN_DATA_DIR", raising=False)
+    monkeypatch.delenv("JRNN_OFFLINE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
     class Fake:

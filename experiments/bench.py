@@ -1,0 +1,281 @@
+"""Training-step benchmark: jrnn vs Flax linen vs PyTorch on the same work.
+
+The work, for each config (B, H, T, V): token embedding (gather), tanh Elman recurrence,
+per-step output projection, mean softmax cross-entropy, backward, one Adagrad update
+(accumulator from 0, eps 1e-8) after elementwise clipping at 5. Every implementation starts
+from the same weights (jrnn's init copied over): Flax `nn.RNN(nn.SimpleCell)` and PyTorch
+`nn.RNN` need an input matrix after their embedding, set to the identity so the function is
+the same (and frozen); that extra [B*T, H] x [H, H] product is part of their API's cost. PyTorch runs
+min-char-rnn's Adagrad with in-place tensor ops (torch.optim.Adagrad puts eps outside the
+square root, a different update).
+
+Reported per implementation: compile/warm-up seconds (first call), then the median over
+repeats of microseconds per training step (forward+backward+update) and per forward alone,
+and per timestep; the ratio is the best peer's time over jrnn's best, measured in this run.
+
+Requires the `bench` extra (flax, torch): `pip install -e '.[bench]'` (`pip install
+torch==2.13.0` takes a CPU build).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jrnn
+from experiments import common
+
+# hyperparameters
+LR, CLIP, EPS = 0.1, 5.0, 1e-8
+CPU_CONFIGS = [(1, 100, 25, 80), (32, 256, 128, 65), (1, 64, 1024, 65), (16, 128, 1024, 65), (64, 256, 1024, 65)]
+GPU_CONFIGS = [(1, 100, 25, 80), (64, 512, 256, 65), (256, 1024, 512, 256), (8, 256, 8192, 65),
+               (64, 384, 1024, 65), (1024, 1024, 512, 65)]
+MULTI_K = 20          # steps per call for the jrnn multi-step variant
+MIN_REPEAT_S = 0.2    # each timed repeat runs enough steps to last at least this long
+
+
+def make_batch(B, T, V, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(0, V, (B, T + 1)).astype(np.int32)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def timed(fn, repeats):
+    """Median seconds per call of fn() over repeats (fn must block until its result is ready)."""
+    fn()
+    n = 1
+    while True:  # calibrate the number of calls per repeat
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= MIN_REPEAT_S or n >= 1000:
+            break
+        n *= 2
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t0) / n)
+    return statistics.median(times)
+
+
+# ---- jrnn -------------------------------------------------------------------------------------
+
+def jrnn_impl(params, x, y, *, unroll=1, multi=False):
+    def loss_fn(p, batch, carry):
+        xb, yb = batch
+        logits, _ = jrnn.elman.apply(p, xb.T, unroll=unroll)                 # time-major [T, B, V]
+        return jrnn.losses.softmax_cross_entropy(logits, yb.T), carry
+
+    opt = jrnn.optim.karpathy_adagrad(LR, clip_value=CLIP, eps=EPS)
+    fwd = jax.jit(lambda p, xb, yb: loss_fn(p, (xb, yb), None)[0])
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if multi:
+        step = jrnn.make_multi_step(loss_fn, opt)
+        batches = (jnp.broadcast_to(x, (MULTI_K,) + x.shape), jnp.broadcast_to(y, (MULTI_K,) + y.shape))
+    else:
+        step = jrnn.make_step(loss_fn, opt)
+        batches = (x, y)
+    state = {"p": params, "s": opt.init(params)}
+
+    def train():
+        state["p"], state["s"], m, _ = step(state["p"], state["s"], batches)
+        jax.block_until_ready(state["p"])
+
+    return {"train": train, "forward": lambda: jax.block_until_ready(fwd(state["p"], x, y)),
+            "loss": lambda: float(fwd(state["p"], x, y)), "steps_per_call": MULTI_K if multi else 1}
+
+
+# ---- Flax linen -------------------------------------------------------------------------------
+
+def flax_impl(params, x, y):
+    import flax.linen as nn
+    import optax
+
+    V, H = params.w_hy.shape[1], params.w_hh.shape[0]
+
+    class LM(nn.Module):
+        @nn.compact
+        def __call__(self, tokens):                                          # [B, T]
+            e = nn.Embed(V, H)(tokens)
+            hs = nn.RNN(nn.SimpleCell(features=H))(e)
+            return nn.Dense(V)(hs)
+
+    model = LM()
+    fp = {"params": {"Embed_0": {"embedding": params.w_xh},
+                     "SimpleCell_0": {"i": {"kernel": jnp.eye(H, dtype=params.w_hh.dtype), "bias": params.b_h},
+                                      "h": {"kernel": params.w_hh}},
+                     "Dense_0": {"kernel": params.w_hy, "bias": params.b_y}}}
+    opt = optax.chain(optax.clip(CLIP), optax.adagrad(LR, initial_accumulator_value=0.0, eps=EPS))
+    loss = lambda p, xb, yb: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
+
+    @jax.jit
+    def step(p, s, xb, yb):
+        g = jax.grad(loss)(p, xb, yb)
+        # the identity input kernel stands in for jrnn's absent matrix: computed, never trained
+        g["params"]["SimpleCell_0"]["i"]["kernel"] = jnp.zeros_like(g["params"]["SimpleCell_0"]["i"]["kernel"])
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    fwd = jax.jit(loss)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    state = {"p": fp, "s": opt.init(fp)}
+
+    def train():
+        state["p"], state["s"] = step(state["p"], state["s"], x, y)
+        jax.block_until_ready(state["p"])
+
+    return {"train": train, "forward": lambda: jax.block_until_ready(fwd(state["p"], x, y)),
+            "loss": lambda: float(fwd(state["p"], x, y)), "steps_per_call": 1}
+
+
+# ---- PyTorch ----------------------------------------------------------------------------------
+
+def torch_impl(params, x, y):
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    V, H = params.w_hy.shape[1], params.w_hh.shape[0]
+    t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=dev)
+    emb = torch.nn.Embedding(V, H).to(dev)
+    rnn = torch.nn.RNN(H, H, nonlinearity="tanh", batch_first=True).to(dev)
+    out = torch.nn.Linear(H, V).to(dev)
+    with torch.no_grad():
+        emb.weight.copy_(t(params.w_xh))
+        rnn.weight_ih_l0.copy_(torch.eye(H, device=dev))
+        rnn.bias_ih_l0.copy_(t(params.b_h))
+        rnn.weight_hh_l0.copy_(t(params.w_hh).T)
+        rnn.bias_hh_l0.zero_()
+        out.weight.copy_(t(params.w_hy).T)
+        out.bias.copy_(t(params.b_y))
+    rnn.weight_ih_l0.requires_grad_(False)  # the identity: computed, never trained
+    rnn.bias_hh_l0.requires_grad_(False)    # zero: jrnn has one hidden bias, torch two
+    ps = [p for p in (*emb.parameters(), *rnn.parameters(), *out.parameters()) if p.requires_grad]
+    mem = [torch.zeros_like(p) for p in ps]
+    xb, yb = torch.tensor(x, dtype=torch.long, device=dev), torch.tensor(y, dtype=torch.long, device=dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def loss():
+        hs, _ = rnn(emb(xb))
+        return torch.nn.functional.cross_entropy(out(hs).reshape(-1, V), yb.reshape(-1))
+
+    def train():
+        for p in ps:
+            p.grad = None
+        loss().backward()
+        with torch.no_grad():
+            for p, m in zip(ps, mem):          # min-char-rnn's clip + Adagrad, in place
+                g = p.grad.clamp_(-CLIP, CLIP)
+                m.addcmul_(g, g)
+                p.addcdiv_(g, (m + EPS).sqrt_(), value=-LR)
+        sync()
+
+    def forward():
+        with torch.no_grad():
+            loss()
+        sync()
+
+    def value():
+        with torch.no_grad():
+            return float(loss())
+
+    return {"train": train, "forward": forward, "loss": value, "steps_per_call": 1}
+
+
+# ---- driver -----------------------------------------------------------------------------------
+
+def implementations(quick):
+    impls = {"jrnn": lambda p, x, y: jrnn_impl(p, x, y),
+             f"jrnn multi-step (K={MULTI_K})": lambda p, x, y: jrnn_impl(p, x, y, multi=True)}
+    if not quick:
+        impls["jrnn unroll=4"] = lambda p, x, y: jrnn_impl(p, x, y, unroll=4)
+    impls["flax"] = flax_impl
+    impls["torch"] = torch_impl
+    return impls
+
+
+def run_config(cfg, impls, repeats, steps_check=1):
+    B, H, T, V = cfg
+    params = jrnn.elman.init(jax.random.key(0), vocab_size=V, hidden_size=H)
+    x, y = make_batch(B, T, V)
+    rows = []
+    for name, make in impls.items():
+        impl = make(params, x, y)
+        loss0 = impl["loss"]()
+        t0 = time.perf_counter()
+        impl["train"]()                                   # first call: compile / warm-up
+        warm = time.perf_counter() - t0
+        loss1 = impl["loss"]() if impl["steps_per_call"] == 1 else None
+        k = impl["steps_per_call"]
+        step_s = timed(impl["train"], repeats) / k
+        fwd_s = timed(impl["forward"], repeats)
+        rows.append({"config": list(cfg), "impl": name, "compile_s": warm, "train_us": step_s * 1e6,
+                     "forward_us": fwd_s * 1e6, "train_us_per_timestep": step_s * 1e6 / T,
+                     "loss_initial": loss0, "loss_after_one_step": loss1})
+    best_jrnn = min(r["train_us"] for r in rows if r["impl"].startswith("jrnn"))
+    peers = [r["train_us"] for r in rows if not r["impl"].startswith("jrnn")]
+    for r in rows:
+        r["ratio_best_peer_over_this"] = min(peers) / r["train_us"] if peers else None
+    return rows, (min(peers) / best_jrnn if peers else None)
+
+
+def main(argv=None):
+    ap = common.parser("bench", __doc__)
+    ap.add_argument("--quick", action="store_true", help="CPU configs, fewer repeats (about 3 minutes on 2 cores)")
+    ap.add_argument("--configs", default=None, help="semicolon-separated B,H,T,V list overriding the defaults")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
+    ap.add_argument("--only", default=None, help="comma-separated implementation names to run (default: all)")
+    args = ap.parse_args(argv)
+    common.positive(args, "repeats")
+    if args.configs:
+        configs = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")]
+        if any(len(c) != 4 or min(c) < 1 for c in configs):
+            raise ValueError("--configs takes B,H,T,V groups of 4 positive integers separated by ';'")
+    else:
+        configs = GPU_CONFIGS if jax.default_backend() == "gpu" else CPU_CONFIGS
+    repeats = 3 if args.quick else args.repeats
+    impls = implementations(args.quick)
+    if args.only:
+        impls = {k: v for k, v in impls.items() if k.split()[0] in args.only.split(",") or k in args.only.split(",")}
+    all_rows, ratios = [], {}
+    bar = common.progress(len(configs), "bench", args.quiet)
+    with common.Timer() as t:
+        for cfg in configs:
+            rows, ratio = run_config(cfg, impls, repeats)
+            all_rows += rows
+            ratios[",".join(map(str, cfg))] = ratio
+            bar.update(1)
+    bar.close()
+    env = common.environment()
+    versions = {"jax": jax.__version__}
+    for mod in ("flax", "torch", "optax"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    print(f"\n{env['backend']} / {env['device']} / {env['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print("| B, H, T, V | impl | compile s | train µs/step | fwd µs/step | train µs/timestep | best peer / this |")
+    print("|---|---|---|---|---|---|---|")
+    for r in all_rows:
+        ratio = r["ratio_best_peer_over_this"]
+        print(f"| {', '.join(map(str, r['config']))} | {r['impl']} | {r['compile_s']:.2f} | {r['train_us']:.0f} | "
+              f"{r['forward_us']:.0f} | {r['train_us_per_timestep']:.2f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+    common.save_results(args.out, "bench", {"configs": configs, "repeats": repeats, "quick": args.quick},
+                        {"jrnn_speedup_vs_best_peer": ratios}, t.s, rows=all_rows, versions=versions)
+    labels = list(ratios)
+    common.plot_curves(args.out, {"best peer / jrnn": (np.arange(len(labels)), [ratios[k] or 0 for k in labels])},
+                       xlabel="config index", ylabel="speedup", title="jrnn train-step speedup vs best peer")
+    return all_rows
+
+
+run = common.cli(main)
+
+if __name__ == "__main__":
+    run()
