@@ -93,12 +93,17 @@ def _is_concrete(x) -> bool:
 
 
 def check_inputs(params: ElmanParams, inputs) -> None:
-    """Raise ValueError/TypeError for inputs the model cannot take (before anything is jitted).
+    """Raise ValueError/TypeError for inputs the model cannot take (before anything is jitted)."""
+    check_input_array(params.w_xh.shape[0], inputs)
 
-    Token ids must lie in [0, D): JAX would silently clamp an out-of-range gather. Values are
-    only checked when concrete; under `jit` only shapes and dtypes can be checked.
+
+def check_input_array(input_size: int, inputs) -> None:
+    """Inputs must be a non-empty `[T, ...]` of token ids in [0, D) or float features `[T, ..., D]`.
+
+    Token ids are range-checked because JAX would silently clamp an out-of-range gather. Values
+    are only checked when concrete; under `jit` only shapes and dtypes can be checked.
     """
-    D = params.w_xh.shape[0]
+    D = input_size
     x = inputs
     if not hasattr(x, "dtype"):
         x = np.asarray(x)
@@ -174,7 +179,7 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
     """
     activation_fn(activation)
     h0 = _h0(params, inputs, h0)
-    us = project(params, inputs)  # [T, ..., H], hoisted out of the scan
+    us = project(params, rnn.zero_padding(jnp.asarray(inputs), mask))  # [T, ..., H], hoisted out of the scan
     if mask is None:
         cell = lambda p, h, u: step(p, h, u, activation=activation)
         h_T, hs = rnn.scan(cell, params, h0, us, reverse=reverse, unroll=unroll, remat=remat)
@@ -185,6 +190,7 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
 
     def masked_cell(p, h, x):
         u, m = x
+        u = jnp.where(m[..., None], u, 0.0)  # "double where": padding never feeds NaN/inf into grads
         h_new, _ = step(p, h, u, activation=activation)
         h = jnp.where(m[..., None], h_new, h)  # padding: carry frozen
         return h, jnp.where(m[..., None], h, 0.0)

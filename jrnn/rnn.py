@@ -69,3 +69,85 @@ def checkpointed_scan(body, carry, xs, *, reverse: bool = False, unroll: int = 1
         carry, tail = jax.lax.scan(body, carry, jax.tree.map(lambda a: a[head:], xs), unroll=unroll)
         ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys, tail)
     return carry, ys
+
+
+def zero_padding(inputs, mask):
+    """Zero float features at padded steps before the (hoisted) input projection: the first
+    `where` of the "double where" pattern, so NaN/inf padding never reaches a gradient."""
+    if mask is None or not jnp.issubdtype(inputs.dtype, jnp.floating):
+        return inputs
+    mask = jnp.asarray(mask, bool)
+    return jnp.where(mask.reshape(mask.shape + (1,) * (inputs.ndim - mask.ndim)), inputs, 0.0)
+
+
+def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int = 1,
+        remat: bool = False):
+    """Run any `jrnn.cells.Cell` over time-major inputs.
+
+    Args:
+      cell: a `jrnn.cells.Cell`.
+      inputs: token ids `[T, ...]` or features `[T, ..., D]`.
+      carry: initial carry (the cell's zeros if None).
+      mask: optional `[T, ...]`, 1 = real step. Across padding the carry is frozen and the
+        output is zero. With `reverse`, right-padded sequences are length-aware: the padding
+        (visited first) leaves the initial carry untouched, so each sequence is read from its
+        own last real step back to its first.
+
+    Returns:
+      (hs `[T, ..., H]`, final carry).
+    """
+    inputs = jnp.asarray(inputs)
+    if inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise ValueError(f"empty sequence: inputs have shape {inputs.shape}")
+    inputs = zero_padding(inputs, mask)
+    us = cell.project(params, inputs)
+    if carry is None:
+        carry = cell.zeros(params, us.shape[1:-1])
+    if mask is None:
+        carry, hs = scan(cell.step, params, carry, us, reverse=reverse, unroll=unroll, remat=remat)
+        return hs, carry
+    mask = jnp.asarray(mask, bool)
+    if mask.shape != us.shape[:-1]:
+        raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
+
+    def masked(p, c, x):
+        u, m = x
+        u = jnp.where(m[..., None], u, 0.0)  # "double where": padding never feeds NaN/inf into grads
+        new_c, h = cell.step(p, c, u)
+        c = jax.tree.map(lambda a, b: jnp.where(m[..., None], a, b), new_c, c)
+        return c, jnp.where(m[..., None], h, 0.0)
+
+    carry, hs = scan(masked, params, carry, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
+    return hs, carry
+
+
+def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str = "concat", unroll: int = 1):
+    """Forward and length-aware reverse passes merged per step: `[T, ..., 2H]` (concat) or
+    `[T, ..., H]` (sum). Returns (hs, (final forward carry, final backward carry))."""
+    hf, cf = run(cell, params_fwd, inputs, mask=mask, unroll=unroll)
+    hb, cb = run(cell, params_bwd, inputs, mask=mask, reverse=True, unroll=unroll)
+    if merge == "concat":
+        return jnp.concatenate([hf, hb], -1), (cf, cb)
+    if merge == "sum":
+        return hf + hb, (cf, cb)
+    raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
+
+
+def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float = 0.0, key=None,
+          unroll: int = 1):
+    """Multi-layer RNN: layer l reads layer l-1's states; dropout (rate `dropout`, needs `key`)
+    between layers only, as PyTorch's nn.LSTM(dropout=...). Returns (top hs, tuple of carries)."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if dropout > 0.0 and key is None:
+        raise ValueError("dropout needs a PRNG key (pass key=...; use dropout=0 at evaluation)")
+    carries = (None,) * len(layer_params) if carries is None else carries
+    keys = jax.random.split(key, len(layer_params)) if dropout > 0.0 else [None] * len(layer_params)
+    hs, finals = inputs, []
+    for i, (p, c) in enumerate(zip(layer_params, carries)):
+        if i > 0 and dropout > 0.0:
+            keep = jax.random.bernoulli(keys[i], 1.0 - dropout, hs.shape)
+            hs = jnp.where(keep, hs / (1.0 - dropout), 0.0)
+        hs, c = run(cell, p, hs, c, mask=mask, unroll=unroll)
+        finals.append(c)
+    return hs, tuple(finals)
