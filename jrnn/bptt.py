@@ -185,3 +185,120 @@ def truncated(params, inputs, targets, h0=None, *, k1, k2, activation="tanh"):
             elif k == 0:
                 dh0 += dh                        # the window reached the initial state
     return loss, _grads_dict(dWxh, dWhh, dbh, dWhy, dby), dh0
+
+
+# ---- gated cells ------------------------------------------------------------------------------
+# Same conventions, for a language model of one LSTM or GRU layer and a linear readout. Weights
+# are taken in the library's row layout (w_i [D, G*H], w_h [H, G*H], gates in PyTorch order) and
+# used as such: z = x @ w_i + h @ w_h + b, so the backward reads dW_i += x^T dz.
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _f64(*arrays):
+    return [np.asarray(a, np.float64) for a in arrays]
+
+
+def lstm_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None, c0=None):
+    """BPTT of L = sum_t CE(softmax(h_t W_hy + b_y), target_t) through one LSTM layer.
+
+        i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g)       z = x W_i + h_{t-1} W_h + b
+        c_t = f c_{t-1} + i g,  h_t = o tanh(c_t)
+
+        dh_t  = dy_t W_hy^T + dh_next
+        do    = dh_t tanh(c_t);   dc_t = dh_t o (1 - tanh^2 c_t) + dc_next
+        di    = dc_t g;  dg = dc_t i;  df = dc_t c_{t-1};  dc_next = dc_t f
+        dz    = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)]
+        dW_i += x_t^T dz;  dW_h += h_{t-1}^T dz;  db += dz;  dh_next = dz W_h^T
+
+    Returns (loss, grads dict {w_i, w_h, b, w_hy, b_y}, dL/dh0, dL/dc0).
+    """
+    w_i, w_h, b, w_hy, b_y = _f64(cell.w_i, cell.w_h, cell.b, w_hy, b_y)
+    H = w_h.shape[0]
+    xs = _one_hot_inputs(inputs, w_i.shape[0])
+    T = len(xs)
+    h, c = np.zeros((T + 1, H)), np.zeros((T + 1, H))
+    h[0] = 0.0 if h0 is None else np.asarray(h0, np.float64)
+    c[0] = 0.0 if c0 is None else np.asarray(c0, np.float64)
+    gates, ys = [], []
+    for t in range(T):
+        z = xs[t] @ w_i + h[t] @ w_h + b
+        i, f, g, o = _sigmoid(z[:H]), _sigmoid(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), _sigmoid(z[3 * H:])
+        c[t + 1] = f * c[t] + i * g
+        h[t + 1] = o * np.tanh(c[t + 1])
+        gates.append((i, f, g, o))
+        ys.append(h[t + 1] @ w_hy + b_y)
+    loss = sum(_nll(ys[t], targets[t]) for t in range(T))
+    grads = {k: np.zeros_like(v) for k, v in (("w_i", w_i), ("w_h", w_h), ("b", b), ("w_hy", w_hy), ("b_y", b_y))}
+    dh_next, dc_next = np.zeros(H), np.zeros(H)
+    for t in reversed(range(T)):
+        i, f, g, o = gates[t]
+        dy = _softmax(ys[t])
+        dy[targets[t]] -= 1
+        grads["w_hy"] += np.outer(h[t + 1], dy)
+        grads["b_y"] += dy
+        dh = w_hy @ dy + dh_next
+        tc = np.tanh(c[t + 1])
+        do = dh * tc
+        dc = dh * o * (1 - tc * tc) + dc_next
+        di, dg, df = dc * g, dc * i, dc * c[t]
+        dc_next = dc * f
+        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)])
+        grads["w_i"] += np.outer(xs[t], dz)
+        grads["w_h"] += np.outer(h[t], dz)
+        grads["b"] += dz
+        dh_next = w_h @ dz
+    return loss, grads, dh_next, dc_next
+
+
+def gru_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None):
+    """BPTT of L = sum_t CE(softmax(h_t W_hy + b_y), target_t) through one GRU layer.
+
+        u = x W_i + b_i,  a = h_{t-1} W_h + b_h            (columns [r | z | n])
+        r = sigmoid(u_r + a_r),  z = sigmoid(u_z + a_z),  n = tanh(u_n + r a_n)
+        h_t = (1 - z) n + z h_{t-1}
+
+        dn = dh (1 - z);  dz = dh (h_{t-1} - n);  dh_prev = dh z
+        dn_pre = dn (1 - n^2);  dr = dn_pre a_n;  da_n = dn_pre r
+        du = [dr r(1-r), dz z(1-z), dn_pre];  da = [dr r(1-r), dz z(1-z), da_n]
+        dW_i += x^T du;  db_i += du;  dW_h += h_{t-1}^T da;  db_h += da;  dh_prev += da W_h^T
+
+    Returns (loss, grads dict {w_i, w_h, b_i, b_h, w_hy, b_y}, dL/dh0).
+    """
+    w_i, w_h, b_i, b_h, w_hy, b_y = _f64(cell.w_i, cell.w_h, cell.b_i, cell.b_h, w_hy, b_y)
+    H = w_h.shape[0]
+    xs = _one_hot_inputs(inputs, w_i.shape[0])
+    T = len(xs)
+    h = np.zeros((T + 1, H))
+    h[0] = 0.0 if h0 is None else np.asarray(h0, np.float64)
+    cache, ys = [], []
+    for t in range(T):
+        u, a = xs[t] @ w_i + b_i, h[t] @ w_h + b_h
+        r, z = _sigmoid(u[:H] + a[:H]), _sigmoid(u[H:2 * H] + a[H:2 * H])
+        n = np.tanh(u[2 * H:] + r * a[2 * H:])
+        h[t + 1] = (1 - z) * n + z * h[t]
+        cache.append((r, z, n, a))
+        ys.append(h[t + 1] @ w_hy + b_y)
+    loss = sum(_nll(ys[t], targets[t]) for t in range(T))
+    names = ("w_i", "w_h", "b_i", "b_h", "w_hy", "b_y")
+    grads = {k: np.zeros_like(v) for k, v in zip(names, (w_i, w_h, b_i, b_h, w_hy, b_y))}
+    dh_next = np.zeros(H)
+    for t in reversed(range(T)):
+        r, z, n, a = cache[t]
+        dy = _softmax(ys[t])
+        dy[targets[t]] -= 1
+        grads["w_hy"] += np.outer(h[t + 1], dy)
+        grads["b_y"] += dy
+        dh = w_hy @ dy + dh_next
+        dn, dz, dh_prev = dh * (1 - z), dh * (h[t] - n), dh * z
+        dn_pre = dn * (1 - n * n)
+        dr_pre, dz_pre = dn_pre * a[2 * H:] * r * (1 - r), dz * z * (1 - z)
+        du = np.concatenate([dr_pre, dz_pre, dn_pre])
+        da = np.concatenate([dr_pre, dz_pre, dn_pre * r])
+        grads["w_i"] += np.outer(xs[t], du)
+        grads["b_i"] += du
+        grads["w_h"] += np.outer(h[t], da)
+        grads["b_h"] += da
+        dh_next = dh_prev + w_h @ da
+    return loss, grads, dh_next

@@ -164,3 +164,36 @@ def test_batched_tbptt_equals_sum_over_sequences():
     parts = [bptt.truncated(params, xs[:, b], ys[:, b], k1=2, k2=4)[1] for b in range(3)]
     total = {k: sum(p[k] for p in parts) for k in parts[0]}
     assert_trees_close(g, elman.ElmanParams(**total), rtol=RTOL)
+
+
+@pytest.mark.parametrize("T", [1, 9])
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_gated_cell_grads_match_bptt_reference(T, name, dense):
+    from jrnn import cells, rnn
+    rng = np.random.RandomState(T)
+    D, H, V = 6, 5, 7
+    cell = cells.get(name)
+    p = cell.init(jax.random.key(T), D, H, jnp.float64)
+    p = jax.tree.map(lambda a: a + 0.3 * jnp.asarray(rng.randn(*a.shape)), p)  # nonzero biases too
+    w_hy, b_y = jnp.asarray(rng.randn(H, V)), jnp.asarray(rng.randn(V))
+    x = rng.randn(T, D) if dense else rng.randint(0, D, T)
+    y = rng.randint(0, V, T)
+    h0 = jnp.asarray(0.5 * rng.randn(H))
+    carry0 = cells.LSTMState(h0, jnp.asarray(0.5 * rng.randn(H))) if name == "lstm" else h0
+
+    def loss(p, w_hy, b_y, carry0):
+        hs, _ = rnn.run(cell, p, x, carry0)
+        return losses.softmax_cross_entropy(hs @ w_hy + b_y[None], y, reduction="sum")
+
+    value, (gp, gw, gb, gc) = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(p, w_hy, b_y, carry0)
+    if name == "lstm":
+        ref_loss, ref, dh0, dc0 = bptt.lstm_many_to_many(p, w_hy, b_y, x, y, carry0.h, carry0.c)
+        assert_trees_close((gc.h, gc.c), (dh0, dc0), rtol=RTOL)
+        assert_trees_close(gp, cells.LSTMParams(ref["w_i"], ref["w_h"], ref["b"]), rtol=RTOL)
+    else:
+        ref_loss, ref, dh0 = bptt.gru_many_to_many(p, w_hy, b_y, x, y, carry0)
+        assert_trees_close(gc, dh0, rtol=RTOL)
+        assert_trees_close(gp, cells.GRUParams(ref["w_i"], ref["w_h"], ref["b_i"], ref["b_h"]), rtol=RTOL)
+    np.testing.assert_allclose(float(value), ref_loss, rtol=RTOL)
+    assert_trees_close((gw, gb), (ref["w_hy"], ref["b_y"]), rtol=RTOL)
