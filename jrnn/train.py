@@ -39,7 +39,9 @@ def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry
         ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
         new_params = _select(ok, new_params, params)
         new_opt_state = _select(ok, new_opt_state, opt_state)
-        new_carry = _select(ok, new_carry, carry)
+        # carry None means "start from zeros" for every jrnn model
+        old_carry = jax.tree.map(jnp.zeros_like, new_carry) if carry is None else carry
+        new_carry = _select(ok, new_carry, old_carry)
         metrics["skipped"] = (~ok).astype(jnp.int32)
     return new_params, new_opt_state, metrics, new_carry
 
@@ -114,3 +116,43 @@ class BadStepCounter:
                 raise NonFiniteError(f"{self.run} consecutive steps with NaN/inf loss or gradients "
                                      f"(last at step {self.step}); parameters were left unchanged by "
                                      f"each of them; stopping")
+
+
+def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, mesh=None,
+                            batch_axis: int = 1, carry_axis: int = 0, **kw):
+    """`make_step` whose batch is split over devices: data parallelism with `jax.sharding`.
+
+    Every batch leaf is sharded along `batch_axis` (1 for time-major `[T, B, ...]`), the carry
+    along `carry_axis` (`[B, H]`), params and optimizer state are replicated. XLA inserts the
+    gradient all-reduce, so the result equals the single-device step (up to summation order).
+    B must be divisible by the number of devices.
+
+    On a multi-GPU node this needs no other change: `jax.devices()` lists the GPUs and the
+    default mesh spans them all. On CPU, simulate devices with
+    `XLA_FLAGS=--xla_force_host_platform_device_count=4` (set before importing jax).
+    """
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    if mesh is None:  # Auto axes: XLA's sharding propagation places the gathers and all-reduces
+        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    n = mesh.devices.size
+    replicated = NamedSharding(mesh, P())
+
+    def along(axis):
+        def put(x):
+            if x.shape[axis] % n:
+                raise ValueError(f"batch dimension {x.shape[axis]} is not divisible by {n} devices")
+            spec = [None] * x.ndim
+            spec[axis] = "data"
+            return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+        return put
+
+    step = make_step(loss_fn, optimizer, **kw)
+
+    def sharded_step(params, opt_state, batch, carry=None):
+        params, opt_state = jax.device_put((params, opt_state), replicated)
+        batch = jax.tree.map(along(batch_axis), batch)
+        carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
+        return step(params, opt_state, batch, carry)
+
+    return sharded_step

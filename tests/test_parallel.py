@@ -1,0 +1,48 @@
+"""Data-parallel training over simulated CPU devices equals the single-device step."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r"""
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)  # float64, so only the sharding can make a difference
+import jrnn
+assert jax.device_count() == 4, jax.devices()
+params = jrnn.lm.init(jax.random.key(0), cell="lstm", vocab_size=11, hidden_size=16, layers=2, dtype=jnp.float64)
+opt = jrnn.optim.adam(1e-2, clip_norm=1.0)
+
+def loss_fn(p, batch, carry):
+    x, y = batch
+    loss, carry = jrnn.lm.sequence_loss(p, x, y, carry, cell="lstm")
+    return loss, carry
+
+rng = np.random.RandomState(0)
+batches = [(rng.randint(0, 11, (12, 8)), rng.randint(0, 11, (12, 8))) for _ in range(3)]
+single, parallel = jrnn.make_step(loss_fn, opt), jrnn.train.make_data_parallel_step(loss_fn, opt)
+results = []
+for step in (single, parallel):
+    p, s, c, losses = params, opt.init(params), None, []
+    for b in batches:
+        p, s, m, c = step(p, s, b, c)
+        losses.append(float(m["loss"]))
+    results.append((p, losses, c))
+(p1, l1, c1), (p2, l2, c2) = results
+leaf = jax.tree.leaves(p2)[0]
+assert len(leaf.sharding.device_set) == 4
+np.testing.assert_allclose(l2, l1, rtol=1e-6)
+for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+for a, b in zip(jax.tree.leaves(c2), jax.tree.leaves(c1)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+print("ok", l1)
+"""
+
+
+def test_sharded_step_equals_single_device_step():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.startswith("ok")
