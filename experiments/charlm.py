@@ -7,7 +7,8 @@ at most 6 states), cost = mean NLL per char over the 10k chars, printed before e
 after the last.
 
 --full: the whole corpus, last 10 % held out, B parallel streams with the hidden state carried
-across chunks, Adam + global-norm clipping, validation nats and bits per char, wall time.
+across chunks, Adam + global-norm clipping, validation nats and bits per char, wall time; any
+cell (--cell elman|lstm|gru) and depth (--layers).
 
 Both modes end with a 500-char sample (--temperature, --prime).
 """
@@ -81,28 +82,29 @@ def run_seed_mode(seed, ids, V, epochs, quiet):
 
 # ---- full mode -------------------------------------------------------------------------------
 
-def full_loss(params, batch, h):
-    """Mean NLL of one [T, B] chunk, continuing each stream from its carried state."""
-    x, y = batch
-    logits, h = jrnn.elman.apply(params, x, h)
-    return jrnn.losses.softmax_cross_entropy(logits, y), h
+def full_loss(cell):
+    def loss(params, batch, carries):
+        """Mean NLL of one [T, B] chunk, continuing each stream from its carried state."""
+        x, y = batch
+        return jrnn.lm.sequence_loss(params, x, y, carries, cell=cell)
+    return loss
 
 
-@jax.jit
-def stream_nll(params, xs, ys, h):
+@functools.partial(jax.jit, static_argnames="cell")
+def stream_nll(params, xs, ys, carries, *, cell):
     """Summed NLL over stacked chunks [K, T, B] with carried state (evaluation)."""
-    def body(h, batch):
-        logits, h = jrnn.elman.apply(params, batch[0], h)
-        return h, jrnn.losses.softmax_cross_entropy(logits, batch[1], reduction="sum")
-    h, sums = jax.lax.scan(body, h, (xs, ys))
-    return jnp.sum(sums), h
+    def body(carries, batch):
+        loss, carries = jrnn.lm.sequence_loss(params, batch[0], batch[1], carries, cell=cell, reduction="sum")
+        return carries, loss
+    carries, sums = jax.lax.scan(body, carries, (xs, ys))
+    return jnp.sum(sums), carries
 
 
-def evaluate(params, ids, batch=16, seq_len=256):
+def evaluate(params, ids, cell, batch=16, seq_len=256):
     """Validation nats/char: `batch` contiguous streams, read `seq_len` chars per scan step."""
     seq_len = max(1, min(seq_len, (len(ids) - 1) // batch))
     xs, ys = jrnn.data.streams(ids, batch, seq_len)
-    total, _ = stream_nll(params, xs, ys, jrnn.elman.zeros_carry(params, (batch,)))
+    total, _ = stream_nll(params, xs, ys, jrnn.lm.zeros(params, (batch,), cell=cell), cell=cell)
     return float(total) / ys.size
 
 
@@ -111,22 +113,24 @@ def run_full_mode(args, ids, V):
     train_ids, val_ids = ids[:-n_val], ids[-n_val:]
     xs, ys = jrnn.data.streams(train_ids, args.batch, args.seq_len)      # [N, T, B]
     opt = jrnn.optim.adam(args.lr, clip_norm=FULL_CLIP_NORM)
-    multi_step = jrnn.make_multi_step(full_loss, opt)
-    params = jrnn.elman.init(jax.random.key(args.seed), vocab_size=V, hidden_size=args.hidden)
+    multi_step = jrnn.make_multi_step(full_loss(args.cell), opt)
+    params = jrnn.lm.init(jax.random.key(args.seed), cell=args.cell, vocab_size=V, hidden_size=args.hidden,
+                          layers=args.layers)
+    print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters")
     opt_state = opt.init(params)
     n_calls = len(xs) // FULL_CALL_STEPS
     total = args.epochs * n_calls * FULL_CALL_STEPS
     bar = common.progress(total, "charlm --full", args.quiet)
     history, t0, step = [], time.perf_counter(), 0
     for epoch in range(args.epochs):
-        h = jrnn.elman.zeros_carry(params, (args.batch,))
+        h = jrnn.lm.zeros(params, (args.batch,), cell=args.cell)
         for c in range(n_calls):
             sl = slice(c * FULL_CALL_STEPS, (c + 1) * FULL_CALL_STEPS)
             params, opt_state, m, h = multi_step(params, opt_state, (xs[sl], ys[sl]), h)
             step += FULL_CALL_STEPS
             bar.update(FULL_CALL_STEPS)
             bar.set_postfix(loss=f"{float(m['loss'][-1]):.3f}")
-        val = evaluate(params, val_ids)
+        val = evaluate(params, val_ids, args.cell)
         history.append({"epoch": epoch + 1, "step": step, "val_nats": val, "val_bits": val / math.log(2),
                         "train_loss": float(m["loss"].mean()), "wall_s": time.perf_counter() - t0})
         print(f"epoch {epoch + 1}: val {val:.4f} nats/char ({val / math.log(2):.4f} bits), "
@@ -145,6 +149,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=1, help="independent runs in seed mode (median reported)")
     ap.add_argument("--full", action="store_true", help="train on the whole corpus with minibatches")
     ap.add_argument("--hidden", type=int, default=FULL_HIDDEN, help="--full: hidden units")
+    ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="--full: recurrent cell")
+    ap.add_argument("--layers", type=int, default=1, help="--full: stacked layers")
     ap.add_argument("--batch", type=int, default=FULL_BATCH, help="--full: parallel streams")
     ap.add_argument("--seq-len", type=int, default=FULL_SEQ_LEN, help="--full: BPTT length")
     ap.add_argument("--lr", type=float, default=FULL_LR, help="--full: Adam learning rate")
@@ -155,7 +161,7 @@ def main(argv=None):
     ap.add_argument("--prime", default="\n", help="text the sample starts from")
     ap.add_argument("--sample-len", type=int, default=500, help="characters to sample")
     args = ap.parse_args(argv)
-    common.positive(args, "epochs", "seeds", "hidden", "batch", "seq_len", "sample_len")
+    common.positive(args, "epochs", "seeds", "hidden", "batch", "seq_len", "sample_len", "layers")
     jrnn.optim.check_learning_rate(args.lr)
     text = jrnn.data.load_text("tinyshakespeare", args.data)
     vocab = jrnn.data.build_vocab(text)          # of the whole corpus, as the seed
@@ -168,6 +174,7 @@ def main(argv=None):
         if args.full:
             params, history = run_full_mode(args, ids, vocab.size)
             metrics = {"val_nats": history[-1]["val_nats"], "val_bits": history[-1]["val_bits"],
+                       "parameters": jrnn.lm.param_count(params),
                        "best_val_nats": min(r["val_nats"] for r in history),
                        "epochs_run": len(history), "steps": history[-1]["step"],
                        "steps_per_s": history[-1]["step"] / history[-1]["wall_s"]}
@@ -185,7 +192,11 @@ def main(argv=None):
             runs = {"costs": [c for _, c in results]}
             curves = {f"seed {args.seed + i}": (np.arange(len(c)), c) for i, (_, c) in enumerate(results)}
             xlabel, ylabel = "epoch", "cost (mean NLL per char, first 10k chars)"
-    toks, _ = jrnn.generate(params, jax.random.key(args.seed), prime, args.sample_len, temperature=args.temperature)
+    if args.full:
+        toks, _ = jrnn.sample.generate_lm(params, jax.random.key(args.seed), prime, args.sample_len,
+                                          cell=args.cell, temperature=args.temperature)
+    else:
+        toks, _ = jrnn.generate(params, jax.random.key(args.seed), prime, args.sample_len, temperature=args.temperature)
     sample = args.prime + vocab.decode(toks)
     print(f"---- sample (temperature {args.temperature})\n{sample}\n----")
     config = {k: (str(v) if k == "out" else v) for k, v in vars(args).items()}

@@ -59,3 +59,9 @@ def sequence_loss(params: LMParams, tokens, targets, carries=None, *, cell: str 
     """Cross-entropy of next-token prediction: (loss, carries)."""
     logits, carries = apply(params, tokens, carries, cell=cell, mask=mask, **kw)
     return losses.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), carries
+
+
+def zeros(params: LMParams, batch_shape=(), *, cell: str = "lstm") -> tuple:
+    """Zero carries of every layer, `[*batch_shape, H]` each."""
+    c = cells.get(cell)
+    return tuple(c.zeros(p, batch_shape) for p in params.layers)

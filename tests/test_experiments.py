@@ -101,6 +101,15 @@ def test_charlm_full_mode_smoke(data_dir, tmp_path):
     assert m["val_bits"] == pytest.approx(m["val_nats"] / np.log(2))
 
 
+def test_charlm_full_mode_takes_any_cell_and_depth(data_dir, tmp_path):
+    m = charlm.main(["--full", "--cell", "gru", "--layers", "2", "--epochs", "1", "--chars", "30000", "--hidden", "16",
+                     "--batch", "4", "--seq-len", "16", "--sample-len", "10", "--quiet", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    # layer 0: w_i [65, 48] + w_h [16, 48] + 2 biases [48]; layer 1: [16, 48] twice + 2 biases; readout
+    assert r["config"]["cell"] == "gru" and m["parameters"] == (65 * 48 + 16 * 48 + 96) + (2 * 16 * 48 + 96) + (16 * 65 + 65)
+    assert m["val_nats"] < np.log(65)
+
+
 def test_binary_addition_smoke(tmp_path):
     m = binary_addition.main(["--steps", "300", "--seeds", "1", "--recipe", "seed", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)

@@ -49,3 +49,19 @@ def test_bad_temperature_raises(params, temperature):
 def test_bad_prime_or_length_raises(params, prime, n, match):
     with pytest.raises(ValueError, match=match):
         jrnn.generate(params, jax.random.key(0), np.array(prime, np.int32), n)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "elman"])
+def test_generate_lm_is_deterministic_valid_and_follows_the_model(cell):
+    params = jrnn.lm.init(jax.random.key(0), cell=cell, vocab_size=9, hidden_size=8, layers=2)
+    a, _ = jrnn.sample.generate_lm(params, jax.random.key(1), [1, 2], 30, cell=cell)
+    b, _ = jrnn.sample.generate_lm(params, jax.random.key(1), [1, 2], 30, cell=cell)
+    assert np.array_equal(a, b) and a.shape == (30,) and int(a.min()) >= 0 and int(a.max()) < 9
+    greedy, _ = jrnn.sample.generate_lm(params, jax.random.key(2), [3], 5, cell=cell, temperature=1e-4)
+    seq = [3]
+    for _ in range(5):
+        logits, _ = jrnn.lm.apply(params, np.array(seq), cell=cell)
+        seq.append(int(jnp.argmax(logits[-1])))
+    assert list(np.asarray(greedy)) == seq[1:]
+    with pytest.raises(ValueError, match="token ids"):
+        jrnn.sample.generate_lm(params, jax.random.key(0), [9], 5, cell=cell)
