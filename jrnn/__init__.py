@@ -13,7 +13,7 @@ Time-major `[T, B, ...]` is the internal layout (it is what `lax.scan` iterates 
 `*_batch` entry points take batch-major `[B, T, ...]` as users usually hold data.
 """
 
-from jrnn import bptt, cells, checkpoint, data, elman, initializers, lm, losses, optim, rnn, sample, tbptt, testing, train
+from jrnn import bptt, cells, checkpoint, data, elman, initializers, lm, losses, optim, parallel, rnn, sample, tbptt, testing, train
 from jrnn.elman import ElmanParams
 from jrnn.sample import generate
 from jrnn.train import make_step, make_multi_step
@@ -32,6 +32,7 @@ __all__ = [
     "make_multi_step",
     "make_step",
     "optim",
+    "parallel",
     "rnn",
     "sample",
     "tbptt",

@@ -163,7 +163,7 @@ def _h0(params, inputs, h0):
 
 
 def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str = "tanh",
-           reverse: bool = False, unroll: int = 1, remat: bool = False):
+           reverse: bool = False, unroll: int = 1, remat: bool = False, method: str = "sequential"):
     """All hidden states.
 
     Args:
@@ -172,6 +172,9 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
       h0: initial state `[..., H]`; zeros if None.
       mask: optional `[T, ...]` (1 = real step, 0 = padding). Across padding the carry is
         frozen and the output is zero, so right-padded sequences end in their real last state.
+      method: "sequential" (one lax.scan), "deer" / "quasi_deer" (parallel-in-time Newton,
+        `jrnn.parallel`; falls back to the scan if it does not converge) or "auto" (picks by
+        size, see `jrnn.parallel.auto_method`).
 
     Returns:
       (hs `[T, ..., H]`, h_T `[..., H]`): h_T is the state after the last processed step
@@ -180,6 +183,20 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
     activation_fn(activation)
     h0 = _h0(params, inputs, h0)
     us = project(params, rnn.zero_padding(jnp.asarray(inputs), mask))  # [T, ..., H], hoisted out of the scan
+    if method == "auto":
+        from jrnn import parallel
+        method = parallel.auto_method(us.shape[0], int(np.prod(us.shape[1:-1])), us.shape[-1], jax.default_backend())
+    if method in ("deer", "quasi_deer"):
+        from jrnn import parallel  # layered above this module: imported on use
+        if mask is not None or remat:
+            raise ValueError(f"method={method!r} supports neither mask nor remat; use method='sequential'")
+        cell = lambda p, h, u: step(p, h, u, activation=activation)
+        us_ = jnp.flip(us, 0) if reverse else us
+        hs, _ = parallel.evaluate(cell, params, us_, h0, method=method)
+        hs = jnp.flip(hs, 0) if reverse else hs
+        return hs, (hs[0] if reverse else hs[-1])
+    if method != "sequential":
+        raise ValueError(f"unknown method {method!r}; choose sequential, deer, quasi_deer or auto")
     if mask is None:
         cell = lambda p, h, u: step(p, h, u, activation=activation)
         h_T, hs = rnn.scan(cell, params, h0, us, reverse=reverse, unroll=unroll, remat=remat)

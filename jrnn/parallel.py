@@ -1,0 +1,173 @@
+"""Parallel-in-time evaluation of nonlinear RNNs: DEER and quasi-DEER.
+
+A sequential scan needs T dependent steps. DEER (Lim et al., 2024) instead guesses all T states
+at once and refines them by Newton's method: linearising h_t = f(h_{t-1}, u_t) around the
+guess gives the *linear* recurrence
+
+    h_t = J_t h_{t-1} + (f(h'_{t-1}, u_t) - J_t h'_{t-1}),     J_t = df/dh at h'_{t-1},
+
+which `jax.lax.associative_scan` solves in O(log T) depth. quasi-DEER (Gonzalez et al., 2024)
+keeps only diag(J_t): O(H) instead of O(H^2) per step, more iterations. `damping` < 1 takes
+partial Newton steps (a simple stand-in for ELK's trust region) when the linearisation is
+unstable.
+
+Convergence is judged on the true residual max_t |h_t - f(h_{t-1}, u_t)|; if it is not below
+`tol` after `max_iters`, the result is recomputed with the sequential scan (so the answer is
+never silently wrong) and `info.fell_back` says so.
+
+Gradients do not differentiate through the Newton iterations: at the fixed point, the adjoint
+lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1} is itself a linear recurrence, solved (in reverse)
+by the same associative scan with the full Jacobians, then one batched vjp of the cell gives
+the parameter, input and h0 gradients (`jax.custom_vjp`).
+
+Carries must be arrays `[..., H]` (Elman, GRU). Shapes: us `[T, ..., G*H]`, h0 `[..., H]`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jrnn import rnn
+
+METHODS = ("sequential", "deer", "quasi_deer", "auto")
+
+
+class DeerInfo(NamedTuple):
+    """What the Newton solve did."""
+    iterations: jax.Array  # Newton iterations run
+    residual: jax.Array    # max_t |h_t - f(h_{t-1}, u_t)| of the Newton result
+    fell_back: jax.Array   # True if it did not converge and the sequential scan was used
+
+
+def _jacobians(f, prev, us):
+    """Per-step, per-sequence Jacobians df/dh: `[T, ..., H, H]`."""
+    lead, H = prev.shape[:-1], prev.shape[-1]
+    jac = jax.vmap(jax.jacfwd(lambda h, u: f(h[None], u[None])[0]))
+    return jac(prev.reshape(-1, H), us.reshape((-1,) + us.shape[len(lead):])).reshape(lead + (H, H))
+
+
+def _solve_linear(A, b, *, diagonal: bool, reverse: bool = False):
+    """x_t = A_t x_{t-1} + b_t with x_{-1} = 0 (x_{T} = 0 when reverse), by associative scan."""
+    def combine(first, second):  # apply `first`, then `second`
+        A1, b1 = first
+        A2, b2 = second
+        if diagonal:
+            return A2 * A1, A2 * b1 + b2
+        return A2 @ A1, (A2 @ b1[..., None])[..., 0] + b2
+    if reverse:
+        flip = lambda t: jax.tree.map(lambda a: jnp.flip(a, 0), t)
+        _, x = jax.lax.associative_scan(combine, flip((A, b)))
+        return jnp.flip(x, 0)
+    _, x = jax.lax.associative_scan(combine, (A, b))
+    return x
+
+
+def _newton(f, us, h0, *, diagonal, tol, max_iters, damping):
+    T = us.shape[0]
+    shift = lambda hs: jnp.concatenate([h0[None], hs[:-1]])
+
+    def residual(hs):
+        # inf unless every state is finite: products of many Jacobians can overflow, and a
+        # NaN must never pass for convergence
+        diff = jnp.abs(hs - f(shift(hs), us))
+        return jnp.where(jnp.all(jnp.isfinite(diff)), jnp.max(diff), jnp.inf)
+
+    def body(state):
+        hs, it, _ = state
+        prev = shift(hs)
+        fs = f(prev, us)
+        J = _jacobians(f, prev, us)
+        if diagonal:
+            J = jnp.diagonal(J, axis1=-2, axis2=-1)
+            b = fs - J * prev
+            b = b.at[0].add(J[0] * h0)          # h_{-1} = h0 enters through step 0
+        else:
+            b = fs - (J @ prev[..., None])[..., 0]
+            b = b.at[0].add((J[0] @ h0[..., None])[..., 0])
+        new = _solve_linear(J, b, diagonal=diagonal)
+        new = hs + damping * (new - hs)
+        return new, it + 1, residual(new)
+
+    def cond(state):
+        _, it, res = state
+        return (it < max_iters) & ~(res <= tol)
+
+    hs0 = jnp.zeros((T,) + h0.shape, h0.dtype)
+    hs, it, res = jax.lax.while_loop(cond, body, (hs0, jnp.asarray(0), residual(hs0)))
+    return hs, it, res
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5, 6, 7))
+def _solve(step, params, us, h0, diagonal, tol, max_iters, damping):
+    return _forward(step, params, us, h0, diagonal, tol, max_iters, damping)[0]
+
+
+def _forward(step, params, us, h0, diagonal, tol, max_iters, damping):
+    f = lambda prev, u: step(params, prev, u)[0]
+    hs, it, res = _newton(f, us, h0, diagonal=diagonal, tol=tol, max_iters=max_iters, damping=damping)
+    ok = res <= tol
+    # not converged: the sequential scan gives the right answer (one cond, no silent error)
+    hs = jax.lax.cond(ok, lambda: hs, lambda: rnn.scan(step, params, h0, us)[1])
+    return hs, DeerInfo(it, res, ~ok)
+
+
+def _solve_fwd(step, params, us, h0, diagonal, tol, max_iters, damping):
+    hs = _solve(step, params, us, h0, diagonal, tol, max_iters, damping)
+    return hs, (params, us, h0, hs)
+
+
+def _solve_bwd(step, diagonal, tol, max_iters, damping, res, g):
+    params, us, h0, hs = res
+    prev = jnp.concatenate([h0[None], hs[:-1]])
+    f = lambda p, hp, u: step(p, hp, u)[0]
+    _, vjp = jax.vjp(f, params, prev, us)
+    # adjoint: lambda_t = g_t + J_{t+1}^T lambda_{t+1}; the exact gradient needs the full J
+    J = _jacobians(lambda hp, u: f(params, hp, u), prev, us)        # J[t] = df_t/dh_{t-1}
+    A = jnp.concatenate([jnp.swapaxes(J[1:], -1, -2), jnp.zeros_like(J[:1])])
+    lam = _solve_linear(A, g, diagonal=False, reverse=True)
+    d_params, d_prev, d_us = vjp(lam)
+    return d_params, d_us, d_prev[0]
+
+
+_solve.defvjp(_solve_fwd, _solve_bwd)
+
+
+def evaluate(step, params, us, h0, *, method: str = "deer", tol: float | None = None, max_iters: int = 50,
+             damping: float = 1.0):
+    """All hidden states of `h_t = step(params, h_{t-1}, u_t)[0]` by (quasi-)DEER.
+
+    Args:
+      step: a scan-shaped cell step `(params, h, u) -> (h, y)` with array carries.
+      us: projected inputs `[T, ..., G*H]`; h0: `[..., H]`.
+      method: "deer" (full Jacobian) or "quasi_deer" (diagonal).
+      tol: residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
+      max_iters: Newton iterations before falling back to the sequential scan.
+      damping: Newton step size in (0, 1].
+
+    Returns:
+      (hs `[T, ..., H]`, DeerInfo). Differentiable (exact gradients of the fixed point).
+    """
+    if method not in ("deer", "quasi_deer"):
+        raise ValueError(f"method must be 'deer' or 'quasi_deer', got {method!r}")
+    if not 0.0 < damping <= 1.0:
+        raise ValueError(f"damping must be in (0, 1], got {damping}")
+    if max_iters < 1:
+        raise ValueError(f"max_iters must be >= 1, got {max_iters}")
+    tol = (1e-10 if h0.dtype == jnp.float64 else 1e-5) if tol is None else tol
+    diagonal = method == "quasi_deer"
+    hs = _solve(step, params, us, h0, diagonal, tol, max_iters, damping)
+    _, info = _forward(step, jax.lax.stop_gradient(params), jax.lax.stop_gradient(us),
+                       jax.lax.stop_gradient(h0), diagonal, tol, max_iters, damping)
+    return hs, info
+
+
+def auto_method(T: int, batch: int, hidden: int, backend: str | None = None) -> str:
+    """The method `method="auto"` uses. Measured on CPU (experiments.bench --deer): the
+    sequential scan won every configuration, so CPU always gets "sequential". No GPU has been
+    measured yet, so GPUs get "sequential" too until the benchmark documents a threshold."""
+    del T, batch, hidden, backend
+    return "sequential"

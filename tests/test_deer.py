@@ -1,0 +1,99 @@
+"""Parallel-in-time DEER / quasi-DEER: same states and exact gradients as the sequential scan."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from jrnn import bptt, cells, elman, losses, parallel
+from jrnn.testing import assert_trees_close
+
+
+def problem(T=400, B=2, H=8, V=11, scale=None, seed=0):
+    params = elman.init(jax.random.key(seed), vocab_size=V, hidden_size=H, dtype=jnp.float64)
+    if scale is not None:
+        params = params._replace(w_hh=params.w_hh * scale)
+    rng = np.random.RandomState(seed)
+    return params, rng.randint(0, V, (T, B)), rng.randint(0, V, (T, B))
+
+
+def test_deer_states_equal_the_sequential_scan():
+    params, x, _ = problem()
+    us, h0 = elman.project(params, x), jnp.asarray(np.random.RandomState(1).randn(2, 8) * 0.3)
+    hs, info = parallel.evaluate(elman.step, params, us, h0, method="deer")
+    seq, _ = elman.hidden(params, x, h0)
+    assert not bool(info.fell_back) and int(info.iterations) < 20
+    np.testing.assert_allclose(hs, seq, atol=1e-9)
+
+
+@pytest.mark.parametrize("method,scale", [("deer", None), ("quasi_deer", 0.3)])
+def test_gradients_equal_sequential_and_the_bptt_reference(method, scale):
+    params, x, y = problem(T=300, B=1, scale=scale)
+    x, y = x[:, 0], y[:, 0]
+    h0 = jnp.asarray(np.random.RandomState(2).randn(8) * 0.3)
+
+    def loss(p, h0, m):
+        hs, _ = elman.hidden(p, x, h0, method=m)
+        return losses.softmax_cross_entropy(elman.readout(p, hs), y, reduction="sum")
+
+    (g, gh), (gs, ghs) = jax.grad(loss, argnums=(0, 1))(params, h0, method), jax.grad(loss, argnums=(0, 1))(params, h0, "sequential")
+    assert_trees_close(g, gs, rtol=1e-8)
+    assert_trees_close(gh, ghs, rtol=1e-8)
+    _, ref, ref_dh0 = bptt.many_to_many(params, x, y, h0)
+    assert_trees_close(g, elman.ElmanParams(**ref), rtol=1e-8)
+    assert_trees_close(gh, ref_dh0, rtol=1e-8)
+    _, info = parallel.evaluate(elman.step, params, elman.project(params, x), h0, method=method)
+    assert not bool(info.fell_back)
+
+
+def test_no_convergence_falls_back_to_the_exact_scan_and_says_so():
+    params, x, _ = problem(T=200)
+    us, h0 = elman.project(params, x), jnp.zeros((2, 8))
+    hs, info = parallel.evaluate(elman.step, params, us, h0, method="quasi_deer", max_iters=2)
+    assert bool(info.fell_back) and float(info.residual) > 1e-10
+    np.testing.assert_array_equal(hs, elman.hidden(params, x)[0])
+
+
+def test_deer_works_for_a_gru_and_reverse():
+    p = cells.GRU.init(jax.random.key(3), 5, 6, jnp.float64)
+    xs = np.random.RandomState(4).randn(120, 3, 5)
+    us, h0 = cells.GRU.project(p, xs), jnp.zeros((3, 6))
+    hs, info = parallel.evaluate(cells.GRU.step, p, us, h0, method="deer")
+    np.testing.assert_allclose(hs, jrnn.rnn.run(cells.GRU, p, xs)[0], atol=1e-9)
+    params, x, _ = problem(T=64)
+    np.testing.assert_allclose(elman.hidden(params, x, reverse=True, method="deer")[0],
+                               elman.hidden(params, x, reverse=True)[0], atol=1e-9)
+
+
+def test_bad_method_arguments_raise():
+    params, x, _ = problem(T=5)
+    with pytest.raises(ValueError, match="unknown method"):
+        elman.hidden(params, x, method="newton")
+    with pytest.raises(ValueError, match="neither mask"):
+        elman.hidden(params, x, mask=np.ones(x.shape, bool), method="deer")
+    with pytest.raises(ValueError, match="damping"):
+        parallel.evaluate(elman.step, params, elman.project(params, x), jnp.zeros((2, 8)), damping=0.0)
+    assert elman.hidden(params, x, method="auto")[0].shape == (5, 2, 8)
+
+
+def test_trained_charlm_gives_the_same_validation_loss_with_deer(data_dir, tmp_path):
+    from experiments import charlm
+    text = jrnn.data.load_text("tinyshakespeare")[:20001]
+    vocab = jrnn.data.build_vocab(jrnn.data.load_text("tinyshakespeare"))
+    ids = vocab.encode(text)
+    xs, ys = jrnn.data.chunks(ids[:10001], 25)
+    params = elman.init(jax.random.key(0), vocab_size=vocab.size, hidden_size=64, scheme="uniform_fan_in")
+    opt = jrnn.optim.sgd(1e-3)
+    params, _, _, _ = charlm.SEED_EPOCH(params, opt.init(params), (xs, ys))   # trained sequentially
+    val_x, val_y = jrnn.data.streams(ids[10000:], 16, 250)                     # [N, T, B]
+    val_x, val_y = val_x[0], val_y[0]                                             # 16 streams of 250
+
+    def val_loss(method):
+        hs, _ = elman.hidden(params, val_x, method=method)
+        return float(losses.softmax_cross_entropy(elman.readout(params, hs), val_y))
+
+    _, info = parallel.evaluate(elman.step, params, elman.project(params, val_x), jnp.zeros((16, 64), jnp.float32))
+    assert not bool(info.fell_back)
+    seq, deer = val_loss("sequential"), val_loss("deer")
+    assert abs(seq - deer) <= 1e-5 and seq < np.log(vocab.size)
