@@ -189,6 +189,53 @@ def torch_impl(params, x, y):
     return {"train": train, "forward": forward, "loss": value, "steps_per_call": 1}
 
 
+# ---- parallel-in-time (DEER) ------------------------------------------------------------------
+
+DEER_CPU = [(T, H, B) for T in (1000, 16000) for H in (8, 32) for B in (1, 16)]
+DEER_GPU = [(T, H, B) for T in (1000, 16000, 65536) for H in (8, 32, 128, 256) for B in (1, 16, 64)]
+DEER_MAX_JACOBIAN_BYTES = 2**30   # skip configs whose [T, B, H, H] Jacobians exceed 1 GiB
+
+
+def deer_rows(configs, repeats):
+    """Forward and forward+backward time of an Elman layer by sequential scan, DEER, quasi-DEER."""
+    rows = []
+    for T, H, B in configs:
+        params = jrnn.elman.init(jax.random.key(0), input_size=H, hidden_size=H, output_size=1)
+        xs = jnp.asarray(np.random.RandomState(0).randn(T, B, H).astype(np.float32))
+        jac_bytes = T * B * H * H * 4
+        base = None
+        for method in ("sequential", "deer", "quasi_deer"):
+            if method != "sequential" and jac_bytes > DEER_MAX_JACOBIAN_BYTES:
+                rows.append({"T": T, "H": H, "B": B, "method": method, "skipped": "Jacobians > 1 GiB"})
+                continue
+            fwd = jax.jit(lambda p, x, m=method: jrnn.elman.hidden(p, x, method=m)[0])
+            grad = jax.jit(jax.grad(lambda p, x, m=method: jnp.sum(jrnn.elman.hidden(p, x, method=m)[0] ** 2)))
+            f_s = timed(lambda: jax.block_until_ready(fwd(params, xs)), repeats)
+            g_s = timed(lambda: jax.block_until_ready(grad(params, xs)), repeats)
+            row = {"T": T, "H": H, "B": B, "method": method, "forward_ms": f_s * 1e3, "train_ms": g_s * 1e3}
+            if method != "sequential":
+                _, info = jrnn.parallel.evaluate(jrnn.elman.step, params, jrnn.elman.project(params, xs),
+                                                 jnp.zeros((B, H)), method=method)
+                row.update(iterations=int(info.iterations), fell_back=bool(info.fell_back),
+                           forward_speedup=base[0] / f_s, train_speedup=base[1] / g_s)
+            else:
+                base = (f_s, g_s)
+            rows.append(row)
+    return rows
+
+
+def print_deer(rows):
+    print("| T | H | B | method | fwd ms | fwd+bwd ms | vs sequential (fwd, fwd+bwd) | Newton iters |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "skipped" in r:
+            print(f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | skipped: {r['skipped']} | | | |")
+            continue
+        ratio = "" if r["method"] == "sequential" else f"{r['forward_speedup']:.2f}x, {r['train_speedup']:.2f}x"
+        it = "" if r["method"] == "sequential" else f"{r['iterations']}{' (fell back)' if r['fell_back'] else ''}"
+        print(f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | {r['forward_ms']:.1f} | {r['train_ms']:.1f} | {ratio} | {it} |")
+
+
 # ---- driver -----------------------------------------------------------------------------------
 
 def implementations(quick):
@@ -232,8 +279,20 @@ def main(argv=None):
     ap.add_argument("--configs", default=None, help="semicolon-separated B,H,T,V list overriding the defaults")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
     ap.add_argument("--only", default=None, help="comma-separated implementation names to run (default: all)")
+    ap.add_argument("--deer", action="store_true", help="benchmark parallel-in-time DEER / quasi-DEER against the sequential scan")
     args = ap.parse_args(argv)
     common.positive(args, "repeats")
+    if args.deer:
+        configs = DEER_GPU if jax.default_backend() == "gpu" else DEER_CPU
+        with common.Timer() as t:
+            rows = deer_rows(configs, 3 if args.quick else args.repeats)
+        print_deer(rows)
+        out = args.out.parent / "bench_deer" if args.out.name == "bench" else args.out
+        common.save_results(out, "bench_deer", {"configs": configs}, {}, t.s, rows=rows)
+        done = [r for r in rows if r["method"] == "deer" and "skipped" not in r]
+        common.plot_curves(out, {"deer fwd+bwd speedup": (np.arange(len(done)), [r["train_speedup"] for r in done])},
+                           xlabel="config index", ylabel="speedup vs sequential", title="DEER vs sequential scan")
+        return rows
     if args.configs:
         configs = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")]
         if any(len(c) != 4 or min(c) < 1 for c in configs):
