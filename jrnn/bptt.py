@@ -86,6 +86,13 @@ def forward(params, inputs, h0=None, activation="tanh"):
     return xs, hs, ys
 
 
+def _forward_loss(params, inputs, targets, h0, activation):
+    """Forward pass and L = sum_t -log p_t[target_t]: (xs, hs, ps, loss)."""
+    xs, hs, ys = forward(params, inputs, h0, activation)
+    loss = sum(_nll(y, target) for y, target in zip(ys, targets))
+    return xs, hs, [_softmax(y) for y in ys], loss
+
+
 def _grads_dict(dWxh, dWhh, dbh, dWhy, dby):
     # back to the library's row-vector layout
     return {"w_xh": dWxh.T, "w_hh": dWhh.T, "b_h": dbh, "w_hy": dWhy.T, "b_y": dby}
@@ -98,12 +105,9 @@ def many_to_many(params, inputs, targets, h0=None, activation="tanh"):
     """
     Wxh, Whh, bh, Why, by = _columns(params)
     _, dact = _act(activation)
-    xs, hs, ys = forward(params, inputs, h0, activation)
+    xs, hs, ps, loss = _forward_loss(params, inputs, targets, h0, activation)
     T = len(xs)
-    loss = sum(_nll(ys[t], targets[t]) for t in range(T))
-    ps = [_softmax(y) for y in ys]
-    dWxh, dWhh, dbh = np.zeros_like(Wxh), np.zeros_like(Whh), np.zeros_like(bh)
-    dWhy, dby = np.zeros_like(Why), np.zeros_like(by)
+    dWxh, dWhh, dbh, dWhy, dby = (np.zeros_like(a) for a in (Wxh, Whh, bh, Why, by))
     dh_next = np.zeros_like(bh)
     for t in reversed(range(T)):
         h, h_prev = hs[t + 1], hs[t]
@@ -160,12 +164,9 @@ def truncated(params, inputs, targets, h0=None, *, k1, k2, activation="tanh"):
         raise ValueError(f"TBPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")
     Wxh, Whh, bh, Why, by = _columns(params)
     _, dact = _act(activation)
-    xs, hs, ys = forward(params, inputs, h0, activation)
+    xs, hs, ps, loss = _forward_loss(params, inputs, targets, h0, activation)
     T = len(xs)
-    loss = sum(_nll(ys[t], targets[t]) for t in range(T))
-    ps = [_softmax(y) for y in ys]
-    dWxh, dWhh, dbh = np.zeros_like(Wxh), np.zeros_like(Whh), np.zeros_like(bh)
-    dWhy, dby = np.zeros_like(Why), np.zeros_like(by)
+    dWxh, dWhh, dbh, dWhy, dby = (np.zeros_like(a) for a in (Wxh, Whh, bh, Why, by))
     dh0 = np.zeros_like(bh)
     for t in reversed(range(T)):
         end = min((t // k1 + 1) * k1, T) - 1     # last step of t's block

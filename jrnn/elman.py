@@ -204,15 +204,8 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
     mask = jnp.asarray(mask, bool)
     if mask.shape != us.shape[:-1]:
         raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
-
-    def masked_cell(p, h, x):
-        u, m = x
-        u = jnp.where(m[..., None], u, 0.0)  # "double where": padding never feeds NaN/inf into grads
-        h_new, _ = step(p, h, u, activation=activation)
-        h = jnp.where(m[..., None], h_new, h)  # padding: carry frozen
-        return h, jnp.where(m[..., None], h, 0.0)
-
-    h_T, hs = rnn.scan(masked_cell, params, h0, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
+    cell = rnn.masked(lambda p, h, u: step(p, h, u, activation=activation))
+    h_T, hs = rnn.scan(cell, params, h0, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
     return hs, h_T
 
 

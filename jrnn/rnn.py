@@ -109,16 +109,20 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
     mask = jnp.asarray(mask, bool)
     if mask.shape != us.shape[:-1]:
         raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
+    carry, hs = scan(masked(cell.step), params, carry, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
+    return hs, carry
 
-    def masked(p, c, x):
+
+def masked(step):
+    """Wrap `step(params, carry, u) -> (carry, h)` to take `(u, m)` per step: where m is 0
+    (padding) the carry is frozen and the output is zero."""
+    def wrapped(p, c, x):
         u, m = x
         u = jnp.where(m[..., None], u, 0.0)  # "double where": padding never feeds NaN/inf into grads
-        new_c, h = cell.step(p, c, u)
+        new_c, h = step(p, c, u)
         c = jax.tree.map(lambda a, b: jnp.where(m[..., None], a, b), new_c, c)
         return c, jnp.where(m[..., None], h, 0.0)
-
-    carry, hs = scan(masked, params, carry, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
-    return hs, carry
+    return wrapped
 
 
 def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str = "concat", unroll: int = 1):
