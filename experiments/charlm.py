@@ -108,7 +108,8 @@ def evaluate(params, ids, cell, batch=16, seq_len=256):
     return float(total) / ys.size
 
 
-def run_full_mode(args, ids, V):
+def run_full_mode(args, ids, vocab):
+    V = vocab.size
     n_val = int(len(ids) * VAL_FRACTION)
     train_ids, val_ids = ids[:-n_val], ids[-n_val:]
     xs, ys = jrnn.data.streams(train_ids, args.batch, args.seq_len)      # [N, T, B]
@@ -117,25 +118,41 @@ def run_full_mode(args, ids, V):
     params = jrnn.lm.init(jax.random.key(args.seed), cell=args.cell, vocab_size=V, hidden_size=args.hidden,
                           layers=args.layers)
     print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters")
-    opt_state = opt.init(params)
     n_calls = len(xs) // FULL_CALL_STEPS
-    total = args.epochs * n_calls * FULL_CALL_STEPS
-    bar = common.progress(total, "charlm --full", args.quiet)
-    history, t0, step = [], time.perf_counter(), 0
-    for epoch in range(args.epochs):
-        h = jrnn.lm.zeros(params, (args.batch,), cell=args.cell)
-        for c in range(n_calls):
+    state = {"params": params, "opt_state": opt.init(params), "h": jrnn.lm.zeros(params, (args.batch,), cell=args.cell)}
+    ckpt_dir = args.out / "checkpoints"
+    config = {k: getattr(args, k) for k in ("seed", "cell", "layers", "hidden", "batch", "seq_len", "lr", "chars")}
+    history, step = [], 0
+    if args.resume:
+        ck = jrnn.checkpoint.load_latest(ckpt_dir, state, config=config, vocab=vocab.chars)
+        if ck is not None:
+            state, step, history = ck.state, ck.step, ck.cursor["history"]
+            print(f"resumed from {ck.path} at step {step}")
+    params, opt_state, h = state["params"], state["opt_state"], state["h"]
+    bar = common.progress(args.epochs * n_calls * FULL_CALL_STEPS, "charlm --full", args.quiet)
+    bar.update(step)
+    bad = jrnn.train.BadStepCounter(args.max_bad_steps)
+    t0 = time.perf_counter() - (history[-1]["wall_s"] if history else 0.0)
+    for epoch in range(step // (n_calls * FULL_CALL_STEPS), args.epochs):
+        for c in range(step // FULL_CALL_STEPS - epoch * n_calls, n_calls):
+            if c == 0:
+                h = jrnn.lm.zeros(params, (args.batch,), cell=args.cell)   # each epoch reads from the start
             sl = slice(c * FULL_CALL_STEPS, (c + 1) * FULL_CALL_STEPS)
             params, opt_state, m, h = multi_step(params, opt_state, (xs[sl], ys[sl]), h)
+            bad.update(m["skipped"])
             step += FULL_CALL_STEPS
             bar.update(FULL_CALL_STEPS)
             bar.set_postfix(loss=f"{float(m['loss'][-1]):.3f}")
-        val = evaluate(params, val_ids, args.cell)
-        history.append({"epoch": epoch + 1, "step": step, "val_nats": val, "val_bits": val / math.log(2),
-                        "train_loss": float(m["loss"].mean()), "wall_s": time.perf_counter() - t0})
-        print(f"epoch {epoch + 1}: val {val:.4f} nats/char ({val / math.log(2):.4f} bits), "
-              f"{history[-1]['wall_s']:.0f} s")
-        if args.max_minutes and history[-1]["wall_s"] > 60 * args.max_minutes:
+            if c == n_calls - 1:
+                val = evaluate(params, val_ids, args.cell)
+                history.append({"epoch": epoch + 1, "step": step, "val_nats": val, "val_bits": val / math.log(2),
+                                "train_loss": float(m["loss"].mean()), "wall_s": time.perf_counter() - t0})
+                print(f"epoch {epoch + 1}: val {val:.4f} nats/char ({val / math.log(2):.4f} bits), "
+                      f"{history[-1]['wall_s']:.0f} s")
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                jrnn.checkpoint.save(ckpt_dir, {"params": params, "opt_state": opt_state, "h": h}, step=step,
+                                     config=config, vocab=vocab.chars, cursor={"history": history})
+        if args.max_minutes and history and history[-1]["wall_s"] > 60 * args.max_minutes:
             print(f"stopping: --max-minutes {args.max_minutes} reached")
             break
     bar.close()
@@ -156,12 +173,18 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=FULL_LR, help="--full: Adam learning rate")
     ap.add_argument("--max-minutes", type=float, default=0, help="--full: stop after the epoch that passes this")
     ap.add_argument("--chars", type=int, default=None, help="use only the first N chars of the corpus (smoke runs)")
+    ap.add_argument("--checkpoint-every", type=int, default=0,
+                    help=f"--full: save the training state every N steps (multiple of {FULL_CALL_STEPS}; 0: never)")
+    ap.add_argument("--resume", action="store_true", help="--full: continue from the newest checkpoint under --out")
+    ap.add_argument("--max-bad-steps", type=int, default=10, help="--full: stop after this many consecutive NaN/inf steps")
     ap.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     ap.add_argument("--prime", default="\n", help="text the sample starts from")
     ap.add_argument("--sample-len", type=int, default=500, help="characters to sample")
     args = ap.parse_args(argv)
-    common.positive(args, "epochs", "seeds", "hidden", "batch", "seq_len", "sample_len", "layers")
+    common.positive(args, "epochs", "seeds", "hidden", "batch", "seq_len", "sample_len", "layers", "max_bad_steps")
+    if args.checkpoint_every < 0 or args.checkpoint_every % FULL_CALL_STEPS:
+        raise ValueError(f"--checkpoint-every must be a non-negative multiple of {FULL_CALL_STEPS}")
     jrnn.optim.check_learning_rate(args.lr)
     text = jrnn.data.load_text("tinyshakespeare", args.data)
     vocab = jrnn.data.build_vocab(text)          # of the whole corpus, as the seed
@@ -172,7 +195,7 @@ def main(argv=None):
 
     with common.Timer() as t:
         if args.full:
-            params, history = run_full_mode(args, ids, vocab.size)
+            params, history = run_full_mode(args, ids, vocab)
             metrics = {"val_nats": history[-1]["val_nats"], "val_bits": history[-1]["val_bits"],
                        "parameters": jrnn.lm.param_count(params),
                        "best_val_nats": min(r["val_nats"] for r in history),

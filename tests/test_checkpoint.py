@@ -172,3 +172,18 @@ def test_same_command_same_losses_bit_for_bit(data_dir, tmp_path):
     one = _minchar(tmp_path / "one", "--steps", "200")
     two = _minchar(tmp_path / "two", "--steps", "200")
     assert one["runs"][0]["losses"] == two["runs"][0]["losses"]
+
+
+def test_charlm_full_resume_continues_bit_for_bit(data_dir, tmp_path):
+    def run(out, *args):
+        cmd = [sys.executable, "-m", "experiments.charlm", "--full", "--chars", "30000", "--hidden", "16", "--batch", "4",
+               "--seq-len", "16", "--sample-len", "5", "--checkpoint-every", "10", "--quiet", "--out", str(out), *args]
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return json.loads((out / "results.json").read_text())
+
+    straight = run(tmp_path / "a", "--epochs", "2")
+    run(tmp_path / "b", "--epochs", "1")
+    resumed = run(tmp_path / "b", "--epochs", "2", "--resume")
+    assert [h["val_nats"] for h in straight["history"]] == [h["val_nats"] for h in resumed["history"]]
+    assert straight["sample"] == resumed["sample"]
