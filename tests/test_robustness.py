@@ -11,7 +11,7 @@ import jrnn
 from jrnn import data, elman, losses, optim
 from jrnn.testing import assert_trees_close
 
-FUZZ = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
