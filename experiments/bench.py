@@ -19,7 +19,6 @@ torch==2.13.0` takes a CPU build).
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 

@@ -11,7 +11,6 @@ Batched recipe: minibatches of pairs (vmapped) and Adam, timed to 100 % exhausti
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

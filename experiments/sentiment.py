@@ -119,10 +119,9 @@ def init(key, vocab_size):
 
 
 def train(seeds, epochs, quiet=True):
-    """Train one model per seed, all at once under vmap. Returns (params, losses [S, E], wall)."""
+    """Train one model per seed, all at once under vmap. Returns (params, losses [S, E], wall s)."""
     vocab = vocabulary()
-    T = T_MAX
-    train_data = encode(TRAIN, vocab, T)
+    train_data = encode(TRAIN, vocab, T_MAX)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     params = jax.vmap(lambda k: init(k, len(vocab)))(keys)
     opt_state = jax.vmap(OPTIMIZER.init)(params)
@@ -140,7 +139,7 @@ def train(seeds, epochs, quiet=True):
             bar.update(n)
             bar.set_postfix(loss=f"{float(history[-1][:, -1].mean()):.4f}")
     bar.close()
-    return params, np.concatenate(history, axis=1), t.s, (vocab, T)
+    return params, np.concatenate(history, axis=1), t.s
 
 
 def main(argv=None):
@@ -150,8 +149,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     common.positive(args, "epochs", "seeds")
     seeds = list(range(args.seed, args.seed + args.seeds))
-    params, losses, wall, (vocab, T) = train(seeds, args.epochs, args.quiet)
-    test_data, train_data = encode(TEST, vocab, T), encode(TRAIN, vocab, T)
+    params, losses, wall = train(seeds, args.epochs, args.quiet)
+    vocab = vocabulary()
+    test_data, train_data = encode(TEST, vocab, T_MAX), encode(TRAIN, vocab, T_MAX)
     test_acc = np.asarray(jax.vmap(lambda p: accuracy(p, test_data))(params))
     train_acc = np.asarray(jax.vmap(lambda p: accuracy(p, train_data))(params))
     metrics = {"test_accuracy": test_acc, "train_accuracy": train_acc,
@@ -159,7 +159,7 @@ def main(argv=None):
                "final_train_loss": losses[:, -1], "epochs_per_s_all_seeds": args.epochs * len(seeds) / wall}
     if args.baseline_epochs > 0:
         train(seeds, EPOCHS_PER_CALL)  # compile the same shapes, then time a steady-state run
-        _, _, wall_jit, _ = train(seeds, args.epochs)
+        _, _, wall_jit = train(seeds, args.epochs)
         one = init(jax.random.key(args.seed), len(vocab))
         sentences = [(x[m].tolist(), int(y)) for x, m, y in zip(*train_data)]
         with common.Timer() as tn:

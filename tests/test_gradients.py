@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-import jrnn
 from jrnn import bptt, elman, losses, tbptt
 from jrnn.testing import assert_trees_close, check_gradients, relative_error
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jrnn
-from jrnn import data, elman, losses, optim
+from jrnn import data, elman, optim
 from jrnn.testing import assert_trees_close
 
 FUZZ = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import jrnn
-from jrnn import elman, losses, optim, tbptt
+from jrnn import elman, optim, tbptt
 from jrnn.testing import assert_trees_close
 
 
@@ -38,7 +38,6 @@ def test_step_compiles_once_across_batches(setup):
 
 def test_karpathy_adagrad_matches_min_char_rnn_update(setup):
     params, text = setup
-    x, y = text[:25], text[1:26]
     opt = optim.karpathy_adagrad(0.1)
     step = jrnn.make_step(lm_loss, opt)
     state, h = opt.init(params), jnp.zeros(10)
