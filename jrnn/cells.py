@@ -22,19 +22,13 @@ or pass it directly to `jrnn.rnn.run`.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jrnn import elman
-
-
-class Cell(NamedTuple):
-    init: Callable
-    project: Callable
-    step: Callable
-    zeros: Callable
+from jrnn.rnn import Cell
 
 
 def _gather_or_matmul(w, b, xs):
@@ -54,19 +48,8 @@ def _blocks(key, D, H, n, dtype):
 
 # ---- Elman (the recurrence part of jrnn.elman) -------------------------------------------------
 
-class ElmanCellParams(NamedTuple):
-    """Elman recurrence without readout."""
-    w_xh: jax.Array  # [D, H]
-    w_hh: jax.Array  # [H, H]
-    b_h: jax.Array   # [H]
-
-
-def _elman_init(key, input_size, hidden_size, dtype=jnp.float32):
-    p = elman.init(key, input_size=input_size, hidden_size=hidden_size, output_size=1, dtype=dtype)
-    return ElmanCellParams(p.w_xh, p.w_hh, p.b_h)
-
-
-ELMAN = Cell(_elman_init, elman.project, elman.step, elman.zeros_carry)
+ElmanCellParams = elman.ElmanCellParams
+ELMAN = elman.cell("tanh")
 
 
 # ---- LSTM --------------------------------------------------------------------------------------

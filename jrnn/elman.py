@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,13 @@ class ElmanParams(NamedTuple):
     b_h: jax.Array   # [H]
     w_hy: jax.Array  # [H, V] hidden -> output
     b_y: jax.Array   # [V]
+
+
+class ElmanCellParams(NamedTuple):
+    """Elman recurrence without readout (one layer of a `jrnn.lm` stack)."""
+    w_xh: jax.Array  # [D, H]
+    w_hh: jax.Array  # [H, H]
+    b_h: jax.Array   # [H]
 
 
 def _positive_int(name, value):
@@ -182,31 +191,34 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
     """
     activation_fn(activation)
     h0 = _h0(params, inputs, h0)
-    us = project(params, rnn.zero_padding(jnp.asarray(inputs), mask))  # [T, ..., H], hoisted out of the scan
     if method == "auto":
-        from jrnn import parallel
-        method = parallel.auto_method(us.shape[0], int(np.prod(us.shape[1:-1])), us.shape[-1], jax.default_backend())
-    if method in ("deer", "quasi_deer"):
         from jrnn import parallel  # layered above this module: imported on use
+        method = parallel.auto_method(jnp.shape(inputs)[0], int(np.prod(h0.shape[:-1])), h0.shape[-1],
+                                      jax.default_backend())
+    if method in ("deer", "quasi_deer"):
+        from jrnn import parallel
         if mask is not None or remat:
             raise ValueError(f"method={method!r} supports neither mask nor remat; use method='sequential'")
-        cell = lambda p, h, u: step(p, h, u, activation=activation)
-        us_ = jnp.flip(us, 0) if reverse else us
-        hs, _ = parallel.evaluate(cell, params, us_, h0, method=method)
+        us = project(params, inputs)
+        us = jnp.flip(us, 0) if reverse else us
+        hs, _ = parallel.evaluate(functools.partial(step, activation=activation), params, us, h0, method=method)
         hs = jnp.flip(hs, 0) if reverse else hs
         return hs, (hs[0] if reverse else hs[-1])
     if method != "sequential":
         raise ValueError(f"unknown method {method!r}; choose sequential, deer, quasi_deer or auto")
-    if mask is None:
-        cell = lambda p, h, u: step(p, h, u, activation=activation)
-        h_T, hs = rnn.scan(cell, params, h0, us, reverse=reverse, unroll=unroll, remat=remat)
-        return hs, h_T
-    mask = jnp.asarray(mask, bool)
-    if mask.shape != us.shape[:-1]:
-        raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
-    cell = rnn.masked(lambda p, h, u: step(p, h, u, activation=activation))
-    h_T, hs = rnn.scan(cell, params, h0, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
-    return hs, h_T
+    return rnn.run(cell(activation), params, inputs, h0, mask=mask, reverse=reverse, unroll=unroll, remat=remat)
+
+
+def cell_init(key, input_size, hidden_size, dtype=jnp.float32) -> ElmanCellParams:
+    """Elman recurrence parameters alone (the default scheme of `init`)."""
+    p = init(key, input_size=input_size, hidden_size=hidden_size, output_size=1, dtype=dtype)
+    return ElmanCellParams(p.w_xh, p.w_hh, p.b_h)
+
+
+def cell(activation: str = "tanh") -> rnn.Cell:
+    """The Elman recurrence as a `jrnn.rnn.Cell` (`jrnn.cells.ELMAN` is the tanh one)."""
+    activation_fn(activation)
+    return rnn.Cell(cell_init, project, functools.partial(step, activation=activation), zeros_carry)
 
 
 def readout(params: ElmanParams, h) -> jax.Array:

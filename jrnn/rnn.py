@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 Step = Callable[[Any, Any, Any], tuple]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell as pure functions (see `jrnn.cells` for the contract and the cells)."""
+    init: Callable
+    project: Callable
+    step: Callable
+    zeros: Callable
 
 
 def scan(step: Step, params, carry, xs, *, reverse: bool = False, unroll: int = 1,
