@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import initializers, losses, rnn
+from jrnn import elman_scan, initializers, losses, rnn
 
-ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
+ACTIVATIONS = elman_scan.ACTIVATIONS
 
 
 class ElmanParams(NamedTuple):
@@ -218,7 +218,11 @@ def cell_init(key, input_size, hidden_size, dtype=jnp.float32) -> ElmanCellParam
 def cell(activation: str = "tanh") -> rnn.Cell:
     """The Elman recurrence as a `jrnn.rnn.Cell` (`jrnn.cells.ELMAN` is the tanh one)."""
     activation_fn(activation)
-    return rnn.Cell(cell_init, project, functools.partial(step, activation=activation), zeros_carry)
+
+    def scan(params, us, h0, *, mask=None, reverse=False, unroll=1):
+        return elman_scan.run(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse, unroll=unroll)
+
+    return rnn.Cell(cell_init, project, functools.partial(step, activation=activation), zeros_carry, scan)
 
 
 def readout(params: ElmanParams, h) -> jax.Array:

@@ -17,11 +17,17 @@ Step = Callable[[Any, Any, Any], tuple]
 
 
 class Cell(NamedTuple):
-    """A recurrent cell as pure functions (see `jrnn.cells` for the contract and the cells)."""
+    """A recurrent cell as pure functions (see `jrnn.cells` for the contract and the cells).
+
+    `scan`, optional, is a cell's own whole-sequence loop, `(params, us, carry, *, mask, reverse,
+    unroll) -> (hs, carry)`, equal to scanning `step` but faster (the Elman cell's hoists its
+    weight gradient, `jrnn.elman_scan`); `run` uses it unless `remat` is asked for.
+    """
     init: Callable
     project: Callable
     step: Callable
     zeros: Callable
+    scan: Callable | None = None
 
 
 def scan(step: Step, params, carry, xs, *, reverse: bool = False, unroll: int = 1,
@@ -111,12 +117,15 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
     us = cell.project(params, inputs)
     if carry is None:
         carry = cell.zeros(params, us.shape[1:-1])
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        if mask.shape != us.shape[:-1]:
+            raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
+    if cell.scan is not None and not remat:
+        return cell.scan(params, us, carry, mask=mask, reverse=reverse, unroll=unroll)
     if mask is None:
         carry, hs = scan(cell.step, params, carry, us, reverse=reverse, unroll=unroll, remat=remat)
         return hs, carry
-    mask = jnp.asarray(mask, bool)
-    if mask.shape != us.shape[:-1]:
-        raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
     carry, hs = scan(masked(cell.step), params, carry, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
     return hs, carry
 

@@ -28,21 +28,27 @@ def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry
     """The body shared by `make_step` and `make_multi_step` (not jitted on its own)."""
     (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, carry)
     new_carry = jax.lax.stop_gradient(new_carry)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    if guard_nonfinite:
-        # A NaN/inf loss or gradient must never reach the parameters: keep the old params,
-        # optimizer state and carry, and report the skip. Any NaN/inf in the gradients makes
-        # their global norm NaN/inf, so one scalar test covers every leaf (a norm that
-        # overflows counts as bad too, which is what one wants).
-        ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
-        new_params = _select(ok, new_params, params)
-        new_opt_state = _select(ok, new_opt_state, opt_state)
-        # carry None means "start from zeros" for every jrnn model
-        old_carry = jax.tree.map(jnp.zeros_like, new_carry) if carry is None else carry
-        new_carry = _select(ok, new_carry, old_carry)
-        metrics["skipped"] = (~ok).astype(jnp.int32)
+
+    def apply(grads, opt_state, params):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    if not guard_nonfinite:
+        new_params, new_opt_state = apply(grads, opt_state, params)
+        return new_params, new_opt_state, metrics, new_carry
+    # A NaN/inf loss or gradient must never reach the parameters: keep the old params,
+    # optimizer state and carry, and report the skip. Any NaN/inf in the gradients makes
+    # their global norm NaN/inf, so one scalar test covers every leaf (a norm that
+    # overflows counts as bad too, which is what one wants). A `cond`, not a `where` per
+    # leaf: the good path then writes the update once (measured 20 % of a min-char-rnn step
+    # on CPU); under `vmap` it becomes the same select.
+    ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+    new_params, new_opt_state = jax.lax.cond(ok, apply, lambda g, s, p: (p, s), grads, opt_state, params)
+    # carry None means "start from zeros" for every jrnn model
+    old_carry = jax.tree.map(jnp.zeros_like, new_carry) if carry is None else carry
+    new_carry = _select(ok, new_carry, old_carry)
+    metrics["skipped"] = (~ok).astype(jnp.int32)
     return new_params, new_opt_state, metrics, new_carry
 
 

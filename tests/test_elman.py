@@ -75,16 +75,47 @@ def test_token_ids_equal_one_hot_dense_inputs(params, rng):
     np.testing.assert_allclose(ha, hb, rtol=1e-12)
 
 
+def _inlined(jaxpr):
+    """Equations of a jaxpr with jit / custom-derivative calls inlined (scan bodies kept whole)."""
+    out = []
+    for e in jaxpr.eqns:
+        sub = e.params.get("call_jaxpr", e.params.get("jaxpr")) if e.primitive.name != "scan" else None
+        if sub is not None:
+            out += _inlined(getattr(sub, "jaxpr", sub))
+        else:
+            out.append(e)
+    return out
+
+
 def test_input_projection_is_hoisted_out_of_the_scan(params):
     tokens = jnp.zeros((25, 3), jnp.int32)  # [T, B]
-    jaxpr = jax.make_jaxpr(lambda p, x: elman.apply(p, x)[0])(params, tokens).jaxpr
-    scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+    eqns = _inlined(jax.make_jaxpr(lambda p, x: elman.apply(p, x)[0])(params, tokens).jaxpr)
+    scans = [e for e in eqns if e.primitive.name == "scan"]
     assert len(scans) == 1
-    body = [e.primitive.name for e in scans[0].params["jaxpr"].jaxpr.eqns]
+    body = [e.primitive.name for e in _inlined(scans[0].params["jaxpr"].jaxpr)]
     assert body.count("dot_general") == 1            # only h_{t-1} @ W_hh runs per step
-    assert "gather" not in body and "jit" not in body  # the embedding gather runs once, before
-    after = [e.primitive.name for e in jaxpr.eqns[jaxpr.eqns.index(scans[0]):]]
+    assert "gather" not in body                      # the embedding gather runs once, before
+    after = [e.primitive.name for e in eqns[eqns.index(scans[0]):]]
     assert "dot_general" in after                    # the readout runs once, after
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_backward_loop_does_one_matmul_per_step(params, masked):
+    """The weight gradient dL/dW_hh is one matmul after the backward loop (jrnn.elman_scan), not
+    an outer product accumulated inside it as the transpose of a plain scan would do."""
+    tokens = jnp.zeros((25, 3), jnp.int32)
+    mask = jnp.ones((25, 3), bool) if masked else None
+    loss = lambda p: jnp.sum(elman.apply(p, tokens, mask=mask)[0] ** 2)
+    eqns = _inlined(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+    scans = [e for e in eqns if e.primitive.name == "scan"]
+    assert len(scans) == 2                           # forward, backward
+    for s in scans:
+        assert [e.primitive.name for e in _inlined(s.params["jaxpr"].jaxpr)].count("dot_general") == 1
+    plain = lambda p: jnp.sum(jax.lax.scan(lambda h, u: elman.step(p, h, u), jnp.zeros((3, 6)),
+                                           elman.project(p, tokens))[1] ** 2)
+    plain_scans = [e for e in _inlined(jax.make_jaxpr(jax.grad(plain))(params).jaxpr) if e.primitive.name == "scan"]
+    assert max([e.primitive.name for e in _inlined(s.params["jaxpr"].jaxpr)].count("dot_general")
+               for s in plain_scans) == 2            # what the hoisting removes
 
 
 def test_batched_entry_point_equals_loop_over_sequences(params, rng):
