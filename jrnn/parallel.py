@@ -20,7 +20,9 @@ lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1} is itself a linear recurrence, solve
 by the same associative scan with the full Jacobians, then one batched vjp of the cell gives
 the parameter, input and h0 gradients (`jax.custom_vjp`).
 
-Carries must be arrays `[..., H]` (Elman, GRU). Shapes: us `[T, ..., G*H]`, h0 `[..., H]`.
+Carries may be any pytree of `[..., H_i]` arrays (the LSTM's (h, c)): they are concatenated into
+one state vector `[..., sum H_i]` for the solve, and the cell's outputs are recomputed from the
+solved carries in one parallel pass. Shapes: us `[T, ..., G*H]`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jrnn import rnn
 
@@ -103,10 +106,7 @@ def _newton(f, us, h0, *, diagonal, tol, max_iters, damping):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5, 6, 7))
 def _solve(step, params, us, h0, diagonal, tol, max_iters, damping):
-    return _forward(step, params, us, h0, diagonal, tol, max_iters, damping)[0]
-
-
-def _forward(step, params, us, h0, diagonal, tol, max_iters, damping):
+    """(hs, DeerInfo): one Newton solve; the info rides along as a non-differentiable output."""
     f = lambda prev, u: step(params, prev, u)[0]
     hs, it, res = _newton(f, us, h0, diagonal=diagonal, tol=tol, max_iters=max_iters, damping=damping)
     ok = res <= tol
@@ -116,12 +116,13 @@ def _forward(step, params, us, h0, diagonal, tol, max_iters, damping):
 
 
 def _solve_fwd(step, params, us, h0, diagonal, tol, max_iters, damping):
-    hs = _solve(step, params, us, h0, diagonal, tol, max_iters, damping)
-    return hs, (params, us, h0, hs)
+    hs, info = _solve(step, params, us, h0, diagonal, tol, max_iters, damping)
+    return (hs, info), (params, us, h0, hs)
 
 
-def _solve_bwd(step, diagonal, tol, max_iters, damping, res, g):
+def _solve_bwd(step, diagonal, tol, max_iters, damping, res, cotangents):
     params, us, h0, hs = res
+    g = cotangents[0]                    # the info's cotangents are zeros: nothing flows back
     prev = jnp.concatenate([h0[None], hs[:-1]])
     f = lambda p, hp, u: step(p, hp, u)[0]
     _, vjp = jax.vjp(f, params, prev, us)
@@ -136,33 +137,71 @@ def _solve_bwd(step, diagonal, tol, max_iters, damping, res, g):
 _solve.defvjp(_solve_fwd, _solve_bwd)
 
 
-def evaluate(step, params, us, h0, *, method: str = "deer", tol: float | None = None, max_iters: int = 50,
-             damping: float = 1.0):
-    """All hidden states of `h_t = step(params, h_{t-1}, u_t)[0]` by (quasi-)DEER.
+def _flat(carry):
+    """A carry pytree as one `[..., sum H_i]` array, and the function that splits it back."""
+    leaves, tree = jax.tree.flatten(carry)
+    if not leaves or len({l.shape[:-1] for l in leaves}) != 1:
+        raise ValueError(f"carry leaves must share their leading shape, got {[l.shape for l in leaves]}")
+    if len(leaves) == 1:
+        return leaves[0], lambda z: jax.tree.unflatten(tree, [z])
+    cuts = np.cumsum([l.shape[-1] for l in leaves])[:-1].tolist()
+    return (jnp.concatenate(leaves, -1),
+            lambda z: jax.tree.unflatten(tree, jnp.split(z, cuts, axis=-1)))
 
-    Args:
-      step: a scan-shaped cell step `(params, h, u) -> (h, y)` with array carries.
-      us: projected inputs `[T, ..., G*H]`; h0: `[..., H]`.
-      method: "deer" (full Jacobian) or "quasi_deer" (diagonal).
-      tol: residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
-      max_iters: Newton iterations before falling back to the sequential scan.
-      damping: Newton step size in (0, 1].
 
-    Returns:
-      (hs `[T, ..., H]`, DeerInfo). Differentiable (exact gradients of the fixed point).
-    """
+def _evaluate(step, params, us, carry0, *, method, tol, max_iters, damping):
+    """(outputs `[T, ...]`, final carry, DeerInfo)."""
     if method not in ("deer", "quasi_deer"):
         raise ValueError(f"method must be 'deer' or 'quasi_deer', got {method!r}")
     if not 0.0 < damping <= 1.0:
         raise ValueError(f"damping must be in (0, 1], got {damping}")
     if max_iters < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
-    tol = (1e-10 if h0.dtype == jnp.float64 else 1e-5) if tol is None else tol
-    diagonal = method == "quasi_deer"
-    hs = _solve(step, params, us, h0, diagonal, tol, max_iters, damping)
-    _, info = _forward(step, jax.lax.stop_gradient(params), jax.lax.stop_gradient(us),
-                       jax.lax.stop_gradient(h0), diagonal, tol, max_iters, damping)
-    return hs, info
+    z0, unflat = _flat(carry0)
+    tol = (1e-10 if z0.dtype == jnp.float64 else 1e-5) if tol is None else tol
+    def flat_step(p, z, u):  # scan-shaped, emits its carry (what the sequential fallback keeps)
+        z = _flat(step(p, unflat(z), u)[0])[0]
+        return z, z
+
+
+    zs, info = _solve(flat_step, params, us, z0, method == "quasi_deer", tol, max_iters, damping)
+    # the outputs of every step at once, from the carries entering it (parallel over t)
+    ys = step(params, unflat(jnp.concatenate([z0[None], zs[:-1]])), us)[1]
+    return ys, unflat(zs[-1]), info
+
+
+def evaluate(step, params, us, h0, *, method: str = "deer", tol: float | None = None, max_iters: int = 50,
+             damping: float = 1.0):
+    """All outputs of the recurrence `(carry_t, y_t) = step(params, carry_{t-1}, u_t)` by (quasi-)DEER.
+
+    Args:
+      step: a scan-shaped cell step `(params, carry, u) -> (carry, y)`; the carry is an array
+        `[..., H]` or a pytree of them (the LSTM's (h, c)).
+      us: projected inputs `[T, ..., G*H]`; h0: the initial carry.
+      method: "deer" (full Jacobian) or "quasi_deer" (diagonal).
+      tol: residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
+      max_iters: Newton iterations before falling back to the sequential scan.
+      damping: Newton step size in (0, 1].
+
+    Returns:
+      (ys `[T, ..., H]`, DeerInfo). Differentiable (exact gradients of the fixed point).
+    """
+    ys, _, info = _evaluate(step, params, us, h0, method=method, tol=tol, max_iters=max_iters, damping=damping)
+    return ys, info
+
+
+def run(cell, params, inputs, carry=None, *, method: str = "deer", reverse: bool = False, **kw):
+    """`jrnn.rnn.run` by (quasi-)DEER for any `jrnn.cells.Cell` (no mask).
+
+    Returns:
+      (hs `[T, ..., H]`, final carry, DeerInfo); keywords as `evaluate`.
+    """
+    us = cell.project(params, inputs)
+    carry = cell.zeros(params, us.shape[1:-1]) if carry is None else carry
+    us = jnp.flip(us, 0) if reverse else us
+    ys, final, info = _evaluate(cell.step, params, us, carry, method=method, **{
+        "tol": None, "max_iters": 50, "damping": 1.0, **kw})
+    return (jnp.flip(ys, 0) if reverse else ys), final, info
 
 
 def auto_method(T: int, batch: int, hidden: int, backend: str | None = None) -> str:

@@ -97,3 +97,34 @@ def test_trained_charlm_gives_the_same_validation_loss_with_deer(data_dir, tmp_p
     assert not bool(info.fell_back)
     seq, deer = val_loss("sequential"), val_loss("deer")
     assert abs(seq - deer) <= 1e-5 and seq < np.log(vocab.size)
+
+
+@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
+def test_lstm_tuple_carry_states_and_gradients_equal_the_sequential_scan(method):
+    """The LSTM's (h, c) carry is solved as one [.., 2H] state; outputs, final carry and the
+    gradients (params, inputs, initial carry) equal the sequential scan's."""
+    p = cells.LSTM.init(jax.random.key(5), 4, 6, jnp.float64)
+    rng = np.random.RandomState(6)
+    xs = jnp.asarray(rng.randn(150, 2, 4))
+    c0 = cells.LSTMState(jnp.asarray(0.3 * rng.randn(2, 6)), jnp.asarray(0.3 * rng.randn(2, 6)))
+    w = jnp.asarray(rng.randn(150, 2, 6))
+    hs, final, info = parallel.run(cells.LSTM, p, xs, c0, method=method, max_iters=200)
+    seq, seq_final = jrnn.rnn.run(cells.LSTM, p, xs, c0)
+    assert not bool(info.fell_back)
+    np.testing.assert_allclose(hs, seq, atol=1e-9)
+    assert_trees_close(final, seq_final, rtol=1e-8)
+
+    def loss(p, xs, c0, par):
+        hs, (h, c) = (parallel.run(cells.LSTM, p, xs, c0, method=method, max_iters=200)[:2] if par
+                      else jrnn.rnn.run(cells.LSTM, p, xs, c0))
+        return jnp.sum(jnp.sin(hs) * w) + jnp.sum(c ** 2)
+
+    g = jax.grad(loss, argnums=(0, 1, 2))(p, xs, c0, True)
+    ref = jax.grad(loss, argnums=(0, 1, 2))(p, xs, c0, False)
+    assert_trees_close(g, ref, rtol=1e-8)
+
+
+def test_carries_with_different_leading_shapes_are_refused():
+    p = cells.LSTM.init(jax.random.key(0), 3, 4, jnp.float64)
+    with pytest.raises(ValueError, match="leading shape"):
+        parallel.run(cells.LSTM, p, np.ones((5, 2, 3)), cells.LSTMState(jnp.zeros((2, 4)), jnp.zeros((3, 4))))
