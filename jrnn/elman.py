@@ -199,11 +199,8 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
         from jrnn import parallel
         if mask is not None or remat:
             raise ValueError(f"method={method!r} supports neither mask nor remat; use method='sequential'")
-        us = project(params, inputs)
-        us = jnp.flip(us, 0) if reverse else us
-        hs, _ = parallel.evaluate(functools.partial(step, activation=activation), params, us, h0, method=method)
-        hs = jnp.flip(hs, 0) if reverse else hs
-        return hs, (hs[0] if reverse else hs[-1])
+        hs, h_T, _ = parallel.run(cell(activation), params, inputs, h0, method=method, reverse=reverse)
+        return hs, h_T
     if method != "sequential":
         raise ValueError(f"unknown method {method!r}; choose sequential, deer, quasi_deer or auto")
     return rnn.run(cell(activation), params, inputs, h0, mask=mask, reverse=reverse, unroll=unroll, remat=remat)

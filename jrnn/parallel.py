@@ -159,10 +159,10 @@ def _evaluate(step, params, us, carry0, *, method, tol, max_iters, damping):
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
     z0, unflat = _flat(carry0)
     tol = (1e-10 if z0.dtype == jnp.float64 else 1e-5) if tol is None else tol
+
     def flat_step(p, z, u):  # scan-shaped, emits its carry (what the sequential fallback keeps)
         z = _flat(step(p, unflat(z), u)[0])[0]
         return z, z
-
 
     zs, info = _solve(flat_step, params, us, z0, method == "quasi_deer", tol, max_iters, damping)
     # the outputs of every step at once, from the carries entering it (parallel over t)
@@ -190,17 +190,19 @@ def evaluate(step, params, us, h0, *, method: str = "deer", tol: float | None = 
     return ys, info
 
 
-def run(cell, params, inputs, carry=None, *, method: str = "deer", reverse: bool = False, **kw):
-    """`jrnn.rnn.run` by (quasi-)DEER for any `jrnn.cells.Cell` (no mask).
+def run(cell, params, inputs, carry=None, *, method: str = "deer", reverse: bool = False,
+        tol: float | None = None, max_iters: int = 50, damping: float = 1.0):
+    """`jrnn.rnn.run` by (quasi-)DEER for any `jrnn.cells.Cell` (no mask); keywords as `evaluate`.
 
     Returns:
-      (hs `[T, ..., H]`, final carry, DeerInfo); keywords as `evaluate`.
+      (hs `[T, ..., H]`, final carry, DeerInfo); with `reverse`, the final carry is the one
+      after t = 0.
     """
     us = cell.project(params, inputs)
     carry = cell.zeros(params, us.shape[1:-1]) if carry is None else carry
     us = jnp.flip(us, 0) if reverse else us
-    ys, final, info = _evaluate(cell.step, params, us, carry, method=method, **{
-        "tol": None, "max_iters": 50, "damping": 1.0, **kw})
+    ys, final, info = _evaluate(cell.step, params, us, carry, method=method, tol=tol, max_iters=max_iters,
+                                damping=damping)
     return (jnp.flip(ys, 0) if reverse else ys), final, info
 
 
