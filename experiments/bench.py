@@ -9,6 +9,13 @@ the same (and frozen); that extra [B*T, H] x [H, H] product is part of their API
 min-char-rnn's Adagrad with in-place tensor ops (torch.optim.Adagrad puts eps outside the
 square root, a different update).
 
+jrnn's rows: its default step; K steps per jit call (`make_multi_step`); and, where there is
+more than one device and B splits evenly over them, `make_data_parallel_step` with the batch's
+rows split over the devices. On a CPU the bench asks XLA for one device per core before jax
+starts: XLA runs a scan's per-step matmuls of this size on one core, so two devices, each
+scanning half the batch, keep both cores busy. Flax and PyTorch run with their defaults on the
+same cores (XLA's and PyTorch's intra-op threads).
+
 Reported per implementation: compile/warm-up seconds (first call), then the median over
 repeats of microseconds per training step (forward+backward+update) and per forward alone,
 and per timestep; the ratio is the best peer's time over jrnn's best, measured in this run.
@@ -18,6 +25,10 @@ torch==2.13.0` takes a CPU build).
 """
 
 from __future__ import annotations
+
+from experiments import one_cpu_device_per_core
+
+one_cpu_device_per_core()  # the data-parallel rows split the batch over the CPU's cores
 
 import statistics
 import time
@@ -44,10 +55,15 @@ def make_batch(B, T, V, seed=0):
     return ids[:, :-1], ids[:, 1:]
 
 
-def timed(fn, repeats):
-    """Median seconds per call of fn() over repeats (fn must block until its result is ready)."""
-    fn()
-    n = 1
+def timed(fn, repeats, warm_up=True):
+    """Median seconds per call of fn() over repeats (fn must block until its result is ready).
+
+    Each repeat runs enough calls to last MIN_REPEAT_S; when one call already does, the
+    calibration call is the first repeat. `warm_up=False` when fn has been called already.
+    """
+    if warm_up:
+        fn()
+    n, times = 1, []
     while True:  # calibrate the number of calls per repeat
         t0 = time.perf_counter()
         for _ in range(n):
@@ -56,8 +72,9 @@ def timed(fn, repeats):
         if dt >= MIN_REPEAT_S or n >= 1000:
             break
         n *= 2
-    times = []
-    for _ in range(repeats):
+    if n == 1:
+        times.append(dt)
+    while len(times) < repeats:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
@@ -67,7 +84,7 @@ def timed(fn, repeats):
 
 # ---- jrnn -------------------------------------------------------------------------------------
 
-def jrnn_impl(params, x, y, *, unroll=1, multi=False):
+def jrnn_impl(params, x, y, *, unroll=1, multi=False, data_parallel=False):
     def loss_fn(p, batch, carry):
         xb, yb = batch
         logits, _ = jrnn.elman.apply(p, xb.T, unroll=unroll)                 # time-major [T, B, V]
@@ -76,12 +93,14 @@ def jrnn_impl(params, x, y, *, unroll=1, multi=False):
     opt = jrnn.optim.karpathy_adagrad(LR, clip_value=CLIP, eps=EPS)
     fwd = jax.jit(lambda p, xb, yb: loss_fn(p, (xb, yb), None)[0])
     x, y = jnp.asarray(x), jnp.asarray(y)
-    if multi:
-        step = jrnn.make_multi_step(loss_fn, opt)
-        batches = (jnp.broadcast_to(x, (MULTI_K,) + x.shape), jnp.broadcast_to(y, (MULTI_K,) + y.shape))
+    if data_parallel:  # rows of the batch split over all devices (one per core on a CPU)
+        step = jrnn.train.make_data_parallel_step(loss_fn, opt, batch_axis=0, multi_step=multi)
+        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        x, y = jax.device_put((x, y), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+        params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     else:
-        step = jrnn.make_step(loss_fn, opt)
-        batches = (x, y)
+        step = (jrnn.make_multi_step if multi else jrnn.make_step)(loss_fn, opt)
+    batches = (jnp.broadcast_to(x, (MULTI_K,) + x.shape), jnp.broadcast_to(y, (MULTI_K,) + y.shape)) if multi else (x, y)
     state = {"p": params, "s": opt.init(params)}
 
     def train():
@@ -240,6 +259,12 @@ def print_deer(rows):
 def implementations(quick):
     impls = {"jrnn": lambda p, x, y: jrnn_impl(p, x, y),
              f"jrnn multi-step (K={MULTI_K})": lambda p, x, y: jrnn_impl(p, x, y, multi=True)}
+    n = jax.device_count()
+    if n > 1:  # None where the batch does not split evenly (e.g. B = 1): the row is left out
+        impls[f"jrnn data-parallel ({n} devices)"] = lambda p, x, y: (
+            jrnn_impl(p, x, y, data_parallel=True) if len(x) % n == 0 else None)
+        impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = lambda p, x, y: (
+            jrnn_impl(p, x, y, data_parallel=True, multi=True) if len(x) % n == 0 else None)
     if not quick:
         impls["jrnn unroll=4"] = lambda p, x, y: jrnn_impl(p, x, y, unroll=4)
     impls["flax"] = flax_impl
@@ -247,21 +272,24 @@ def implementations(quick):
     return impls
 
 
-def run_config(cfg, impls, repeats, steps_check=1):
+def run_config(cfg, impls, repeats):
     B, H, T, V = cfg
     params = jrnn.elman.init(jax.random.key(0), vocab_size=V, hidden_size=H)
     x, y = make_batch(B, T, V)
     rows = []
     for name, make in impls.items():
         impl = make(params, x, y)
+        if impl is None:
+            continue
         loss0 = impl["loss"]()
         t0 = time.perf_counter()
         impl["train"]()                                   # first call: compile / warm-up
         warm = time.perf_counter() - t0
-        loss1 = impl["loss"]() if impl["steps_per_call"] == 1 else None
+        loss1 = impl["loss"]()                            # also compiles forward for trained params
+        loss1 = loss1 if impl["steps_per_call"] == 1 else None
         k = impl["steps_per_call"]
-        step_s = timed(impl["train"], repeats) / k
-        fwd_s = timed(impl["forward"], repeats)
+        step_s = timed(impl["train"], repeats, warm_up=False) / k     # compiled and run above
+        fwd_s = timed(impl["forward"], repeats, warm_up=False)        # compiled by "loss" above
         rows.append({"config": list(cfg), "impl": name, "compile_s": warm, "train_us": step_s * 1e6,
                      "forward_us": fwd_s * 1e6, "train_us_per_timestep": step_s * 1e6 / T,
                      "loss_initial": loss0, "loss_after_one_step": loss1})

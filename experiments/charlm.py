@@ -7,8 +7,8 @@ at most 6 states), cost = mean NLL per char over the 10k chars, printed before e
 after the last.
 
 --full: the whole corpus, last 10 % held out, B parallel streams with the hidden state carried
-across chunks, Adam + global-norm clipping, validation nats and bits per char, wall time; any
-cell (--cell elman|lstm|gru) and depth (--layers).
+across chunks (split over one XLA device per CPU core), Adam + global-norm clipping, validation
+nats and bits per char, wall time; any cell (--cell elman|lstm|gru) and depth (--layers).
 
 Both modes end with a 500-char sample (--temperature, --prime).
 """
@@ -18,6 +18,10 @@ from __future__ import annotations
 import functools
 import math
 import time
+
+from experiments import one_cpu_device_per_core
+
+one_cpu_device_per_core()  # --full splits its streams over the CPU's cores
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +118,14 @@ def run_full_mode(args, ids, vocab):
     train_ids, val_ids = ids[:-n_val], ids[-n_val:]
     xs, ys = jrnn.data.streams(train_ids, args.batch, args.seq_len)      # [N, T, B]
     opt = jrnn.optim.adam(args.lr, clip_norm=FULL_CLIP_NORM)
-    multi_step = jrnn.make_multi_step(full_loss(args.cell), opt)
+    n_dev = jax.device_count()
+    if n_dev > 1 and args.batch % n_dev == 0:
+        # the streams split over the devices (one per CPU core, see experiments.bench): each core
+        # scans its share of the batch; XLA adds the gradient all-reduce
+        multi_step = jrnn.train.make_data_parallel_step(full_loss(args.cell), opt, multi_step=True)
+        print(f"{args.batch} streams split over {n_dev} devices")
+    else:
+        multi_step = jrnn.make_multi_step(full_loss(args.cell), opt)
     params = jrnn.lm.init(jax.random.key(args.seed), cell=args.cell, vocab_size=V, hidden_size=args.hidden,
                           layers=args.layers)
     print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters")

@@ -12,14 +12,10 @@ are split across them (`--devices`); `--devices 1` keeps everything on one.
 from __future__ import annotations
 
 import functools
-import os
-import sys
 
-if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    # one XLA CPU device per core (read once, when jax starts; a process that imported jax
-    # already, such as the test suite, keeps the devices it has)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
+from experiments import one_cpu_device_per_core
+
+one_cpu_device_per_core()
 
 import jax
 import jax.numpy as jnp

@@ -125,17 +125,21 @@ class BadStepCounter:
 
 
 def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, mesh=None,
-                            batch_axis: int = 1, carry_axis: int = 0, **kw):
+                            batch_axis: int = 1, carry_axis: int = 0, multi_step: bool = False, **kw):
     """`make_step` whose batch is split over devices: data parallelism with `jax.sharding`.
 
     Every batch leaf is sharded along `batch_axis` (1 for time-major `[T, B, ...]`), the carry
     along `carry_axis` (`[B, H]`), params and optimizer state are replicated. XLA inserts the
     gradient all-reduce, so the result equals the single-device step (up to summation order).
-    B must be divisible by the number of devices.
+    B must be divisible by the number of devices. With `multi_step=True` it wraps
+    `make_multi_step` instead: batch leaves are stacked `[K, ...]` and `batch_axis` counts
+    within one batch, as for `make_step`.
 
     On a multi-GPU node this needs no other change: `jax.devices()` lists the GPUs and the
-    default mesh spans them all. On CPU, simulate devices with
-    `XLA_FLAGS=--xla_force_host_platform_device_count=4` (set before importing jax).
+    default mesh spans them all. On a multi-core CPU, one XLA device per core
+    (`XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`, set before importing jax)
+    lets each core run its share of the batch's sequential scan at once: XLA otherwise runs a
+    loop's small per-step matmuls on one core at a time.
     """
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -153,11 +157,12 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
             return jax.device_put(x, NamedSharding(mesh, P(*spec)))
         return put
 
-    step = make_step(loss_fn, optimizer, **kw)
+    step = (make_multi_step if multi_step else make_step)(loss_fn, optimizer, **kw)
+    leaf_axis = batch_axis + 1 if multi_step else batch_axis
 
     def sharded_step(params, opt_state, batch, carry=None):
         params, opt_state = jax.device_put((params, opt_state), replicated)
-        batch = jax.tree.map(along(batch_axis), batch)
+        batch = jax.tree.map(along(leaf_axis), batch)
         carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
         return step(params, opt_state, batch, carry)
 

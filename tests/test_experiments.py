@@ -118,6 +118,23 @@ def test_charlm_full_mode_smoke(data_dir, tmp_path):
     assert m["val_bits"] == pytest.approx(m["val_nats"] / np.log(2))
 
 
+def test_charlm_full_streams_split_over_two_devices_train_as_on_one(data_dir, tmp_path):
+    """--full on 2 CPU devices (streams split, LSTM (h, c) carries sharded) gives the validation
+    losses and sample of 1 device, up to float32 summation order."""
+    def run(devices):
+        out = tmp_path / str(devices)
+        cmd = [sys.executable, "-m", "experiments.charlm", "--full", "--cell", "lstm", "--epochs", "2", "--chars", "20000",
+               "--hidden", "16", "--batch", "4", "--seq-len", "16", "--sample-len", "5", "--quiet", "--out", str(out)]
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout, json.loads((out / "results.json").read_text())
+
+    (log2, two), (log1, one) = run(2), run(1)
+    assert "split over 2 devices" in log2 and "split over" not in log1
+    np.testing.assert_allclose([h["val_nats"] for h in two["history"]], [h["val_nats"] for h in one["history"]], rtol=1e-5)
+
+
 def test_charlm_full_mode_takes_any_cell_and_depth(data_dir, tmp_path):
     m = charlm.main(["--full", "--cell", "gru", "--layers", "2", "--epochs", "1", "--chars", "30000", "--hidden", "16",
                      "--batch", "4", "--seq-len", "16", "--sample-len", "10", "--quiet", "--out", str(tmp_path)])

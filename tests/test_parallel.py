@@ -37,11 +37,22 @@ for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(p1)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
 for a, b in zip(jax.tree.leaves(c2), jax.tree.leaves(c1)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+
+# K steps per call: batch leaves stacked [K, T, B], split along B
+stacked = tuple(np.stack(z) for z in zip(*batches))
+multi, multi_parallel = jrnn.make_multi_step(loss_fn, opt), jrnn.train.make_data_parallel_step(loss_fn, opt, multi_step=True)
+c0 = jrnn.lm.zeros(params, (8,), cell="lstm")   # a scan needs the carry's structure from the start
+(pm1, _, m1, cm1), (pm2, _, m2, cm2) = (f(params, opt.init(params), stacked, c0) for f in (multi, multi_parallel))
+assert len(jax.tree.leaves(pm2)[0].sharding.device_set) == 4
+np.testing.assert_allclose(m1["loss"], l1, rtol=1e-12)   # the multi-step runs the same 3 steps
+np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-6)
+for a, b in zip(jax.tree.leaves((pm2, cm2)), jax.tree.leaves((pm1, cm1))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
 print("ok", l1)
 """
 
 
-def test_sharded_step_equals_single_device_step():
+def test_sharded_step_and_multi_step_equal_single_device_steps():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
