@@ -45,6 +45,11 @@ LR, CLIP, EPS = 0.1, 5.0, 1e-8
 CPU_CONFIGS = [(1, 100, 25, 80), (32, 256, 128, 65), (1, 64, 1024, 65), (16, 128, 1024, 65), (64, 256, 1024, 65)]
 GPU_CONFIGS = [(1, 100, 25, 80), (64, 512, 256, 65), (256, 1024, 512, 256), (8, 256, 8192, 65),
                (64, 384, 1024, 65), (1024, 1024, 512, 65)]
+# float32 matmul precision, as jax names it: "float32" is true float32 everywhere (the default
+# here, so every implementation does the same arithmetic); "tensorfloat32" lets NVIDIA tensor
+# cores round inputs to TF32; "default" keeps each library's own default, which on a recent
+# NVIDIA GPU is TF32 for JAX and Flax but float32 matmuls for PyTorch. CPUs compute float32.
+PRECISIONS = ("float32", "tensorfloat32", "default")
 MULTI_K = 20          # steps per call for the jrnn multi-step variant
 MIN_REPEAT_S = 0.2    # each timed repeat runs enough steps to last at least this long
 
@@ -156,10 +161,13 @@ def flax_impl(params, x, y):
 
 # ---- PyTorch ----------------------------------------------------------------------------------
 
-def torch_impl(params, x, y):
+def torch_impl(params, x, y, precision="float32"):
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision != "default":  # the same float32 matmul precision as jrnn and Flax (GPU only)
+        torch.set_float32_matmul_precision("highest" if precision == "float32" else "high")
+        torch.backends.cudnn.allow_tf32 = precision == "tensorfloat32"
     V, H = params.w_hy.shape[1], params.w_hh.shape[0]
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=dev)
     emb = torch.nn.Embedding(V, H).to(dev)
@@ -256,7 +264,7 @@ def print_deer(rows):
 
 # ---- driver -----------------------------------------------------------------------------------
 
-def implementations(quick):
+def implementations(quick, precision="float32"):
     impls = {"jrnn": lambda p, x, y: jrnn_impl(p, x, y),
              f"jrnn multi-step (K={MULTI_K})": lambda p, x, y: jrnn_impl(p, x, y, multi=True)}
     n = jax.device_count()
@@ -268,7 +276,7 @@ def implementations(quick):
     if not quick:
         impls["jrnn unroll=4"] = lambda p, x, y: jrnn_impl(p, x, y, unroll=4)
     impls["flax"] = flax_impl
-    impls["torch"] = torch_impl
+    impls["torch"] = lambda p, x, y: torch_impl(p, x, y, precision)
     return impls
 
 
@@ -306,6 +314,8 @@ def main(argv=None):
     ap.add_argument("--configs", default=None, help="semicolon-separated B,H,T,V list overriding the defaults")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
     ap.add_argument("--only", default=None, help="comma-separated implementation names to run (default: all)")
+    ap.add_argument("--precision", choices=PRECISIONS, default="float32",
+                    help="float32 matmul precision for every implementation (GPU only: CPUs compute float32)")
     ap.add_argument("--deer", action="store_true", help="benchmark parallel-in-time DEER / quasi-DEER against the sequential scan")
     args = ap.parse_args(argv)
     common.positive(args, "repeats")
@@ -327,14 +337,15 @@ def main(argv=None):
     else:
         configs = GPU_CONFIGS if jax.default_backend() == "gpu" else CPU_CONFIGS
     repeats = 3 if args.quick else args.repeats
-    impls = implementations(args.quick)
+    impls = implementations(args.quick, args.precision)
     if args.only:
         impls = {k: v for k, v in impls.items() if k.split()[0] in args.only.split(",") or k in args.only.split(",")}
     all_rows, ratios = [], {}
     bar = common.progress(len(configs), "bench", args.quiet)
     with common.Timer() as t:
         for cfg in configs:
-            rows, ratio = run_config(cfg, impls, repeats)
+            with jax.default_matmul_precision(args.precision):   # read when jit traces
+                rows, ratio = run_config(cfg, impls, repeats)
             all_rows += rows
             ratios[",".join(map(str, cfg))] = ratio
             bar.update(1)
@@ -346,14 +357,16 @@ def main(argv=None):
             versions[mod] = __import__(mod).__version__
         except ImportError:
             pass
-    print(f"\n{env['backend']} / {env['device']} / {env['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(f"\n{env['backend']} / {env['device']} / {env['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in versions.items())
+          + f"; matmul precision {args.precision}")
     print("| B, H, T, V | impl | compile s | train µs/step | fwd µs/step | train µs/timestep | best peer / this |")
     print("|---|---|---|---|---|---|---|")
     for r in all_rows:
         ratio = r["ratio_best_peer_over_this"]
         print(f"| {', '.join(map(str, r['config']))} | {r['impl']} | {r['compile_s']:.2f} | {r['train_us']:.0f} | "
               f"{r['forward_us']:.0f} | {r['train_us_per_timestep']:.2f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
-    common.save_results(args.out, "bench", {"configs": configs, "repeats": repeats, "quick": args.quick},
+    common.save_results(args.out, "bench", {"configs": configs, "repeats": repeats, "quick": args.quick,
+                                            "precision": args.precision},
                         {"jrnn_speedup_vs_best_peer": ratios}, t.s, rows=all_rows, versions=versions)
     labels = list(ratios)
     common.plot_curves(args.out, {"best peer / jrnn": (np.arange(len(labels)), [ratios[k] or 0 for k in labels])},

@@ -21,7 +21,8 @@ def test_every_implementation_matches_jrnn_after_one_step(tmp_path):
         if r["loss_after_one_step"] is not None:
             assert abs(r["loss_after_one_step"] - ref["loss_after_one_step"]) <= 1e-4 * ref["loss_after_one_step"], r["impl"]
     assert ref["loss_after_one_step"] < ref["loss_initial"]
-    assert (tmp_path / "results.json").exists()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["precision"] == "float32" and len(saved["rows"]) == len(rows)
 
 
 def test_data_parallel_rows_match_jrnn_and_skip_batches_that_do_not_split(tmp_path):
