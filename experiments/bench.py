@@ -10,11 +10,11 @@ min-char-rnn's Adagrad with in-place tensor ops (torch.optim.Adagrad puts eps ou
 square root, a different update).
 
 jrnn's rows: its default step; K steps per jit call (`make_multi_step`); and, where there is
-more than one device and B splits evenly over them, `make_data_parallel_step` with the batch's
-rows split over the devices. On a CPU the bench asks XLA for one device per core before jax
-starts: XLA runs a scan's per-step matmuls of this size on one core, so two devices, each
-scanning half the batch, keep both cores busy. Flax and PyTorch run with their defaults on the
-same cores (XLA's and PyTorch's intra-op threads).
+more than one device, `make_data_parallel_step` with the batch's rows split over the most
+devices that divide B (`jrnn.train.batch_mesh`). On a CPU the bench asks XLA for one device per
+core before jax starts: XLA runs a scan's per-step matmuls of this size on one core, so two
+devices, each scanning half the batch, keep both cores busy. Flax and PyTorch run with their
+defaults on the same cores (XLA's and PyTorch's intra-op threads).
 
 Reported per implementation: compile/warm-up seconds (first call), then the median over
 repeats of microseconds per training step (forward+backward+update) and per forward alone,
@@ -98,9 +98,9 @@ def jrnn_impl(params, x, y, *, unroll=1, multi=False, data_parallel=False):
     opt = jrnn.optim.karpathy_adagrad(LR, clip_value=CLIP, eps=EPS)
     fwd = jax.jit(lambda p, xb, yb: loss_fn(p, (xb, yb), None)[0])
     x, y = jnp.asarray(x), jnp.asarray(y)
-    if data_parallel:  # rows of the batch split over all devices (one per core on a CPU)
-        step = jrnn.train.make_data_parallel_step(loss_fn, opt, batch_axis=0, multi_step=multi)
-        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    if data_parallel:  # rows of the batch split over the devices (one per core on a CPU)
+        mesh = jrnn.train.batch_mesh(len(x))
+        step = jrnn.train.make_data_parallel_step(loss_fn, opt, mesh=mesh, batch_axis=0, multi_step=multi)
         x, y = jax.device_put((x, y), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
         params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     else:
@@ -113,7 +113,8 @@ def jrnn_impl(params, x, y, *, unroll=1, multi=False, data_parallel=False):
         jax.block_until_ready(state["p"])
 
     return {"train": train, "forward": lambda: jax.block_until_ready(fwd(state["p"], x, y)),
-            "loss": lambda: float(fwd(state["p"], x, y)), "steps_per_call": MULTI_K if multi else 1}
+            "loss": lambda: float(fwd(state["p"], x, y)), "steps_per_call": MULTI_K if multi else 1,
+            "devices": mesh.size if data_parallel else 1}
 
 
 # ---- Flax linen -------------------------------------------------------------------------------
@@ -267,12 +268,11 @@ def print_deer(rows):
 def implementations(quick, precision="float32"):
     impls = {"jrnn": lambda p, x, y: jrnn_impl(p, x, y),
              f"jrnn multi-step (K={MULTI_K})": lambda p, x, y: jrnn_impl(p, x, y, multi=True)}
-    n = jax.device_count()
-    if n > 1:  # None where the batch does not split evenly (e.g. B = 1): the row is left out
-        impls[f"jrnn data-parallel ({n} devices)"] = lambda p, x, y: (
-            jrnn_impl(p, x, y, data_parallel=True) if len(x) % n == 0 else None)
-        impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = lambda p, x, y: (
-            jrnn_impl(p, x, y, data_parallel=True, multi=True) if len(x) % n == 0 else None)
+    if jax.device_count() > 1:  # None where no split is possible (B = 1): the row is left out
+        dp = lambda p, x, y, multi: (jrnn_impl(p, x, y, data_parallel=True, multi=multi)
+                                     if jrnn.train.batch_mesh(len(x)).size > 1 else None)
+        impls["jrnn data-parallel"] = lambda p, x, y: dp(p, x, y, False)
+        impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = lambda p, x, y: dp(p, x, y, True)
     if not quick:
         impls["jrnn unroll=4"] = lambda p, x, y: jrnn_impl(p, x, y, unroll=4)
     impls["flax"] = flax_impl
@@ -298,6 +298,8 @@ def run_config(cfg, impls, repeats):
         k = impl["steps_per_call"]
         step_s = timed(impl["train"], repeats, warm_up=False) / k     # compiled and run above
         fwd_s = timed(impl["forward"], repeats, warm_up=False)        # compiled by "loss" above
+        if impl.get("devices", 1) > 1:
+            name = f"{name} ({impl['devices']} devices)"
         rows.append({"config": list(cfg), "impl": name, "compile_s": warm, "train_us": step_s * 1e6,
                      "forward_us": fwd_s * 1e6, "train_us_per_timestep": step_s * 1e6 / T,
                      "loss_initial": loss0, "loss_after_one_step": loss1})

@@ -118,12 +118,12 @@ def run_full_mode(args, ids, vocab):
     train_ids, val_ids = ids[:-n_val], ids[-n_val:]
     xs, ys = jrnn.data.streams(train_ids, args.batch, args.seq_len)      # [N, T, B]
     opt = jrnn.optim.adam(args.lr, clip_norm=FULL_CLIP_NORM)
-    n_dev = jax.device_count()
-    if n_dev > 1 and args.batch % n_dev == 0:
+    mesh = jrnn.train.batch_mesh(args.batch)
+    if mesh.size > 1:
         # the streams split over the devices (one per CPU core, see experiments.bench): each core
         # scans its share of the batch; XLA adds the gradient all-reduce
-        multi_step = jrnn.train.make_data_parallel_step(full_loss(args.cell), opt, multi_step=True)
-        print(f"{args.batch} streams split over {n_dev} devices")
+        multi_step = jrnn.train.make_data_parallel_step(full_loss(args.cell), opt, mesh=mesh, multi_step=True)
+        print(f"{args.batch} streams split over {mesh.size} devices")
     else:
         multi_step = jrnn.make_multi_step(full_loss(args.cell), opt)
     params = jrnn.lm.init(jax.random.key(args.seed), cell=args.cell, vocab_size=V, hidden_size=args.hidden,

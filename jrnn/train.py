@@ -124,6 +124,17 @@ class BadStepCounter:
                                      f"each of them; stopping")
 
 
+def batch_mesh(batch_size: int, devices=None):
+    """A 1-D mesh, axis "data", over the most of `devices` (default: all) that split
+    `batch_size` evenly: all of them when they divide it, one when B = 1. Its `size` tells
+    whether there is anything to split."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    devices = jax.devices() if devices is None else list(devices)
+    n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
+
+
 def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, mesh=None,
                             batch_axis: int = 1, carry_axis: int = 0, multi_step: bool = False, **kw):
     """`make_step` whose batch is split over devices: data parallelism with `jax.sharding`.

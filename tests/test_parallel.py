@@ -48,6 +48,16 @@ np.testing.assert_allclose(m1["loss"], l1, rtol=1e-12)   # the multi-step runs t
 np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-6)
 for a, b in zip(jax.tree.leaves((pm2, cm2)), jax.tree.leaves((pm1, cm1))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+
+# batch_mesh: the most devices that split B evenly
+assert [jrnn.train.batch_mesh(b).size for b in (12, 6, 9, 7, 1)] == [4, 3, 3, 1, 1]
+for bad in (0, -2, 2.0):
+    try:
+        jrnn.train.batch_mesh(bad)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError(f"batch_mesh({bad!r}) accepted")
 print("ok", l1)
 """
 
