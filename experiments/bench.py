@@ -100,6 +100,8 @@ def jrnn_impl(params, x, y, *, unroll=1, multi=False, data_parallel=False):
     x, y = jnp.asarray(x), jnp.asarray(y)
     if data_parallel:  # rows of the batch split over the devices (one per core on a CPU)
         mesh = jrnn.train.batch_mesh(len(x))
+        if mesh.size == 1:
+            return None    # nothing to split (B = 1): the row is left out
         step = jrnn.train.make_data_parallel_step(loss_fn, opt, mesh=mesh, batch_axis=0, multi_step=multi)
         x, y = jax.device_put((x, y), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
         params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
@@ -268,11 +270,9 @@ def print_deer(rows):
 def implementations(quick, precision="float32"):
     impls = {"jrnn": lambda p, x, y: jrnn_impl(p, x, y),
              f"jrnn multi-step (K={MULTI_K})": lambda p, x, y: jrnn_impl(p, x, y, multi=True)}
-    if jax.device_count() > 1:  # None where no split is possible (B = 1): the row is left out
-        dp = lambda p, x, y, multi: (jrnn_impl(p, x, y, data_parallel=True, multi=multi)
-                                     if jrnn.train.batch_mesh(len(x)).size > 1 else None)
-        impls["jrnn data-parallel"] = lambda p, x, y: dp(p, x, y, False)
-        impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = lambda p, x, y: dp(p, x, y, True)
+    if jax.device_count() > 1:
+        impls["jrnn data-parallel"] = lambda p, x, y: jrnn_impl(p, x, y, data_parallel=True)
+        impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = lambda p, x, y: jrnn_impl(p, x, y, data_parallel=True, multi=True)
     if not quick:
         impls["jrnn unroll=4"] = lambda p, x, y: jrnn_impl(p, x, y, unroll=4)
     if jax.default_backend() == "gpu":  # an H100 report: unroll 8 gave 2-3.4x over 1 at small B*H
