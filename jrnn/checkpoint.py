@@ -101,6 +101,11 @@ def list_checkpoints(directory) -> list[Path]:
 def load(path, template, *, config: dict | None = None, vocab=None) -> Checkpoint:
     """Read one checkpoint into the structure of `template`; ValueError on any mismatch."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file: pass one of its ckpt_*.npz files, "
+                         "or the folder to load_latest")
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
         with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
             header = json.loads(z["header"].tobytes().decode())

@@ -87,8 +87,14 @@ def corpus_path(name: str, path: str | os.PathLike | None = None) -> Path:
         if p.is_file():
             return p
     p = cache_dir() / f"{name}.txt"
-    if p.is_file() and _sha256(p) == CORPORA[name][1]:
-        return p
+    if p.is_file():
+        got, want = _sha256(p), CORPORA[name][1]
+        if got == want:
+            return p
+        if os.environ.get(OFFLINE_VAR, "") not in ("", "0"):  # online, the download below replaces it
+            raise ValueError(f"cached corpus {p} fails its checksum (sha256 {got}, expected {want}): delete it "
+                             f"so that jrnn downloads it again (unset {OFFLINE_VAR}), set {ENV_VAR} to a folder "
+                             f"holding {name}.txt, or pass its path")
     _download(name, p)
     return p
 
@@ -139,14 +145,29 @@ def build_vocab(text: str) -> Vocab:
     return Vocab(tuple(sorted(set(text))))
 
 
+def _count(name: str, value) -> int:
+    """A count argument (seq_len, batch_size): a Python or numpy integer >= 1, not a bool."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _token_ids(ids) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be a 1-D sequence of tokens, got shape {ids.shape}")
+    return ids
+
+
 def chunks(ids: np.ndarray, seq_len: int):
     """Consecutive non-overlapping (input, target) chunks, as seed 002 and min-char-rnn read text.
 
     Returns (inputs `[N, T]`, targets `[N, T]`) with targets = inputs shifted by one.
     """
-    ids = np.asarray(ids)
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    ids = _token_ids(ids)
+    seq_len = _count("seq_len", seq_len)
     n = (len(ids) - 1) // seq_len
     if n < 1:
         raise ValueError(f"text of {len(ids)} tokens is shorter than seq_len + 1 = {seq_len + 1}")
@@ -160,7 +181,8 @@ def streams(ids: np.ndarray, batch_size: int, seq_len: int):
 
     Returns (inputs `[N, T, B]`, targets `[N, T, B]`), time-major inside each chunk.
     """
-    ids = np.asarray(ids)
+    ids = _token_ids(ids)
+    batch_size, seq_len = _count("batch_size", batch_size), _count("seq_len", seq_len)
     per = (len(ids) - 1) // batch_size
     n = per // seq_len
     if n < 1:
@@ -174,8 +196,7 @@ def streams(ids: np.ndarray, batch_size: int, seq_len: int):
 def bucket_length(n: int, bucket: int = 32) -> int:
     """Round a sequence length up to a multiple of `bucket`, so that batches of many real lengths
     share a few padded shapes (one compilation each) instead of one shape per length."""
-    if n < 1 or bucket < 1:
-        raise ValueError(f"length and bucket must be >= 1, got {n}, {bucket}")
+    n, bucket = _count("length", n), _count("bucket", bucket)
     return -(-n // bucket) * bucket
 
 
@@ -188,7 +209,8 @@ def pad_batch(sequences, length: int | None = None, *, bucket: int | None = None
     if not seqs or any(s.ndim != 1 or s.size == 0 for s in seqs):
         raise ValueError("pad_batch needs a non-empty list of non-empty 1-D sequences")
     longest = max(len(s) for s in seqs)
-    T = length if length is not None else (bucket_length(longest, bucket) if bucket else longest)
+    T = (_count("length", length) if length is not None
+         else bucket_length(longest, bucket) if bucket is not None else longest)
     if T < longest:
         raise ValueError(f"length {T} is shorter than the longest sequence ({longest})")
     ids = np.full((len(seqs), T), pad_id, np.int32)

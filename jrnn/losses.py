@@ -15,22 +15,41 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def reduce(values, mask=None, reduction: str = "mean"):
-    """Reduce per-element losses `[...]` under an optional 0/1 mask of the same shape."""
+    """Reduce per-element losses `[...]` under an optional 0/1 mask of the same shape.
+
+    A concrete mask with any other value (0.5, -1, NaN) raises ValueError; a traced one is read
+    as bool. "mean" is the mean over the real (mask 1) steps.
+    """
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
     if mask is not None:
-        mask = jnp.asarray(mask, values.dtype)
+        _check_mask(mask)
+        # a mask marks steps, it does not weight them: read as bool (nonzero = real step), as
+        # the recurrences that freeze their carry across padding read it, so numerator and
+        # denominator count the same steps even for a traced mask that could not be checked
+        mask = jnp.asarray(mask, bool)
         if mask.shape != values.shape:
             raise ValueError(f"mask shape {mask.shape} != loss shape {values.shape}")
         # where, not multiply: a NaN in a padded position must not leak into the sum
-        values = jnp.where(mask > 0, values, 0.0)
+        values = jnp.where(mask, values, 0.0)
     if reduction == "none":
         return values
     total = jnp.sum(values)
     if reduction == "sum":
         return total
-    count = values.size if mask is None else jnp.maximum(jnp.sum(mask), 1.0)
+    count = values.size if mask is None else jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1.0)
     return total / count
+
+
+def _check_mask(mask):
+    """A concrete mask must hold only 0 and 1 (True/False): 0.5 is not a step and a half."""
+    if isinstance(mask, jax.core.Tracer):
+        return
+    m = np.asarray(mask)
+    if m.dtype != bool and m.size and not np.all((m == 0) | (m == 1)):
+        bad = m[(m != 0) & (m != 1)]
+        raise ValueError(f"mask must hold only 0/1 (padding/real step), got {bad[:5].tolist()}; "
+                         "to weight steps, multiply the reduction='none' losses yourself")
 
 
 def _check_labels(labels, num_classes: int):

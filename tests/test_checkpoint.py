@@ -187,3 +187,12 @@ def test_charlm_full_resume_continues_bit_for_bit(data_dir, tmp_path):
     resumed = run(tmp_path / "b", "--epochs", "2", "--resume")
     assert [h["val_nats"] for h in straight["history"]] == [h["val_nats"] for h in resumed["history"]]
     assert straight["sample"] == resumed["sample"]
+
+
+def test_load_of_a_folder_or_a_missing_file_says_so(tmp_path):
+    checkpoint.save(tmp_path, make_state(), step=1)
+    with pytest.raises(ValueError, match="is a folder, not a checkpoint file") as e:
+        checkpoint.load(tmp_path, make_state())
+    assert "corrupted" not in str(e.value)
+    with pytest.raises(FileNotFoundError, match="no checkpoint file at"):
+        checkpoint.load(tmp_path / "ckpt_0000000099.npz", make_state())

@@ -110,3 +110,66 @@ def test_streams_keep_each_stream_contiguous():
     np.testing.assert_array_equal(y, x + 1)
     stream0 = x[:, :, 0].reshape(-1)
     np.testing.assert_array_equal(np.diff(stream0), 1)  # chunks follow each other in stream 0
+
+
+@pytest.mark.parametrize("batch,seq_len,err,match", [
+    (0, 10, ValueError, "batch_size must be >= 1"), (-2, 10, ValueError, "batch_size must be >= 1"),
+    (4, 0, ValueError, "seq_len must be >= 1"), (2.5, 10, TypeError, "batch_size must be an integer"),
+    (True, 10, TypeError, "batch_size must be an integer"), (4, 2.0, TypeError, "seq_len must be an integer")])
+def test_streams_refuse_bad_counts_with_a_named_error(batch, seq_len, err, match):
+    with pytest.raises(err, match=match):
+        data.streams(np.arange(100), batch, seq_len)
+
+
+def test_batching_helpers_refuse_bad_arguments_and_accept_numpy_integers():
+    x, _ = data.streams(np.arange(101), np.int64(4), np.int32(5))
+    assert x.shape == (5, 5, 4)
+    assert data.chunks(np.arange(11), np.int64(5))[0].shape == (2, 5)
+    with pytest.raises(ValueError, match="seq_len must be >= 1"):
+        data.chunks(np.arange(11), 0)
+    with pytest.raises(ValueError, match="1-D"):
+        data.streams(np.zeros((10, 10), np.int32), 2, 2)
+    with pytest.raises(ValueError, match="bucket must be >= 1"):
+        data.pad_batch([[1, 2]], bucket=0)
+    with pytest.raises(TypeError, match="length must be an integer"):
+        data.pad_batch([[1, 2]], length=2.5)
+    assert data.bucket_length(np.int64(33), 32) == 64
+
+
+def test_cached_corpus_with_a_wrong_checksum_says_so_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("JRNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("JRNN_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tmp_path / "jrnn" / "kafka.txt"
+    cached.parent.mkdir()
+    cached.write_text("not kafka")
+    with pytest.raises(ValueError) as e:
+        data.corpus_path("kafka")
+    msg = str(e.value)
+    assert "checksum" in msg and str(cached) in msg and "delete it" in msg and "not found" not in msg
+    assert cached.read_text() == "not kafka"   # the user's file is reported, not removed
+
+
+def test_cached_corpus_with_a_wrong_checksum_is_replaced_online(tmp_path, monkeypatch):
+    monkeypatch.delenv("JRNN_DATA_DIR", raising=False)
+    monkeypatch.delenv("JRNN_OFFLINE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tmp_path / "jrnn" / "kafka.txt"
+    cached.parent.mkdir()
+    cached.write_text("not kafka")
+    good = b"good text"
+    monkeypatch.setitem(data.CORPORA, "kafka", ("https://example.invalid/kafka.txt",
+                                                __import__("hashlib").sha256(good).hexdigest()))
+
+    class Fake:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self):
+            return good
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Fake())
+    assert data.corpus_path("kafka") == cached and cached.read_bytes() == good

@@ -48,3 +48,23 @@ def test_binary_cross_entropy_matches_formula():
     p = 1 / (1 + np.exp(-np.asarray(z)))
     ref = -(t * np.log(p) + (1 - t) * np.log(1 - p))
     np.testing.assert_allclose(losses.sigmoid_binary_cross_entropy(z, t, reduction="sum"), ref.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("mask", [[1, 0.5, 1, 0], [1, 2, 0, 0], [1, -1, 1, 1], [1, np.nan, 1, 1]])
+def test_a_mask_that_is_not_zero_one_is_refused(rng, mask):
+    logits, labels = rng.randn(4, 3), rng.randint(0, 3, 4)
+    with pytest.raises(ValueError, match="0/1"):
+        losses.softmax_cross_entropy(logits, labels, mask=np.array(mask))
+
+
+def test_a_traced_mask_counts_the_same_steps_in_numerator_and_denominator(rng):
+    """Under jit the mask cannot be checked; it is read as bool, so a 0.5 never doubles the mean."""
+    import jax
+    logits, labels = rng.randn(4, 3), rng.randint(0, 3, 4)
+    per = np.asarray(losses.softmax_cross_entropy(logits, labels, reduction="none"))
+    f = jax.jit(lambda m: losses.softmax_cross_entropy(logits, labels, mask=m))
+    np.testing.assert_allclose(f(jnp.array([1.0, 0.5, 0.0, 0.0])), per[:2].mean(), rtol=1e-12)
+    np.testing.assert_allclose(f(jnp.array([True, True, False, True])), per[[0, 1, 3]].mean(), rtol=1e-12)
+    # bool and 0/1 integer masks agree
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, mask=np.array([1, 1, 0, 1])),
+                               per[[0, 1, 3]].mean(), rtol=1e-12)
