@@ -3,17 +3,42 @@
 `check_gradients` compares `jax.grad` with float64 central finite differences along random
 directions; `assert_trees_close` compares two pytrees (e.g. autodiff vs `jrnn.bptt`) with an
 explicit relative tolerance. Both need `jax.config.update("jax_enable_x64", True)`.
+
+A NaN or inf anywhere (in either tree, in the function's value or in its gradient) fails the
+check: `relative_error` returns NaN then, which no tolerance accepts. The comparisons run in
+numpy float64, so they are exact whatever JAX's default matmul precision (TF32 on recent NVIDIA
+GPUs).
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+def _check_rtol(rtol) -> float:
+    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
+        raise TypeError(f"rtol must be a real number, got {type(rtol).__name__}")
+    if not math.isfinite(float(rtol)) or rtol < 0:
+        raise ValueError(f"rtol must be finite and >= 0, got {rtol}")
+    return float(rtol)
+
+
+def _nonfinite_leaves(tree) -> list[str]:
+    """Key paths of the leaves of `tree` holding a NaN or inf."""
+    return [jax.tree_util.keystr(p) or "<root>" for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if not np.all(np.isfinite(np.asarray(x, np.float64)))]
+
+
 def relative_error(a, b) -> float:
-    """Worst leafwise max|a - b| / max|b| over two pytrees of the same structure."""
+    """Worst leafwise max|a - b| / max|b| over two pytrees of the same structure.
+
+    NaN when any value of either tree is NaN or inf (so `err <= rtol` is False for every rtol).
+    """
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     if len(la) != len(lb):
         raise ValueError(f"trees have {len(la)} and {len(lb)} leaves")
@@ -22,14 +47,21 @@ def relative_error(a, b) -> float:
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         if x.shape != y.shape:
             raise ValueError(f"leaf shapes differ: {x.shape} vs {y.shape}")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            return math.nan  # inf - inf and max(.., nan) would hide it otherwise
         scale = max(np.max(np.abs(y), initial=0.0), np.finfo(np.float64).tiny)
         worst = max(worst, float(np.max(np.abs(x - y), initial=0.0) / scale))
     return worst
 
 
 def assert_trees_close(actual, expected, *, rtol: float, what: str = "trees") -> float:
-    """Raise AssertionError if `relative_error(actual, expected) > rtol`; return the error."""
+    """Raise AssertionError if `relative_error(actual, expected) > rtol` or either tree holds a
+    NaN/inf; return the error."""
+    rtol = _check_rtol(rtol)
     err = relative_error(actual, expected)
+    if math.isnan(err):
+        bad = {name: _nonfinite_leaves(t) for name, t in (("actual", actual), ("expected", expected))}
+        raise AssertionError(f"{what}: NaN/inf in " + "; ".join(f"{k} {', '.join(v)}" for k, v in bad.items() if v))
     if not err <= rtol:
         raise AssertionError(f"{what}: relative error {err:.3e} > {rtol:.1e}")
     return err
@@ -45,30 +77,54 @@ def check_gradients(fn, params, *args, key=None, directions: int = 8, eps: float
     """Check `jax.grad(fn)(params, *args)` against float64 finite differences.
 
     For random unit directions v, compares <grad, v> with (f(p + eps v) - f(p - eps v)) / 2 eps.
+    The inner products run in numpy float64 (never at TF32).
 
     Args:
       fn: scalar function `(params, *args) -> loss`.
       params: pytree of float arrays (cast to float64).
       key: PRNG key for the directions (default key 0).
+      directions: number of random directions, an int >= 1.
+      eps: finite-difference step, finite and > 0.
+      rtol: tolerance, finite and >= 0.
 
     Returns:
-      The worst relative error; raises AssertionError when above `rtol`.
+      The worst relative error; raises AssertionError when above `rtol`, or when the value,
+      the gradient or a finite difference is NaN/inf.
     """
+    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral):
+        raise TypeError(f"directions must be an int, got {type(directions).__name__}")
+    if directions < 1:
+        raise ValueError(f"directions must be >= 1, got {directions}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if not math.isfinite(float(eps)) or eps <= 0:
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    rtol = _check_rtol(rtol)
     _require_x64()
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
     f = lambda p: fn(p, *args)
-    grad = jax.grad(f)(params)
+    value, grad = jax.value_and_grad(f)(params)
+    if not np.isfinite(float(value)):
+        raise AssertionError(f"the function's value is {float(value)}: NaN/inf fails the check")
+    if bad := _nonfinite_leaves(grad):
+        raise AssertionError(f"NaN/inf in the gradient at {bad}")
     leaves, treedef = jax.tree.flatten(params)
+    g_leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(grad)]
     key = jax.random.key(0) if key is None else key
     worst = 0.0
-    for k in jax.random.split(key, directions):
-        vs = [jax.random.normal(kk, x.shape, jnp.float64) for kk, x in zip(jax.random.split(k, len(leaves)), leaves)]
-        norm = jnp.sqrt(sum(jnp.sum(v * v) for v in vs))
-        v = jax.tree.unflatten(treedef, [x / norm for x in vs])
+    for k in jax.random.split(key, int(directions)):
+        vs = [np.asarray(jax.random.normal(kk, x.shape, jnp.float64))
+              for kk, x in zip(jax.random.split(k, len(leaves)), leaves)]
+        norm = math.sqrt(sum(float(np.sum(v * v)) for v in vs))
+        vs = [x / norm for x in vs]
+        v = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in vs])
         shift = lambda s: jax.tree.map(lambda p, d: p + s * eps * d, params, v)
-        fd = (f(shift(1.0)) - f(shift(-1.0))) / (2 * eps)
-        ad = sum(jnp.sum(g * d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(v)))
-        err = float(jnp.abs(fd - ad) / jnp.maximum(jnp.abs(ad), 1e-12))
+        fd = (float(f(shift(1.0))) - float(f(shift(-1.0)))) / (2 * eps)
+        ad = sum(float(np.sum(g * d)) for g, d in zip(g_leaves, vs))
+        err = abs(fd - ad) / max(abs(ad), 1e-12)
+        if not math.isfinite(err):
+            raise AssertionError(f"autodiff vs finite differences: <grad, v> = {ad}, finite difference {fd} "
+                                 f"(NaN/inf fails the check)")
         worst = max(worst, err)
     if not worst <= rtol:
         raise AssertionError(f"autodiff vs finite differences: relative error {worst:.3e} > {rtol:.1e}")
