@@ -128,3 +128,32 @@ def test_carries_with_different_leading_shapes_are_refused():
     p = cells.LSTM.init(jax.random.key(0), 3, 4, jnp.float64)
     with pytest.raises(ValueError, match="leading shape"):
         parallel.run(cells.LSTM, p, np.ones((5, 2, 3)), cells.LSTMState(jnp.zeros((2, 4)), jnp.zeros((3, 4))))
+
+
+def _dot_precisions(fn, *args):
+    """The precision attribute of every dot product in fn's lowered (StableHLO) program."""
+    text = jax.jit(fn).lower(*args).as_text()
+    dots = [line for line in text.splitlines() if "stablehlo.dot" in line]
+    return [line.split("precision = ")[1].split("]")[0] + "]" if "precision = " in line else "none"
+            for line in dots]
+
+
+@pytest.mark.parametrize("outer", ["tensorfloat32", "bfloat16"])
+@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
+def test_every_dot_of_the_parallel_solve_lowers_at_full_precision(outer, method):
+    """On GPUs JAX's default float32 matmul is TF32, too coarse for the Newton solve: whatever
+    the caller's precision, every dot product of the solve, the cell's own and the backward
+    pass's included, lowers with HIGHEST."""
+    p = cells.GRU.init(jax.random.key(0), 3, 4, jnp.float32)
+    us = cells.GRU.project(p, jnp.ones((16, 2, 3), jnp.float32))
+    h0 = jnp.zeros((2, 4), jnp.float32)
+    w = jnp.linspace(0.0, 1.0, 16 * 2 * 4, dtype=jnp.float32).reshape(16, 2, 4)
+    forward = lambda p, us, h0: parallel.evaluate(cells.GRU.step, p, us, h0, method=method)[0]
+    loss = lambda p, us, h0: jnp.sum(forward(p, us, h0) * w)   # elementwise: no dot of its own
+    with jax.default_matmul_precision(outer):
+        fwd = _dot_precisions(forward, p, us, h0)
+        bwd = _dot_precisions(jax.grad(loss, argnums=(0, 1, 2)), p, us, h0)
+        plain = _dot_precisions(lambda p, h: cells.GRU.step(p, h, us[0])[0], p, h0)
+    assert plain and set(plain) != {"[HIGHEST, HIGHEST]"}      # the context does change other dots
+    assert len(fwd) >= 3 and len(bwd) >= 5
+    assert set(fwd) == set(bwd) == {"[HIGHEST, HIGHEST]"}, (set(fwd), set(bwd))
