@@ -20,6 +20,12 @@ lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1} is itself a linear recurrence, solve
 by the same associative scan with the full Jacobians, then one batched vjp of the cell gives
 the parameter, input and h0 gradients (`jax.custom_vjp`).
 
+Precision: the solve needs true float32. On NVIDIA GPUs since Ampere JAX computes float32
+matmuls as TF32 by default (10-bit mantissa), and the Newton iteration then stalls far above
+its tolerance. So every dot product here, the cell's own included (its step is traced inside
+`jax.default_matmul_precision("highest")`, which fixes the precision of each traced dot_general
+and of its transposes), runs at `Precision.HIGHEST`, whatever the caller's default.
+
 Carries may be any pytree of `[..., H_i]` arrays (the LSTM's (h, c)): they are concatenated into
 one state vector `[..., sum H_i]` for the solve, and the cell's outputs are recomputed from the
 solved carries in one parallel pass. Shapes: us `[T, ..., G*H]`.
@@ -37,6 +43,24 @@ import numpy as np
 from jrnn import rnn
 
 METHODS = ("sequential", "deer", "quasi_deer", "auto")
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _full_precision(fn):
+    """Trace `fn` with every matmul at full precision (the cell step it calls included): the
+    precision is fixed on each dot_general when it is traced, so it holds inside the caller's
+    jit and under any outer `jax.default_matmul_precision`."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+def _mv(A, x):
+    """A `[..., H, H]` @ x `[..., H]` at full precision."""
+    return jnp.matmul(A, x[..., None], precision=HIGHEST)[..., 0]
 
 
 class DeerInfo(NamedTuple):
@@ -60,7 +84,7 @@ def _solve_linear(A, b, *, diagonal: bool, reverse: bool = False):
         A2, b2 = second
         if diagonal:
             return A2 * A1, A2 * b1 + b2
-        return A2 @ A1, (A2 @ b1[..., None])[..., 0] + b2
+        return jnp.matmul(A2, A1, precision=HIGHEST), _mv(A2, b1) + b2
     if reverse:
         flip = lambda t: jax.tree.map(lambda a: jnp.flip(a, 0), t)
         _, x = jax.lax.associative_scan(combine, flip((A, b)))
@@ -89,8 +113,8 @@ def _newton(f, us, h0, *, diagonal, tol, max_iters, damping):
             b = fs - J * prev
             b = b.at[0].add(J[0] * h0)          # h_{-1} = h0 enters through step 0
         else:
-            b = fs - (J @ prev[..., None])[..., 0]
-            b = b.at[0].add((J[0] @ h0[..., None])[..., 0])
+            b = fs - _mv(J, prev)
+            b = b.at[0].add(_mv(J[0], h0))
         new = _solve_linear(J, b, diagonal=diagonal)
         new = hs + damping * (new - hs)
         return new, it + 1, residual(new)
@@ -105,6 +129,7 @@ def _newton(f, us, h0, *, diagonal, tol, max_iters, damping):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5, 6, 7))
+@_full_precision
 def _solve(step, params, us, h0, diagonal, tol, max_iters, damping):
     """(hs, DeerInfo): one Newton solve; the info rides along as a non-differentiable output."""
     f = lambda prev, u: step(params, prev, u)[0]
@@ -115,11 +140,13 @@ def _solve(step, params, us, h0, diagonal, tol, max_iters, damping):
     return hs, DeerInfo(it, res, ~ok)
 
 
+@_full_precision
 def _solve_fwd(step, params, us, h0, diagonal, tol, max_iters, damping):
     hs, info = _solve(step, params, us, h0, diagonal, tol, max_iters, damping)
     return (hs, info), (params, us, h0, hs)
 
 
+@_full_precision  # traced when the caller differentiates, outside the forward's context
 def _solve_bwd(step, diagonal, tol, max_iters, damping, res, cotangents):
     params, us, h0, hs = res
     g = cotangents[0]                    # the info's cotangents are zeros: nothing flows back
@@ -149,6 +176,7 @@ def _flat(carry):
             lambda z: jax.tree.unflatten(tree, jnp.split(z, cuts, axis=-1)))
 
 
+@_full_precision
 def _evaluate(step, params, us, carry0, *, method, tol, max_iters, damping):
     """(outputs `[T, ...]`, final carry, DeerInfo)."""
     if method not in ("deer", "quasi_deer"):
