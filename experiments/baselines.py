@@ -9,8 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def minchar_loss_fun(inputs, targets, hprev, Wxh, Whh, Why, bh, by):
-    """min-char-rnn's lossFun (seed 003b), unchanged in substance."""
+def minchar_loss_fun(inputs, targets, hprev, Wxh, Whh, Why, bh, by, *, as_written=False):
+    """min-char-rnn's lossFun (seed 003b), unchanged in substance.
+
+    Karpathy's published lossFun accumulates `dby += dy`; seed 003b as written leaves that line
+    out, so its dby is 0 and by never moves. `as_written=True` leaves it out too.
+    """
     vocab_size = Wxh.shape[1]
     xs, hs, ys, ps = {}, {}, {}, {}
     hs[-1] = np.copy(hprev)
@@ -29,7 +33,8 @@ def minchar_loss_fun(inputs, targets, hprev, Wxh, Whh, Why, bh, by):
         dy = np.copy(ps[t])
         dy[targets[t]] -= 1
         dWhy += dy @ hs[t].T
-        dby += dy
+        if not as_written:
+            dby += dy
         dh = Why.T @ dy + dhnext
         dhraw = (1 - hs[t] * hs[t]) * dh
         dbh += dhraw
@@ -41,8 +46,14 @@ def minchar_loss_fun(inputs, targets, hprev, Wxh, Whh, Why, bh, by):
     return loss, dWxh, dWhh, dWhy, dbh, dby, hs[len(inputs) - 1]
 
 
-def minchar_numpy(params, ids, n_iters, *, seq_length=25, learning_rate=0.1):
-    """min-char-rnn's training loop from jrnn-layout initial params; returns per-iteration losses."""
+def minchar_numpy(params, ids, n_iters, *, seq_length=25, learning_rate=0.1, as_written=False, trace=None):
+    """min-char-rnn's training loop from jrnn-layout initial params; returns per-iteration losses.
+
+    `as_written=True`: seed 003b's lossFun as written (dby never accumulated, by stays 0).
+    `trace`: a list to which each iteration appends its exact state, in the seed's column layout:
+    {"p": data pointer, "reset": hprev zeroed here, "before": state, "loss", "after": state},
+    a state being {"params": [Wxh, Whh, Why, bh, by], "mems": [mWxh, ...], "h": hprev} (copies).
+    """
     Wxh, Whh, Why = (np.array(params.w_xh, np.float64).T, np.array(params.w_hh, np.float64).T,
                      np.array(params.w_hy, np.float64).T)
     bh, by = np.array(params.b_h, np.float64)[:, None], np.array(params.b_y, np.float64)[:, None]
@@ -50,18 +61,26 @@ def minchar_numpy(params, ids, n_iters, *, seq_length=25, learning_rate=0.1):
     mbh, mby = np.zeros_like(bh), np.zeros_like(by)
     losses = []
     n, p = 0, 0
+    snapshot = lambda: {"params": [np.copy(a) for a in (Wxh, Whh, Why, bh, by)],
+                        "mems": [np.copy(a) for a in (mWxh, mWhh, mWhy, mbh, mby)], "h": np.copy(hprev)}
     while n < n_iters:
-        if p + seq_length + 1 > len(ids) or n == 0:
+        reset = p + seq_length + 1 > len(ids) or n == 0
+        if reset:
             hprev = np.zeros((Whh.shape[0], 1))
             p = 0
+        if trace is not None:
+            trace.append({"p": p, "reset": reset, "before": snapshot()})
         inputs = ids[p:p + seq_length]
         targets = ids[p + 1:p + seq_length + 1]
-        loss, dWxh, dWhh, dWhy, dbh, dby, hprev = minchar_loss_fun(inputs, targets, hprev, Wxh, Whh, Why, bh, by)
+        loss, dWxh, dWhh, dWhy, dbh, dby, hprev = minchar_loss_fun(inputs, targets, hprev, Wxh, Whh, Why, bh, by,
+                                                                    as_written=as_written)
         losses.append(loss)
         for param, dparam, mem in zip([Wxh, Whh, Why, bh, by], [dWxh, dWhh, dWhy, dbh, dby],
                                       [mWxh, mWhh, mWhy, mbh, mby]):
             mem += dparam * dparam
             param += -learning_rate * dparam / np.sqrt(mem + 1e-8)
+        if trace is not None:
+            trace[-1].update(loss=loss, after=snapshot())
         p += seq_length
         n += 1
     return np.array(losses)

@@ -5,6 +5,11 @@ across chunks (reset at the start and at wrap-around), sum-over-25-steps loss, g
 to +-5, Adagrad lr 0.1 from a zero accumulator, smooth loss 0.999/0.001 from -ln(1/V)*T, and a
 200-char sample every 1000 iterations. The numpy loop of the seed runs in the same command for
 the speed ratio.
+
+`--as-written` runs seed 003b exactly as its notebook is written: its `lossFun` never adds `dy`
+into `dby`, so the readout bias b_y stays 0 for ever (Karpathy's published min-char-rnn, and the
+default here, trains it). The flag zeroes b_y's gradient in the optimizer chain (an optax mask),
+so Adagrad adds 0 to its memory and moves b_y by exactly 0.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import jrnn
 from experiments import baselines, common
@@ -37,9 +43,21 @@ def loss_fn(params, batch, h):
     return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"), h
 
 
-# one compiled multi-step for every run of this process (a new jit would recompile)
+def only_b_y(params):
+    """Mask selecting the readout bias: True for b_y, False for every other leaf."""
+    return jax.tree.map(lambda _: False, params)._replace(b_y=True)
+
+
+# one compiled multi-step per mode for every run of this process (a new jit would recompile)
 OPTIMIZER = jrnn.optim.karpathy_adagrad(LEARNING_RATE, clip_value=CLIP)
 MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER)
+# the seed as written: dby is never accumulated, i.e. b_y's gradient is 0 before clip and Adagrad
+AS_WRITTEN_OPTIMIZER = optax.chain(optax.masked(optax.set_to_zero(), only_b_y), OPTIMIZER)
+AS_WRITTEN_STEP = jrnn.make_multi_step(loss_fn, AS_WRITTEN_OPTIMIZER)
+
+
+def optimizer(as_written: bool = False) -> optax.GradientTransformation:
+    return AS_WRITTEN_OPTIMIZER if as_written else OPTIMIZER
 
 
 def positions(n_iters: int, data_len: int):
@@ -54,12 +72,16 @@ def positions(n_iters: int, data_len: int):
     return np.array(ps), np.array(resets)
 
 
-def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None, max_bad_steps=10):
+def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None, max_bad_steps=10,
+          as_written=False):
     """Run iterations start..n_iters-1 of min-char-rnn; returns (params, per-iteration losses, h).
 
     Pass the opt_state and h of a checkpoint with `start` to resume exactly where it stopped.
+    `as_written=True` freezes b_y as seed 003b's lossFun does (its opt_state is
+    `optimizer(True).init(params)`).
     """
-    opt_state = OPTIMIZER.init(params) if opt_state is None else opt_state
+    opt_state = optimizer(as_written).init(params) if opt_state is None else opt_state
+    multi_step = AS_WRITTEN_STEP if as_written else MULTI_STEP
     h = jrnn.elman.zeros_carry(params) if h is None else h
     ps, resets = positions(n_iters, len(ids))
     offsets = np.arange(SEQ_LEN)
@@ -69,7 +91,7 @@ def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None
         sl = slice(first, min(first + CALL_ITERS, n_iters))
         x = ids[ps[sl, None] + offsets]            # [K, T]
         y = ids[ps[sl, None] + offsets + 1]
-        params, opt_state, metrics, h = MULTI_STEP(params, opt_state, (x, y, resets[sl]), h)
+        params, opt_state, metrics, h = multi_step(params, opt_state, (x, y, resets[sl]), h)
         losses.append(np.asarray(metrics["loss"]))
         bad.update(metrics["skipped"])
         if on_call is not None:
@@ -89,8 +111,8 @@ def smooth(losses, V):
 def run_seed(seed, ids, vocab, args, samples):
     params = jrnn.elman.init(jax.random.key(seed), vocab_size=vocab.size, hidden_size=HIDDEN,
                              scheme="normal", scale=INIT_SCALE)
-    ckpt_dir, config = args.out / "checkpoints" / f"seed_{seed}", checkpoint_config(seed)
-    state = {"params": params, "opt_state": OPTIMIZER.init(params), "h": jrnn.elman.zeros_carry(params)}
+    ckpt_dir, config = args.out / "checkpoints" / f"seed_{seed}", checkpoint_config(seed, args.as_written)
+    state = {"params": params, "opt_state": optimizer(args.as_written).init(params), "h": jrnn.elman.zeros_carry(params)}
     start, earlier = 0, []
     if args.resume:
         ck = jrnn.checkpoint.load_latest(ckpt_dir, state, config=config, vocab=vocab.chars)
@@ -114,15 +136,18 @@ def run_seed(seed, ids, vocab, args, samples):
 
     with common.Timer() as t:
         _, losses, _ = train(state["params"], ids, args.steps, opt_state=state["opt_state"], h=state["h"],
-                             start=start, on_call=on_call, max_bad_steps=args.max_bad_steps)
+                             start=start, on_call=on_call, max_bad_steps=args.max_bad_steps, as_written=args.as_written)
     bar.close()
     return np.concatenate([earlier, losses]), t.s
 
 
-def checkpoint_config(seed):
+def checkpoint_config(seed, as_written=False):
     """What a resumed run must share with the run that wrote the checkpoint."""
-    return {"experiment": "minchar", "seed": seed, "hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE,
-            "clip": CLIP, "init_scale": INIT_SCALE, "call_iters": CALL_ITERS}
+    config = {"experiment": "minchar", "seed": seed, "hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE,
+              "clip": CLIP, "init_scale": INIT_SCALE, "call_iters": CALL_ITERS}
+    if as_written:  # only then, so that checkpoints of the default mode still resume
+        config["b_y"] = "frozen at 0 (seed 003b as written)"
+    return config
 
 
 def main(argv=None):
@@ -133,6 +158,9 @@ def main(argv=None):
     ap.add_argument("--checkpoint-every", type=int, default=0, help=f"save the training state every N iterations (multiple of {CALL_ITERS}; 0: never)")
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
     ap.add_argument("--max-bad-steps", type=int, default=10, help="stop after this many consecutive NaN/inf steps")
+    ap.add_argument("--as-written", action="store_true",
+                    help="seed 003b exactly as written: its lossFun never accumulates dby, so b_y stays 0 "
+                         "(default: train b_y, as Karpathy's published min-char-rnn does)")
     args = ap.parse_args(argv)
     common.positive(args, "steps", "seeds", "max_bad_steps")
     if args.checkpoint_every < 0 or args.checkpoint_every % CALL_ITERS:
@@ -162,20 +190,22 @@ def main(argv=None):
                "median_final_smooth_loss": float(np.median([r["final_smooth_loss"] for r in runs]))}
     if args.baseline_steps > 0:
         n = max(CALL_ITERS, args.steps // CALL_ITERS * CALL_ITERS)
-        train(params, ids, CALL_ITERS)  # compile
+        train(params, ids, CALL_ITERS, as_written=args.as_written)  # compile
         with common.Timer() as tj:
-            train(params, ids, n)
+            train(params, ids, n, as_written=args.as_written)
         with common.Timer() as tn:
-            baselines.minchar_numpy(params, ids, args.baseline_steps)
+            baselines.minchar_numpy(params, ids, args.baseline_steps, as_written=args.as_written)
         metrics.update(jrnn_iters_per_s=n / tj.s, numpy_iters_per_s=args.baseline_steps / tn.s)
         metrics["speedup_vs_numpy"] = metrics["jrnn_iters_per_s"] / metrics["numpy_iters_per_s"]
 
     config = {"hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE, "clip": CLIP, "steps": args.steps,
+              "as_written": args.as_written,
               "seeds": list(range(args.seed, args.seed + args.seeds)), "vocab_size": vocab.size, "chars": len(ids)}
     common.save_results(args.out, "minchar", config, metrics, sum(r["wall_s"] for r in runs), runs=runs, samples=samples)
     xs = np.arange(args.steps)[:: max(1, args.steps // 500)]
     common.plot_curves(args.out, {f"seed {r['seed']}": (xs, r["curve"]) for r in runs},
-                       xlabel="iteration", ylabel="smooth loss (sum over 25 chars)", title="min-char-rnn on kafka.txt")
+                       xlabel="iteration", ylabel="smooth loss (sum over 25 chars)",
+                       title="min-char-rnn on kafka.txt" + (" (as written: b_y frozen at 0)" if args.as_written else ""))
     for r in runs:
         print(f"seed {r['seed']}: smooth loss " + ", ".join(f"{k}: {v:.2f}" for k, v in r["smooth_loss"].items())
               + f"  ({r['iters_per_s']:.0f} it/s incl. compile)")

@@ -25,6 +25,10 @@ Bugs of the seeds that this reference fixes (and that tests would catch):
   `backward_propagation` is called with its arguments out of order.
 * 002: inside the truncated loop it applies tanh' at h[k] where dz_{k-1} needs h[k-1]
   (its gradient misses finite differences by ~1e-2; `truncated` below matches them).
+* 003b (min-char-rnn): its `lossFun` never accumulates `dby += dy`, so the readout bias b_y keeps
+  its initial 0 for ever. Karpathy's published min-char-rnn, this reference (`db_y += dy_t`) and
+  `experiments.minchar` train b_y; `python -m experiments.minchar --as-written` runs the seed as
+  written (b_y's gradient zeroed, b_y exactly 0).
 
 All functions take Elman parameters as any object with attributes `w_xh [D, H]`,
 `w_hh [H, H]`, `b_h [H]`, `w_hy [H, V]`, `b_y [V]` (e.g. `jrnn.ElmanParams`), and return
