@@ -8,6 +8,8 @@ instead would measure Adagrad's amplification of rounding noise (lr / sqrt(1e-8)
 on near-zero gradients), not the algorithm.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,7 +125,19 @@ def test_minchar_as_written_freezes_b_y_at_exactly_zero_as_the_seed_loop(data_di
     _, trace = check_step_for_step("kafka", 6, 40, as_written=True)
     assert all(not np.any(it["after"]["params"][4]) and not np.any(it["after"]["mems"][4]) for it in trace)
     assert np.all(trace[-1]["after"]["params"][2] != trace[0]["before"]["params"][2])   # Why trains
-    ids = corpus("kafka")
-    params = init(6, int(ids.max()) + 1)
-    frozen, losses, _ = minchar.train(params, ids, minchar.CALL_ITERS, as_written=True)   # free-running
-    assert np.all(np.asarray(frozen.b_y) == 0.0) and losses[-1] < losses[0]
+
+
+def test_minchar_cli_as_written_saves_b_y_exactly_zero_and_says_so(data_dir, tmp_path):
+    minchar.main(["--as-written", "--steps", "100", "--checkpoint-every", "100", "--baseline-steps", "0", "--quiet",
+                  "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["as_written"] is True
+    V = int(corpus("kafka").max()) + 1
+    params = jrnn.elman.init(jax.random.key(0), vocab_size=V, hidden_size=minchar.HIDDEN, scheme="normal",
+                             scale=minchar.INIT_SCALE)
+    template = {"params": params, "opt_state": minchar.optimizer(True).init(params), "h": jrnn.elman.zeros_carry(params)}
+    ckpt_dir = tmp_path / "checkpoints" / "seed_0"
+    ck = jrnn.checkpoint.load_latest(ckpt_dir, template, config=minchar.checkpoint_config(0, as_written=True))
+    assert ck.step == 100 and np.all(np.asarray(ck.state["params"].b_y) == 0.0)
+    assert np.any(np.asarray(ck.state["params"].w_hy) != np.asarray(params.w_hy))
+    with pytest.raises(ValueError, match="config"):   # a default-mode run does not resume it
+        jrnn.checkpoint.load_latest(ckpt_dir, template, config=minchar.checkpoint_config(0))
