@@ -15,6 +15,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 LossFn = Callable[..., tuple]
@@ -127,10 +128,17 @@ class BadStepCounter:
 def batch_mesh(batch_size: int, devices=None):
     """A 1-D mesh, axis "data", over the most of `devices` (default: all) that split
     `batch_size` evenly: all of them when they divide it, one when B = 1. Its `size` tells
-    whether there is anything to split."""
+    whether there is anything to split. Across processes (`jax.distributed`) it is all devices of
+    all processes, and B must be divisible by their number."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     devices = jax.devices() if devices is None else list(devices)
+    if jax.process_count() > 1:  # every process feeds its share: the mesh takes all devices or fails
+        if batch_size % len(devices):
+            raise ValueError(f"batch_size {batch_size} is not divisible by the {len(devices)} devices of "
+                             f"{jax.process_count()} processes")
+        return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                             devices=devices)
     n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
     return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
 
@@ -151,6 +159,16 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
     (`XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`, set before importing jax)
     lets each core run its share of the batch's sequential scan at once: XLA otherwise runs a
     loop's small per-step matmuls on one core at a time.
+
+    Across processes (after `jax.distributed.initialize`, one process per host or per GPU) the
+    same call trains on every device of every process: the default mesh spans `jax.devices()`
+    of all processes, and each process passes *its share* of the batch (and of the carry it
+    passes in): the rows `process_rows(mesh, B)` of the global batch, e.g. `[T, B/P]`. Params
+    and optimizer state must be equal on every process (same seed; checked once when they are
+    not yet global arrays); they come back replicated, the carry as a global array to pass to
+    the next call, and metrics as numpy values equal on every process. Every process must make
+    the same calls in the same order. If another process dies, the step raises
+    `ProcessGroupError` instead of waiting.
     """
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -177,4 +195,102 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
         carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
         return step(params, opt_state, batch, carry)
 
-    return sharded_step
+    if jax.process_count() == 1:
+        return sharded_step
+    return _across_processes(step, mesh, leaf_axis, carry_axis)
+
+
+# ---- several processes (jax.distributed) ------------------------------------------------------
+
+class ProcessGroupError(RuntimeError):
+    """A collective with the other processes failed: one of them died or was killed."""
+
+
+# What the runtime's errors say when a peer is gone: gloo's closed connection, the coordination
+# service's heartbeat timeout, a barrier that cannot complete.
+_PEER_GONE = ("gloo", "heartbeat", "coordination service", "connection closed", "connection reset",
+              "unavailable:", "barrier")
+
+
+def _reraise_peer_failure(e: Exception):
+    text = str(e)
+    if any(k in text.lower() for k in _PEER_GONE):
+        raise ProcessGroupError(
+            f"process {jax.process_index()} of {jax.process_count()}: a collective with the other processes "
+            f"failed, most likely another process died or was killed (see its output); stopping. "
+            f"Runtime said: {text.strip().splitlines()[0][:300]}") from e
+
+
+def process_rows(mesh, batch_size: int) -> np.ndarray:
+    """Indices of the global batch's rows that this process feeds to a data-parallel step over
+    `mesh` (sorted; `arange(B)` with one process). Slice your global batch with them, or load
+    only those rows."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    idx = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch_size,)).values()
+    return np.concatenate(sorted((np.arange(batch_size)[i] for i in idx), key=lambda r: r[0]))
+
+
+def to_host(tree):
+    """A numpy copy of a pytree of arrays that may span processes (the global arrays a
+    data-parallel step returns): replicated leaves are read locally; a leaf split over processes
+    is gathered, a collective, so every process must make the same `to_host` calls."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return jax.tree.map(one, tree)
+
+
+def _across_processes(step, mesh, leaf_axis, carry_axis):
+    """The data-parallel step of `make_data_parallel_step` when the mesh spans processes."""
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    replicated = NamedSharding(mesh, P())
+    n_local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+    def is_global(x):
+        return isinstance(x, jax.Array) and not x.is_fully_addressable
+
+    def along(axis):
+        def put(x):
+            if is_global(x):  # e.g. the carry the previous call returned
+                return x
+            x = np.asarray(x)
+            if x.ndim <= axis or x.shape[axis] % n_local:
+                raise ValueError(f"this process's share of the batch has shape {x.shape}; axis {axis} must "
+                                 f"split evenly over its {n_local} devices")
+            spec = [None] * x.ndim
+            spec[axis] = "data"
+            return jax.make_array_from_process_local_data(NamedSharding(mesh, P(*spec)), x)
+        return put
+
+    def step_across_processes(params, opt_state, batch, carry=None):
+        try:
+            if not all(is_global(x) for x in jax.tree.leaves((params, opt_state))):
+                # host or local values: every process must hold the same ones, else the replicas
+                # would silently diverge
+                multihost_utils.assert_equal(to_host((params, opt_state)),
+                                             "params/opt_state differ across processes")
+            params, opt_state = jax.device_put((params, opt_state), replicated)
+        except AssertionError as e:
+            raise ValueError(f"process {jax.process_index()}: params and optimizer state must be equal on "
+                             f"every process (same seed): {e}") from None
+        except Exception as e:  # a peer that died before this call
+            _reraise_peer_failure(e)
+            raise
+        batch = jax.tree.map(along(leaf_axis), batch)
+        carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
+        try:
+            params, opt_state, metrics, carry = step(params, opt_state, batch, carry)
+            metrics = to_host(metrics)  # also waits for the step: a dead peer surfaces here
+        except Exception as e:
+            _reraise_peer_failure(e)
+            raise
+        return params, opt_state, metrics, carry
+
+    return step_across_processes
