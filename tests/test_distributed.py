@@ -81,7 +81,7 @@ def _start(args, devices):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(p, timeout=120):
+def _finish(p, timeout=300):  # generous: the 2-core test machine may be shared
     out, _ = p.communicate(timeout=timeout)
     return p.returncode, out
 
