@@ -138,3 +138,65 @@ def test_every_optimizer_lowers_the_loss(setup, opt):
         first = float(m["loss"]) if first is None else first
     assert float(m["loss"]) < 0.8 * first
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in params)
+
+
+# ---- training precision ------------------------------------------------------------------------
+
+def _dot_precisions(lowered) -> list:
+    """The precision of every dot product in a lowered program (StableHLO text)."""
+    import re
+    text = lowered.as_text()
+    found = re.findall(r"stablehlo\.dot_general[^\n]*?precision = \[(\w+), (\w+)\]", text)
+    assert len(found) == text.count("stablehlo.dot_general") > 0
+    return found
+
+
+def _f32_setup():
+    params = elman.init(jax.random.key(0), vocab_size=7, hidden_size=5)           # float32
+    x = jnp.asarray(np.random.RandomState(0).randint(0, 7, (6, 2)), jnp.int32)
+
+    def loss(p, batch, carry):
+        logits, _ = elman.apply(p, batch[0])
+        return jrnn.losses.softmax_cross_entropy(logits, batch[1]), carry
+    return params, x, loss
+
+
+@pytest.mark.parametrize("precision, expected", [("float32", "HIGHEST"), ("tensorfloat32", "HIGH"),
+                                                 ("bfloat16", "DEFAULT"), (None, "DEFAULT")])
+def test_step_precision_reaches_every_dot_forward_and_backward(precision, expected):
+    """The lowered step (forward, backward through the scan, readout, update) asks every dot
+    product for the requested precision; the default is full float32."""
+    params, x, loss = _f32_setup()
+    opt = optim.adam(1e-3)
+    for build in (jrnn.make_step, jrnn.make_multi_step):
+        batch = (x, x) if build is jrnn.make_step else (x[None], x[None])
+        step = build(loss, opt, precision=precision)
+        assert set(_dot_precisions(step.lower(params, opt.init(params), batch))) == {(expected, expected)}
+    default = jrnn.make_step(loss, opt).lower(params, opt.init(params), (x, x))
+    assert set(_dot_precisions(default)) == {("HIGHEST", "HIGHEST")}
+
+
+def test_step_precision_overrides_a_surrounding_jax_default_and_none_inherits_it():
+    params, x, loss = _f32_setup()
+    opt = optim.sgd(0.1)
+    with jax.default_matmul_precision("tensorfloat32"):
+        full = jrnn.make_step(loss, opt, precision="float32").lower(params, opt.init(params), (x, x))
+        inherit = jrnn.make_step(loss, opt, precision=None).lower(params, opt.init(params), (x, x))
+    assert set(_dot_precisions(full)) == {("HIGHEST", "HIGHEST")}
+    assert set(_dot_precisions(inherit)) == {("HIGH", "HIGH")}
+
+
+def test_data_parallel_step_takes_precision_and_bad_precisions_are_refused():
+    params, x, loss = _f32_setup()
+    opt = optim.sgd(0.1)
+    mesh = jrnn.train.batch_mesh(2, jax.devices()[:1])
+    step = jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh, batch_axis=1, precision="float32")
+    p1, _, m1, _ = step(params, opt.init(params), (x, x))
+    p2, _, m2, _ = jrnn.make_step(loss, opt, precision=None)(params, opt.init(params), (x, x))
+    assert_trees_close(p1, p2, rtol=1e-6)          # a CPU computes float32 either way
+    for bad in ("highest", "fp32", 32, "FLOAT32"):
+        for build in (jrnn.make_step, jrnn.make_multi_step):
+            with pytest.raises(ValueError, match="precision"):
+                build(loss, opt, precision=bad)
+        with pytest.raises(ValueError, match="precision"):
+            jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh, precision=bad)
