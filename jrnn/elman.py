@@ -172,7 +172,7 @@ def _h0(params, inputs, h0):
 
 
 def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str = "tanh",
-           reverse: bool = False, unroll: int = 1, remat: bool = False, method: str = "sequential"):
+           reverse: bool = False, unroll: int | None = None, remat: bool = False, method: str = "sequential"):
     """All hidden states.
 
     Args:
@@ -181,6 +181,8 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
       h0: initial state `[..., H]`; zeros if None.
       mask: optional `[T, ...]` (1 = real step, 0 = padding). Across padding the carry is
         frozen and the output is zero, so right-padded sequences end in their real last state.
+      unroll: scan steps per loop iteration, a speed knob; None: `jrnn.rnn.default_unroll`
+        (8 on a GPU, 1 on a CPU).
       method: "sequential" (one lax.scan), "deer" / "quasi_deer" (parallel-in-time Newton,
         `jrnn.parallel`; falls back to the scan if it does not converge) or "auto" (picks by
         size, see `jrnn.parallel.auto_method`).
@@ -216,7 +218,7 @@ def cell(activation: str = "tanh") -> rnn.Cell:
     """The Elman recurrence as a `jrnn.rnn.Cell` (`jrnn.cells.ELMAN` is the tanh one)."""
     activation_fn(activation)
 
-    def scan(params, us, h0, *, mask=None, reverse=False, unroll=1):
+    def scan(params, us, h0, *, mask=None, reverse=False, unroll=None):
         return elman_scan.run(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse, unroll=unroll)
 
     return rnn.Cell(cell_init, project, functools.partial(step, activation=activation), zeros_carry, scan)
@@ -260,7 +262,7 @@ def apply_batch(params: ElmanParams, inputs, h0=None, **kw):
 
 
 def sequence_loss(params: ElmanParams, inputs, targets, h0=None, *, mask=None, reduction: str = "mean",
-                  activation: str = "tanh", unroll: int = 1, remat: bool = False):
+                  activation: str = "tanh", unroll: int | None = None, remat: bool = False):
     """Many-to-many softmax cross-entropy of a sequence: (loss, h_T).
 
     Args:

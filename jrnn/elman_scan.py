@@ -23,6 +23,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jrnn import rnn
+
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
 
 # act'(z) as a function of h = act(z): no need to keep z
@@ -81,7 +83,7 @@ def _recurrence_jvp(activation, reverse, unroll, primals, tangents):
     return (cs, h_T), (dcs, dh_T)
 
 
-def run(w_hh, us, h0, *, mask=None, activation: str = "tanh", reverse: bool = False, unroll: int = 1):
+def run(w_hh, us, h0, *, mask=None, activation: str = "tanh", reverse: bool = False, unroll: int | None = None):
     """All states of the recurrence.
 
     Args:
@@ -90,6 +92,7 @@ def run(w_hh, us, h0, *, mask=None, activation: str = "tanh", reverse: bool = Fa
       h0: `[..., H]`.
       mask: optional `[T, ...]`: where 0 (padding) the carry is frozen and the output is 0.
       activation: "tanh", "relu" or "sigmoid".
+      unroll: steps per loop iteration; None: `jrnn.rnn.default_unroll` (8 on a GPU, 1 on a CPU).
 
     Returns:
       (hs `[T, ..., H]`, h_T `[..., H]`), equal to a `lax.scan` of `jrnn.elman.step`.
@@ -101,4 +104,4 @@ def run(w_hh, us, h0, *, mask=None, activation: str = "tanh", reverse: bool = Fa
         # split into a loop of its own when it differentiates them
         mask = jnp.broadcast_to(jnp.asarray(mask, bool)[..., None], us.shape)
         us = jnp.where(mask, us, 0.0)  # "double where": padding never feeds NaN/inf into grads
-    return _recurrence(w_hh, us, h0, mask, activation, reverse, int(unroll))
+    return _recurrence(w_hh, us, h0, mask, activation, reverse, rnn.resolve_unroll(unroll, us.shape[0]))

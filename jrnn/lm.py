@@ -40,7 +40,7 @@ def param_count(params) -> int:
 
 
 def apply(params: LMParams, tokens, carries=None, *, cell: str = "lstm", mask=None, dropout: float = 0.0,
-          key=None, compute_dtype=None, unroll: int = 1):
+          key=None, compute_dtype=None, unroll: int | None = None):
     """Logits `[T, ..., V]` and the carries of every layer.
 
     compute_dtype: e.g. jnp.bfloat16 runs the cells and readout in that dtype while the

@@ -33,7 +33,7 @@ def windows(T: int, k1: int, k2: int):
 
 
 def sequence_loss(params: elman.ElmanParams, inputs, targets, h0=None, *, k1: int, k2: int,
-                  mask=None, reduction: str = "mean", activation: str = "tanh", unroll: int = 1):
+                  mask=None, reduction: str = "mean", activation: str = "tanh", unroll: int | None = None):
     """Language-model cross-entropy whose gradient is TBPTT(k1, k2).
 
     Args:

@@ -1,0 +1,89 @@
+"""`unroll=None` (every default) picks the loop unroll by backend; an explicit value wins."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jrnn import cells, elman, elman_scan, lm, rnn, tbptt
+from jrnn.testing import assert_trees_close
+
+T, B, V, H = 11, 2, 6, 4
+
+
+@pytest.fixture
+def as_gpu(monkeypatch):
+    """Make jrnn read "gpu" as the backend (the program still lowers and runs on the CPU)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+
+
+def test_default_unroll_is_1_on_cpu_8_on_gpu_and_never_more_than_t(as_gpu, monkeypatch):
+    assert rnn.default_unroll() == 8 and rnn.default_unroll(1000) == 8 and rnn.default_unroll(3) == 3
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert rnn.default_unroll() == 1 and rnn.default_unroll(1000) == 1
+
+
+def test_explicit_unroll_wins_and_bad_values_are_refused(as_gpu):
+    assert rnn.resolve_unroll(2, 100) == 2 and rnn.resolve_unroll(np.int64(3), 100) == 3
+    assert rnn.resolve_unroll(True, 100) is True and rnn.resolve_unroll(None, 100) == 8
+    for bad in (0, -1, 2.0, "8"):
+        with pytest.raises(ValueError, match="unroll"):
+            rnn.resolve_unroll(bad, 100)
+    x = jnp.zeros((T, B), jnp.int32)
+    p = elman.init(jax.random.key(0), vocab_size=V, hidden_size=H)
+    with pytest.raises(ValueError, match="unroll"):
+        elman.apply(p, x, unroll=0)
+
+
+def _entry_points():
+    """(name, f(unroll) -> output) for every public function that takes `unroll`."""
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randint(0, V, (T, B)))
+    feats = jnp.asarray(rng.randn(T, B, H))
+    p = elman.init(jax.random.key(0), vocab_size=V, hidden_size=H, dtype=jnp.float64)
+    lp = lm.init(jax.random.key(1), cell="lstm", vocab_size=V, hidden_size=H, layers=2, dtype=jnp.float64)
+    gp = cells.GRU.init(jax.random.key(2), H, H, jnp.float64)
+    h0 = jnp.zeros((B, H))
+    return [
+        ("rnn.scan", lambda u: rnn.scan(elman.step, p, h0, elman.project(p, x), unroll=u)),
+        ("rnn.run", lambda u: rnn.run(cells.GRU, gp, feats, unroll=u)),
+        ("rnn.run remat", lambda u: rnn.run(cells.GRU, gp, feats, remat=True, unroll=u)),
+        ("rnn.stack", lambda u: rnn.stack(cells.LSTM, lp.layers, x, unroll=u)),
+        ("rnn.bidirectional", lambda u: rnn.bidirectional(cells.GRU, gp, gp, feats, unroll=u)),
+        ("elman.hidden", lambda u: elman.hidden(p, x, unroll=u)),
+        ("elman.apply", lambda u: elman.apply(p, x, unroll=u)),
+        ("elman.sequence_loss", lambda u: elman.sequence_loss(p, x, x, unroll=u)),
+        ("elman.sequence_loss remat", lambda u: elman.sequence_loss(p, x, x, remat=True, unroll=u)),
+        ("elman_scan.run", lambda u: elman_scan.run(p.w_hh, elman.project(p, x), h0, unroll=u)),
+        ("lm.apply", lambda u: lm.apply(lp, x, cell="lstm", unroll=u)),
+        ("tbptt.sequence_loss", lambda u: tbptt.sequence_loss(p, x, x, k1=2, k2=5, unroll=u)),
+    ]
+
+
+def _program(f, unroll):
+    return jax.jit(lambda: f(unroll)).lower().as_text()
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _entry_points()])
+def test_default_unroll_reaches_the_loop_on_each_backend(name, as_gpu, monkeypatch):
+    """Omitting `unroll` lowers to the same program as unroll=8 when the backend is a GPU and
+    unroll=1 on the CPU; and the two differ, so the check can fail."""
+    f = dict(_entry_points())[name]
+    gpu_default, gpu_8, one = _program(f, None), _program(f, 8), _program(f, 1)
+    assert gpu_default == gpu_8 != one
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert _program(f, None) == one
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _entry_points()])
+def test_results_do_not_depend_on_unroll(name, as_gpu):
+    """Values and gradients are the same whatever unroll (x64): the default (8 here), 3
+    (which does not divide T = 11) and 1."""
+    f = dict(_entry_points())[name]
+
+    def both(u):  # one compiled program per unroll: value and gradient
+        return jax.jit(lambda: (f(u), jax.grad(lambda s: jnp.sum(jax.tree.leaves(f(u))[0] * s))(1.0)))()
+
+    base = both(1)
+    for u in (None, 3):
+        assert_trees_close(both(u), base, rtol=1e-12)
