@@ -61,8 +61,20 @@ def test_grad_matches_bptt_reference_many_to_one(T, sizes, activation):
     assert_trees_close(gh0, ref_dh0, rtol=RTOL)
 
 
-@pytest.mark.parametrize("T", [1, 5, 25])
-@pytest.mark.parametrize("k1,k2", [(1, 1), (1, 6), (2, 3), (3, 3), (4, 10), (5, 5), (25, 25)])
+# (T, k1, k2): all but the last two reach the window code (k1 < T or k2 < T); those two take
+# the one-window shortcut of full BPTT (k1 >= T and k2 >= T). Ragged last blocks, k2 > T, k1 = k2,
+# windows that reach step 0 and windows that stop short of it are all among them.
+TBPTT_CASES = [(2, 1, 1), (5, 1, 1), (5, 1, 6), (5, 2, 3), (5, 4, 10), (9, 2, 5), (12, 4, 4), (13, 4, 4),
+               (13, 12, 12), (13, 3, 20), (25, 1, 6), (25, 2, 3), (25, 3, 3), (25, 4, 10), (25, 5, 5),
+               (25, 7, 25), (25, 24, 30), (1, 1, 1), (25, 25, 25)]
+
+
+def test_tbptt_cases_reach_the_window_code():
+    shortcut = [(T, k1, k2) for T, k1, k2 in TBPTT_CASES if k1 >= T and k2 >= T]   # tbptt.sequence_loss's test
+    assert shortcut == [(1, 1, 1), (25, 25, 25)] and len(TBPTT_CASES) - len(shortcut) == 17
+
+
+@pytest.mark.parametrize("T,k1,k2", TBPTT_CASES)
 def test_truncated_grad_matches_tbptt_reference(T, k1, k2):
     params, x, y, h0 = make_problem(T + k1 + 10 * k2, T, 11, 16, 11)
 
@@ -74,6 +86,55 @@ def test_truncated_grad_matches_tbptt_reference(T, k1, k2):
     np.testing.assert_allclose(float(value), ref_loss, rtol=RTOL)
     assert_trees_close(g, elman.ElmanParams(**ref), rtol=RTOL)
     assert_trees_close(gh0, ref_dh0, rtol=RTOL)
+
+
+def tbptt_surrogate(params, x, y, h0, k1, k2, detached):
+    """The loss whose gradient TBPTT(k1, k2) is, written independently of jrnn.bptt.
+
+    Blocks of k1 steps; block b's losses run forward from the state just before its k2-step window,
+    which is `h0` itself when the window reaches step 0 and otherwise `detached[first]` (h_{first-1}
+    of the forward at the point of differentiation, held constant). Float64 numpy, column layout.
+    """
+    Wxh, Whh, bh, Why, by = (np.asarray(a, np.float64).T for a in params)
+    xs = np.eye(Wxh.shape[1])[np.asarray(x)]
+    T, total = len(xs), 0.0
+    for start in range(0, T, k1):
+        end = min(start + k1, T) - 1
+        first = max(end - k2 + 1, 0)
+        h = np.asarray(h0, np.float64) if first == 0 else detached[first]
+        for t in range(first, end + 1):
+            h = np.tanh(Wxh @ xs[t] + Whh @ h + bh)
+            if t >= start:
+                logits = Why @ h + by
+                total += np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[y[t]]
+    return total
+
+
+@pytest.mark.parametrize("T,k1,k2", [(25, 1, 6), (25, 4, 10), (13, 5, 5), (13, 3, 20), (9, 2, 5)])
+def test_truncated_reference_matches_finite_differences_of_the_tbptt_surrogate(T, k1, k2):
+    """TBPTT's gradient is not the full loss's, so its oracle is the truncated loss itself: the sum
+    of each block's losses through its window from the detached state before it. Central
+    differences of that function along random directions in every leaf (and h0) must equal
+    <bptt.truncated's gradient, direction>."""
+    params, x, y, h0 = make_problem(3 * T + k1 + k2, T, 11, 16, 11)
+    _, hs, _ = bptt.forward(params, x, h0)   # hs[t] = h_{t-1}: the states to hold fixed
+    loss, grads, dh0 = bptt.truncated(params, x, y, h0, k1=k1, k2=k2)
+    surrogate = lambda p, h: tbptt_surrogate(p, x, y, h, k1, k2, hs)
+    assert surrogate(params, h0) == pytest.approx(loss, rel=1e-13)   # the value is the full loss
+    rng, eps, worst = np.random.RandomState(T), 1e-5, 0.0
+    leaves = [(name, np.asarray(getattr(params, name))) for name in elman.ElmanParams._fields] + [("h0", np.asarray(h0))]
+    reference = {**grads, "h0": dh0}
+    for name, value in leaves:
+        for _ in range(3):
+            v = rng.randn(*value.shape)
+            shifted = lambda s: (params._replace(**{name: value + s * eps * v}), h0) if name != "h0" else (params, h0 + s * eps * v)
+            fd = (surrogate(*shifted(1)) - surrogate(*shifted(-1))) / (2 * eps)
+            ad = float(np.sum(reference[name] * v))
+            worst = max(worst, abs(fd - ad) / max(abs(ad), 1e-3))
+    assert worst < 1e-7, worst
+    if k2 < T:   # and the full loss's gradient is a different thing: its FD would not agree
+        _, full, _ = bptt.many_to_many(params, x, y, h0)
+        assert relative_error(grads["w_hh"], full["w_hh"]) > 1e-3
 
 
 def test_truncation_to_full_window_equals_full_bptt():

@@ -1,4 +1,8 @@
-"""Data-parallel training over simulated CPU devices equals the single-device step."""
+"""Data-parallel training over simulated CPU devices equals the single-device step.
+
+In float64 only the order of the gradient sums differs between 1 and 4 shards. Measured worst
+elementwise relative differences after 3 Adam steps: losses 1.8e-16, parameters and carries
+3.4e-14 (jax 0.10.2, CPU); the bounds below (1e-14, 1e-12) sit a small factor above them."""
 
 import os
 import subprocess
@@ -32,11 +36,12 @@ for step in (single, parallel):
 (p1, l1, c1), (p2, l2, c2) = results
 leaf = jax.tree.leaves(p2)[0]
 assert len(leaf.sharding.device_set) == 4
-np.testing.assert_allclose(l2, l1, rtol=1e-6)
+LOSS_RTOL, RTOL = 1e-14, 1e-12
+np.testing.assert_allclose(l2, l1, rtol=LOSS_RTOL, atol=0)
 for a, b in zip(jax.tree.leaves(p2), jax.tree.leaves(p1)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=0)
 for a, b in zip(jax.tree.leaves(c2), jax.tree.leaves(c1)):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=0)
 
 # K steps per call: batch leaves stacked [K, T, B], split along B
 stacked = tuple(np.stack(z) for z in zip(*batches))
@@ -45,9 +50,9 @@ c0 = jrnn.lm.zeros(params, (8,), cell="lstm")   # a scan needs the carry's struc
 (pm1, _, m1, cm1), (pm2, _, m2, cm2) = (f(params, opt.init(params), stacked, c0) for f in (multi, multi_parallel))
 assert len(jax.tree.leaves(pm2)[0].sharding.device_set) == 4
 np.testing.assert_allclose(m1["loss"], l1, rtol=1e-12)   # the multi-step runs the same 3 steps
-np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-6)
+np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=LOSS_RTOL, atol=0)
 for a, b in zip(jax.tree.leaves((pm2, cm2)), jax.tree.leaves((pm1, cm1))):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=0)
 
 # batch_mesh: the most devices that split B evenly
 assert [jrnn.train.batch_mesh(b).size for b in (12, 6, 9, 7, 1)] == [4, 3, 3, 1, 1]
