@@ -30,6 +30,7 @@ from experiments import one_cpu_device_per_core
 
 one_cpu_device_per_core()  # the data-parallel rows split the batch over the CPU's cores
 
+import argparse
 import statistics
 import time
 
@@ -305,24 +306,36 @@ def run_config(cfg, impls, repeats):
         rows.append({"config": list(cfg), "impl": name, "compile_s": warm, "train_us": step_s * 1e6,
                      "forward_us": fwd_s * 1e6, "train_us_per_timestep": step_s * 1e6 / T,
                      "loss_initial": loss0, "loss_after_one_step": loss1})
-    best_jrnn = min(r["train_us"] for r in rows if r["impl"].startswith("jrnn"))
+    ours = [r["train_us"] for r in rows if r["impl"].startswith("jrnn")]
     peers = [r["train_us"] for r in rows if not r["impl"].startswith("jrnn")]
     for r in rows:
         r["ratio_best_peer_over_this"] = min(peers) / r["train_us"] if peers else None
-    return rows, (min(peers) / best_jrnn if peers else None)
+    return rows, (min(peers) / min(ours) if peers and ours else None)
+
+
+def config_list(text):
+    """--configs: "B,H,T,V;B,H,T,V" -> [(B, H, T, V), ...] of positive integers."""
+    try:
+        configs = [tuple(int(v) for v in c.split(",")) for c in text.split(";")]
+    except ValueError:
+        configs = None
+    if not configs or any(len(c) != 4 or min(c) < 1 for c in configs):
+        raise argparse.ArgumentTypeError(f"takes B,H,T,V groups of 4 positive integers separated by ';', got {text!r}")
+    return configs
 
 
 def main(argv=None):
     ap = common.parser("bench", __doc__)
     ap.add_argument("--quick", action="store_true", help="CPU configs, fewer repeats (about 3 minutes on 2 cores)")
-    ap.add_argument("--configs", default=None, help="semicolon-separated B,H,T,V list overriding the defaults")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
+    ap.add_argument("--configs", type=config_list, default=None, help="semicolon-separated B,H,T,V list overriding the defaults")
+    ap.add_argument("--repeats", type=common.positive_int, default=5, help="timed repeats per measurement (median reported)")
     ap.add_argument("--only", default=None, help="comma-separated implementation names to run (default: all)")
     ap.add_argument("--precision", choices=PRECISIONS, default="float32",
                     help="float32 matmul precision for every implementation (GPU only: CPUs compute float32)")
     ap.add_argument("--deer", action="store_true", help="benchmark parallel-in-time DEER / quasi-DEER against the sequential scan")
     args = ap.parse_args(argv)
-    common.positive(args, "repeats")
+    if args.deer and (args.only or args.configs):
+        raise ValueError("--deer runs its own configurations and methods: drop --only / --configs")
     if args.deer:
         configs = DEER_GPU if jax.default_backend() == "gpu" else DEER_CPU
         with common.Timer() as t:
@@ -335,15 +348,19 @@ def main(argv=None):
                            xlabel="config index", ylabel="speedup vs sequential", title="DEER vs sequential scan")
         return rows
     if args.configs:
-        configs = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")]
-        if any(len(c) != 4 or min(c) < 1 for c in configs):
-            raise ValueError("--configs takes B,H,T,V groups of 4 positive integers separated by ';'")
+        configs = args.configs
     else:
         configs = GPU_CONFIGS if jax.default_backend() == "gpu" else CPU_CONFIGS
     repeats = 3 if args.quick else args.repeats
     impls = implementations(args.quick, args.precision)
     if args.only:
-        impls = {k: v for k, v in impls.items() if k.split()[0] in args.only.split(",") or k in args.only.split(",")}
+        names = [n.strip() for n in args.only.split(",")]
+        chosen = lambda k, n: k.split()[0] == n or k == n
+        unknown = [n for n in names if not any(chosen(k, n) for k in impls)]
+        if unknown:
+            raise ValueError(f"--only: unknown implementation(s) {unknown}; choose from {sorted(impls)} "
+                             f"(or a first word: {sorted({k.split()[0] for k in impls})})")
+        impls = {k: v for k, v in impls.items() if any(chosen(k, n) for n in names)}
     all_rows, ratios = [], {}
     bar = common.progress(len(configs), "bench", args.quiet)
     with common.Timer() as t:

@@ -120,10 +120,10 @@ def train_batched_recipe(seed, max_steps=3000):
 
 def main(argv=None):
     ap = common.parser("binary_addition", __doc__, steps=10_000)
-    ap.add_argument("--seeds", type=int, default=5, help="independent runs")
+    ap.add_argument("--seeds", type=common.positive_int, default=5, help="independent runs")
     ap.add_argument("--recipe", choices=["seed", "batched", "both"], default="both")
     args = ap.parse_args(argv)
-    common.positive(args, "steps", "seeds")
+    common.check_seed_range(args, args.seeds)
     if args.steps % EVAL_EVERY:
         raise ValueError(f"--steps must be a multiple of {EVAL_EVERY}")
     seeds = list(range(args.seed, args.seed + args.seeds))

@@ -104,7 +104,10 @@ def stream_nll(params, xs, ys, carries, *, cell):
     return jnp.sum(sums), carries
 
 
-def evaluate(params, ids, cell, batch=16, seq_len=256):
+VAL_BATCH = 16
+
+
+def evaluate(params, ids, cell, batch=VAL_BATCH, seq_len=256):
     """Validation nats/char: `batch` contiguous streams, read `seq_len` chars per scan step."""
     seq_len = max(1, min(seq_len, (len(ids) - 1) // batch))
     xs, ys = jrnn.data.streams(ids, batch, seq_len)
@@ -112,10 +115,24 @@ def evaluate(params, ids, cell, batch=16, seq_len=256):
     return float(total) / ys.size
 
 
+def full_mode_split(ids, args):
+    """(train ids, validation ids); ValueError naming the flags if the text is too short for them."""
+    n_val = int(len(ids) * VAL_FRACTION)
+    train_ids, val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    need = args.batch * args.seq_len * FULL_CALL_STEPS + 1
+    if len(train_ids) < need:
+        raise ValueError(f"--chars {len(ids)}: {len(train_ids)} training chars (after the {VAL_FRACTION:.0%} held out) "
+                         f"cannot fill one call of {FULL_CALL_STEPS} steps of --batch {args.batch} streams x "
+                         f"--seq-len {args.seq_len}; need at least {need}")
+    if len(val_ids) < VAL_BATCH + 1:
+        raise ValueError(f"--chars {len(ids)}: {len(val_ids)} validation chars cannot fill {VAL_BATCH} streams; "
+                         f"use at least {math.ceil((VAL_BATCH + 1) / VAL_FRACTION)} chars")
+    return train_ids, val_ids
+
+
 def run_full_mode(args, ids, vocab):
     V = vocab.size
-    n_val = int(len(ids) * VAL_FRACTION)
-    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+    train_ids, val_ids = full_mode_split(ids, args)
     xs, ys = jrnn.data.streams(train_ids, args.batch, args.seq_len)      # [N, T, B]
     opt = jrnn.optim.adam(args.lr, clip_norm=FULL_CLIP_NORM)
     mesh = jrnn.train.batch_mesh(args.batch)
@@ -172,37 +189,60 @@ def run_full_mode(args, ids, vocab):
 
 # ---- main ------------------------------------------------------------------------------------
 
+FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
+             "max_bad_steps")
+
+
 def main(argv=None):
     ap = common.parser("charlm", __doc__, epochs=10)
-    ap.add_argument("--seeds", type=int, default=1, help="independent runs in seed mode (median reported)")
+    ap.add_argument("--seeds", type=common.positive_int, default=1, help="independent runs in seed mode (median reported)")
     ap.add_argument("--full", action="store_true", help="train on the whole corpus with minibatches")
-    ap.add_argument("--hidden", type=int, default=FULL_HIDDEN, help="--full: hidden units")
+    ap.add_argument("--hidden", type=common.positive_int, default=FULL_HIDDEN, help="--full: hidden units")
     ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="--full: recurrent cell")
-    ap.add_argument("--layers", type=int, default=1, help="--full: stacked layers")
-    ap.add_argument("--batch", type=int, default=FULL_BATCH, help="--full: parallel streams")
-    ap.add_argument("--seq-len", type=int, default=FULL_SEQ_LEN, help="--full: BPTT length")
-    ap.add_argument("--lr", type=float, default=FULL_LR, help="--full: Adam learning rate")
-    ap.add_argument("--max-minutes", type=float, default=0, help="--full: stop after the epoch that passes this")
-    ap.add_argument("--chars", type=int, default=None, help="use only the first N chars of the corpus (smoke runs)")
-    ap.add_argument("--checkpoint-every", type=int, default=0,
+    ap.add_argument("--layers", type=common.positive_int, default=1, help="--full: stacked layers")
+    ap.add_argument("--batch", type=common.positive_int, default=FULL_BATCH, help="--full: parallel streams")
+    ap.add_argument("--seq-len", type=common.positive_int, default=FULL_SEQ_LEN, help="--full: BPTT length")
+    ap.add_argument("--lr", type=common.positive_float, default=FULL_LR, help="--full: Adam learning rate")
+    ap.add_argument("--max-minutes", type=common.non_negative_float, default=0,
+                    help="--full: stop after the epoch that passes this (0: no limit)")
+    ap.add_argument("--chars", type=common.positive_int, default=None, help="use only the first N chars of the corpus (smoke runs)")
+    ap.add_argument("--checkpoint-every", type=common.non_negative_int, default=0,
                     help=f"--full: save the training state every N steps (multiple of {FULL_CALL_STEPS}; 0: never)")
     ap.add_argument("--resume", action="store_true", help="--full: continue from the newest checkpoint under --out")
-    ap.add_argument("--max-bad-steps", type=int, default=10, help="--full: stop after this many consecutive NaN/inf steps")
+    ap.add_argument("--max-bad-steps", type=common.positive_int, default=10, help="--full: stop after this many consecutive NaN/inf steps")
     ap.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    ap.add_argument("--temperature", type=common.positive_float, default=1.0, help="sampling temperature")
     ap.add_argument("--prime", default="\n", help="text the sample starts from")
-    ap.add_argument("--sample-len", type=int, default=500, help="characters to sample")
+    ap.add_argument("--sample-len", type=common.positive_int, default=500, help="characters to sample")
     args = ap.parse_args(argv)
-    common.positive(args, "epochs", "seeds", "hidden", "batch", "seq_len", "sample_len", "layers", "max_bad_steps")
-    if args.checkpoint_every < 0 or args.checkpoint_every % FULL_CALL_STEPS:
-        raise ValueError(f"--checkpoint-every must be a non-negative multiple of {FULL_CALL_STEPS}")
-    jrnn.optim.check_learning_rate(args.lr)
+    common.check_seed_range(args, args.seeds)
+    if args.checkpoint_every % FULL_CALL_STEPS:
+        raise ValueError(f"--checkpoint-every must be a multiple of {FULL_CALL_STEPS}, got {args.checkpoint_every}")
+    if not args.full:   # the seed recipe fixes these: a value given would be silently ignored
+        given = ["--" + k.replace("_", "-") for k in FULL_ONLY if getattr(args, k) != ap.get_default(k)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --full (the seed recipe fixes them)")
+    elif args.seeds != 1:
+        raise ValueError("--seeds: seed recipe only; --full trains one model (choose it with --seed)")
+    try:
+        jrnn.optim.check_learning_rate(args.lr)
+    except ValueError as e:
+        raise ValueError(f"--lr: {e}") from None
     text = jrnn.data.load_text("tinyshakespeare", args.data)
     vocab = jrnn.data.build_vocab(text)          # of the whole corpus, as the seed
+    if args.chars is not None and args.chars > len(text):
+        raise ValueError(f"--chars {args.chars} is more than the corpus holds ({len(text)} chars)")
     ids = vocab.encode(text[: args.chars] if args.chars else text)
-    prime = vocab.encode(args.prime)             # validates the prime before any training
-    if len(prime) == 0:
+    if args.full:
+        full_mode_split(ids, args)               # enough text for --batch, --seq-len and validation?
+    elif len(ids) < SEED_SEQ_LEN + 1:
+        raise ValueError(f"--chars {len(ids)}: the seed recipe reads chunks of {SEED_SEQ_LEN + 1} chars")
+    if not args.prime:
         raise ValueError("--prime must not be empty")
+    try:
+        prime = vocab.encode(args.prime)         # validates the prime before any training
+    except ValueError as e:
+        raise ValueError(f"--prime: {e}") from None
 
     with common.Timer() as t:
         if args.full:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,18 +22,107 @@ from jrnn import data
 from jrnn.train import NonFiniteError
 
 
+# ---- argument types: argparse turns their ArgumentTypeError into "argument --x: ...", exit 2 ----
+
+MAX_SEED = 2**32 - 1
+
+
+def _number(kind, text):
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def positive_int(text) -> int:
+    v = _number(int, text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def non_negative_int(text) -> int:
+    v = _number(int, text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {v}")
+    return v
+
+
+def finite_float(text) -> float:
+    v = _number(float, text)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def positive_float(text) -> float:
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {v}")
+    return v
+
+
+def non_negative_float(text) -> float:
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {v}")
+    return v
+
+
+def seed(text) -> int:
+    v = _number(int, text)
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32 - 1], got {v}")
+    return v
+
+
+NUMERIC_TYPES = (positive_int, non_negative_int, finite_float, positive_float, non_negative_float, seed)
+
+
+def out_dir(text) -> Path:
+    """--out: create the folder now and prove a file can be written in it, before any training."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder") from None
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot create folder {path}: {e.strerror or e}") from None
+    for name in ("results.json", "loss.png"):
+        if (path / name).is_dir():
+            raise argparse.ArgumentTypeError(f"{path / name} is a folder; results cannot be written there")
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test_")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write in {path}: {e.strerror or e}") from None
+    return path
+
+
 def parser(name: str, doc: str, *, steps: int | None = None, epochs: int | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with the flags every experiment takes."""
+    """An argparse parser with the flags every experiment takes.
+
+    Every numeric flag takes one of the types above, so a bad value is one line naming the flag
+    and exit code 2 before anything is compiled; --out is created and tested for writing.
+    """
     p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if steps is not None:
-        p.add_argument("--steps", type=int, default=steps, help="training iterations")
+        p.add_argument("--steps", type=positive_int, default=steps, help="training iterations")
     if epochs is not None:
-        p.add_argument("--epochs", type=int, default=epochs, help="passes over the training data")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed (first seed when --seeds > 1)")
-    p.add_argument("--out", type=Path, default=Path("runs") / name, help="folder for results.json and the plot")
+        p.add_argument("--epochs", type=positive_int, default=epochs, help="passes over the training data")
+    p.add_argument("--seed", type=seed, default=0, help="PRNG seed (first seed when --seeds > 1)")
+    # a str default: argparse passes it through out_dir too, after every other flag parsed
+    p.add_argument("--out", type=out_dir, default=str(Path("runs") / name), help="folder for results.json and the plot")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def check_seed_range(args, count: int):
+    """Seeds --seed .. --seed + count - 1 must all be valid PRNG seeds."""
+    if args.seed + count - 1 > MAX_SEED:
+        raise ValueError(f"--seed {args.seed} with --seeds {count} goes past the largest seed 2**32 - 1")
 
 
 def positive(args, *names):

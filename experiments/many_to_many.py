@@ -64,7 +64,7 @@ def accuracy(params, x, y):
 def main(argv=None):
     ap = common.parser("many_to_many", __doc__, steps=3000)
     args = ap.parse_args(argv)
-    common.positive(args, "steps")
+    common.check_seed_range(args, 2)   # the test set is drawn with seed + 1
     if args.steps % STEPS_PER_CALL:
         raise ValueError(f"--steps must be a multiple of {STEPS_PER_CALL}")
     x, y = make_data(args.seed, N_TRAIN)

@@ -152,19 +152,19 @@ def checkpoint_config(seed, as_written=False):
 
 def main(argv=None):
     ap = common.parser("minchar", __doc__, steps=4000)
-    ap.add_argument("--seeds", type=int, default=1, help="independent runs (seeds seed..seed+n-1)")
+    ap.add_argument("--seeds", type=common.positive_int, default=1, help="independent runs (seeds seed..seed+n-1)")
     ap.add_argument("--data", default=None, help="path to kafka.txt (else $JRNN_DATA_DIR or download)")
-    ap.add_argument("--baseline-steps", type=int, default=300, help="numpy-loop iterations timed for the ratio (0: skip)")
-    ap.add_argument("--checkpoint-every", type=int, default=0, help=f"save the training state every N iterations (multiple of {CALL_ITERS}; 0: never)")
+    ap.add_argument("--baseline-steps", type=common.non_negative_int, default=300, help="numpy-loop iterations timed for the ratio (0: skip)")
+    ap.add_argument("--checkpoint-every", type=common.non_negative_int, default=0, help=f"save the training state every N iterations (multiple of {CALL_ITERS}; 0: never)")
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
-    ap.add_argument("--max-bad-steps", type=int, default=10, help="stop after this many consecutive NaN/inf steps")
+    ap.add_argument("--max-bad-steps", type=common.positive_int, default=10, help="stop after this many consecutive NaN/inf steps")
     ap.add_argument("--as-written", action="store_true",
                     help="seed 003b exactly as written: its lossFun never accumulates dby, so b_y stays 0 "
                          "(default: train b_y, as Karpathy's published min-char-rnn does)")
     args = ap.parse_args(argv)
-    common.positive(args, "steps", "seeds", "max_bad_steps")
-    if args.checkpoint_every < 0 or args.checkpoint_every % CALL_ITERS:
-        raise ValueError(f"--checkpoint-every must be a non-negative multiple of {CALL_ITERS}")
+    common.check_seed_range(args, args.seeds)
+    if args.checkpoint_every % CALL_ITERS:
+        raise ValueError(f"--checkpoint-every must be a multiple of {CALL_ITERS}, got {args.checkpoint_every}")
     text = jrnn.data.load_text("kafka", args.data)
     vocab = jrnn.data.build_vocab(text)
     ids = vocab.encode(text)

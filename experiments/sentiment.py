@@ -163,15 +163,14 @@ def train(seeds, epochs, quiet=True, devices=None):
 
 def main(argv=None):
     ap = common.parser("sentiment", __doc__, epochs=1000)
-    ap.add_argument("--seeds", type=int, default=5, help="independent runs, trained together under vmap")
-    ap.add_argument("--devices", type=int, default=None,
+    ap.add_argument("--seeds", type=common.positive_int, default=5, help="independent runs, trained together under vmap")
+    ap.add_argument("--devices", type=common.positive_int, default=None,
                     help="devices to split the seeds over (default: all; on CPU one per core)")
-    ap.add_argument("--baseline-epochs", type=int, default=20, help="epochs of the numpy loop timed for the ratio (0: skip)")
+    ap.add_argument("--baseline-epochs", type=common.non_negative_int, default=20, help="epochs of the numpy loop timed for the ratio (0: skip)")
     args = ap.parse_args(argv)
-    common.positive(args, "epochs", "seeds")
+    # padding runs (see train) take seeds past the last one, up to one per device
+    common.check_seed_range(args, args.seeds + len(jax.devices()))
     seeds = list(range(args.seed, args.seed + args.seeds))
-    if args.devices is not None:
-        common.positive(args, "devices")
     params, losses, wall = train(seeds, args.epochs, args.quiet, args.devices)
     vocab = vocabulary()
     test_data, train_data = encode(TEST, vocab, T_MAX), encode(TRAIN, vocab, T_MAX)

@@ -74,7 +74,6 @@ def train(task, opt_name, init, steps, seed):
 def main(argv=None):
     ap = common.parser("sequences", __doc__, steps=3000)
     args = ap.parse_args(argv)
-    common.positive(args, "steps")
     results = []
     bar = common.progress(len(TASKS) * len(OPTIMIZERS) * len(INITS), "sequences", args.quiet)
     with common.Timer() as t:

@@ -186,7 +186,7 @@ def test_missing_corpus_offline_is_one_clear_line(tmp_path):
 
 def test_bad_arguments_fail_before_training(tmp_path):
     p = _run(["experiments.charlm", "--epochs", "0", "--out", str(tmp_path)])
-    assert p.returncode == 2 and "--epochs must be positive" in p.stderr
+    assert p.returncode == 2 and "argument --epochs: must be a positive integer, got 0" in p.stderr
 
 def test_prime_outside_the_vocabulary_fails_before_training(data_dir, tmp_path):
     p = _run(["experiments.charlm", "--prime", "\u00e9", "--out", str(tmp_path)])

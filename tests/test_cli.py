@@ -1,0 +1,179 @@
+"""Every user error of every experiment's command line: one message naming the flag, exit code 2,
+before any training. Argument errors happen at parse time, so these tests train nothing."""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+import jrnn
+from experiments import (bench, binary_addition, charlm, common, many_to_many, memory, minchar, sentiment,
+                         sequences)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = {"sentiment": sentiment, "binary_addition": binary_addition, "many_to_many": many_to_many,
+               "minchar": minchar, "charlm": charlm, "sequences": sequences, "memory": memory, "bench": bench}
+BAD = {
+    common.positive_int: ["0", "-5", "2.5", "x", ""],
+    common.non_negative_int: ["-1", "1.5", "x"],
+    common.positive_float: ["0", "-1", "nan", "inf", "-inf", "x"],
+    common.non_negative_float: ["-1", "nan", "inf", "x"],
+    common.finite_float: ["nan", "inf", "x"],
+    common.seed: ["-5", str(2**32), "1.5", "x"],
+}
+
+
+class _Parsed(Exception):
+    pass
+
+
+def parser_of(module, monkeypatch):
+    """The parser `module.main` builds, captured at its parse_args call (nothing after it runs)."""
+    seen = {}
+
+    def capture(self, args=None, namespace=None):
+        seen["parser"] = self
+        raise _Parsed
+
+    with monkeypatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", capture)
+        with pytest.raises(_Parsed):
+            module.main([])
+    return seen["parser"]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail loudly if an experiment gets as far as its progress bar (every one opens it to train)."""
+    def progress(*a, **k):
+        raise AssertionError("training started")
+    monkeypatch.setattr(common, "progress", progress)
+
+
+def numeric_flags(p):
+    return [(a.option_strings[-1], a.type) for a in p._actions if a.option_strings and a.type in BAD]
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_numeric_flag_of_every_experiment_is_validated(name, monkeypatch, tmp_path, capsys, no_training):
+    p = parser_of(EXPERIMENTS[name], monkeypatch)
+    for a in p._actions:   # a plain int/float type would let 0, -5, nan through
+        assert a.type not in (int, float), f"{name} {a.option_strings}: use a validating type from common"
+    flags = numeric_flags(p)
+    assert "--seed" in dict(flags)
+    out = tmp_path / "out"
+    for flag, kind in flags:
+        for bad in BAD[kind]:
+            with pytest.raises(SystemExit) as e:
+                EXPERIMENTS[name].main([f"{flag}={bad}", "--out", str(out)])
+            err = capsys.readouterr().err
+            assert e.value.code == 2, (name, flag, bad)
+            assert f"argument {flag}:" in err, (name, flag, bad, err)
+    assert not (out / "results.json").exists()
+
+
+def test_the_flag_lists_cover_what_the_issue_names(monkeypatch):
+    flags = {name: dict(numeric_flags(parser_of(m, monkeypatch))) for name, m in EXPERIMENTS.items()}
+    assert flags["charlm"]["--temperature"] is common.positive_float
+    assert flags["charlm"]["--chars"] is common.positive_int
+    assert flags["charlm"]["--max-minutes"] is common.non_negative_float
+    assert flags["minchar"]["--checkpoint-every"] is common.non_negative_int
+    assert flags["sentiment"]["--devices"] is common.positive_int
+    assert flags["bench"]["--repeats"] is common.positive_int
+    assert all(f["--seed"] is common.seed for f in flags.values())
+
+
+def test_validators_accept_good_values():
+    assert common.positive_int("3") == 3 and common.non_negative_int("0") == 0
+    assert common.positive_float("1e-3") == 1e-3 and common.non_negative_float("0") == 0.0
+    assert common.seed("0") == 0 and common.seed(str(2**32 - 1)) == 2**32 - 1
+    assert bench.config_list("1,2,3,4;5,6,7,8") == [(1, 2, 3, 4), (5, 6, 7, 8)]
+    with pytest.raises(argparse.ArgumentTypeError, match="groups of 4"):
+        bench.config_list("1,2,x,4")
+
+
+def test_out_that_is_a_file_or_below_a_file_is_refused_at_parse_time(tmp_path, capsys, no_training):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    for out, says in [(f, "exists and is not a folder"), (f / "sub", "cannot create folder")]:
+        with pytest.raises(SystemExit) as e:
+            sequences.main(["--steps", "10", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "argument --out:" in err and says in err
+    assert f.read_text() == "mine"
+    (tmp_path / "d" / "results.json").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        sequences.main(["--out", str(tmp_path / "d")])
+    assert "results.json is a folder" in capsys.readouterr().err
+
+
+def test_out_where_no_file_can_be_written_is_refused_at_parse_time(tmp_path, monkeypatch, capsys, no_training):
+    def read_only(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(common.tempfile, "mkstemp", read_only)
+    with pytest.raises(SystemExit) as e:
+        many_to_many.main(["--out", str(tmp_path / "ro")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --out: cannot write in" in err and "Permission denied" in err
+
+
+@pytest.mark.parametrize("module,argv,flag", [
+    (bench, ["--only", "nonsense"], "--only"),
+    (bench, ["--deer", "--only", "jrnn"], "--deer"),
+    (minchar, ["--checkpoint-every", "150"], "--checkpoint-every"),
+    (minchar, ["--seed", str(2**32 - 1), "--seeds", "2"], "--seed"),
+    (binary_addition, ["--steps", "150"], "--steps"),
+    (many_to_many, ["--steps", "75"], "--steps"),
+    (many_to_many, ["--seed", str(2**32 - 1)], "--seed"),
+    (charlm, ["--hidden", "64"], "--hidden"),
+    (charlm, ["--resume"], "--resume"),
+    (charlm, ["--max-minutes", "5"], "--max-minutes"),
+    (charlm, ["--full", "--seeds", "2"], "--seeds"),
+])
+def test_cross_flag_errors_name_the_flag_before_training(module, argv, flag, tmp_path, no_training):
+    with pytest.raises(ValueError, match=flag):
+        module.main([*argv, "--out", str(tmp_path)])
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--full", "--chars", "5000"], "--chars"),        # was ZeroDivisionError after loading
+    (["--full", "--chars", "150", "--batch", "1", "--seq-len", "1"], "--chars"),  # too little to validate on
+    (["--chars", "20"], "--chars"),
+    (["--chars", "99999999"], "--chars"),
+    (["--prime", ""], "--prime"),
+    (["--prime", "\u00e9"], "--prime"),
+])
+def test_charlm_text_size_and_prime_are_checked_before_training(argv, flag, data_dir, tmp_path, no_training):
+    with pytest.raises(ValueError, match=flag):
+        charlm.main([*argv, "--out", str(tmp_path)])
+
+
+def test_charlm_full_text_check_is_exact():
+    """One call of 10 steps of B x T chars plus one, and 16 + 1 validation chars, is enough."""
+    import numpy as np
+    args = argparse.Namespace(batch=4, seq_len=16)
+    train, val = charlm.full_mode_split(np.arange(712), args)     # 641 train chars, 71 validation
+    assert len(train) == 4 * 16 * charlm.FULL_CALL_STEPS + 1 and len(val) == 71
+    assert len(jrnn.data.streams(train, 4, 16)[0]) == charlm.FULL_CALL_STEPS
+    with pytest.raises(ValueError, match="--chars 711"):
+        charlm.full_mode_split(np.arange(711), args)                   # 640 train chars
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["experiments.charlm", "--temperature", "nan"], "argument --temperature: must be a finite number"),
+    (["experiments.minchar", "--seed", "-5"], "argument --seed: must be an integer in [0, 2**32 - 1], got -5"),
+    (["experiments.bench", "--only", "nonsense"], "error: --only: unknown implementation(s) ['nonsense']"),
+])
+def test_the_command_line_says_one_line_and_exits_2(argv, says, tmp_path):
+    p = _cli(*argv, "--out", str(tmp_path / "out"))
+    assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert [line for line in p.stderr.splitlines() if "error" in line] == [p.stderr.splitlines()[-1]]
+    assert not (tmp_path / "out" / "results.json").exists()
