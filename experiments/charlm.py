@@ -9,6 +9,9 @@ after the last.
 --full: the whole corpus, last 10 % held out, B parallel streams with the hidden state carried
 across chunks (split over one XLA device per CPU core), Adam + global-norm clipping, validation
 nats and bits per char, wall time; any cell (--cell elman|lstm|gru) and depth (--layers).
+It also runs as several processes (jax.distributed: `python -m experiments.launch -n 2 --
+charlm --full ...`, or SLURM/Open MPI tasks): each process feeds its share of the streams,
+process 0 writes results, plot, sample and checkpoints.
 
 Both modes end with a 500-char sample (--temperature, --prime).
 """
@@ -16,6 +19,7 @@ Both modes end with a 500-char sample (--temperature, --prime).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 
@@ -136,6 +140,11 @@ def run_full_mode(args, ids, vocab):
     xs, ys = jrnn.data.streams(train_ids, args.batch, args.seq_len)      # [N, T, B]
     opt = jrnn.optim.adam(args.lr, clip_norm=FULL_CLIP_NORM)
     mesh = jrnn.train.batch_mesh(args.batch)
+    procs = jax.process_count()
+    if procs > 1:  # this process feeds its share of the streams (its devices' rows of the batch)
+        rows = jrnn.train.process_rows(mesh, args.batch)
+        xs, ys = xs[..., rows], ys[..., rows]
+        print(f"{procs} processes, {args.batch} streams; process {jax.process_index()} feeds {len(rows)}")
     if mesh.size > 1:
         # the streams split over the devices (one per CPU core, see experiments.bench): each core
         # scans its share of the batch; XLA adds the gradient all-reduce
@@ -150,13 +159,23 @@ def run_full_mode(args, ids, vocab):
     state = {"params": params, "opt_state": opt.init(params), "h": jrnn.lm.zeros(params, (args.batch,), cell=args.cell)}
     ckpt_dir = args.out / "checkpoints"
     config = {k: getattr(args, k) for k in ("seed", "cell", "layers", "hidden", "batch", "seq_len", "lr", "chars")}
+    if procs > 1:  # a resume must use the same process count (a config mismatch is refused)
+        config["processes"] = procs
     history, step = [], 0
     if args.resume:
+        written_by = _checkpoint_processes(ckpt_dir)
+        if written_by not in (None, procs):
+            raise ValueError(f"--resume: the checkpoints under {ckpt_dir} were written by a run of {written_by} "
+                             f"process(es), this run has {procs}; resume with the same number of processes")
         ck = jrnn.checkpoint.load_latest(ckpt_dir, state, config=config, vocab=vocab.chars)
         if ck is not None:
             state, step, history = ck.state, ck.step, ck.cursor["history"]
             print(f"resumed from {ck.path} at step {step}")
+        if procs > 1:
+            _same_checkpoint_everywhere(ckpt_dir, -1 if ck is None else step)
     params, opt_state, h = state["params"], state["opt_state"], state["h"]
+    if procs > 1:
+        h = jax.tree.map(lambda a: np.asarray(a)[rows], h)
     bar = common.progress(args.epochs * n_calls * FULL_CALL_STEPS, "charlm --full", args.quiet)
     bar.update(step)
     bad = jrnn.train.BadStepCounter(args.max_bad_steps)
@@ -164,7 +183,7 @@ def run_full_mode(args, ids, vocab):
     for epoch in range(step // (n_calls * FULL_CALL_STEPS), args.epochs):
         for c in range(step // FULL_CALL_STEPS - epoch * n_calls, n_calls):
             if c == 0:
-                h = jrnn.lm.zeros(params, (args.batch,), cell=args.cell)   # each epoch reads from the start
+                h = jrnn.lm.zeros(params, (xs.shape[-1],), cell=args.cell)   # each epoch reads from the start
             sl = slice(c * FULL_CALL_STEPS, (c + 1) * FULL_CALL_STEPS)
             params, opt_state, m, h = multi_step(params, opt_state, (xs[sl], ys[sl]), h)
             bad.update(m["skipped"])
@@ -172,19 +191,50 @@ def run_full_mode(args, ids, vocab):
             bar.update(FULL_CALL_STEPS)
             bar.set_postfix(loss=f"{float(m['loss'][-1]):.3f}")
             if c == n_calls - 1:
-                val = evaluate(params, val_ids, args.cell)
+                val = evaluate(jrnn.train.to_host(params) if procs > 1 else params, val_ids, args.cell)
                 history.append({"epoch": epoch + 1, "step": step, "val_nats": val, "val_bits": val / math.log(2),
                                 "train_loss": float(m["loss"].mean()), "wall_s": time.perf_counter() - t0})
                 print(f"epoch {epoch + 1}: val {val:.4f} nats/char ({val / math.log(2):.4f} bits), "
                       f"{history[-1]['wall_s']:.0f} s")
             if args.checkpoint_every and step % args.checkpoint_every == 0:
-                jrnn.checkpoint.save(ckpt_dir, {"params": params, "opt_state": opt_state, "h": h}, step=step,
-                                     config=config, vocab=vocab.chars, cursor={"history": history})
-        if args.max_minutes and history and history[-1]["wall_s"] > 60 * args.max_minutes:
+                ck_state = {"params": params, "opt_state": opt_state, "h": h}
+                if procs > 1:  # every process takes part in gathering h; process 0 writes
+                    ck_state = jrnn.train.to_host(ck_state)
+                if jax.process_index() == 0:
+                    jrnn.checkpoint.save(ckpt_dir, ck_state, step=step,
+                                         config=config, vocab=vocab.chars, cursor={"history": history})
+        if _stop_now(args.max_minutes and history and history[-1]["wall_s"] > 60 * args.max_minutes):
             print(f"stopping: --max-minutes {args.max_minutes} reached")
             break
     bar.close()
-    return params, history
+    return (jrnn.train.to_host(params) if procs > 1 else params), history
+
+
+def _checkpoint_processes(ckpt_dir):
+    """How many processes wrote the newest checkpoint (None: none, or unreadable: load decides)."""
+    paths = jrnn.checkpoint.list_checkpoints(ckpt_dir)
+    try:
+        with np.load(paths[-1]) as z:
+            return (json.loads(z["header"].tobytes().decode())["config"] or {}).get("processes", 1)
+    except Exception:
+        return None
+
+
+def _stop_now(stop) -> bool:
+    """Process 0's decision, so that all processes stop after the same step."""
+    if jax.process_count() == 1:
+        return bool(stop)
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.bool_(bool(stop))))
+
+
+def _same_checkpoint_everywhere(ckpt_dir, step):
+    """Every process resumes from the same step, else the replicas would differ."""
+    from jax.experimental import multihost_utils
+    steps = multihost_utils.process_allgather(np.int64(step))
+    if len(set(steps.tolist())) > 1:
+        raise ValueError(f"--resume: the processes found different checkpoints under {ckpt_dir} (steps "
+                         f"{steps.tolist()}, -1: none); --out must be a folder every process sees")
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -214,7 +264,10 @@ def main(argv=None):
     ap.add_argument("--temperature", type=common.positive_float, default=1.0, help="sampling temperature")
     ap.add_argument("--prime", default="\n", help="text the sample starts from")
     ap.add_argument("--sample-len", type=common.positive_int, default=500, help="characters to sample")
+    common.distributed_flags(ap)
     args = ap.parse_args(argv)
+    if common.init_distributed(args) and not args.full:
+        raise ValueError("several processes train only with --full")
     common.check_seed_range(args, args.seeds)
     if args.checkpoint_every % FULL_CALL_STEPS:
         raise ValueError(f"--checkpoint-every must be a multiple of {FULL_CALL_STEPS}, got {args.checkpoint_every}")
@@ -277,8 +330,10 @@ def main(argv=None):
     config.update(vocab_size=vocab.size, chars=len(ids))
     if not args.full:
         metrics["steps_per_s"] = n_steps / t.s
-    common.save_results(args.out, "charlm", config, metrics, t.s, sample=sample, **runs)
-    common.plot_curves(args.out, curves, xlabel=xlabel, ylabel=ylabel, title="char-level LM, tinyshakespeare")
+    if jax.process_index() == 0:  # one writer per run
+        config["processes"] = jax.process_count()
+        common.save_results(args.out, "charlm", config, metrics, t.s, sample=sample, **runs)
+        common.plot_curves(args.out, curves, xlabel=xlabel, ylabel=ylabel, title="char-level LM, tinyshakespeare")
     if args.full:
         print(f"validation: {metrics['val_nats']:.4f} nats/char = {metrics['val_bits']:.4f} bits/char, wall {t.s:.0f} s")
     else:

@@ -13,13 +13,14 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from jrnn import data
-from jrnn.train import NonFiniteError
+from jrnn.train import NonFiniteError, ProcessGroupError
 
 
 # ---- argument types: argparse turns their ArgumentTypeError into "argument --x: ...", exit 2 ----
@@ -125,6 +126,53 @@ def check_seed_range(args, count: int):
         raise ValueError(f"--seed {args.seed} with --seeds {count} goes past the largest seed 2**32 - 1")
 
 
+def distributed_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of a run over several processes (`jax.distributed`); see `init_distributed`."""
+    g = p.add_argument_group("several processes (jax.distributed; see python -m experiments.launch)")
+    g.add_argument("--coordinator", default=None, help="host:port of process 0 (with --num-processes, --process-id)")
+    g.add_argument("--num-processes", type=positive_int, default=None, help="processes in the run")
+    g.add_argument("--process-id", type=non_negative_int, default=None, help="this process: 0 .. num-processes - 1")
+    g.add_argument("--heartbeat-timeout", type=positive_int, default=30,
+                   help="seconds after which a silent process counts as dead and the others stop")
+
+
+def _cluster_launched() -> bool:
+    """Started as one of several tasks by SLURM or Open MPI (what jax.distributed detects)."""
+    env = os.environ
+    return (int(env.get("SLURM_NTASKS") or env.get("SLURM_NPROCS") or 1) > 1
+            or int(env.get("OMPI_COMM_WORLD_SIZE") or 1) > 1 or "JAX_COORDINATOR_ADDRESS" in env)
+
+
+def init_distributed(args) -> bool:
+    """Join the other processes of a multi-process run; call it before any JAX computation.
+
+    With --coordinator/--num-processes/--process-id it uses them; else, when a cluster launched
+    several tasks (SLURM, Open MPI, or $JAX_COORDINATOR_ADDRESS set), `jax.distributed.initialize()`
+    reads them from the environment; else this is a single-process run (returns False).
+    """
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in flags):
+        if any(v is None for v in flags):
+            raise ValueError("--coordinator, --num-processes and --process-id go together")
+        if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+            raise ValueError(f"need --num-processes >= 1 and 0 <= --process-id < --num-processes, "
+                             f"got {args.num_processes} and {args.process_id}")
+        if args.num_processes == 1:
+            return False
+        kw = dict(coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    elif _cluster_launched():
+        kw = {}
+    else:
+        return False
+    if args.heartbeat_timeout < 1:
+        raise ValueError(f"--heartbeat-timeout must be positive, got {args.heartbeat_timeout}")
+    jax.distributed.initialize(**kw, initialization_timeout=120, heartbeat_timeout_seconds=args.heartbeat_timeout)
+    if jax.process_index() > 0:  # process 0 speaks for the run; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
+        args.quiet = True
+    return True
+
+
 def positive(args, *names):
     """Reject non-positive counts before anything is compiled."""
     for n in names:
@@ -207,9 +255,25 @@ def cli(main):
     def run(argv=None):
         try:
             return main(sys.argv[1:] if argv is None else argv)
-        except (data.CorpusNotFoundError, ValueError, NonFiniteError) as e:
+        except (data.CorpusNotFoundError, ValueError, NonFiniteError, ProcessGroupError) as e:
             if argv is not None:  # called from Python (tests): let the caller see the exception
                 raise
             print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2)
+            _exit(2)
+        except BaseException:
+            if argv is None and jax.distributed.is_initialized():
+                traceback.print_exc()
+                _exit(1)
+            raise
     return run
+
+
+def _exit(code: int):
+    """Exit; in a multi-process run at once, without the runtime's shutdown barrier, which would
+    wait for the other processes while they wait in a collective for this one: they then see it
+    gone and stop too."""
+    if jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
