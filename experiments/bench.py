@@ -1,27 +1,39 @@
 """Training-step benchmark: jrnn vs Flax linen vs PyTorch on the same work.
 
-The work, for each config (B, H, T, V): token embedding (gather), tanh Elman recurrence,
-per-step output projection, mean softmax cross-entropy, backward, one Adagrad update
+The work, for each config (B, H, T, V) and cell (`--cell elman|lstm|gru`): token ids into the
+recurrence, per-step output projection, mean softmax cross-entropy, backward, one Adagrad update
 (accumulator from 0, eps 1e-8) after elementwise clipping at 5. Every implementation starts
-from the same weights (jrnn's init copied over): Flax `nn.RNN(nn.SimpleCell)` and PyTorch
-`nn.RNN` need an input matrix after their embedding, set to the identity so the function is
-the same (and frozen); that extra [B*T, H] x [H, H] product is part of their API's cost. PyTorch runs
-min-char-rnn's Adagrad with in-place tensor ops (torch.optim.Adagrad puts eps outside the
-square root, a different update).
+from the same weights (jrnn's init copied over) and the bench records each one's loss before
+and after its first call, so any difference in the work shows. Elman: Flax
+`nn.RNN(nn.SimpleCell)` and PyTorch `nn.RNN` need an input matrix after their embedding, set to
+the identity so the function is the same (and frozen). LSTM / GRU: jrnn's `jrnn.lm` gathers
+rows of its [V, G*H] input matrix; Flax `nn.RNN(nn.OptimizedLSTMCell / nn.GRUCell)` and PyTorch
+`nn.LSTM` / `nn.GRU` (cuDNN on a GPU) read one-hot tokens through the same matrix. The LSTM's
+second PyTorch bias is frozen at 0 (jrnn and Flax have one); the GRU's b_hr, b_hz stay 0
+everywhere (Flax's GRUCell has none). Those extra products are part of their API's cost.
+PyTorch runs min-char-rnn's Adagrad with in-place tensor ops (torch.optim.Adagrad puts eps
+outside the square root, a different update).
 
-jrnn's rows: its default step; K steps per jit call (`make_multi_step`); and, where there is
-more than one device, `make_data_parallel_step` with the batch's rows split over the most
-devices that divide B (`jrnn.train.batch_mesh`). On a CPU the bench asks XLA for one device per
-core before jax starts: XLA runs a scan's per-step matmuls of this size on one core, so two
-devices, each scanning half the batch, keep both cores busy. Flax and PyTorch run with their
-defaults on the same cores (XLA's and PyTorch's intra-op threads).
+jrnn's rows: its default step (`jrnn.make_step` with the library's defaults: `unroll` chosen by
+backend, full float32 matmuls); K steps per jit call (`make_multi_step`); where there is more
+than one device, `make_data_parallel_step` with the batch's rows split over the most devices
+that divide B (`jrnn.train.batch_mesh`); without `--quick`, explicit unroll 1 / 4 / 8. On a CPU
+the bench asks XLA for one device per core before jax starts: XLA runs a scan's per-step
+matmuls of this size on one core, so two devices, each scanning half the batch, keep both cores
+busy. Flax and PyTorch run with their defaults on the same cores.
 
-Reported per implementation: compile/warm-up seconds (first call), then the median over
-repeats of microseconds per training step (forward+backward+update) and per forward alone,
-and per timestep; the ratio is the best peer's time over jrnn's best, measured in this run.
+Each row is printed when measured and results.json is rewritten after every row, so a run cut
+short keeps what it measured; `--time-budget S` starts no new measurement after S seconds.
+`--gpu-quick` measures the six GPU configs for jrnn's default step, jrnn's best path, Flax and
+PyTorch with 2 short repeats and no forward timing, within a 225 s budget.
+
+Reported per implementation: compile seconds (the first training call, apart from the timing),
+then the median over repeats of microseconds per training step (forward+backward+update) and
+per forward alone, and per timestep; the ratio is the best peer's time over jrnn's best,
+measured in this run.
 
 Requires the `bench` extra (flax, torch): `pip install -e '.[bench]'` (`pip install
-torch==2.13.0` takes a CPU build).
+torch==2.13.0` takes a CPU build). `--only jrnn` needs neither.
 """
 
 from __future__ import annotations
@@ -44,8 +56,12 @@ from experiments import common
 # hyperparameters
 LR, CLIP, EPS = 0.1, 5.0, 1e-8
 CPU_CONFIGS = [(1, 100, 25, 80), (32, 256, 128, 65), (1, 64, 1024, 65), (16, 128, 1024, 65), (64, 256, 1024, 65)]
-GPU_CONFIGS = [(1, 100, 25, 80), (64, 512, 256, 65), (256, 1024, 512, 256), (8, 256, 8192, 65),
+# the six GPU configs of the H100 report (issue 14), most telling first
+GPU_CONFIGS = [(1, 100, 25, 80), (64, 512, 256, 65), (8, 256, 8192, 65), (256, 1024, 512, 256),
                (64, 384, 1024, 65), (1024, 1024, 512, 65)]
+GPU_QUICK_REPEAT_S = 0.1  # and times repeats of at least this long (MIN_REPEAT_S otherwise)
+GPU_QUICK_BUDGET_S = 225   # --gpu-quick stops starting measurements after this (a 4-minute window)
+CELLS = ("elman", "lstm", "gru")
 # float32 matmul precision, as jax names it: "float32" is true float32 everywhere (the default
 # here, so every implementation does the same arithmetic); "tensorfloat32" lets NVIDIA tensor
 # cores round inputs to TF32; "default" keeps each library's own default, which on a recent
@@ -61,12 +77,13 @@ def make_batch(B, T, V, seed=0):
     return ids[:, :-1], ids[:, 1:]
 
 
-def timed(fn, repeats, warm_up=True):
+def timed(fn, repeats, warm_up=True, min_repeat_s=None):
     """Median seconds per call of fn() over repeats (fn must block until its result is ready).
 
     Each repeat runs enough calls to last MIN_REPEAT_S; when one call already does, the
     calibration call is the first repeat. `warm_up=False` when fn has been called already.
     """
+    min_repeat_s = MIN_REPEAT_S if min_repeat_s is None else min_repeat_s
     if warm_up:
         fn()
     n, times = 1, []
@@ -75,7 +92,7 @@ def timed(fn, repeats, warm_up=True):
         for _ in range(n):
             fn()
         dt = time.perf_counter() - t0
-        if dt >= MIN_REPEAT_S or n >= 1000:
+        if dt >= min_repeat_s or n >= 1000:
             break
         n *= 2
     if n == 1:
@@ -88,26 +105,55 @@ def timed(fn, repeats, warm_up=True):
     return statistics.median(times)
 
 
-# ---- jrnn -------------------------------------------------------------------------------------
+# ---- the model of each cell ------------------------------------------------------------------
 
-def jrnn_impl(params, x, y, *, unroll=1, multi=False, data_parallel=False):
+def init_params(cell, V, H):
+    """jrnn's weights, which every implementation copies: the seeds' Elman LM, or a one-layer
+    `jrnn.lm` LSTM/GRU whose layer-0 input matrix [V, G*H] is read by row gather."""
+    if cell == "elman":
+        return jrnn.elman.init(jax.random.key(0), vocab_size=V, hidden_size=H)
+    return jrnn.lm.init(jax.random.key(0), cell=cell, vocab_size=V, hidden_size=H)
+
+
+def jrnn_loss(cell, unroll):
+    """`loss_fn(params, (x [B, T], y [B, T]), carry)` of the bench's work, time-major inside."""
+    if cell == "elman":
+        def logits(p, xb):
+            return jrnn.elman.apply(p, xb.T, unroll=unroll)[0]                 # [T, B, V]
+    else:
+        def logits(p, xb):
+            if cell == "gru":  # b_hr, b_hz stay 0: Flax's GRUCell has no such biases
+                layer = p.layers[0]
+                H = layer.w_h.shape[0]
+                b_h = jnp.concatenate([jax.lax.stop_gradient(layer.b_h[:2 * H]), layer.b_h[2 * H:]])
+                p = p._replace(layers=(layer._replace(b_h=b_h),))
+            return jrnn.lm.apply(p, xb.T, cell=cell, unroll=unroll)[0]
+
     def loss_fn(p, batch, carry):
         xb, yb = batch
-        logits, _ = jrnn.elman.apply(p, xb.T, unroll=unroll)                 # time-major [T, B, V]
-        return jrnn.losses.softmax_cross_entropy(logits, yb.T), carry
+        return jrnn.losses.softmax_cross_entropy(logits(p, xb), yb.T), carry
+    return loss_fn
 
+
+# ---- jrnn -------------------------------------------------------------------------------------
+
+def jrnn_impl(params, x, y, *, cell="elman", unroll=None, multi=False, data_parallel=False, precision="float32"):
+    """jrnn's step (`unroll=None`: the library's default, 8 on a GPU, 1 on a CPU), K steps per
+    call (`multi`), or split over devices (`data_parallel`, None when B does not split)."""
+    loss_fn = jrnn_loss(cell, unroll)
     opt = jrnn.optim.karpathy_adagrad(LR, clip_value=CLIP, eps=EPS)
-    fwd = jax.jit(lambda p, xb, yb: loss_fn(p, (xb, yb), None)[0])
+    fwd = jax.jit(jrnn.train.with_precision(lambda p, xb, yb: loss_fn(p, (xb, yb), None)[0], precision))
     x, y = jnp.asarray(x), jnp.asarray(y)
     if data_parallel:  # rows of the batch split over the devices (one per core on a CPU)
         mesh = jrnn.train.batch_mesh(len(x))
         if mesh.size == 1:
             return None    # nothing to split (B = 1): the row is left out
-        step = jrnn.train.make_data_parallel_step(loss_fn, opt, mesh=mesh, batch_axis=0, multi_step=multi)
+        step = jrnn.train.make_data_parallel_step(loss_fn, opt, mesh=mesh, batch_axis=0, multi_step=multi,
+                                                  precision=precision)
         x, y = jax.device_put((x, y), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
         params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     else:
-        step = (jrnn.make_multi_step if multi else jrnn.make_step)(loss_fn, opt)
+        step = (jrnn.make_multi_step if multi else jrnn.make_step)(loss_fn, opt, precision=precision)
     batches = (jnp.broadcast_to(x, (MULTI_K,) + x.shape), jnp.broadcast_to(y, (MULTI_K,) + y.shape)) if multi else (x, y)
     state = {"p": params, "s": opt.init(params)}
 
@@ -116,43 +162,68 @@ def jrnn_impl(params, x, y, *, unroll=1, multi=False, data_parallel=False):
         jax.block_until_ready(state["p"])
 
     return {"train": train, "forward": lambda: jax.block_until_ready(fwd(state["p"], x, y)),
-            "loss": lambda: float(fwd(state["p"], x, y)), "steps_per_call": MULTI_K if multi else 1,
-            "devices": mesh.size if data_parallel else 1}
+            "loss": lambda: float(fwd(state["p"], x, y)), "params": lambda: state["p"],
+            "steps_per_call": MULTI_K if multi else 1, "devices": mesh.size if data_parallel else 1}
 
 
 # ---- Flax linen -------------------------------------------------------------------------------
 
-def flax_impl(params, x, y):
+def _flax_weights(cell, params, fp):
+    """Fill Flax's parameter tree `fp` (from its init) with jrnn's weights."""
+    H = params.w_hy.shape[0]
+    rnn = next(k for k in fp if k not in ("Dense_0", "Embed_0"))   # SimpleCell_0, OptimizedLSTMCell_0, ...
+    fp["Dense_0"] = {"kernel": params.w_hy, "bias": params.b_y}
+    if cell == "elman":
+        fp["Embed_0"] = {"embedding": params.w_xh}
+        fp[rnn] = {"i": {"kernel": jnp.eye(H, dtype=params.w_hh.dtype), "bias": params.b_h},
+                   "h": {"kernel": params.w_hh}}
+        return fp
+    layer = params.layers[0]
+    cols = lambda w, k: w[..., k * H:(k + 1) * H]
+    if cell == "lstm":   # jrnn's gate columns [i | f | g | o]; one bias, on Flax's hidden kernels
+        fp[rnn] = {**{f"i{g}": {"kernel": cols(layer.w_i, k)} for k, g in enumerate("ifgo")},
+                   **{f"h{g}": {"kernel": cols(layer.w_h, k), "bias": cols(layer.b, k)} for k, g in enumerate("ifgo")}}
+    else:                # [r | z | n]; Flax has input biases and b_hn only
+        fp[rnn] = {**{f"i{g}": {"kernel": cols(layer.w_i, k), "bias": cols(layer.b_i, k)} for k, g in enumerate("rzn")},
+                   "hr": {"kernel": cols(layer.w_h, 0)}, "hz": {"kernel": cols(layer.w_h, 1)},
+                   "hn": {"kernel": cols(layer.w_h, 2), "bias": cols(layer.b_h, 2)}}
+    return fp
+
+
+def flax_impl(params, x, y, cell="elman"):
+    """Flax `nn.RNN` of `SimpleCell` (token embedding, identity input kernel), or of
+    `OptimizedLSTMCell` / `GRUCell` reading one-hot tokens (input kernels = jrnn's [V, G*H])."""
     import flax.linen as nn
     import optax
 
-    V, H = params.w_hy.shape[1], params.w_hh.shape[0]
+    V, H = params.w_hy.shape[1], params.w_hy.shape[0]
+    dtype = params.w_hy.dtype
 
     class LM(nn.Module):
         @nn.compact
         def __call__(self, tokens):                                          # [B, T]
-            e = nn.Embed(V, H)(tokens)
-            hs = nn.RNN(nn.SimpleCell(features=H))(e)
-            return nn.Dense(V)(hs)
+            if cell == "elman":
+                hs = nn.RNN(nn.SimpleCell(features=H))(nn.Embed(V, H)(tokens))
+            else:
+                make = nn.OptimizedLSTMCell if cell == "lstm" else nn.GRUCell
+                hs = nn.RNN(make(features=H, param_dtype=dtype))(jax.nn.one_hot(tokens, V, dtype=dtype))
+            return nn.Dense(V, param_dtype=dtype)(hs)
 
     model = LM()
-    fp = {"params": {"Embed_0": {"embedding": params.w_xh},
-                     "SimpleCell_0": {"i": {"kernel": jnp.eye(H, dtype=params.w_hh.dtype), "bias": params.b_h},
-                                      "h": {"kernel": params.w_hh}},
-                     "Dense_0": {"kernel": params.w_hy, "bias": params.b_y}}}
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    fp = {"params": _flax_weights(cell, params, dict(model.init(jax.random.key(0), x)["params"]))}
     opt = optax.chain(optax.clip(CLIP), optax.adagrad(LR, initial_accumulator_value=0.0, eps=EPS))
     loss = lambda p, xb, yb: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
 
     @jax.jit
     def step(p, s, xb, yb):
         g = jax.grad(loss)(p, xb, yb)
-        # the identity input kernel stands in for jrnn's absent matrix: computed, never trained
-        g["params"]["SimpleCell_0"]["i"]["kernel"] = jnp.zeros_like(g["params"]["SimpleCell_0"]["i"]["kernel"])
+        if cell == "elman":  # the identity input kernel stands in for jrnn's absent matrix: never trained
+            g["params"]["SimpleCell_0"]["i"]["kernel"] = jnp.zeros_like(g["params"]["SimpleCell_0"]["i"]["kernel"])
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s
 
     fwd = jax.jit(loss)
-    x, y = jnp.asarray(x), jnp.asarray(y)
     state = {"p": fp, "s": opt.init(fp)}
 
     def train():
@@ -165,41 +236,64 @@ def flax_impl(params, x, y):
 
 # ---- PyTorch ----------------------------------------------------------------------------------
 
-def torch_impl(params, x, y, precision="float32"):
+def torch_impl(params, x, y, precision="float32", cell="elman"):
+    """PyTorch `nn.RNN` (embedding, identity input matrix), `nn.LSTM` / `nn.GRU` reading one-hot
+    tokens (cuDNN on a GPU), min-char-rnn's clip + Adagrad in place."""
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if precision != "default":  # the same float32 matmul precision as jrnn and Flax (GPU only)
         torch.set_float32_matmul_precision("highest" if precision == "float32" else "high")
         torch.backends.cudnn.allow_tf32 = precision == "tensorfloat32"
-    V, H = params.w_hy.shape[1], params.w_hh.shape[0]
+    V, H = params.w_hy.shape[1], params.w_hy.shape[0]
     t = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32, device=dev)
-    emb = torch.nn.Embedding(V, H).to(dev)
-    rnn = torch.nn.RNN(H, H, nonlinearity="tanh", batch_first=True).to(dev)
+    xb, yb = torch.tensor(x, dtype=torch.long, device=dev), torch.tensor(y, dtype=torch.long, device=dev)
     out = torch.nn.Linear(H, V).to(dev)
+    frozen_grad_rows = None
+    if cell == "elman":
+        emb = torch.nn.Embedding(V, H).to(dev)
+        rnn = torch.nn.RNN(H, H, nonlinearity="tanh", batch_first=True).to(dev)
+        w_ih, b_ih, w_hh, b_hh = torch.eye(H, device=dev), t(params.b_h), t(params.w_hh).T, torch.zeros(H, device=dev)
+        with torch.no_grad():
+            emb.weight.copy_(t(params.w_xh))
+        inputs = lambda: emb(xb)
+        trained = [emb.weight]
+        frozen = ("weight_ih_l0", "bias_hh_l0")   # the identity, and the second bias (jrnn has one)
+    else:
+        layer = params.layers[0]
+        rnn = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(V, H, batch_first=True).to(dev)
+        w_ih, w_hh = t(layer.w_i).T, t(layer.w_h).T
+        if cell == "lstm":
+            b_ih, b_hh, frozen = t(layer.b), torch.zeros(4 * H, device=dev), ("bias_hh_l0",)
+        else:
+            b_ih, b_hh, frozen = t(layer.b_i), t(layer.b_h), ()
+            frozen_grad_rows = slice(0, 2 * H)      # b_hr, b_hz stay 0 (Flax's GRUCell has none)
+        onehot = torch.nn.functional.one_hot(xb, V).float()
+        inputs = lambda: onehot
+        trained = []
     with torch.no_grad():
-        emb.weight.copy_(t(params.w_xh))
-        rnn.weight_ih_l0.copy_(torch.eye(H, device=dev))
-        rnn.bias_ih_l0.copy_(t(params.b_h))
-        rnn.weight_hh_l0.copy_(t(params.w_hh).T)
-        rnn.bias_hh_l0.zero_()
+        rnn.weight_ih_l0.copy_(w_ih)
+        rnn.bias_ih_l0.copy_(b_ih)
+        rnn.weight_hh_l0.copy_(w_hh)
+        rnn.bias_hh_l0.copy_(b_hh)
         out.weight.copy_(t(params.w_hy).T)
         out.bias.copy_(t(params.b_y))
-    rnn.weight_ih_l0.requires_grad_(False)  # the identity: computed, never trained
-    rnn.bias_hh_l0.requires_grad_(False)    # zero: jrnn has one hidden bias, torch two
-    ps = [p for p in (*emb.parameters(), *rnn.parameters(), *out.parameters()) if p.requires_grad]
+    for name in frozen:
+        getattr(rnn, name).requires_grad_(False)
+    ps = trained + [p for p in (*rnn.parameters(), *out.parameters()) if p.requires_grad]
     mem = [torch.zeros_like(p) for p in ps]
-    xb, yb = torch.tensor(x, dtype=torch.long, device=dev), torch.tensor(y, dtype=torch.long, device=dev)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def loss():
-        hs, _ = rnn(emb(xb))
+        hs, _ = rnn(inputs())
         return torch.nn.functional.cross_entropy(out(hs).reshape(-1, V), yb.reshape(-1))
 
     def train():
         for p in ps:
             p.grad = None
         loss().backward()
+        if frozen_grad_rows is not None:
+            rnn.bias_hh_l0.grad[frozen_grad_rows] = 0.0
         with torch.no_grad():
             for p, m in zip(ps, mem):          # min-char-rnn's clip + Adagrad, in place
                 g = p.grad.clamp_(-CLIP, CLIP)
@@ -226,91 +320,170 @@ DEER_GPU = [(T, H, B) for T in (1000, 16000, 65536) for H in (8, 32, 128, 256) f
 DEER_MAX_JACOBIAN_BYTES = 2**30   # skip configs whose [T, B, H, H] Jacobians exceed 1 GiB
 
 
-def deer_rows(configs, repeats):
-    """Forward and forward+backward time of an Elman layer by sequential scan, DEER, quasi-DEER."""
+def parallel_methods():
+    """The parallel-in-time methods `jrnn.parallel.run` offers (ELK where it exists)."""
+    return [m for m in ("deer", "quasi_deer", "elk", "quasi_elk") if m in jrnn.parallel.METHODS]
+
+
+def deer_rows(configs, repeats, *, methods=None, budget=None, on_row=None):
+    """Forward and forward+backward time of an Elman layer by sequential scan and each
+    parallel-in-time method of `jrnn.parallel.run`, with Newton iterations and fallbacks.
+    Stops before a config once `budget` (a `Budget`) is spent."""
+    methods = parallel_methods() if methods is None else methods
+    cell = jrnn.cells.get("elman")
     rows = []
     for T, H, B in configs:
+        if budget is not None and budget.spent():
+            break
         params = jrnn.elman.init(jax.random.key(0), input_size=H, hidden_size=H, output_size=1)
         xs = jnp.asarray(np.random.RandomState(0).randn(T, B, H).astype(np.float32))
+        h0 = jnp.zeros((B, H), jnp.float32)
         jac_bytes = T * B * H * H * 4
         base = None
-        for method in ("sequential", "deer", "quasi_deer"):
+        for method in ("sequential", *methods):
             if method != "sequential" and jac_bytes > DEER_MAX_JACOBIAN_BYTES:
-                rows.append({"T": T, "H": H, "B": B, "method": method, "skipped": "Jacobians > 1 GiB"})
-                continue
-            fwd = jax.jit(lambda p, x, m=method: jrnn.elman.hidden(p, x, method=m)[0])
-            grad = jax.jit(jax.grad(lambda p, x, m=method: jnp.sum(jrnn.elman.hidden(p, x, method=m)[0] ** 2)))
-            f_s = timed(lambda: jax.block_until_ready(fwd(params, xs)), repeats)
-            g_s = timed(lambda: jax.block_until_ready(grad(params, xs)), repeats)
-            row = {"T": T, "H": H, "B": B, "method": method, "forward_ms": f_s * 1e3, "train_ms": g_s * 1e3}
-            if method != "sequential":
-                _, info = jrnn.parallel.evaluate(jrnn.elman.step, params, jrnn.elman.project(params, xs),
-                                                 jnp.zeros((B, H)), method=method)
-                row.update(iterations=int(info.iterations), fell_back=bool(info.fell_back),
-                           forward_speedup=base[0] / f_s, train_speedup=base[1] / g_s)
+                row = {"T": T, "H": H, "B": B, "method": method, "skipped": "Jacobians > 1 GiB"}
             else:
-                base = (f_s, g_s)
+                if method == "sequential":
+                    hidden = lambda p, x: (jrnn.rnn.run(cell, p, x, h0)[0], None)
+                else:
+                    hidden = lambda p, x, m=method: (lambda r: (r[0], r[2]))(jrnn.parallel.run(cell, p, x, h0, method=m))
+                fwd = jax.jit(hidden)
+                grad = jax.jit(jax.grad(lambda p, x: jnp.sum(hidden(p, x)[0] ** 2)))
+                t0 = time.perf_counter()
+                _, info = jax.block_until_ready(fwd(params, xs))
+                jax.block_until_ready(grad(params, xs))
+                compile_s = time.perf_counter() - t0
+                f_s = timed(lambda: jax.block_until_ready(fwd(params, xs)), repeats, warm_up=False)
+                g_s = timed(lambda: jax.block_until_ready(grad(params, xs)), repeats, warm_up=False)
+                row = {"T": T, "H": H, "B": B, "method": method, "compile_s": compile_s,
+                       "forward_ms": f_s * 1e3, "train_ms": g_s * 1e3}
+                if method == "sequential":
+                    base = (f_s, g_s)
+                else:
+                    row.update(iterations=int(info.iterations), fell_back=bool(info.fell_back),
+                               residual=float(info.residual), forward_speedup=base[0] / f_s,
+                               train_speedup=base[1] / g_s)
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     return rows
 
 
-def print_deer(rows):
-    print("| T | H | B | method | fwd ms | fwd+bwd ms | vs sequential (fwd, fwd+bwd) | Newton iters |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "skipped" in r:
-            print(f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | skipped: {r['skipped']} | | | |")
-            continue
-        ratio = "" if r["method"] == "sequential" else f"{r['forward_speedup']:.2f}x, {r['train_speedup']:.2f}x"
-        it = "" if r["method"] == "sequential" else f"{r['iterations']}{' (fell back)' if r['fell_back'] else ''}"
-        print(f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | {r['forward_ms']:.1f} | {r['train_ms']:.1f} | {ratio} | {it} |")
+DEER_HEADER = ("| T | H | B | method | compile s | fwd ms | fwd+bwd ms | vs sequential (fwd, fwd+bwd) | Newton iters |\n"
+               "|---|---|---|---|---|---|---|---|---|")
+
+
+def deer_line(r):
+    if "skipped" in r:
+        return f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | skipped: {r['skipped']} | | | | |"
+    ratio = "" if r["method"] == "sequential" else f"{r['forward_speedup']:.2f}x, {r['train_speedup']:.2f}x"
+    it = "" if r["method"] == "sequential" else f"{r['iterations']}{' (fell back)' if r['fell_back'] else ''}"
+    return (f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | {r['compile_s']:.1f} | {r['forward_ms']:.1f} | "
+            f"{r['train_ms']:.1f} | {ratio} | {it} |")
 
 
 # ---- driver -----------------------------------------------------------------------------------
 
-def implementations(quick, precision="float32"):
-    impls = {"jrnn": lambda p, x, y: jrnn_impl(p, x, y),
-             f"jrnn multi-step (K={MULTI_K})": lambda p, x, y: jrnn_impl(p, x, y, multi=True)}
-    if jax.device_count() > 1:
-        impls["jrnn data-parallel"] = lambda p, x, y: jrnn_impl(p, x, y, data_parallel=True)
-        impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = lambda p, x, y: jrnn_impl(p, x, y, data_parallel=True, multi=True)
-    if not quick:
-        impls["jrnn unroll=4"] = lambda p, x, y: jrnn_impl(p, x, y, unroll=4)
-    if jax.default_backend() == "gpu":  # an H100 report: unroll 8 gave 2-3.4x over 1 at small B*H
-        impls[f"jrnn multi-step (K={MULTI_K}) unroll=8"] = lambda p, x, y: jrnn_impl(p, x, y, unroll=8, multi=True)
-    impls["flax"] = flax_impl
-    impls["torch"] = lambda p, x, y: torch_impl(p, x, y, precision)
+class Budget:
+    """Wall-clock allowance: `spent()` once `seconds` have passed since it was made (never if None)."""
+
+    def __init__(self, seconds=None):
+        self.seconds, self.t0 = seconds, time.perf_counter()
+
+    def elapsed(self):
+        return time.perf_counter() - self.t0
+
+    def spent(self):
+        return self.seconds is not None and self.elapsed() >= self.seconds
+
+
+def implementations(quick, precision="float32", cell="elman", selection="all"):
+    """name -> make(params, x, y) -> impl dict (or None to leave the row out).
+
+    selection "gpu": jrnn's default step, jrnn's best path (K steps per call, split over the
+    devices where there are several), Flax, PyTorch: the GPU selection of `--gpu-quick`.
+    """
+    prec = None if precision == "default" else precision
+    j = lambda **kw: (lambda p, x, y: jrnn_impl(p, x, y, cell=cell, precision=prec, **kw))
+    impls = {"jrnn": j()}
+    if selection == "gpu":
+        if jax.device_count() > 1:
+            impls[f"jrnn best: data-parallel multi-step (K={MULTI_K})"] = j(multi=True, data_parallel=True)
+        else:
+            impls[f"jrnn best: multi-step (K={MULTI_K})"] = j(multi=True)
+    else:
+        impls[f"jrnn multi-step (K={MULTI_K})"] = j(multi=True)
+        if jax.device_count() > 1:
+            impls["jrnn data-parallel"] = j(data_parallel=True)
+            impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = j(data_parallel=True, multi=True)
+        if not quick:
+            impls["jrnn unroll=1"] = j(unroll=1)
+            impls["jrnn unroll=4"] = j(unroll=4)
+            impls["jrnn unroll=8"] = j(unroll=8)
+    impls["flax"] = lambda p, x, y: flax_impl(p, x, y, cell=cell)
+    impls["torch"] = lambda p, x, y: torch_impl(p, x, y, precision, cell=cell)
     return impls
 
 
-def run_config(cfg, impls, repeats):
+def run_config(cfg, impls, repeats, *, cell="elman", forward=True, budget=None, on_row=None, min_repeat_s=None):
+    """Measure every implementation on one (B, H, T, V); returns (rows, best peer / best jrnn).
+    Stops before an implementation once `budget` is spent (the rows so far are kept)."""
     B, H, T, V = cfg
-    params = jrnn.elman.init(jax.random.key(0), vocab_size=V, hidden_size=H)
+    params = init_params(cell, V, H)
     x, y = make_batch(B, T, V)
     rows = []
     for name, make in impls.items():
+        if budget is not None and budget.spent():
+            break
         impl = make(params, x, y)
         if impl is None:
             continue
-        loss0 = impl["loss"]()
+        t0 = time.perf_counter()
+        loss0 = impl["loss"]()                            # compiles the forward
+        fwd_compile = time.perf_counter() - t0
         t0 = time.perf_counter()
         impl["train"]()                                   # first call: compile / warm-up
-        warm = time.perf_counter() - t0
-        loss1 = impl["loss"]()                            # also compiles forward for trained params
-        loss1 = loss1 if impl["steps_per_call"] == 1 else None
+        compile_s = time.perf_counter() - t0
+        loss1 = impl["loss"]()                            # after one call: steps_per_call steps
         k = impl["steps_per_call"]
-        step_s = timed(impl["train"], repeats, warm_up=False) / k     # compiled and run above
-        fwd_s = timed(impl["forward"], repeats, warm_up=False)        # compiled by "loss" above
+        step_s = timed(impl["train"], repeats, False, min_repeat_s) / k        # compiled and run above
+        fwd_s = timed(impl["forward"], repeats, False, min_repeat_s) if forward else None
         if impl.get("devices", 1) > 1:
             name = f"{name} ({impl['devices']} devices)"
-        rows.append({"config": list(cfg), "impl": name, "compile_s": warm, "train_us": step_s * 1e6,
-                     "forward_us": fwd_s * 1e6, "train_us_per_timestep": step_s * 1e6 / T,
-                     "loss_initial": loss0, "loss_after_one_step": loss1})
-    ours = [r["train_us"] for r in rows if r["impl"].startswith("jrnn")]
+        rows.append({"config": list(cfg), "cell": cell, "impl": name, "compile_s": compile_s,
+                     "forward_compile_s": fwd_compile, "train_us": step_s * 1e6,
+                     "forward_us": None if fwd_s is None else fwd_s * 1e6,
+                     "train_us_per_timestep": step_s * 1e6 / T, "steps_per_call": k,
+                     "loss_initial": loss0, "loss_after_first_call": loss1,
+                     "loss_after_one_step": loss1 if k == 1 else None})
+        if on_row is not None:
+            on_row(rows[-1])
+    mine = [r["train_us"] for r in rows if r["impl"].startswith("jrnn")]
     peers = [r["train_us"] for r in rows if not r["impl"].startswith("jrnn")]
     for r in rows:
         r["ratio_best_peer_over_this"] = min(peers) / r["train_us"] if peers else None
-    return rows, (min(peers) / min(ours) if peers and ours else None)
+    return rows, (min(peers) / min(mine) if peers and mine else None)
+
+
+ROW_HEADER = ("| B, H, T, V | impl | compile s | train µs/step | fwd µs/step | train µs/timestep | loss after 1st call |\n"
+              "|---|---|---|---|---|---|---|")
+
+
+def row_line(r):
+    fwd = "" if r["forward_us"] is None else f"{r['forward_us']:.0f}"
+    return (f"| {', '.join(map(str, r['config']))} | {r['impl']} | {r['compile_s']:.2f} | {r['train_us']:.0f} | "
+            f"{fwd} | {r['train_us_per_timestep']:.2f} | {r['loss_after_first_call']:.5f} |")
+
+
+def versions():
+    v = {"jax": jax.__version__, "jaxlib": __import__("jaxlib").__version__}
+    for mod in ("flax", "torch", "optax"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return v
 
 
 def config_list(text):
@@ -326,33 +499,40 @@ def config_list(text):
 
 def main(argv=None):
     ap = common.parser("bench", __doc__)
+    ap.add_argument("--cell", choices=CELLS, default="elman", help="recurrent cell of the benchmarked LM")
     ap.add_argument("--quick", action="store_true", help="CPU configs, fewer repeats (about 3 minutes on 2 cores)")
+    ap.add_argument("--gpu-quick", action="store_true",
+                    help="the six GPU configs for jrnn default, jrnn best, Flax, PyTorch; 2 repeats, no forward "
+                         f"timing, --time-budget {GPU_QUICK_BUDGET_S} unless given (sized for 4 minutes on one H100)")
     ap.add_argument("--configs", type=config_list, default=None, help="semicolon-separated B,H,T,V list overriding the defaults")
     ap.add_argument("--repeats", type=common.positive_int, default=5, help="timed repeats per measurement (median reported)")
     ap.add_argument("--only", default=None, help="comma-separated implementation names to run (default: all)")
     ap.add_argument("--precision", choices=PRECISIONS, default="float32",
                     help="float32 matmul precision for every implementation (GPU only: CPUs compute float32)")
+    ap.add_argument("--time-budget", type=common.positive_float, default=None,
+                    help="seconds: start no new measurement after this; what was measured is kept")
     ap.add_argument("--deer", action="store_true", help="benchmark parallel-in-time DEER / quasi-DEER against the sequential scan")
     args = ap.parse_args(argv)
-    if args.deer and (args.only or args.configs):
-        raise ValueError("--deer runs its own configurations and methods: drop --only / --configs")
+    if args.deer and (args.only or args.configs or args.cell != "elman" or args.gpu_quick):
+        raise ValueError("--deer runs its own configurations and methods: drop --only / --configs / --cell / --gpu-quick")
+    configs = args.configs
+    budget = Budget(GPU_QUICK_BUDGET_S if args.gpu_quick and args.time_budget is None else args.time_budget)
     if args.deer:
         configs = DEER_GPU if jax.default_backend() == "gpu" else DEER_CPU
+        print(DEER_HEADER, flush=True)
         with common.Timer() as t:
-            rows = deer_rows(configs, 3 if args.quick else args.repeats)
-        print_deer(rows)
+            rows = deer_rows(configs, 3 if args.quick else args.repeats, budget=budget,
+                             on_row=lambda r: print(deer_line(r), flush=True))
         out = args.out.parent / "bench_deer" if args.out.name == "bench" else args.out
         common.save_results(out, "bench_deer", {"configs": configs}, {}, t.s, rows=rows)
         done = [r for r in rows if r["method"] == "deer" and "skipped" not in r]
         common.plot_curves(out, {"deer fwd+bwd speedup": (np.arange(len(done)), [r["train_speedup"] for r in done])},
                            xlabel="config index", ylabel="speedup vs sequential", title="DEER vs sequential scan")
         return rows
-    if args.configs:
-        configs = args.configs
-    else:
-        configs = GPU_CONFIGS if jax.default_backend() == "gpu" else CPU_CONFIGS
-    repeats = 3 if args.quick else args.repeats
-    impls = implementations(args.quick, args.precision)
+    if configs is None:
+        configs = GPU_CONFIGS if (args.gpu_quick or jax.default_backend() == "gpu") else CPU_CONFIGS
+    repeats = 2 if args.gpu_quick else 3 if args.quick else args.repeats
+    impls = implementations(args.quick, args.precision, args.cell, "gpu" if args.gpu_quick else "all")
     if args.only:
         names = [n.strip() for n in args.only.split(",")]
         chosen = lambda k, n: k.split()[0] == n or k == n
@@ -361,37 +541,46 @@ def main(argv=None):
             raise ValueError(f"--only: unknown implementation(s) {unknown}; choose from {sorted(impls)} "
                              f"(or a first word: {sorted({k.split()[0] for k in impls})})")
         impls = {k: v for k, v in impls.items() if any(chosen(k, n) for n in names)}
-    all_rows, ratios = [], {}
-    bar = common.progress(len(configs), "bench", args.quiet)
-    with common.Timer() as t:
-        for cfg in configs:
-            with jax.default_matmul_precision(args.precision):   # read when jit traces
-                rows, ratio = run_config(cfg, impls, repeats)
-            all_rows += rows
-            ratios[",".join(map(str, cfg))] = ratio
-            bar.update(1)
-    bar.close()
+    vs = versions()
     env = common.environment()
-    versions = {"jax": jax.__version__}
-    for mod in ("flax", "torch", "optax"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    print(f"\n{env['backend']} / {env['device']} / {env['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in versions.items())
-          + f"; matmul precision {args.precision}")
-    print("| B, H, T, V | impl | compile s | train µs/step | fwd µs/step | train µs/timestep | best peer / this |")
-    print("|---|---|---|---|---|---|---|")
-    for r in all_rows:
-        ratio = r["ratio_best_peer_over_this"]
-        print(f"| {', '.join(map(str, r['config']))} | {r['impl']} | {r['compile_s']:.2f} | {r['train_us']:.0f} | "
-              f"{r['forward_us']:.0f} | {r['train_us_per_timestep']:.2f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
-    common.save_results(args.out, "bench", {"configs": configs, "repeats": repeats, "quick": args.quick,
-                                            "precision": args.precision},
-                        {"jrnn_speedup_vs_best_peer": ratios}, t.s, rows=all_rows, versions=versions)
+    print(f"{env['backend']} / {env['device']} / {env['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in vs.items())
+          + f"; cell {args.cell}; matmul precision {args.precision}", flush=True)
+    print(ROW_HEADER, flush=True)
+    all_rows, ratios, skipped = [], {}, []
+    config = {"configs": configs, "repeats": repeats, "quick": args.quick, "gpu_quick": args.gpu_quick,
+              "cell": args.cell, "precision": args.precision, "time_budget_s": budget.seconds}
+
+    def save(done):
+        common.save_results(args.out, "bench", config, {"jrnn_speedup_vs_best_peer": ratios}, budget.elapsed(),
+                            rows=all_rows + done, versions=vs, not_measured=skipped, complete=not skipped)
+
+    bar = common.progress(len(configs), "bench", args.quiet)
+    for cfg in configs:
+        if budget.spent():
+            skipped.append(list(cfg))
+            continue
+        partial = []   # this config's rows so far: each reaches results.json when measured
+        with jax.default_matmul_precision(None if args.precision == "default" else args.precision):  # read when jit traces
+            rows, ratio = run_config(cfg, impls, repeats, cell=args.cell, forward=not args.gpu_quick, budget=budget,
+                                     min_repeat_s=GPU_QUICK_REPEAT_S if args.gpu_quick else None,
+                                     on_row=lambda r: (partial.append(r), print(row_line(r), flush=True),
+                                                       save(partial)))
+        all_rows += rows
+        ratios[",".join(map(str, cfg))] = ratio
+        if len(rows) < len(impls) and budget.spent():
+            skipped.append(list(cfg))
+        save([])
+        if ratio is not None:
+            print(f"| {', '.join(map(str, cfg))} | best peer / best jrnn: {ratio:.2f}x | | | | | |", flush=True)
+        bar.update(1)
+    bar.close()
+    save([])
+    if skipped:
+        print(f"time budget of {budget.seconds:.0f} s spent: not (fully) measured: {skipped}", flush=True)
     labels = list(ratios)
     common.plot_curves(args.out, {"best peer / jrnn": (np.arange(len(labels)), [ratios[k] or 0 for k in labels])},
                        xlabel="config index", ylabel="speedup", title="jrnn train-step speedup vs best peer")
+    print(f"results: {args.out / 'results.json'}")
     return all_rows
 
 

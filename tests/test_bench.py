@@ -1,47 +1,145 @@
-"""The benchmark harness does the same work in every implementation (not a timing test)."""
+"""The benchmark harness does the same work in every implementation (not a timing test), and
+survives a short window: rows saved as measured, a time budget, the GPU selection."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
-pytest.importorskip("flax")
-pytest.importorskip("torch")
-
-from experiments import bench  # noqa: E402
+from experiments import bench
+from jrnn.testing import assert_trees_close
 
 
-def test_every_implementation_matches_jrnn_after_one_step(tmp_path):
-    rows = bench.main(["--configs", "2,8,5,7", "--repeats", "1", "--quiet", "--out", str(tmp_path)])
+def _peers():
+    pytest.importorskip("flax")
+    pytest.importorskip("torch")
+
+
+def k_single_steps(cell, cfg, k):
+    """jrnn's params and loss after k single steps on the bench's batch (the reference)."""
+    B, H, T, V = cfg
+    x, y = bench.make_batch(B, T, V)
+    one = bench.jrnn_impl(bench.init_params(cell, V, H), x, y, cell=cell)
+    for _ in range(k):
+        one["train"]()
+    return one["params"](), one["loss"]()
+
+
+@pytest.mark.parametrize("cell", ["elman", pytest.param("lstm", marks=pytest.mark.slow),
+                                  pytest.param("gru", marks=pytest.mark.slow)])
+def test_every_implementation_matches_jrnn_after_training(tmp_path, cell):
+    """Same initial loss everywhere; after one call, single-step rows equal jrnn's one step and
+    multi-step rows equal K single steps (loss and, for jrnn, every parameter)."""
+    _peers()
+    cfg = (2, 8, 5, 7)
+    rows = bench.main(["--cell", cell, "--quick", "--configs", ",".join(map(str, cfg)), "--repeats", "1", "--quiet",
+                       "--out", str(tmp_path)])
+    assert {r["impl"].split()[0] for r in rows} == {"jrnn", "flax", "torch"}
     ref = next(r for r in rows if r["impl"] == "jrnn")
+    _, after_k = k_single_steps(cell, cfg, bench.MULTI_K)
+    assert after_k < ref["loss_after_one_step"] < ref["loss_initial"]
     for r in rows:
-        assert abs(r["loss_initial"] - ref["loss_initial"]) <= 1e-4 * ref["loss_initial"]
-        if r["loss_after_one_step"] is not None:
-            assert abs(r["loss_after_one_step"] - ref["loss_after_one_step"]) <= 1e-4 * ref["loss_after_one_step"], r["impl"]
-    assert ref["loss_after_one_step"] < ref["loss_initial"]
+        assert abs(r["loss_initial"] - ref["loss_initial"]) <= 1e-5 * ref["loss_initial"], r["impl"]
+        want = ref["loss_after_one_step"] if r["steps_per_call"] == 1 else after_k
+        assert abs(r["loss_after_first_call"] - want) <= 1e-4 * want, r["impl"]
+    assert any(r["steps_per_call"] == bench.MULTI_K for r in rows)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["config"]["precision"] == "float32" and len(saved["rows"]) == len(rows)
+    assert saved["config"]["precision"] == "float32" and saved["config"]["cell"] == cell
+    assert len(saved["rows"]) == len(rows) and saved["complete"] is True
+
+
+def test_multi_step_call_leaves_the_params_of_k_single_steps():
+    cfg = (2, 8, 5, 7)
+    B, H, T, V = cfg
+    x, y = bench.make_batch(B, T, V)
+    multi = bench.jrnn_impl(bench.init_params("elman", V, H), x, y, multi=True)
+    multi["train"]()
+    params, _ = k_single_steps("elman", cfg, bench.MULTI_K)
+    assert_trees_close(multi["params"](), params, rtol=1e-5)
 
 
 def test_data_parallel_rows_match_jrnn_and_skip_batches_that_do_not_split(tmp_path):
     """With 2 CPU devices the bench adds data-parallel rows where B splits evenly (B=2), doing
-    the same work as the single-device step, and leaves them out where it does not (B=1)."""
+    the same work as the single-device step (after one step, and after K steps per call), and
+    leaves them out where it does not (B=1). Runs jrnn only: needs neither Flax nor PyTorch."""
     code = ("import json, sys, jax\n"
             "from experiments import bench\n"
             "assert jax.device_count() == 2, jax.devices()\n"
-            f"rows = bench.main(['--configs', '2,8,5,7;1,8,5,7', '--repeats', '1', '--only', 'jrnn', '--quiet', '--out', {str(tmp_path)!r}])\n"
-            "print(json.dumps([(r['config'][0], r['impl'], r['loss_initial'], r['loss_after_one_step']) for r in rows]))\n")
+            f"rows = bench.main(['--configs', '2,8,5,7;1,8,5,7', '--repeats', '1', '--quick', '--only', 'jrnn', "
+            f"'--quiet', '--out', {str(tmp_path)!r}])\n"
+            "print(json.dumps([(r['config'][0], r['impl'], r['steps_per_call'], r['loss_initial'], "
+            "r['loss_after_first_call']) for r in rows]))\n")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    p = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = json.loads(p.stdout.strip().splitlines()[-1])
     dp = [r for r in rows if "data-parallel" in r[1]]
     assert {r[0] for r in dp} == {2} and len(dp) == 2
     ref = next(r for r in rows if r[0] == 2 and r[1] == "jrnn")
-    for _, name, l0, l1 in dp:
-        assert abs(l0 - ref[2]) <= 1e-6 * ref[2], name
-        if l1 is not None:
-            assert abs(l1 - ref[3]) <= 1e-6 * ref[3], name
+    multi = next(r for r in rows if r[0] == 2 and r[2] > 1 and "data-parallel" not in r[1])
+    _, after_k = k_single_steps("elman", (2, 8, 5, 7), bench.MULTI_K)
+    assert abs(multi[4] - after_k) <= 1e-5 * after_k
+    for _, name, k, l0, l1 in dp:
+        assert abs(l0 - ref[3]) <= 1e-6 * ref[3], name
+        assert abs(l1 - (ref[4] if k == 1 else after_k)) <= 1e-5 * l1, name
+
+
+def test_rows_reach_results_json_as_they_are_measured(tmp_path, monkeypatch, capsys):
+    saves = []
+    real = bench.common.save_results
+
+    def spy(out, name, config, metrics, wall, **extra):
+        saves.append(len(extra["rows"]))
+        return real(out, name, config, metrics, wall, **extra)
+
+    monkeypatch.setattr(bench.common, "save_results", spy)
+    rows = bench.main(["--configs", "2,8,5,7;1,8,4,7", "--repeats", "1", "--quick", "--only", "jrnn", "--quiet",
+                       "--out", str(tmp_path)])
+    assert len(rows) == 4 and saves[:2] == [1, 2] and saves[-1] == 4 and 3 in saves
+    out = capsys.readouterr().out
+    assert out.count("| 2, 8, 5, 7 | jrnn") == 2 and out.count("| 1, 8, 4, 7 | jrnn") == 2
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert all(r["compile_s"] > 0 and r["train_us"] > 0 for r in saved["rows"])
+
+
+def test_time_budget_stops_cleanly_and_keeps_what_was_measured(tmp_path):
+    class AfterOneMeasurement(bench.Budget):
+        def __init__(self):
+            super().__init__(1.0)
+            self.calls = 0
+
+        def spent(self):
+            self.calls += 1
+            return self.calls > 1
+
+    cfg = (2, 8, 5, 7)
+    impls = bench.implementations(True, selection="all")
+    rows, _ = bench.run_config(cfg, {k: v for k, v in impls.items() if k.startswith("jrnn")}, 1,
+                               budget=AfterOneMeasurement())
+    assert [r["impl"] for r in rows] == ["jrnn"]
+    rows = bench.main(["--configs", "2,8,5,7;1,8,4,7", "--only", "jrnn", "--time-budget", "1e-9", "--quiet",
+                       "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert rows == [] and saved["complete"] is False and saved["not_measured"] == [[2, 8, 5, 7], [1, 8, 4, 7]]
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(SystemExit):          # argparse: "argument --time-budget: ...", exit 2
+            bench.main(["--time-budget", bad, "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--only"):
+        bench.main(["--only", "nonsense", "--out", str(tmp_path)])
+
+
+def test_gpu_selection_has_the_six_configs_and_four_implementations(tmp_path):
+    assert len(bench.GPU_CONFIGS) == len(set(bench.GPU_CONFIGS)) == 6
+    assert {(1, 100, 25, 80), (64, 512, 256, 65), (256, 1024, 512, 256), (8, 256, 8192, 65),
+            (1024, 1024, 512, 65)} <= set(bench.GPU_CONFIGS)
+    names = list(bench.implementations(True, selection="gpu"))
+    assert names == ["jrnn", f"jrnn best: multi-step (K={bench.MULTI_K})", "flax", "torch"]
+    rows = bench.main(["--gpu-quick", "--configs", "2,8,5,7", "--only", "jrnn", "--quiet", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["impl"] for r in rows] == names[:2] and all(r["forward_us"] is None for r in rows)
+    assert saved["config"]["gpu_quick"] and saved["config"]["time_budget_s"] == bench.GPU_QUICK_BUDGET_S
