@@ -63,6 +63,12 @@ def seed_loss(params, batch, carry):
 SEED_EPOCH = jrnn.make_multi_step(seed_loss, jrnn.optim.sgd(SEED_LR))
 
 
+def seed_epoch(precision="float32"):
+    """The compiled seed-mode epoch for --precision (SEED_EPOCH for full float32)."""
+    return SEED_EPOCH if precision == "float32" else jrnn.make_multi_step(seed_loss, jrnn.optim.sgd(SEED_LR),
+                                                                         precision=precision)
+
+
 @jax.jit
 def seed_cost(params, xs, ys):
     """The seed's calculate_cost: mean NLL per char, every chunk from h=0. xs, ys: [N, T]."""
@@ -70,17 +76,18 @@ def seed_cost(params, xs, ys):
     return jrnn.losses.softmax_cross_entropy(logits, ys.T)
 
 
-def run_seed_mode(seed, ids, V, epochs, quiet):
+def run_seed_mode(seed, ids, V, epochs, quiet, precision="float32"):
     xs, ys = jrnn.data.chunks(ids[: SEED_CHARS + 1], SEED_SEQ_LEN)     # [400, 25] each
     params = jrnn.elman.init(jax.random.key(seed), vocab_size=V, hidden_size=SEED_HIDDEN, scheme="uniform_fan_in")
     opt_state = jrnn.optim.sgd(SEED_LR).init(params)
     costs = [float(seed_cost(params, xs, ys))]
+    epoch_step = seed_epoch(precision)
     bar = common.progress(epochs, f"charlm seed {seed}", quiet)
     bar.set_postfix(cost=f"{costs[-1]:.3f}")
     for epoch in range(epochs):
         if quiet:
             print(f"seed {seed} epoch {epoch}: cost {costs[-1]:.4f}")
-        params, opt_state, _, _ = SEED_EPOCH(params, opt_state, (xs, ys))
+        params, opt_state, _, _ = epoch_step(params, opt_state, (xs, ys))
         costs.append(float(seed_cost(params, xs, ys)))
         bar.update(1)
         bar.set_postfix(cost=f"{costs[-1]:.3f}")
@@ -148,10 +155,11 @@ def run_full_mode(args, ids, vocab):
     if mesh.size > 1:
         # the streams split over the devices (one per CPU core, see experiments.bench): each core
         # scans its share of the batch; XLA adds the gradient all-reduce
-        multi_step = jrnn.train.make_data_parallel_step(full_loss(args.cell), opt, mesh=mesh, multi_step=True)
+        multi_step = jrnn.train.make_data_parallel_step(full_loss(args.cell), opt, mesh=mesh, multi_step=True,
+                                                        precision=common.step_precision(args))
         print(f"{args.batch} streams split over {mesh.size} devices")
     else:
-        multi_step = jrnn.make_multi_step(full_loss(args.cell), opt)
+        multi_step = jrnn.make_multi_step(full_loss(args.cell), opt, precision=common.step_precision(args))
     params = jrnn.lm.init(jax.random.key(args.seed), cell=args.cell, vocab_size=V, hidden_size=args.hidden,
                           layers=args.layers)
     print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters")
@@ -265,6 +273,7 @@ def main(argv=None):
     ap.add_argument("--prime", default="\n", help="text the sample starts from")
     ap.add_argument("--sample-len", type=common.positive_int, default=500, help="characters to sample")
     common.distributed_flags(ap)
+    common.add_precision(ap)
     args = ap.parse_args(argv)
     if common.init_distributed(args) and not args.full:
         raise ValueError("several processes train only with --full")
@@ -309,7 +318,7 @@ def main(argv=None):
             curves = {"validation": ([r["step"] for r in history], [r["val_nats"] for r in history])}
             xlabel, ylabel = "step", "validation nats/char"
         else:
-            results = [run_seed_mode(s, ids, vocab.size, args.epochs, args.quiet)
+            results = [run_seed_mode(s, ids, vocab.size, args.epochs, args.quiet, common.step_precision(args))
                        for s in range(args.seed, args.seed + args.seeds)]
             params = results[0][0]
             finals = [c[-1] for _, c in results]

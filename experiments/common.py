@@ -120,6 +120,21 @@ def parser(name: str, doc: str, *, steps: int | None = None, epochs: int | None 
     return p
 
 
+PRECISION_CHOICES = ("float32", "tensorfloat32", "bfloat16", "default")
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """--precision: float32 matmul precision of the training step (`jrnn.make_step(precision=)`)."""
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",
+                   help="float32 matmul precision of training: full float32, TF32 or bfloat16 passes on NVIDIA "
+                        "GPUs, or JAX's default (TF32 on recent NVIDIA GPUs); CPUs compute float32 whichever")
+
+
+def step_precision(args):
+    """The `precision=` of jrnn's steps for --precision ("default" -> None, JAX's own)."""
+    return None if args.precision == "default" else args.precision
+
+
 def check_seed_range(args, count: int):
     """Seeds --seed .. --seed + count - 1 must all be valid PRNG seeds."""
     if args.seed + count - 1 > MAX_SEED:

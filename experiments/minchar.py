@@ -14,6 +14,7 @@ so Adagrad adds 0 to its memory and moves b_y by exactly 0.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -56,6 +57,14 @@ AS_WRITTEN_OPTIMIZER = optax.chain(optax.masked(optax.set_to_zero(), only_b_y), 
 AS_WRITTEN_STEP = jrnn.make_multi_step(loss_fn, AS_WRITTEN_OPTIMIZER)
 
 
+@functools.lru_cache(maxsize=None)
+def multi_step(as_written: bool = False, precision: str | None = "float32"):
+    """The compiled multi-step of a mode and --precision (one per process)."""
+    if precision == "float32":
+        return AS_WRITTEN_STEP if as_written else MULTI_STEP
+    return jrnn.make_multi_step(loss_fn, optimizer(as_written), precision=precision)
+
+
 def optimizer(as_written: bool = False) -> optax.GradientTransformation:
     return AS_WRITTEN_OPTIMIZER if as_written else OPTIMIZER
 
@@ -73,7 +82,7 @@ def positions(n_iters: int, data_len: int):
 
 
 def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None, max_bad_steps=10,
-          as_written=False):
+          as_written=False, precision="float32"):
     """Run iterations start..n_iters-1 of min-char-rnn; returns (params, per-iteration losses, h).
 
     Pass the opt_state and h of a checkpoint with `start` to resume exactly where it stopped.
@@ -81,7 +90,7 @@ def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None
     `optimizer(True).init(params)`).
     """
     opt_state = optimizer(as_written).init(params) if opt_state is None else opt_state
-    multi_step = AS_WRITTEN_STEP if as_written else MULTI_STEP
+    step = multi_step(as_written, precision)
     h = jrnn.elman.zeros_carry(params) if h is None else h
     ps, resets = positions(n_iters, len(ids))
     offsets = np.arange(SEQ_LEN)
@@ -91,7 +100,7 @@ def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None
         sl = slice(first, min(first + CALL_ITERS, n_iters))
         x = ids[ps[sl, None] + offsets]            # [K, T]
         y = ids[ps[sl, None] + offsets + 1]
-        params, opt_state, metrics, h = multi_step(params, opt_state, (x, y, resets[sl]), h)
+        params, opt_state, metrics, h = step(params, opt_state, (x, y, resets[sl]), h)
         losses.append(np.asarray(metrics["loss"]))
         bad.update(metrics["skipped"])
         if on_call is not None:
@@ -136,7 +145,7 @@ def run_seed(seed, ids, vocab, args, samples):
 
     with common.Timer() as t:
         _, losses, _ = train(state["params"], ids, args.steps, opt_state=state["opt_state"], h=state["h"],
-                             start=start, on_call=on_call, max_bad_steps=args.max_bad_steps, as_written=args.as_written)
+                             start=start, on_call=on_call, max_bad_steps=args.max_bad_steps, as_written=args.as_written, precision=common.step_precision(args))
     bar.close()
     return np.concatenate([earlier, losses]), t.s
 
@@ -161,6 +170,7 @@ def main(argv=None):
     ap.add_argument("--as-written", action="store_true",
                     help="seed 003b exactly as written: its lossFun never accumulates dby, so b_y stays 0 "
                          "(default: train b_y, as Karpathy's published min-char-rnn does)")
+    common.add_precision(ap)
     args = ap.parse_args(argv)
     common.check_seed_range(args, args.seeds)
     if args.checkpoint_every % CALL_ITERS:
@@ -190,16 +200,16 @@ def main(argv=None):
                "median_final_smooth_loss": float(np.median([r["final_smooth_loss"] for r in runs]))}
     if args.baseline_steps > 0:
         n = max(CALL_ITERS, args.steps // CALL_ITERS * CALL_ITERS)
-        train(params, ids, CALL_ITERS, as_written=args.as_written)  # compile
+        train(params, ids, CALL_ITERS, as_written=args.as_written, precision=common.step_precision(args))  # compile
         with common.Timer() as tj:
-            train(params, ids, n, as_written=args.as_written)
+            train(params, ids, n, as_written=args.as_written, precision=common.step_precision(args))
         with common.Timer() as tn:
             baselines.minchar_numpy(params, ids, args.baseline_steps, as_written=args.as_written)
         metrics.update(jrnn_iters_per_s=n / tj.s, numpy_iters_per_s=args.baseline_steps / tn.s)
         metrics["speedup_vs_numpy"] = metrics["jrnn_iters_per_s"] / metrics["numpy_iters_per_s"]
 
     config = {"hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE, "clip": CLIP, "steps": args.steps,
-              "as_written": args.as_written,
+              "as_written": args.as_written, "precision": args.precision,
               "seeds": list(range(args.seed, args.seed + args.seeds)), "vocab_size": vocab.size, "chars": len(ids)}
     common.save_results(args.out, "minchar", config, metrics, sum(r["wall_s"] for r in runs), runs=runs, samples=samples)
     xs = np.arange(args.steps)[:: max(1, args.steps // 500)]
