@@ -175,12 +175,18 @@ def run_full_mode(args, ids, vocab):
         if written_by not in (None, procs):
             raise ValueError(f"--resume: the checkpoints under {ckpt_dir} were written by a run of {written_by} "
                              f"process(es), this run has {procs}; resume with the same number of processes")
-        ck = jrnn.checkpoint.load_latest(ckpt_dir, state, config=config, vocab=vocab.chars)
-        if ck is not None:
-            state, step, history = ck.state, ck.step, ck.cursor["history"]
-            print(f"resumed from {ck.path} at step {step}")
-        if procs > 1:
-            _same_checkpoint_everywhere(ckpt_dir, -1 if ck is None else step)
+    ck = common.find_resume(ckpt_dir, args, state, config=config, vocab=vocab.chars)
+    if args.resume and procs > 1:
+        _same_checkpoint_everywhere(ckpt_dir, -1 if ck is None else ck.step)
+    steps_per_epoch = n_calls * FULL_CALL_STEPS
+    if ck is not None and ck.step > args.epochs * steps_per_epoch:   # its state is past the run asked for
+        raise ValueError(f"--epochs {args.epochs} ({args.epochs * steps_per_epoch} steps) ends before step {ck.step} "
+                         f"of {ck.path}: pass --epochs >= {math.ceil(ck.step / steps_per_epoch)} to continue that "
+                         "run, or --overwrite to start over")
+    run_id = common.checkpoint_run(ckpt_dir, args, ck) if jax.process_index() == 0 else None  # process 0 writes
+    if ck is not None:
+        state, step, history = ck.state, ck.step, ck.cursor["history"]
+        print(f"resumed from {ck.path} at step {step}")
     params, opt_state, h = state["params"], state["opt_state"], state["h"]
     if procs > 1:
         h = jax.tree.map(lambda a: np.asarray(a)[rows], h)
@@ -210,7 +216,7 @@ def run_full_mode(args, ids, vocab):
                     ck_state = jrnn.train.to_host(ck_state)
                 if jax.process_index() == 0:
                     jrnn.checkpoint.save(ckpt_dir, ck_state, step=step,
-                                         config=config, vocab=vocab.chars, cursor={"history": history})
+                                         config=config, vocab=vocab.chars, cursor={"history": history}, run_id=run_id)
         if _stop_now(args.max_minutes and history and history[-1]["wall_s"] > 60 * args.max_minutes):
             print(f"stopping: --max-minutes {args.max_minutes} reached")
             break
@@ -248,7 +254,7 @@ def _same_checkpoint_everywhere(ckpt_dir, step):
 # ---- main ------------------------------------------------------------------------------------
 
 FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
-             "max_bad_steps")
+             "overwrite", "max_bad_steps")
 
 
 def main(argv=None):
@@ -264,9 +270,7 @@ def main(argv=None):
     ap.add_argument("--max-minutes", type=common.non_negative_float, default=0,
                     help="--full: stop after the epoch that passes this (0: no limit)")
     ap.add_argument("--chars", type=common.positive_int, default=None, help="use only the first N chars of the corpus (smoke runs)")
-    ap.add_argument("--checkpoint-every", type=common.non_negative_int, default=0,
-                    help=f"--full: save the training state every N steps (multiple of {FULL_CALL_STEPS}; 0: never)")
-    ap.add_argument("--resume", action="store_true", help="--full: continue from the newest checkpoint under --out")
+    common.add_checkpoint_flags(ap, f"--full: save the training state every N steps (multiple of {FULL_CALL_STEPS}; 0: never)")
     ap.add_argument("--max-bad-steps", type=common.positive_int, default=10, help="--full: stop after this many consecutive NaN/inf steps")
     ap.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
     ap.add_argument("--temperature", type=common.positive_float, default=1.0, help="sampling temperature")

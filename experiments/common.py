@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jrnn import data
+from jrnn import checkpoint, data
 from jrnn.train import NonFiniteError, ProcessGroupError
 
 
@@ -194,6 +194,37 @@ def positive(args, *names):
         v = getattr(args, n)
         if v is None or v <= 0:
             raise ValueError(f"--{n.replace('_', '-')} must be positive, got {v}")
+
+
+def add_checkpoint_flags(ap, every_help: str):
+    ap.add_argument("--checkpoint-every", type=non_negative_int, default=0, help=every_help)
+    ap.add_argument("--resume", action="store_true", help="continue the run whose checkpoints are under --out")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start a new run even if --out holds another run's checkpoints (deletes them)")
+
+
+def find_resume(directory, args, template, **load_kw):
+    """Before training, reading only: the checkpoint to continue from under --resume (None:
+    start fresh). Without --resume, a run that will write checkpoints refuses a folder holding
+    another run's (RunConflictError, a ValueError) unless --overwrite."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run under --out, --overwrite replaces it: choose one")
+    if args.resume:
+        run_id = checkpoint.run_of(directory)
+        return None if run_id is None else checkpoint.load_latest(directory, template, run_id=run_id, **load_kw)
+    if args.checkpoint_every and not args.overwrite:
+        checkpoint.check_fresh(directory)
+    return None
+
+
+def checkpoint_run(directory, args, resumed) -> str | None:
+    """The run id to save checkpoints as: the resumed run's, or a new run that claims the folder
+    (deleting the old checkpoints under --overwrite). Call after `find_resume` passed for all."""
+    if resumed is not None:
+        return resumed.run_id
+    if args.checkpoint_every or args.overwrite:
+        return checkpoint.start_run(directory, overwrite=args.overwrite)
+    return None
 
 
 def progress(total: int, desc: str, quiet: bool = False):

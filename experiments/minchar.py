@@ -117,17 +117,27 @@ def smooth(losses, V):
     return np.array(out)
 
 
-def run_seed(seed, ids, vocab, args, samples):
+def find_resume(seed, vocab, args):
+    """(checkpoint folder, fresh state, checkpoint to continue from or None), refusing before any training a
+    checkpoint past --steps and a fresh run into another run's checkpoints."""
     params = jrnn.elman.init(jax.random.key(seed), vocab_size=vocab.size, hidden_size=HIDDEN,
                              scheme="normal", scale=INIT_SCALE)
-    ckpt_dir, config = args.out / "checkpoints" / f"seed_{seed}", checkpoint_config(seed, args.as_written)
+    ckpt_dir = args.out / "checkpoints" / f"seed_{seed}"
     state = {"params": params, "opt_state": optimizer(args.as_written).init(params), "h": jrnn.elman.zeros_carry(params)}
-    start, earlier = 0, []
-    if args.resume:
-        ck = jrnn.checkpoint.load_latest(ckpt_dir, state, config=config, vocab=vocab.chars)
-        if ck is not None:
-            state, start, earlier = ck.state, ck.step, ck.cursor["losses"]
-            print(f"seed {seed}: resumed from {ck.path} at iteration {start}")
+    ck = common.find_resume(ckpt_dir, args, state, config=checkpoint_config(seed, args.as_written), vocab=vocab.chars)
+    if ck is not None and ck.step > args.steps:   # its losses and state are past the run asked for
+        raise ValueError(f"--steps {args.steps} is fewer than the {ck.step} iterations already in {ck.path}: "
+                         f"pass --steps >= {ck.step} to continue that run, or --overwrite to start over")
+    return ckpt_dir, state, ck
+
+
+def run_seed(seed, ids, vocab, args, samples, resume):
+    ckpt_dir, state, ck = resume
+    config = checkpoint_config(seed, args.as_written)
+    run_id = common.checkpoint_run(ckpt_dir, args, ck)
+    state, start, earlier = (ck.state, ck.step, ck.cursor["losses"]) if ck else (state, 0, [])
+    if ck is not None:
+        print(f"seed {seed}: resumed from {ck.path} at iteration {start}")
     bar = common.progress(args.steps, f"minchar seed {seed}", args.quiet)
     bar.update(start)
     sample_key = jax.random.key(seed + 10_000)
@@ -138,7 +148,7 @@ def run_seed(seed, ids, vocab, args, samples):
         bar.set_postfix(smooth_loss=f"{smooth(losses, vocab.size)[-1]:.2f}")
         if args.checkpoint_every and done % args.checkpoint_every == 0:
             jrnn.checkpoint.save(ckpt_dir, {"params": params, "opt_state": opt_state, "h": h}, step=done,
-                                 config=config, vocab=vocab.chars, cursor={"losses": losses.tolist()})
+                                 config=config, vocab=vocab.chars, cursor={"losses": losses.tolist()}, run_id=run_id)
         if done % SAMPLE_EVERY == 0 or done == args.steps:
             toks, _ = jrnn.generate(params, jax.random.fold_in(sample_key, done), [int(last_input)], SAMPLE_LEN, h0=h)
             samples.append({"iter": done, "seed": seed, "text": vocab.decode(toks)})
@@ -164,8 +174,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=common.positive_int, default=1, help="independent runs (seeds seed..seed+n-1)")
     ap.add_argument("--data", default=None, help="path to kafka.txt (else $JRNN_DATA_DIR or download)")
     ap.add_argument("--baseline-steps", type=common.non_negative_int, default=300, help="numpy-loop iterations timed for the ratio (0: skip)")
-    ap.add_argument("--checkpoint-every", type=common.non_negative_int, default=0, help=f"save the training state every N iterations (multiple of {CALL_ITERS}; 0: never)")
-    ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint under --out")
+    common.add_checkpoint_flags(ap, f"save the training state every N iterations (multiple of {CALL_ITERS}; 0: never)")
     ap.add_argument("--max-bad-steps", type=common.positive_int, default=10, help="stop after this many consecutive NaN/inf steps")
     ap.add_argument("--as-written", action="store_true",
                     help="seed 003b exactly as written: its lossFun never accumulates dby, so b_y stays 0 "
@@ -181,9 +190,11 @@ def main(argv=None):
     if len(ids) < SEQ_LEN + 1:
         raise ValueError(f"corpus has {len(ids)} chars; min-char-rnn needs at least {SEQ_LEN + 1}")
 
+    seeds = range(args.seed, args.seed + args.seeds)
+    resumes = [find_resume(seed, vocab, args) for seed in seeds]   # every seed checked before any trains
     runs, samples = [], []
-    for seed in range(args.seed, args.seed + args.seeds):
-        losses, wall = run_seed(seed, ids, vocab, args, samples)
+    for seed, resume in zip(seeds, resumes):
+        losses, wall = run_seed(seed, ids, vocab, args, samples, resume)
         sm = smooth(losses, vocab.size)
         marks = {str(i): float(sm[i]) for i in range(0, args.steps, 1000)}
         marks[str(args.steps)] = float(sm[-1])

@@ -6,7 +6,15 @@ config, vocabulary, data cursor, each leaf's path/shape/dtype and a sha256 of it
 
 Writing: temp file in the same folder, flush + fsync, `os.replace`, fsync of the folder; so a
 crash (even SIGKILL) mid-write leaves the previous checkpoints untouched and at worst a stray
-`*.tmp` file. The last `keep` checkpoints are kept.
+`*.tmp` file.
+
+Runs: a folder's checkpoints belong to one training run. `start_run(folder)` gives a run an id,
+written to `folder/run.json`, and refuses a folder that holds checkpoints already unless told to
+`overwrite` (then they are deleted); `save(..., run_id=)` stamps the id and a write counter into
+every header and refuses a folder that another run has claimed since; `load_latest` loads only
+the folder's run (its newest write first), and `save` keeps that run's last `keep` writes, never
+deleting the file it has just written nor another run's. Without run ids (`run_id=None`, no
+run.json) a folder is one anonymous run, as before.
 
 Loading needs a *template* state of the same structure (e.g. a fresh init and
 `optimizer.init`), as Flax's `restore_checkpoint(target=...)` does: leaves are checked against
@@ -21,6 +29,7 @@ import json
 import os
 import re
 import tempfile
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +39,12 @@ import numpy as np
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d{10})\.npz$")
+RUN_FILE = "run.json"
+_FOLDER = object()   # load_latest's default: the run that owns the folder
+
+
+class RunConflictError(ValueError):
+    """A folder holds (or was claimed for) another run's checkpoints."""
 
 
 class Checkpoint(NamedTuple):
@@ -38,6 +53,7 @@ class Checkpoint(NamedTuple):
     step: int
     cursor: Any       # data position (JSON value) saved with the state
     path: Path
+    run_id: str | None = None   # the run that wrote it (None: written without a run id)
 
 
 def _leaf_paths(tree):
@@ -50,16 +66,125 @@ def _to_numpy(x):
     return np.asarray(x)
 
 
+def _write_atomically(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt_", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _owner(directory) -> str | None:
+    """The run id in `directory/run.json`; None without one. RunConflictError if unreadable."""
+    path = Path(directory) / RUN_FILE
+    try:
+        run_id = json.loads(path.read_text())["run_id"]
+        if isinstance(run_id, str):
+            return run_id
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise RunConflictError(f"{path} is damaged: it cannot tell which run owns {directory}")
+
+
+def run_of(directory) -> str | None:
+    """The id of the run that owns `directory` (its run.json), or None if none has claimed it.
+
+    RunConflictError if the folder holds checkpoints but no readable run.json (an older jrnn
+    wrote them, or the file was removed): which run they belong to cannot be told.
+    """
+    run_id = _owner(directory)
+    if run_id is not None or not list_checkpoints(directory):
+        return run_id
+    raise RunConflictError(f"{directory} holds checkpoints without a readable {RUN_FILE}: it cannot tell which run "
+                           "wrote them; start a new run with overwrite (--overwrite) or move them away")
+
+
+def check_fresh(directory) -> None:
+    """RunConflictError if `directory` holds checkpoints (of any run): a new run must not mix in."""
+    found = list_checkpoints(directory)
+    if found:
+        raise RunConflictError(
+            f"{directory} holds {len(found)} checkpoint(s) of an earlier run ({found[0].name} .. {found[-1].name}): "
+            "continue that run with --resume, or replace it with --overwrite (deletes them), or choose another --out")
+
+
+def start_run(directory, *, overwrite: bool = False) -> str:
+    """Claim `directory` for a new run and return its id (write it with `save(..., run_id=)`).
+
+    A folder holding checkpoints is refused (RunConflictError) unless `overwrite`: then the new
+    run.json is written first and the old checkpoints are deleted after, so a crash in between
+    leaves files that the new run never loads.
+    """
+    directory = Path(directory)
+    old = list_checkpoints(directory)
+    if not overwrite:
+        check_fresh(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex
+    _write_atomically(directory / RUN_FILE, json.dumps({"run_id": run_id}).encode())
+    for p in old + sorted(directory.glob(".ckpt_*.tmp")):
+        p.unlink(missing_ok=True)
+    return run_id
+
+
+def _header(path: Path) -> dict | None:
+    """The JSON header of a checkpoint file, read without its arrays; None if unreadable."""
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:   # reads the header member only
+            h = json.loads(z["header"].tobytes().decode())
+        return h if isinstance(h, dict) else None
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, UnicodeDecodeError):
+        return None
+
+
+def _written_by(directory, run_id) -> tuple[list[Path], list[Path]]:
+    """(run `run_id`'s checkpoints, oldest write first; files whose header cannot be read)."""
+    mine, unreadable = [], []
+    for p in list_checkpoints(directory):
+        h = _header(p)
+        if h is None:
+            unreadable.append(p)
+        elif h.get("run_id") == run_id:
+            mine.append((h.get("seq", -1), h.get("step", -1), p))
+    return [p for *_, p in sorted(mine)], unreadable
+
+
 def save(directory, state, *, step: int, config: dict | None = None, vocab=None, cursor=None,
-         keep: int = 3) -> Path:
-    """Write `state` as `directory/ckpt_<step>.npz` atomically; keep the newest `keep` files."""
+         keep: int = 3, run_id: str | None = None) -> Path:
+    """Write `state` as `directory/ckpt_<step>.npz` atomically, as run `run_id` (see `start_run`).
+
+    Keeps the run's newest `keep` writes (never deleting the file just written, nor another
+    run's). RunConflictError if the folder belongs to another run than `run_id`.
+    """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    owner = _owner(directory)
+    if owner != run_id:
+        raise RunConflictError(
+            f"{directory} belongs to run {owner}, not to run {run_id}: another run has claimed it; "
+            "nothing was written" if owner is not None else
+            f"{directory} was not claimed by run {run_id}: call start_run first; nothing was written")
+    previous, _ = _written_by(directory, run_id)
+    seq = 1 + max([_header(p).get("seq", -1) for p in previous[-1:]], default=-1)
     leaves = [_to_numpy(x) for x in jax.tree.leaves(state)]
     header = {
-        "format_version": FORMAT_VERSION, "step": int(step), "config": config, "cursor": cursor,
+        "format_version": FORMAT_VERSION, "step": int(step), "run_id": run_id, "seq": seq,
+        "config": config, "cursor": cursor,
         "vocab": None if vocab is None else list(vocab),
         "leaves": [{"path": p, "shape": list(a.shape), "dtype": str(a.dtype),
                     "sha256": hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()}
@@ -69,32 +194,23 @@ def save(directory, state, *, step: int, config: dict | None = None, vocab=None,
     np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
              **{f"leaf_{i}": a for i, a in enumerate(leaves)})
     path = directory / f"ckpt_{int(step):010d}.npz"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt_", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    for old in list_checkpoints(directory)[:-keep]:
+    _write_atomically(path, buf.getvalue())
+    # prune by this run's write order, never the file just written (saving step 100 after
+    # steps 500..1500 keeps it) and never another run's files
+    older = [p for p in previous if p != path]
+    for old in older[: max(0, len(older) - (keep - 1))]:
         old.unlink(missing_ok=True)
     return path
 
 
-def list_checkpoints(directory) -> list[Path]:
-    """Checkpoint files in `directory`, oldest first."""
+def list_checkpoints(directory, *, run_id=_FOLDER) -> list[Path]:
+    """Checkpoint files in `directory`: all of them by step (default), or run `run_id`'s in
+    write order (oldest first)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
+    if run_id is not _FOLDER:
+        return _written_by(directory, run_id)[0]
     return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
 
 
@@ -130,16 +246,22 @@ def load(path, template, *, config: dict | None = None, vocab=None) -> Checkpoin
         if hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest() != meta["sha256"]:
             raise ValueError(f"checkpoint {path}: {meta['path']} fails its checksum (corrupted)")
     state = jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in leaves])
-    return Checkpoint(state, header["step"], header["cursor"], path)
+    return Checkpoint(state, header["step"], header["cursor"], path, header.get("run_id"))
 
 
-def load_latest(directory, template, **kw) -> Checkpoint | None:
-    """Newest loadable checkpoint (a corrupted newest file falls back to the one before it).
+def load_latest(directory, template, *, run_id=_FOLDER, **kw) -> Checkpoint | None:
+    """The newest write of one run that loads (a corrupted newest file falls back to the one before).
 
-    Returns None if there is none; mismatched config/vocab still raise (that is not damage).
+    The run is the folder's (its run.json; without one, the checkpoints written with no run id)
+    unless `run_id` is given: another run's checkpoints are never loaded. Returns None if the run
+    has none; mismatched config/vocab still raise (that is not damage), and so does a folder
+    whose only candidates are damaged.
     """
-    errors = []
-    for path in reversed(list_checkpoints(directory)):
+    if run_id is _FOLDER:
+        run_id = _owner(directory)
+    mine, unreadable = _written_by(directory, run_id)
+    errors = [f"checkpoint {p} is truncated or corrupted (its header cannot be read)" for p in unreadable]
+    for path in reversed(mine):
         try:
             return load(path, template, **kw)
         except ValueError as e:

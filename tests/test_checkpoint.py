@@ -196,3 +196,116 @@ def test_load_of_a_folder_or_a_missing_file_says_so(tmp_path):
     assert "corrupted" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="no checkpoint file at"):
         checkpoint.load(tmp_path / "ckpt_0000000099.npz", make_state())
+
+
+# ---- runs: a folder's checkpoints belong to one run ------------------------------------------
+
+def test_saving_an_earlier_step_never_deletes_the_file_just_written(tmp_path):
+    for step in range(500, 1600, 100):
+        checkpoint.save(tmp_path, make_state(0), step=step, keep=3)
+    path = checkpoint.save(tmp_path, make_state(1), step=100, keep=3)
+    assert path.exists()                                    # was deleted by the name-ordered prune
+    ck = checkpoint.load_latest(tmp_path, make_state())
+    assert ck.path == path and ck.step == 100 and bits_equal(ck.state, make_state(1))   # newest write
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == [
+        "ckpt_0000000100.npz", "ckpt_0000001400.npz", "ckpt_0000001500.npz"]
+
+
+def test_a_new_run_refuses_a_folder_of_another_runs_checkpoints_unless_told_to_overwrite(tmp_path):
+    a = checkpoint.start_run(tmp_path)
+    for step in (500, 1000):
+        checkpoint.save(tmp_path, make_state(0), step=step, run_id=a)
+    with pytest.raises(checkpoint.RunConflictError, match="--resume.*--overwrite"):
+        checkpoint.start_run(tmp_path)
+    assert len(checkpoint.list_checkpoints(tmp_path)) == 2 and checkpoint.run_of(tmp_path) == a
+    b = checkpoint.start_run(tmp_path, overwrite=True)
+    assert b != a and checkpoint.run_of(tmp_path) == b and checkpoint.list_checkpoints(tmp_path) == []
+    checkpoint.save(tmp_path, make_state(1), step=100, run_id=b)
+    ck = checkpoint.load_latest(tmp_path, make_state())
+    assert ck.step == 100 and ck.run_id == b
+
+
+def test_load_latest_and_pruning_see_only_the_folders_run(tmp_path):
+    a = checkpoint.start_run(tmp_path / "a")
+    foreign = checkpoint.save(tmp_path / "a", make_state(0), step=1500, run_id=a)
+    b = checkpoint.start_run(tmp_path)
+    (tmp_path / foreign.name).write_bytes(foreign.read_bytes())   # another run's file in b's folder
+    for step in (100, 200, 300, 400):
+        checkpoint.save(tmp_path, make_state(1), step=step, keep=2, run_id=b)
+    names = [p.name for p in checkpoint.list_checkpoints(tmp_path)]
+    assert names == ["ckpt_0000000300.npz", "ckpt_0000000400.npz", "ckpt_0000001500.npz"]  # a's kept
+    ck = checkpoint.load_latest(tmp_path, make_state())
+    assert ck.step == 400 and ck.run_id == b                      # not a's step 1500
+    assert checkpoint.load_latest(tmp_path, make_state(), run_id=a).step == 1500
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path, run_id=b)] == names[:2]
+
+
+def test_save_refuses_a_folder_another_run_has_claimed(tmp_path):
+    a = checkpoint.start_run(tmp_path)
+    b = checkpoint.start_run(tmp_path)          # a has written nothing yet: b may claim the folder
+    checkpoint.save(tmp_path, make_state(), step=10, run_id=b)
+    with pytest.raises(checkpoint.RunConflictError, match=f"belongs to run {b}"):
+        checkpoint.save(tmp_path, make_state(), step=20, run_id=a)
+    with pytest.raises(checkpoint.RunConflictError, match="call start_run first"):
+        checkpoint.save(tmp_path / "unclaimed", make_state(), step=20, run_id=a)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["ckpt_0000000010.npz"]
+
+
+def test_checkpoints_without_a_run_file_cannot_be_resumed_as_a_run(tmp_path):
+    checkpoint.save(tmp_path, make_state(), step=1)             # no run id: an older jrnn's folder
+    with pytest.raises(checkpoint.RunConflictError, match="cannot tell which run"):
+        checkpoint.run_of(tmp_path)
+    assert checkpoint.run_of(tmp_path / "empty") is None
+
+
+# ---- the experiments' --resume / --overwrite -------------------------------------------------
+
+@pytest.fixture
+def no_training(monkeypatch):
+    from experiments import common
+
+    def progress(*a, **k):
+        raise AssertionError("training started")
+    monkeypatch.setattr(common, "progress", progress)
+
+
+def test_minchar_fresh_run_refuses_another_runs_checkpoints_before_training(data_dir, tmp_path, no_training):
+    from experiments import minchar
+    old = checkpoint.save(tmp_path / "checkpoints" / "seed_0", make_state(), step=500)
+    args = ["--steps", "100", "--checkpoint-every", "100", "--baseline-steps", "0", "--quiet", "--out", str(tmp_path)]
+    with pytest.raises(checkpoint.RunConflictError, match="--resume.*--overwrite"):
+        minchar.main(args)
+    assert old.exists()
+    with pytest.raises(ValueError, match="choose one"):
+        minchar.main([*args, "--resume", "--overwrite"])
+    with pytest.raises(AssertionError, match="training started"):
+        minchar.main([*args, "--overwrite"])
+    assert not old.exists() and checkpoint.run_of(tmp_path / "checkpoints" / "seed_0") is not None
+
+
+def test_minchar_resume_with_fewer_steps_than_the_checkpoint_is_refused(data_dir, tmp_path):
+    from experiments import minchar
+    args = ["--baseline-steps", "0", "--quiet", "--checkpoint-every", "100", "--out", str(tmp_path)]
+    minchar.main([*args, "--steps", "200"])
+    before = (tmp_path / "results.json").read_bytes()
+    with pytest.raises(ValueError, match=r"--steps 100 is fewer than the 200 iterations"):
+        minchar.main([*args, "--steps", "100", "--resume"])
+    assert (tmp_path / "results.json").read_bytes() == before     # nothing written
+    m = minchar.main([*args, "--steps", "200", "--resume"])       # same length: the run as it is
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert len(r["runs"][0]["losses"]) == 200 and m["median_final_smooth_loss"] == json.loads(before)[
+        "metrics"]["median_final_smooth_loss"]
+
+
+def test_charlm_full_resume_with_fewer_epochs_than_the_checkpoint_is_refused(data_dir, tmp_path):
+    from experiments import charlm
+    # 170 chars: 153 to train (7 calls of 10 steps of 1 stream x 2 chars), 17 to validate
+    args = ["--full", "--chars", "170", "--batch", "1", "--seq-len", "2", "--hidden", "4", "--sample-len", "2",
+            "--checkpoint-every", "10", "--quiet", "--out", str(tmp_path)]
+    charlm.main([*args, "--epochs", "2"])
+    before = (tmp_path / "results.json").read_bytes()
+    with pytest.raises(ValueError, match=r"--epochs 1 \(70 steps\) ends before step 140 .* --epochs >= 2"):
+        charlm.main([*args, "--epochs", "1", "--resume"])
+    assert (tmp_path / "results.json").read_bytes() == before
+    with pytest.raises(checkpoint.RunConflictError):
+        charlm.main([*args, "--epochs", "1"])                      # a fresh run into the same folder
