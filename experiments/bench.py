@@ -518,12 +518,16 @@ def main(argv=None):
     configs = args.configs
     budget = Budget(GPU_QUICK_BUDGET_S if args.gpu_quick and args.time_budget is None else args.time_budget)
     if args.deer:
+        out = args.out.parent / "bench_deer" if args.out.name == "bench" else args.out
+        try:   # checked before measuring, as --out itself was
+            common.out_dir(out)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"--out (--deer writes to {out}): {e}") from None
         configs = DEER_GPU if jax.default_backend() == "gpu" else DEER_CPU
         print(DEER_HEADER, flush=True)
         with common.Timer() as t:
             rows = deer_rows(configs, 3 if args.quick else args.repeats, budget=budget,
                              on_row=lambda r: print(deer_line(r), flush=True))
-        out = args.out.parent / "bench_deer" if args.out.name == "bench" else args.out
         common.save_results(out, "bench_deer", {"configs": configs}, {}, t.s, rows=rows)
         done = [r for r in rows if r["method"] == "deer" and "skipped" not in r]
         common.plot_curves(out, {"deer fwd+bwd speedup": (np.arange(len(done)), [r["train_speedup"] for r in done])},

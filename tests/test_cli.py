@@ -119,6 +119,13 @@ def test_out_where_no_file_can_be_written_is_refused_at_parse_time(tmp_path, mon
     assert e.value.code == 2 and "argument --out: cannot write in" in err and "Permission denied" in err
 
 
+def test_bench_deer_checks_the_folder_it_writes_before_measuring(tmp_path, monkeypatch):
+    (tmp_path / "bench_deer").write_text("a file")
+    monkeypatch.setattr(bench, "deer_rows", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(ValueError, match="--out .*bench_deer.*not a folder"):
+        bench.main(["--deer", "--out", str(tmp_path / "bench")])
+
+
 @pytest.mark.parametrize("module,argv,flag", [
     (bench, ["--only", "nonsense"], "--only"),
     (bench, ["--deer", "--only", "jrnn"], "--deer"),
