@@ -176,7 +176,7 @@ def run_full_mode(args, ids, vocab):
             raise ValueError(f"--resume: the checkpoints under {ckpt_dir} were written by a run of {written_by} "
                              f"process(es), this run has {procs}; resume with the same number of processes")
     ck = common.find_resume(ckpt_dir, args, state, config=config, vocab=vocab.chars)
-    if args.resume and procs > 1:
+    if procs > 1:  # also a barrier: every process has checked the folder before process 0 claims it
         _same_checkpoint_everywhere(ckpt_dir, -1 if ck is None else ck.step)
     steps_per_epoch = n_calls * FULL_CALL_STEPS
     if ck is not None and ck.step > args.epochs * steps_per_epoch:   # its state is past the run asked for
