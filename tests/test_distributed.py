@@ -7,17 +7,13 @@ import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-
-import jrnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # argv: out.npz  [process_id num_processes port [die_at_step]]; without a process id: one process
 SCRIPT = r"""
-import os, signal, sys
+import functools, os, signal, sys
 out = sys.argv[1]
 import jax, numpy as np
 if len(sys.argv) > 2:
@@ -34,10 +30,22 @@ batches = [(rng.randint(0, V, (T, B)), rng.randint(0, V, (T, B))) for _ in range
 mesh = jrnn.train.batch_mesh(B)
 rows = jrnn.train.process_rows(mesh, B)   # this process's share: all rows with one process
 results = {}
+
+
+def lm(cell):
+    # init, loss, zeros of a one-layer LM of `cell` (the jrnn.lm.model value when it exists)
+    if hasattr(jrnn.lm, "model"):
+        m = jrnn.lm.model(cell, vocab_size=V, hidden_size=H)
+        return (lambda k: m.init(k, dtype=jnp.float64)), m.loss, m.zeros
+    return (lambda k: jrnn.lm.init(k, cell=cell, vocab_size=V, hidden_size=H, dtype=jnp.float64),
+            functools.partial(jrnn.lm.sequence_loss, cell=cell), functools.partial(jrnn.lm.zeros, cell=cell))
+
+
 for cell in ("elman", "lstm"):   # Elman: one step per call; LSTM: K=2 steps per call (charlm --full)
-    params = jrnn.lm.init(jax.random.key(0), cell=cell, vocab_size=V, hidden_size=H, dtype=jnp.float64)
+    init, loss, zeros = lm(cell)
+    params = init(jax.random.key(0))
     opt = jrnn.optim.adam(1e-2, clip_norm=1.0)
-    loss_fn = lambda p, b, c, cell=cell: jrnn.lm.sequence_loss(p, b[0], b[1], c, cell=cell)
+    loss_fn = lambda p, b, c, loss=loss: loss(p, b[0], b[1], c)
     step = jrnn.train.make_data_parallel_step(loss_fn, opt, mesh=mesh, multi_step=cell == "lstm")
     calls = ([(x[:, rows], y[:, rows]) for x, y in batches] if cell == "elman" else
              [tuple(np.stack([b[k][:, rows] for b in batches[i:i + 2]]) for k in (0, 1)) for i in (0, 2)])
@@ -49,7 +57,7 @@ for cell in ("elman", "lstm"):   # Elman: one step per call; LSTM: K=2 steps per
             assert "equal on every process" in str(e), e
         else:
             raise AssertionError("params that differ across processes were accepted")
-    p, s, c, losses = params, opt.init(params), jrnn.lm.zeros(params, (len(rows),), cell=cell), []
+    p, s, c, losses = params, opt.init(params), zeros(params, (len(rows),)), []
     for i, batch in enumerate(calls):
         if i == die_at and jax.process_index() == 1:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -62,6 +70,7 @@ for cell in ("elman", "lstm"):   # Elman: one step per call; LSTM: K=2 steps per
             assert isinstance(m["loss"], np.ndarray)   # host values, the same on every process
         losses.extend(np.atleast_1d(m["loss"]))
     results[cell] = (losses, jrnn.train.to_host((p, c)))
+    results[cell + "_init"] = (losses, params)
 if jax.process_index() == 0:
     np.savez(out, **{f"{cell}_losses": l for cell, (l, _) in results.items()},
              **{f"{cell}_{i}": a for cell, (_, t) in results.items() for i, a in enumerate(jax.tree.leaves(t))})
@@ -110,8 +119,7 @@ def test_two_processes_train_like_one_process_over_two_devices_and_a_killed_one_
         # float64; the same per-device sums, all-reduced by gloo instead of in one process
         np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-14, err_msg=k)
     assert a["lstm_losses"].shape == (4,) and a["elman_losses"].shape == (4,)
-    init = jax.tree.leaves(jrnn.lm.init(jax.random.key(0), cell="lstm", vocab_size=11, hidden_size=8, dtype=jnp.float64))
-    assert np.abs(a["lstm_0"] - init[0]).max() > 1e-3   # it trained
+    assert np.abs(a["lstm_0"] - a["lstm_init_0"]).max() > 1e-3   # it trained
 
     assert rc1 == -9
     assert rc0 == 3 and "another process died" in out0, out0[-3000:]   # an error, not a hang
