@@ -115,23 +115,24 @@ def test_truncated_reference_matches_finite_differences_of_the_tbptt_surrogate(T
     """TBPTT's gradient is not the full loss's, so its oracle is the truncated loss itself: the sum
     of each block's losses through its window from the detached state before it. Central
     differences of that function along random directions in every leaf (and h0) must equal
-    <bptt.truncated's gradient, direction>."""
+    <bptt.truncated's gradient, direction>. With seed 002's bug in `truncated` the error is ~1."""
     params, x, y, h0 = make_problem(3 * T + k1 + k2, T, 11, 16, 11)
     _, hs, _ = bptt.forward(params, x, h0)   # hs[t] = h_{t-1}: the states to hold fixed
     loss, grads, dh0 = bptt.truncated(params, x, y, h0, k1=k1, k2=k2)
     surrogate = lambda p, h: tbptt_surrogate(p, x, y, h, k1, k2, hs)
     assert surrogate(params, h0) == pytest.approx(loss, rel=1e-13)   # the value is the full loss
-    rng, eps, worst = np.random.RandomState(T), 1e-5, 0.0
+    rng, eps, worst = np.random.RandomState(T), 1e-4, 0.0
     leaves = [(name, np.asarray(getattr(params, name))) for name in elman.ElmanParams._fields] + [("h0", np.asarray(h0))]
     reference = {**grads, "h0": dh0}
     for name, value in leaves:
         for _ in range(3):
             v = rng.randn(*value.shape)
             shifted = lambda s: (params._replace(**{name: value + s * eps * v}), h0) if name != "h0" else (params, h0 + s * eps * v)
-            fd = (surrogate(*shifted(1)) - surrogate(*shifted(-1))) / (2 * eps)
+            f = lambda s: surrogate(*shifted(s))
+            fd = (8 * (f(1) - f(-1)) - (f(2) - f(-2))) / (12 * eps)   # fourth-order central difference
             ad = float(np.sum(reference[name] * v))
             worst = max(worst, abs(fd - ad) / max(abs(ad), 1e-3))
-    assert worst < 1e-7, worst
+    assert worst < 1e-8, worst   # measured worst over these cases: 5.4e-10
     if k2 < T:   # and the full loss's gradient is a different thing: its FD would not agree
         _, full, _ = bptt.many_to_many(params, x, y, h0)
         assert relative_error(grads["w_hh"], full["w_hh"]) > 1e-3
