@@ -71,6 +71,9 @@ for cell in ("elman", "lstm"):   # Elman: one step per call; LSTM: K=2 steps per
         losses.extend(np.atleast_1d(m["loss"]))
     results[cell] = (losses, jrnn.train.to_host((p, c)))
     results[cell + "_init"] = (losses, params)
+if jax.process_count() > 1:   # every process got the same metrics and the same final params
+    from jax.experimental import multihost_utils
+    multihost_utils.assert_equal({k: (np.asarray(l), jax.tree.leaves(t)) for k, (l, t) in results.items()})
 if jax.process_index() == 0:
     np.savez(out, **{f"{cell}_losses": l for cell, (l, _) in results.items()},
              **{f"{cell}_{i}": a for cell, (_, t) in results.items() for i, a in enumerate(jax.tree.leaves(t))})
