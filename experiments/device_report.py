@@ -1,0 +1,266 @@
+"""One prepared device run: everything a GPU session should measure, in one command.
+
+    PYTHONPATH=. python -m experiments.device_report [--out runs/device_report]
+
+Within 8 minutes on one H100, printing as it goes, it runs five parts, each in its own process
+with its own time limit (so one slow part cannot eat the window; a part that runs over is
+stopped and the report says so, keeping what it measured):
+
+  env     GPU, driver, jax, jaxlib, CUDA, flax, torch, optax, numpy, python
+  tests   pytest on the GPU-relevant files (gradients, elman_scan, deer, train), not slow ones
+  bench   `experiments.bench --gpu-quick`: six configs, jrnn default / best, Flax, PyTorch
+  deer    DEER and quasi-DEER (and ELK where jrnn.parallel has it) against the sequential scan,
+          T in {16k, 65k}, H in {8, 32, 64}, B in {1, 16}: times, Newton iterations, fallbacks
+  charlm  `experiments.charlm --full` for 3 epochs: validation per epoch and wall time
+
+It needs no pip: the python that has jax (CUDA), flax, optax, torch, tqdm, matplotlib, pytest and
+hypothesis, run from the repo root with PYTHONPATH=. (the corpus from $JRNN_DATA_DIR or --data).
+It writes 8 files at most, at most one folder deep, under --out: report.md (the tables),
+report.json (everything), tests.log, deer.json, bench/{results.json,loss.png},
+charlm/{results.json,loss.png}. `--smoke` runs the same code paths on a CPU with tiny sizes
+(about a minute on an idle 2-core CPU; its limits are generous for a loaded one); the test
+suite runs it (slow) and its parts in one process (default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from experiments import common
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# hyperparameters: each part's limit in seconds on the device (sum + process starts < 8 min)
+PARTS = ("env", "tests", "bench", "deer", "charlm")
+LIMIT_S = {"env": 30, "tests": 80, "bench": 195, "deer": 100, "charlm": 70}
+SMOKE_LIMIT_S = {"env": 120, "tests": 180, "bench": 180, "deer": 180, "charlm": 180}   # a loaded CPU
+BENCH_SOFT_S = 180         # the bench starts no new measurement after this (its own budget)
+DEER_SOFT_S = 85
+GPU_TESTS = ["tests/test_gradients.py", "tests/test_elman_scan.py", "tests/test_deer.py", "tests/test_train.py"]
+SMOKE_TESTS = ["tests/test_unroll.py::test_default_unroll_is_1_on_cpu_8_on_gpu_and_never_more_than_t"]
+DEER_CONFIGS = [(T, H, B) for T in (16384, 65536) for H in (8, 32, 64) for B in (1, 16)]
+SMOKE_DEER_CONFIGS = [(64, 4, 2)]
+CHARLM_EPOCHS = 3
+SMOKE_CHARLM = ["--chars", "12000", "--hidden", "8", "--batch", "2", "--seq-len", "16", "--sample-len", "10"]
+SMOKE_BENCH = ["--configs", "2,8,5,7"]
+
+
+# ---- the parts (each runs in its own process: `--part NAME`) ------------------------------------
+
+def part_env(out: Path, smoke: bool) -> dict:
+    import jax
+    import jaxlib
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "jax": jax.__version__, "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
+           "devices": [str(d.device_kind) for d in jax.devices()]}
+    try:
+        env["platform_version"] = jax.devices()[0].client.platform_version   # e.g. the CUDA version
+    except Exception as e:  # noqa: BLE001 - a missing attribute must not stop the report
+        env["platform_version"] = f"unknown ({type(e).__name__})"
+    for mod in ("flax", "optax", "torch", "numpy"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except ImportError:
+            env[mod] = "not installed"
+    try:
+        import torch
+        env["torch_cuda"] = torch.version.cuda
+        env["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        pass
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        env["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        env["nvidia_smi"] = f"unavailable ({type(e).__name__})"
+    for k, v in env.items():
+        print(f"{k}: {v}", flush=True)
+    return env
+
+
+def part_bench(out: Path, smoke: bool) -> dict:
+    from experiments import bench
+    argv = ["--gpu-quick", "--time-budget", str(BENCH_SOFT_S), "--quiet", "--out", str(out / "bench")]
+    if smoke:
+        argv += SMOKE_BENCH
+    bench.main(argv)
+    return json.loads((out / "bench" / "results.json").read_text())
+
+
+def part_deer(out: Path, smoke: bool) -> dict:
+    from experiments import bench
+    rows, path = [], out / "deer.json"
+    budget = bench.Budget(DEER_SOFT_S)
+    configs = SMOKE_DEER_CONFIGS if smoke else DEER_CONFIGS
+    # cheapest first, so a short window measures the most configs (T=65,536, H=8, B=1 early)
+    configs = sorted(configs, key=lambda c: (c[0] * c[1] * c[1] * c[2], c))
+    methods = bench.parallel_methods()
+    print(f"methods: sequential, {', '.join(methods)}", flush=True)
+    print(bench.DEER_HEADER, flush=True)
+
+    def on_row(r):
+        rows.append(r)
+        print(bench.deer_line(r), flush=True)
+        _write_json(path, {"configs": configs, "methods": methods, "rows": rows})
+
+    bench.deer_rows(configs, 2, methods=methods, budget=budget, on_row=on_row)
+    result = {"configs": configs, "methods": methods, "rows": rows,
+              "not_measured": [list(c) for c in configs if not any((r["T"], r["H"], r["B"]) == c for r in rows)]}
+    _write_json(path, result)
+    return result
+
+
+def part_charlm(out: Path, smoke: bool, data=None) -> dict:
+    from experiments import charlm
+    argv = ["--full", "--epochs", "1" if smoke else str(CHARLM_EPOCHS), "--quiet", "--out", str(out / "charlm")]
+    argv += SMOKE_CHARLM if smoke else []
+    argv += ["--data", data] if data else []
+    t0 = time.perf_counter()
+    charlm.main(argv)
+    result = json.loads((out / "charlm" / "results.json").read_text())
+    result["process_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+# ---- the driver --------------------------------------------------------------------------------
+
+def _write_json(path: Path, payload) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(common._plain(payload), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _stream(cmd, limit_s, log=None, prefix=""):
+    """Run cmd, echoing its output as it comes; kill it after limit_s. Returns (rc, seconds, timed_out)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    deadline, timed_out = t0 + limit_s, False
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            timed_out = True
+            proc.kill()
+            break
+        if sel.select(timeout=min(left, 1.0)):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            print(prefix + line.rstrip("\n"), flush=True)
+            if log is not None:
+                log.write(line)
+                log.flush()
+    sel.close()
+    rc = proc.wait()
+    proc.stdout.close()
+    return rc, time.perf_counter() - t0, timed_out
+
+
+def run_part(name, out: Path, smoke: bool, data=None) -> dict:
+    limit = (SMOKE_LIMIT_S if smoke else LIMIT_S)[name]
+    print(f"\n==== {name} (limit {limit} s)", flush=True)
+    if name == "tests":
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+               *(SMOKE_TESTS if smoke else GPU_TESTS)]
+        with open(out / "tests.log", "w") as log:
+            rc, secs, timed_out = _stream(cmd, limit, log, "[tests] ")
+        tail = (out / "tests.log").read_text().strip().splitlines()
+        return {"rc": rc, "seconds": secs, "timed_out": timed_out, "summary": tail[-1] if tail else "",
+                "files": SMOKE_TESTS if smoke else GPU_TESTS}
+    cmd = [sys.executable, "-m", "experiments.device_report", "--part", name, "--out", str(out)]
+    cmd += ["--smoke"] if smoke else []
+    cmd += ["--data", data] if data else []
+    rc, secs, timed_out = _stream(cmd, limit, prefix=f"[{name}] ")
+    result = {"rc": rc, "seconds": secs, "timed_out": timed_out}
+    part_file = out / f".{name}.json"
+    if part_file.exists():
+        result["result"] = json.loads(part_file.read_text())
+        part_file.unlink()
+    elif name == "bench" and (out / "bench" / "results.json").exists():   # cut short: its rows so far
+        result["result"] = json.loads((out / "bench" / "results.json").read_text())
+    elif name == "deer" and (out / "deer.json").exists():
+        result["result"] = json.loads((out / "deer.json").read_text())
+    return result
+
+
+def markdown(report: dict) -> str:
+    """The report's tables (what the README takes, with the card and versions)."""
+    from experiments import bench
+    lines = ["# Device report", ""]
+    env = report["parts"].get("env", {}).get("result", {})
+    if env:
+        lines += ["| what | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(env.items())] + [""]
+    lines += ["| part | seconds | exit | note |", "|---|---|---|---|"]
+    for name, p in report["parts"].items():
+        note = "stopped at its time limit" if p.get("timed_out") else p.get("summary", "")
+        lines.append(f"| {name} | {p['seconds']:.0f} | {p['rc']} | {note} |")
+    b = report["parts"].get("bench", {}).get("result")
+    if b:
+        lines += ["", f"## bench --gpu-quick (precision {b['config'].get('precision')})", "", bench.ROW_HEADER]
+        lines += [bench.row_line(r) for r in b.get("rows", [])]
+        ratios = b.get("metrics", {}).get("jrnn_speedup_vs_best_peer", {})
+        lines += ["", "best peer / best jrnn: " + ", ".join(f"({k}) {v:.2f}x" for k, v in ratios.items() if v)]
+        if b.get("not_measured"):
+            lines.append(f"not measured (time budget): {b['not_measured']}")
+    d = report["parts"].get("deer", {}).get("result")
+    if d:
+        lines += ["", "## parallel-in-time vs sequential scan (Elman)", "", bench.DEER_HEADER]
+        lines += [bench.deer_line(r) for r in d.get("rows", [])]
+        if d.get("not_measured"):
+            lines.append(f"not measured (time budget): {d['not_measured']}")
+    c = report["parts"].get("charlm", {}).get("result")
+    if c:
+        lines += ["", "## charlm --full", "", "| epoch | step | val nats/char | val bits/char | wall s |", "|---|---|---|---|---|"]
+        lines += [f"| {h['epoch']} | {h['step']} | {h['val_nats']:.4f} | {h['val_bits']:.4f} | {h['wall_s']:.1f} |"
+                  for h in c.get("history", [])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = common.parser("device_report", __doc__)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on any backend (the test suite's run)")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument("--part", choices=PARTS, default=None, help=argparse.SUPPRESS)   # a part's own process
+    ap.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
+    ap.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
+    args = ap.parse_args(argv)
+    args.out = args.out.resolve()       # the parts run from the repo root
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ValueError(f"--parts: unknown part(s) {unknown or args.parts!r}; choose from {', '.join(PARTS)}")
+    if args.part is not None:   # inside a part's own process
+        fn = {"env": part_env, "bench": part_bench, "deer": part_deer, "charlm": part_charlm}[args.part]
+        result = fn(args.out, args.smoke, args.data) if args.part == "charlm" else fn(args.out, args.smoke)
+        _write_json(args.out / f".{args.part}.json", result)
+        return result
+    if (args.out / "report.json").exists() and not args.overwrite:
+        raise ValueError(f"--out {args.out} holds a report already: pass --overwrite to replace it, or another --out")
+    report = {"smoke": args.smoke, "parts": {}, "command": "python -m experiments.device_report " + " ".join(argv or [])}
+    t0 = time.perf_counter()
+    for name in parts:
+        report["parts"][name] = run_part(name, args.out, args.smoke, args.data)
+        report["wall_s"] = time.perf_counter() - t0
+        _write_json(args.out / "report.json", report)      # what is measured is kept, part by part
+        (args.out / "report.md").write_text(markdown(report))
+    print("\n" + markdown(report), flush=True)
+    print(f"report: {args.out / 'report.md'} ({report['wall_s']:.0f} s)")
+    return report
+
+
+run = common.cli(main)
+
+if __name__ == "__main__":
+    run()
