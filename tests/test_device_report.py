@@ -63,3 +63,11 @@ def test_smoke_run_writes_the_whole_report(tmp_path, data_dir):
     assert report["parts"]["charlm"]["result"]["history"][0]["val_nats"] > 0
     md = (out / "report.md").read_text()
     assert "## bench --gpu-quick" in md and "## charlm --full" in md and "quasi_deer" in md
+
+
+def test_gpu_limits_fit_the_8_minute_window():
+    assert set(device_report.LIMIT_S) == set(device_report.PARTS)
+    assert sum(device_report.LIMIT_S.values()) <= 8 * 60
+    assert device_report.BENCH_SOFT_S < device_report.LIMIT_S["bench"]
+    assert device_report.DEER_SOFT_S < device_report.LIMIT_S["deer"]
+    assert len(device_report.DEER_CONFIGS) == 12 and {c[0] for c in device_report.DEER_CONFIGS} == {16384, 65536}
