@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import pytest
 
 import jrnn
