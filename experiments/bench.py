@@ -321,13 +321,13 @@ DEER_MAX_JACOBIAN_BYTES = 2**30   # skip configs whose [T, B, H, H] Jacobians ex
 
 
 def parallel_methods():
-    """The parallel-in-time methods `jrnn.parallel.run` offers (ELK where it exists)."""
-    return [m for m in ("deer", "quasi_deer", "elk", "quasi_elk") if m in jrnn.parallel.METHODS]
+    """The parallel-in-time methods `jrnn.parallel.solve` offers."""
+    return list(jrnn.parallel.PARALLEL_METHODS)
 
 
 def deer_rows(configs, repeats, *, methods=None, budget=None, on_row=None):
     """Forward and forward+backward time of an Elman layer by sequential scan and each
-    parallel-in-time method of `jrnn.parallel.run`, with Newton iterations and fallbacks.
+    parallel-in-time method of `jrnn.parallel.solve`, with Newton iterations and fallbacks.
     Stops before a config once `budget` (a `Budget`) is spent."""
     methods = parallel_methods() if methods is None else methods
     cell = jrnn.cells.get("elman")
@@ -347,7 +347,7 @@ def deer_rows(configs, repeats, *, methods=None, budget=None, on_row=None):
                 if method == "sequential":
                     hidden = lambda p, x: (jrnn.rnn.run(cell, p, x, h0)[0], None)
                 else:
-                    hidden = lambda p, x, m=method: (lambda r: (r[0], r[2]))(jrnn.parallel.run(cell, p, x, h0, method=m))
+                    hidden = lambda p, x, m=method: jrnn.parallel.evaluate(cell.step, p, cell.project(p, x), h0, method=m)
                 fwd = jax.jit(hidden)
                 grad = jax.jit(jax.grad(lambda p, x: jnp.sum(hidden(p, x)[0] ** 2)))
                 t0 = time.perf_counter()

@@ -183,9 +183,8 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
         frozen and the output is zero, so right-padded sequences end in their real last state.
       unroll: scan steps per loop iteration, a speed knob; None: `jrnn.rnn.default_unroll`
         (8 on a GPU, 1 on a CPU).
-      method: "sequential" (one lax.scan), "deer" / "quasi_deer" (parallel-in-time Newton,
-        `jrnn.parallel`; falls back to the scan if it does not converge) or "auto" (picks by
-        size, see `jrnn.parallel.auto_method`).
+      method: "sequential" (one lax.scan), or parallel in time: "deer", "quasi_deer", "elk",
+        "quasi_elk", "auto" (see `jrnn.rnn.run`).
 
     Returns:
       (hs `[T, ..., H]`, h_T `[..., H]`): h_T is the state after the last processed step
@@ -193,19 +192,8 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
     """
     activation_fn(activation)
     h0 = _h0(params, inputs, h0)
-    if method == "auto":
-        from jrnn import parallel  # layered above this module: imported on use
-        method = parallel.auto_method(jnp.shape(inputs)[0], int(np.prod(h0.shape[:-1])), h0.shape[-1],
-                                      jax.default_backend())
-    if method in ("deer", "quasi_deer"):
-        from jrnn import parallel
-        if mask is not None or remat:
-            raise ValueError(f"method={method!r} supports neither mask nor remat; use method='sequential'")
-        hs, h_T, _ = parallel.run(cell(activation), params, inputs, h0, method=method, reverse=reverse)
-        return hs, h_T
-    if method != "sequential":
-        raise ValueError(f"unknown method {method!r}; choose sequential, deer, quasi_deer or auto")
-    return rnn.run(cell(activation), params, inputs, h0, mask=mask, reverse=reverse, unroll=unroll, remat=remat)
+    return rnn.run(cell(activation), params, inputs, h0, mask=mask, reverse=reverse, unroll=unroll, remat=remat,
+                   method=method)
 
 
 def cell_init(key, input_size, hidden_size, dtype=jnp.float32) -> ElmanCellParams:

@@ -1,24 +1,41 @@
-"""Parallel-in-time evaluation of nonlinear RNNs: DEER and quasi-DEER.
+"""Parallel-in-time evaluation of nonlinear RNNs: DEER, quasi-DEER, ELK and quasi-ELK.
 
 A sequential scan needs T dependent steps. DEER (Lim et al., 2024) instead guesses all T states
-at once and refines them by Newton's method: linearising h_t = f(h_{t-1}, u_t) around the
-guess gives the *linear* recurrence
+at once and refines them by Newton's method: linearising h_t = f(h_{t-1}, x_t) around the
+guess h' gives the *linear* recurrence
 
-    h_t = J_t h_{t-1} + (f(h'_{t-1}, u_t) - J_t h'_{t-1}),     J_t = df/dh at h'_{t-1},
+    h_t = J_t h_{t-1} + b_t,     J_t = df/dh at h'_{t-1},   b_t = f(h'_{t-1}, x_t) - J_t h'_{t-1},
 
-which `jax.lax.associative_scan` solves in O(log T) depth. quasi-DEER (Gonzalez et al., 2024)
-keeps only diag(J_t): O(H) instead of O(H^2) per step, more iterations. `damping` < 1 takes
-partial Newton steps (a simple stand-in for ELK's trust region) when the linearisation is
-unstable.
+which `jax.lax.associative_scan` solves in O(log T) depth. quasi-DEER keeps only diag(J_t):
+O(H) instead of O(H^2) per step, more iterations.
 
-Convergence is judged on the true residual max_t |h_t - f(h_{t-1}, u_t)|; if it is not below
+Newton's step can overshoot: where the recurrence expands (|J| > 1, e.g. a recurrent spectral
+radius above 1) the products of Jacobians in the linear solve blow up. ELK (Gonzalez et al.,
+NeurIPS 2024, "Towards Scalable and Stable Parallelization of Nonlinear RNNs") takes a
+Levenberg-Marquardt step instead,
+
+    argmin_h  sum_t |h_t - J_t h_{t-1} - b_t|^2 + lam |h_t - h'_t|^2,
+
+which is the posterior mean of a linear-Gaussian state-space model (dynamics J_t, b_t with unit
+process noise, the guess h' observed with noise variance 1/lam). A Kalman filter and RTS
+smoother compute it, both as associative scans (Saerkkae & Garcia-Fernandez, "Temporal
+parallelization of Bayesian smoothers", 2021): O(log T) depth again, with H x H solves per
+combination (quasi-ELK: diagonal Jacobians, H independent scalar smoothers). lam -> 0 is DEER,
+lam -> inf stays put. lam is fixed per call (`lam=`, default 1e-8 as in the paper's code); a step
+that comes out non-finite is rejected and that sequence's lam grows. (A textbook
+Levenberg-Marquardt schedule, keeping a step only if it lowers the sum of squared residuals,
+stalled here: with expanding dynamics the residual's Jacobian has singular values ~ rho^-T,
+so any lam much above that crawls: measured on Elman networks of recurrent spectral radius
+1.5-3.)
+
+Convergence is judged on the true residual max_t |h_t - f(h_{t-1}, x_t)|; if it is not below
 `tol` after `max_iters`, the result is recomputed with the sequential scan (so the answer is
 never silently wrong) and `info.fell_back` says so.
 
-Gradients do not differentiate through the Newton iterations: at the fixed point, the adjoint
-lambda_t = dL/dh_t + J_{t+1}^T lambda_{t+1} is itself a linear recurrence, solved (in reverse)
-by the same associative scan with the full Jacobians, then one batched vjp of the cell gives
-the parameter, input and h0 gradients (`jax.custom_vjp`).
+Gradients do not differentiate through the iterations: at the fixed point (the same for every
+method), the adjoint a_t = dL/dh_t + J_{t+1}^T a_{t+1} is itself a linear recurrence,
+solved (in reverse) by the same associative scan with the full Jacobians, then one batched vjp
+of the cell gives the parameter, input and h0 gradients (`jax.custom_vjp`).
 
 Precision: the solve needs true float32. On NVIDIA GPUs since Ampere JAX computes float32
 matmuls as TF32 by default (10-bit mantissa), and the Newton iteration then stalls far above
@@ -28,7 +45,10 @@ and of its transposes), runs at `Precision.HIGHEST`, whatever the caller's defau
 
 Carries may be any pytree of `[..., H_i]` arrays (the LSTM's (h, c)): they are concatenated into
 one state vector `[..., sum H_i]` for the solve, and the cell's outputs are recomputed from the
-solved carries in one parallel pass. Shapes: us `[T, ..., G*H]`.
+solved carries in one parallel pass. Per-step inputs may be any pytree of `[T, ...]` arrays (a
+masked step's (u, mask)).
+
+This module only needs jax: `jrnn.rnn.run(..., method=...)` dispatches to it.
 """
 
 from __future__ import annotations
@@ -40,11 +60,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import rnn
-
-METHODS = ("sequential", "deer", "quasi_deer", "auto")
+PARALLEL_METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
+METHODS = ("sequential",) + PARALLEL_METHODS + ("auto",)
 
 HIGHEST = jax.lax.Precision.HIGHEST
+
+# ELK's lam: the paper's default (its code's sigmasq = 1 / lam = 1e8), close to Newton's step
+# but bounded; a step that comes out non-finite is rejected and lam grows by LAM_UP for that sequence
+LAM, LAM_UP = 1e-8, 100.0
+
+
+class DeerInfo(NamedTuple):
+    """What the solve did."""
+    iterations: jax.Array  # iterations run (for ELK, rejected trial steps included)
+    residual: jax.Array    # max_t |h_t - f(h_{t-1}, x_t)| of the iterative result
+    fell_back: jax.Array   # True if it did not converge and the sequential scan was used
 
 
 def _full_precision(fn):
@@ -58,107 +88,173 @@ def _full_precision(fn):
     return wrapped
 
 
+def _mm(A, B):
+    return jnp.matmul(A, B, precision=HIGHEST)
+
+
 def _mv(A, x):
     """A `[..., H, H]` @ x `[..., H]` at full precision."""
-    return jnp.matmul(A, x[..., None], precision=HIGHEST)[..., 0]
+    return _mm(A, x[..., None])[..., 0]
 
 
-class DeerInfo(NamedTuple):
-    """What the Newton solve did."""
-    iterations: jax.Array  # Newton iterations run
-    residual: jax.Array    # max_t |h_t - f(h_{t-1}, u_t)| of the Newton result
-    fell_back: jax.Array   # True if it did not converge and the sequential scan was used
+def _mT(A):
+    return jnp.swapaxes(A, -1, -2)
 
 
-def _jacobians(f, prev, us):
+def _plus_eye(A):
+    """A `[..., H, H]` + I."""
+    H = A.shape[-1]
+    return A + jnp.eye(H, dtype=A.dtype).reshape((1,) * (A.ndim - 2) + (H, H))
+
+
+def _jacobians(f, prev, xs):
     """Per-step, per-sequence Jacobians df/dh: `[T, ..., H, H]`."""
     lead, H = prev.shape[:-1], prev.shape[-1]
-    jac = jax.vmap(jax.jacfwd(lambda h, u: f(h[None], u[None])[0]))
-    return jac(prev.reshape(-1, H), us.reshape((-1,) + us.shape[len(lead):])).reshape(lead + (H, H))
+    flat_xs = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[len(lead):]), xs)
+    one = lambda h, x: f(h[None], jax.tree.map(lambda a: a[None], x))[0]
+    return jax.vmap(jax.jacfwd(one))(prev.reshape(-1, H), flat_xs).reshape(lead + (H, H))
 
 
 def _solve_linear(A, b, *, diagonal: bool, reverse: bool = False):
-    """x_t = A_t x_{t-1} + b_t with x_{-1} = 0 (x_{T} = 0 when reverse), by associative scan."""
+    """x_t = A_t x_{t-1} + b_t with x_{-1} = 0 (x_t = A_t x_{t+1} + b_t, x_T = 0 when reverse),
+    by associative scan. A `[T, ..., H, H]` (or `[T, ..., H]` if `diagonal`), b `[T, ..., H]`."""
     def combine(first, second):  # apply `first`, then `second`
         A1, b1 = first
         A2, b2 = second
         if diagonal:
             return A2 * A1, A2 * b1 + b2
-        return jnp.matmul(A2, A1, precision=HIGHEST), _mv(A2, b1) + b2
-    if reverse:
-        flip = lambda t: jax.tree.map(lambda a: jnp.flip(a, 0), t)
-        _, x = jax.lax.associative_scan(combine, flip((A, b)))
-        return jnp.flip(x, 0)
-    _, x = jax.lax.associative_scan(combine, (A, b))
+        return _mm(A2, A1), _mv(A2, b1) + b2
+    _, x = jax.lax.associative_scan(combine, (A, b), reverse=reverse)
     return x
 
 
-def _newton(f, us, h0, *, diagonal, tol, max_iters, damping):
-    T = us.shape[0]
-    shift = lambda hs: jnp.concatenate([h0[None], hs[:-1]])
+def _smooth(F, c, y, lam, *, diagonal: bool):
+    """The ELK (Levenberg-Marquardt) step: the posterior mean of the linear-Gaussian model
 
-    def residual(hs):
+        x_t = F_t x_{t-1} + c_t + N(0, I),   y_t = x_t + N(0, I / lam),   x_{-1} = 0,
+
+    i.e. argmin_x sum_t |x_t - F_t x_{t-1} - c_t|^2 + lam |x_t - y_t|^2, by a parallel Kalman
+    filter and RTS smoother (Saerkkae & Garcia-Fernandez 2021, with their H = I, Q = I,
+    R = I / lam). F `[T, ..., H, H]` (`[T, ..., H]` if `diagonal`: H scalar smoothers),
+    c, y `[T, ..., H]`, lam `[...]` (per sequence).
+    """
+    F = F.at[0].set(0.0)                       # x_{-1} is known exactly (h0 is folded into c_0)
+    k = (lam / (1.0 + lam))[None, ..., None]   # the Kalman gain of every step: Q (Q + R)^-1
+    # filtering elements (A, b, C, eta, J) of every step: p(x_t | x_{t-1}, y_t) as a linear map
+    # A x_{t-1} + b with covariance C, and the likelihood of y_t as a function of x_{t-1}
+    # (information vector eta, information matrix J)
+    if diagonal:
+        elems = ((1 - k) * F, (1 - k) * c + k * y, jnp.broadcast_to(1 - k, c.shape),
+                 k * F * (y - c), k * F * F)
+    else:
+        kk = k[..., None]
+        elems = ((1 - kk) * F, (1 - k) * c + k * y, _plus_eye(jnp.zeros_like(F)) * (1 - kk),
+                 k * _mv(_mT(F), y - c), kk * _mm(_mT(F), F))
+
+    def combine(first, second):  # the filtering associative operator, `first` earlier in time
+        A1, b1, C1, e1, J1 = first
+        A2, b2, C2, e2, J2 = second
+        if diagonal:
+            d = 1.0 + C1 * J2
+            return (A2 * A1 / d, A2 * (b1 + C1 * e2) / d + b2, A2 * A2 * C1 / d + C2,
+                    A1 * (e2 - J2 * b1) / d + e1, A1 * A1 * J2 / d + J1)
+        # N = (I + C1 J2)^-1 and, C and J being symmetric, N^T = (I + J2 C1)^-1
+        N = jnp.linalg.inv(_plus_eye(_mm(C1, J2)))
+        A2N, A1TNT = _mm(A2, N), _mT(_mm(N, A1))
+        sym = lambda S: 0.5 * (S + _mT(S))     # covariances stay symmetric despite rounding
+        return (_mm(A2N, A1), _mv(A2N, b1 + _mv(C1, e2)) + b2, sym(_mm(_mm(A2N, C1), _mT(A2)) + C2),
+                _mv(A1TNT, e2 - _mv(J2, b1)) + e1, sym(_mm(_mm(A1TNT, J2), A1) + J1))
+
+    _, m, P, _, _ = jax.lax.associative_scan(combine, elems)   # filtered means and covariances
+    # RTS smoothing: x_t = E_t x_{t+1} + g_t, E_t = P_t F'^T (F' P_t F'^T + I)^-1 with F' = F_{t+1}
+    Fn, cn = F[1:], c[1:]
+    if diagonal:
+        E = P[:-1] * Fn / (Fn * Fn * P[:-1] + 1.0)
+        g = m[:-1] - E * (Fn * m[:-1] + cn)
+    else:
+        S = _plus_eye(_mm(_mm(Fn, P[:-1]), _mT(Fn)))
+        E = _mT(jnp.linalg.solve(S, _mm(Fn, P[:-1])))     # P, S symmetric
+        g = m[:-1] - _mv(E, _mv(Fn, m[:-1]) + cn)
+    E = jnp.concatenate([E, jnp.zeros_like(E[:1])])
+    g = jnp.concatenate([g, m[-1:]])
+    return _solve_linear(E, g, diagonal=diagonal, reverse=True)
+
+
+def _iterate(f, xs, h0, *, method, tol, max_iters, lam):
+    """The (quasi-)DEER / (quasi-)ELK iteration from h = 0: (hs `[T, ..., H]`, iterations,
+    residual)."""
+    diagonal = method.startswith("quasi")
+    elk = method.endswith("elk")
+    T = jax.tree.leaves(xs)[0].shape[0]
+    shift = lambda hs: jnp.concatenate([h0[None], hs[:-1]])
+    finite = lambda a: jnp.all(jnp.isfinite(a), axis=(0, a.ndim - 1))     # [T, ..., H] -> [...]
+
+    def residual(hs, fs):
         # inf unless every state is finite: products of many Jacobians can overflow, and a
         # NaN must never pass for convergence
-        diff = jnp.abs(hs - f(shift(hs), us))
+        diff = jnp.abs(hs - fs)
         return jnp.where(jnp.all(jnp.isfinite(diff)), jnp.max(diff), jnp.inf)
 
     def body(state):
-        hs, it, _ = state
+        hs, fs, lam, it, _ = state
         prev = shift(hs)
-        fs = f(prev, us)
-        J = _jacobians(f, prev, us)
+        J = _jacobians(f, prev, xs)
         if diagonal:
             J = jnp.diagonal(J, axis1=-2, axis2=-1)
-            b = fs - J * prev
-            b = b.at[0].add(J[0] * h0)          # h_{-1} = h0 enters through step 0
+            b = (fs - J * prev).at[0].add(J[0] * h0)      # h_{-1} = h0 enters through step 0
         else:
-            b = fs - _mv(J, prev)
-            b = b.at[0].add(_mv(J[0], h0))
-        new = _solve_linear(J, b, diagonal=diagonal)
-        new = hs + damping * (new - hs)
-        return new, it + 1, residual(new)
+            b = (fs - _mv(J, prev)).at[0].add(_mv(J[0], h0))
+        new = _smooth(J, b, hs, lam, diagonal=diagonal) if elk else _solve_linear(J, b, diagonal=diagonal)
+        new_fs = f(shift(new), xs)
+        # Newton always moves (a NaN then fails the convergence test); ELK keeps finite steps only
+        keep = finite(new - new_fs) if elk else jnp.ones(h0.shape[:-1], bool)
+        lam = jnp.where(keep, lam, lam * LAM_UP)
+        where = lambda a, b: jnp.where(keep[None, ..., None], a, b)
+        hs, fs = where(new, hs), where(new_fs, fs)
+        return hs, fs, lam, it + 1, residual(hs, fs)
 
     def cond(state):
-        _, it, res = state
+        it, res = state[-2:]
         return (it < max_iters) & ~(res <= tol)
 
     hs0 = jnp.zeros((T,) + h0.shape, h0.dtype)
-    hs, it, res = jax.lax.while_loop(cond, body, (hs0, jnp.asarray(0), residual(hs0)))
+    fs0 = f(shift(hs0), xs)
+    lam0 = jnp.full(h0.shape[:-1], lam, h0.dtype)
+    hs, _, _, it, res = jax.lax.while_loop(cond, body, (hs0, fs0, lam0, jnp.asarray(0), residual(hs0, fs0)))
     return hs, it, res
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5, 6, 7))
 @_full_precision
-def _solve(step, params, us, h0, diagonal, tol, max_iters, damping):
-    """(hs, DeerInfo): one Newton solve; the info rides along as a non-differentiable output."""
-    f = lambda prev, u: step(params, prev, u)[0]
-    hs, it, res = _newton(f, us, h0, diagonal=diagonal, tol=tol, max_iters=max_iters, damping=damping)
+def _solve(step, params, xs, h0, method, tol, max_iters, lam):
+    """(hs, DeerInfo): one solve; the info rides along as a non-differentiable output."""
+    f = lambda prev, x: step(params, prev, x)[0]
+    hs, it, res = _iterate(f, xs, h0, method=method, tol=tol, max_iters=max_iters, lam=lam)
     ok = res <= tol
     # not converged: the sequential scan gives the right answer (one cond, no silent error)
-    hs = jax.lax.cond(ok, lambda: hs, lambda: rnn.scan(step, params, h0, us)[1])
+    hs = jax.lax.cond(ok, lambda: hs, lambda: jax.lax.scan(functools.partial(step, params), h0, xs)[1])
     return hs, DeerInfo(it, res, ~ok)
 
 
 @_full_precision
-def _solve_fwd(step, params, us, h0, diagonal, tol, max_iters, damping):
-    hs, info = _solve(step, params, us, h0, diagonal, tol, max_iters, damping)
-    return (hs, info), (params, us, h0, hs)
+def _solve_fwd(step, params, xs, h0, method, tol, max_iters, lam):
+    hs, info = _solve(step, params, xs, h0, method, tol, max_iters, lam)
+    return (hs, info), (params, xs, h0, hs)
 
 
 @_full_precision  # traced when the caller differentiates, outside the forward's context
-def _solve_bwd(step, diagonal, tol, max_iters, damping, res, cotangents):
-    params, us, h0, hs = res
+def _solve_bwd(step, method, tol, max_iters, lam, res, cotangents):
+    params, xs, h0, hs = res
     g = cotangents[0]                    # the info's cotangents are zeros: nothing flows back
     prev = jnp.concatenate([h0[None], hs[:-1]])
-    f = lambda p, hp, u: step(p, hp, u)[0]
-    _, vjp = jax.vjp(f, params, prev, us)
-    # adjoint: lambda_t = g_t + J_{t+1}^T lambda_{t+1}; the exact gradient needs the full J
-    J = _jacobians(lambda hp, u: f(params, hp, u), prev, us)        # J[t] = df_t/dh_{t-1}
-    A = jnp.concatenate([jnp.swapaxes(J[1:], -1, -2), jnp.zeros_like(J[:1])])
-    lam = _solve_linear(A, g, diagonal=False, reverse=True)
-    d_params, d_prev, d_us = vjp(lam)
-    return d_params, d_us, d_prev[0]
+    f = lambda p, hp, x: step(p, hp, x)[0]
+    _, vjp = jax.vjp(f, params, prev, xs)
+    # adjoint: a_t = g_t + J_{t+1}^T a_{t+1}; the exact gradient needs the full J
+    J = _jacobians(lambda hp, x: f(params, hp, x), prev, xs)        # J[t] = df_t/dh_{t-1}
+    A = jnp.concatenate([_mT(J[1:]), jnp.zeros_like(J[:1])])
+    adjoint = _solve_linear(A, g, diagonal=False, reverse=True)
+    d_params, d_prev, d_xs = vjp(adjoint)
+    return d_params, d_xs, d_prev[0]
 
 
 _solve.defvjp(_solve_fwd, _solve_bwd)
@@ -176,67 +272,74 @@ def _flat(carry):
             lambda z: jax.tree.unflatten(tree, jnp.split(z, cuts, axis=-1)))
 
 
-@_full_precision
-def _evaluate(step, params, us, carry0, *, method, tol, max_iters, damping):
-    """(outputs `[T, ...]`, final carry, DeerInfo)."""
-    if method not in ("deer", "quasi_deer"):
-        raise ValueError(f"method must be 'deer' or 'quasi_deer', got {method!r}")
-    if not 0.0 < damping <= 1.0:
-        raise ValueError(f"damping must be in (0, 1], got {damping}")
-    if max_iters < 1:
-        raise ValueError(f"max_iters must be >= 1, got {max_iters}")
-    z0, unflat = _flat(carry0)
-    tol = (1e-10 if z0.dtype == jnp.float64 else 1e-5) if tol is None else tol
+def check_method(method: str, *, parallel_only: bool = False) -> str:
+    """`method` if it is one of `METHODS` (of `PARALLEL_METHODS` with `parallel_only`), else ValueError."""
+    allowed = PARALLEL_METHODS if parallel_only else METHODS
+    if not isinstance(method, str) or method not in allowed:
+        raise ValueError(f"unknown method {method!r}; choose one of {allowed}")
+    return method
 
-    def flat_step(p, z, u):  # scan-shaped, emits its carry (what the sequential fallback keeps)
-        z = _flat(step(p, unflat(z), u)[0])[0]
+
+def solve(step, params, xs, carry0, *, method: str = "deer", reverse: bool = False, tol: float | None = None,
+          max_iters: int = 50, lam: float = LAM):
+    """All outputs of the recurrence `(carry_t, y_t) = step(params, carry_{t-1}, x_t)`, in parallel.
+
+    Args:
+      step: a scan-shaped step `(params, carry, x) -> (carry, y)`, batch-polymorphic (it is
+        also called on all T steps at once); the carry is an array `[..., H]` or a pytree of
+        them (the LSTM's (h, c)).
+      xs: per-step inputs, an array or pytree of `[T, ...]` (a cell's projected inputs).
+      carry0: the initial carry.
+      method: "deer" (Newton, full Jacobians), "quasi_deer" (diagonal Jacobians), "elk"
+        (Levenberg-Marquardt by Kalman smoothing, full) or "quasi_elk" (diagonal).
+      reverse: run from t = T-1 down to 0 (outputs stay aligned with xs).
+      tol: residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
+      max_iters: iterations before falling back to the sequential scan.
+      lam: ELK's Levenberg-Marquardt parameter (> 0; the observation precision of the current
+        guess): small is close to Newton's step, large takes shorter steps.
+
+    Returns:
+      (ys `[T, ...]`, final carry, DeerInfo); with `reverse` the final carry is the one after
+      t = 0. Differentiable (exact gradients of the fixed point, whatever the method).
+    """
+    check_method(method, parallel_only=True)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
+        raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
+    z0, unflat = _flat(carry0)
+    if tol is None:
+        tol = 1e-10 if z0.dtype == jnp.float64 else 1e-5
+    elif not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if not (isinstance(lam, (int, float, np.floating)) and np.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be a positive finite number, got {lam!r}")
+    if reverse:
+        xs = jax.tree.map(lambda a: jnp.flip(a, 0), xs)
+    ys, final, info = _solve_flat(step, params, xs, z0, unflat, method, float(tol), int(max_iters), float(lam))
+    return (jax.tree.map(lambda a: jnp.flip(a, 0), ys) if reverse else ys), final, info
+
+
+@_full_precision
+def _solve_flat(step, params, xs, z0, unflat, method, tol, max_iters, lam):
+    def flat_step(p, z, x):  # scan-shaped, emits its carry (what the sequential fallback keeps)
+        z = _flat(step(p, unflat(z), x)[0])[0]
         return z, z
 
-    zs, info = _solve(flat_step, params, us, z0, method == "quasi_deer", tol, max_iters, damping)
+    zs, info = _solve(flat_step, params, xs, z0, method, tol, max_iters, lam)
     # the outputs of every step at once, from the carries entering it (parallel over t)
-    ys = step(params, unflat(jnp.concatenate([z0[None], zs[:-1]])), us)[1]
+    ys = step(params, unflat(jnp.concatenate([z0[None], zs[:-1]])), xs)[1]
     return ys, unflat(zs[-1]), info
 
 
-def evaluate(step, params, us, h0, *, method: str = "deer", tol: float | None = None, max_iters: int = 50,
-             damping: float = 1.0):
-    """All outputs of the recurrence `(carry_t, y_t) = step(params, carry_{t-1}, u_t)` by (quasi-)DEER.
-
-    Args:
-      step: a scan-shaped cell step `(params, carry, u) -> (carry, y)`; the carry is an array
-        `[..., H]` or a pytree of them (the LSTM's (h, c)).
-      us: projected inputs `[T, ..., G*H]`; h0: the initial carry.
-      method: "deer" (full Jacobian) or "quasi_deer" (diagonal).
-      tol: residual tolerance (default 1e-10 in float64, 1e-5 otherwise).
-      max_iters: Newton iterations before falling back to the sequential scan.
-      damping: Newton step size in (0, 1].
-
-    Returns:
-      (ys `[T, ..., H]`, DeerInfo). Differentiable (exact gradients of the fixed point).
-    """
-    ys, _, info = _evaluate(step, params, us, h0, method=method, tol=tol, max_iters=max_iters, damping=damping)
+def evaluate(step, params, us, h0, **kw):
+    """`solve` without the final carry: (ys `[T, ...]`, DeerInfo). Keywords as `solve`."""
+    ys, _, info = solve(step, params, us, h0, **kw)
     return ys, info
-
-
-def run(cell, params, inputs, carry=None, *, method: str = "deer", reverse: bool = False,
-        tol: float | None = None, max_iters: int = 50, damping: float = 1.0):
-    """`jrnn.rnn.run` by (quasi-)DEER for any `jrnn.cells.Cell` (no mask); keywords as `evaluate`.
-
-    Returns:
-      (hs `[T, ..., H]`, final carry, DeerInfo); with `reverse`, the final carry is the one
-      after t = 0.
-    """
-    us = cell.project(params, inputs)
-    carry = cell.zeros(params, us.shape[1:-1]) if carry is None else carry
-    us = jnp.flip(us, 0) if reverse else us
-    ys, final, info = _evaluate(cell.step, params, us, carry, method=method, tol=tol, max_iters=max_iters,
-                                damping=damping)
-    return (jnp.flip(ys, 0) if reverse else ys), final, info
 
 
 def auto_method(T: int, batch: int, hidden: int, backend: str | None = None) -> str:
     """The method `method="auto"` uses. Measured on CPU (experiments.bench --deer): the
-    sequential scan won every configuration, so CPU always gets "sequential". No GPU has been
-    measured yet, so GPUs get "sequential" too until the benchmark documents a threshold."""
+    sequential scan won every configuration, so CPU always gets "sequential". No GPU threshold
+    has been measured yet (DEER did not converge on an H100 before its dot products were
+    forced to float32), so GPUs get "sequential" too until the benchmark documents one."""
     del T, batch, hidden, backend
     return "sequential"

@@ -2,6 +2,8 @@
 
 A step is `(params, carry, x_t) -> (carry, y_t)`; `scan` owns time-major vs batch-major, reverse
 direction, `unroll` and (optional) rematerialisation, so every wrapper works with every cell.
+`run` also dispatches to the parallel-in-time solvers of `jrnn.parallel` (`method=`), which sit
+below this module (they need only a step function).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jrnn import parallel
 
 Step = Callable[[Any, Any, Any], tuple]
 
@@ -126,7 +130,7 @@ def zero_padding(inputs, mask):
 
 
 def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int | None = None,
-        remat: bool = False):
+        remat: bool = False, method: str = "sequential"):
     """Run any `jrnn.cells.Cell` over time-major inputs.
 
     Args:
@@ -138,10 +142,17 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
         (visited first) leaves the initial carry untouched, so each sequence is read from its
         own last real step back to its first.
       unroll: steps per loop iteration; None picks `default_unroll` (8 on a GPU, 1 on a CPU).
+      method: "sequential" (one `lax.scan`), or parallel in time (`jrnn.parallel`): "deer",
+        "quasi_deer", "elk", "quasi_elk", each falling back to the scan if it does not
+        converge; "auto" picks by backend and size (`jrnn.parallel.auto_method`). Masks work
+        with every method; `remat` and `unroll` belong to the sequential scan.
 
     Returns:
       (hs `[T, ..., H]`, final carry).
     """
+    parallel.check_method(method)
+    if remat and method not in ("sequential", "auto"):
+        raise ValueError(f"remat applies to the sequential scan only, not to method={method!r}")
     inputs = jnp.asarray(inputs)
     if inputs.ndim == 0 or inputs.shape[0] == 0:
         raise ValueError(f"empty sequence: inputs have shape {inputs.shape}")
@@ -154,6 +165,15 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
         if mask.shape != us.shape[:-1]:
             raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
     unroll = resolve_unroll(unroll, us.shape[0])
+    if method == "auto":
+        lead = us.shape[1:-1]
+        method = "sequential" if remat else parallel.auto_method(
+            us.shape[0], math.prod(lead), sum(c.shape[-1] for c in jax.tree.leaves(carry)), jax.default_backend())
+    if method != "sequential":
+        # a frozen carry across padding is just another step function
+        step, xs = (cell.step, us) if mask is None else (masked(cell.step), (us, mask))
+        hs, carry, _ = parallel.solve(step, params, xs, carry, method=method, reverse=reverse)
+        return hs, carry
     if cell.scan is not None and not remat:
         return cell.scan(params, us, carry, mask=mask, reverse=reverse, unroll=unroll)
     if mask is None:
@@ -176,11 +196,11 @@ def masked(step):
 
 
 def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str = "concat",
-                  unroll: int | None = None):
+                  unroll: int | None = None, method: str = "sequential"):
     """Forward and length-aware reverse passes merged per step: `[T, ..., 2H]` (concat) or
     `[T, ..., H]` (sum). Returns (hs, (final forward carry, final backward carry))."""
-    hf, cf = run(cell, params_fwd, inputs, mask=mask, unroll=unroll)
-    hb, cb = run(cell, params_bwd, inputs, mask=mask, reverse=True, unroll=unroll)
+    hf, cf = run(cell, params_fwd, inputs, mask=mask, unroll=unroll, method=method)
+    hb, cb = run(cell, params_bwd, inputs, mask=mask, reverse=True, unroll=unroll, method=method)
     if merge == "concat":
         return jnp.concatenate([hf, hb], -1), (cf, cb)
     if merge == "sum":
@@ -189,7 +209,7 @@ def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str
 
 
 def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float = 0.0, key=None,
-          unroll: int | None = None):
+          unroll: int | None = None, method: str = "sequential"):
     """Multi-layer RNN: layer l reads layer l-1's states; dropout (rate `dropout`, needs `key`)
     between layers only, as PyTorch's nn.LSTM(dropout=...). Returns (top hs, tuple of carries)."""
     if not 0.0 <= dropout < 1.0:
@@ -203,6 +223,6 @@ def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float
         if i > 0 and dropout > 0.0:
             keep = jax.random.bernoulli(keys[i], 1.0 - dropout, hs.shape)
             hs = jnp.where(keep, hs / (1.0 - dropout), 0.0)
-        hs, c = run(cell, p, hs, c, mask=mask, unroll=unroll)
+        hs, c = run(cell, p, hs, c, mask=mask, unroll=unroll, method=method)
         finals.append(c)
     return hs, tuple(finals)

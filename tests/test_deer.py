@@ -70,10 +70,19 @@ def test_bad_method_arguments_raise():
     params, x, _ = problem(T=5)
     with pytest.raises(ValueError, match="unknown method"):
         elman.hidden(params, x, method="newton")
-    with pytest.raises(ValueError, match="neither mask"):
-        elman.hidden(params, x, mask=np.ones(x.shape, bool), method="deer")
-    with pytest.raises(ValueError, match="damping"):
-        parallel.evaluate(elman.step, params, elman.project(params, x), jnp.zeros((2, 8)), damping=0.0)
+    with pytest.raises(ValueError, match="unknown method"):
+        jrnn.rnn.run(cells.GRU, cells.GRU.init(jax.random.key(0), 3, 4), np.ones((5, 2, 3)), method="sequental")
+    with pytest.raises(ValueError, match="remat"):
+        elman.hidden(params, x, remat=True, method="elk")
+    us, h0 = elman.project(params, x), jnp.zeros((2, 8))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_iters"):
+            parallel.evaluate(elman.step, params, us, h0, max_iters=bad)
+    for bad in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tol"):
+            parallel.evaluate(elman.step, params, us, h0, tol=bad)
+    with pytest.raises(ValueError, match="unknown method"):
+        parallel.evaluate(elman.step, params, us, h0, method="sequential")
     assert elman.hidden(params, x, method="auto")[0].shape == (5, 2, 8)
 
 
@@ -108,14 +117,16 @@ def test_lstm_tuple_carry_states_and_gradients_equal_the_sequential_scan(method)
     xs = jnp.asarray(rng.randn(150, 2, 4))
     c0 = cells.LSTMState(jnp.asarray(0.3 * rng.randn(2, 6)), jnp.asarray(0.3 * rng.randn(2, 6)))
     w = jnp.asarray(rng.randn(150, 2, 6))
-    hs, final, info = parallel.run(cells.LSTM, p, xs, c0, method=method, max_iters=200)
+    solve = lambda p, xs, c0: parallel.solve(cells.LSTM.step, p, cells.LSTM.project(p, xs), c0, method=method,
+                                             max_iters=200)
+    hs, final, info = solve(p, xs, c0)
     seq, seq_final = jrnn.rnn.run(cells.LSTM, p, xs, c0)
     assert not bool(info.fell_back)
     np.testing.assert_allclose(hs, seq, atol=1e-9)
     assert_trees_close(final, seq_final, rtol=1e-8)
 
     def loss(p, xs, c0, par):
-        hs, (h, c) = (parallel.run(cells.LSTM, p, xs, c0, method=method, max_iters=200)[:2] if par
+        hs, (h, c) = (solve(p, xs, c0)[:2] if par
                       else jrnn.rnn.run(cells.LSTM, p, xs, c0))
         return jnp.sum(jnp.sin(hs) * w) + jnp.sum(c ** 2)
 
@@ -127,7 +138,8 @@ def test_lstm_tuple_carry_states_and_gradients_equal_the_sequential_scan(method)
 def test_carries_with_different_leading_shapes_are_refused():
     p = cells.LSTM.init(jax.random.key(0), 3, 4, jnp.float64)
     with pytest.raises(ValueError, match="leading shape"):
-        parallel.run(cells.LSTM, p, np.ones((5, 2, 3)), cells.LSTMState(jnp.zeros((2, 4)), jnp.zeros((3, 4))))
+        jrnn.rnn.run(cells.LSTM, p, np.ones((5, 2, 3)), cells.LSTMState(jnp.zeros((2, 4)), jnp.zeros((3, 4))),
+                     method="deer")
 
 
 def _dot_precisions(fn, *args):
@@ -139,7 +151,7 @@ def _dot_precisions(fn, *args):
 
 
 @pytest.mark.parametrize("outer", ["tensorfloat32", "bfloat16"])
-@pytest.mark.parametrize("method", ["deer", "quasi_deer"])
+@pytest.mark.parametrize("method", ["deer", "quasi_deer", "elk", "quasi_elk"])
 def test_every_dot_of_the_parallel_solve_lowers_at_full_precision(outer, method):
     """On GPUs JAX's default float32 matmul is TF32, too coarse for the Newton solve: whatever
     the caller's precision, every dot product of the solve, the cell's own and the backward
@@ -157,3 +169,83 @@ def test_every_dot_of_the_parallel_solve_lowers_at_full_precision(outer, method)
     assert plain and set(plain) != {"[HIGHEST, HIGHEST]"}      # the context does change other dots
     assert len(fwd) >= 3 and len(bwd) >= 5
     assert set(fwd) == set(bwd) == {"[HIGHEST, HIGHEST]"}, (set(fwd), set(bwd))
+
+
+@pytest.mark.parametrize("method,reverse", [("deer", False), ("quasi_elk", True)])
+def test_masked_parallel_methods_equal_the_masked_sequential_scan(method, reverse):
+    """A frozen carry across padding is just another step function: rnn.run(method=...) with a
+    mask gives the masked scan's states, final carries and gradients, length-aware reverse too."""
+    p = cells.GRU.init(jax.random.key(7), 3, 4, jnp.float64)
+    p = p._replace(w_h=0.5 * p.w_h)            # contracting: quasi-ELK converges quickly
+    rng = np.random.RandomState(8)
+    xs, w = jnp.asarray(rng.randn(40, 3, 3)), jnp.asarray(rng.randn(40, 3, 4))
+    mask = np.arange(40)[:, None] < np.array([40, 25, 1])[None, :]     # right-padded lengths
+
+    def loss(p, xs, m):
+        hs, h = jrnn.rnn.run(cells.GRU, p, xs, mask=mask, reverse=reverse, method=m)
+        return jnp.sum(jnp.sin(hs) * w) + jnp.sum(h ** 2), (hs, h)
+
+    (_, (hs, h)), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xs, method)
+    (_, (hs_s, h_s)), g_s = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xs, "sequential")
+    np.testing.assert_allclose(hs, hs_s, atol=1e-9)
+    np.testing.assert_allclose(h, h_s, atol=1e-9)
+    assert not np.any(np.asarray(hs)[~mask])                            # padding outputs are zero
+    assert_trees_close(g, g_s, rtol=1e-8)
+
+
+def test_elk_step_is_the_least_squares_levenberg_marquardt_step():
+    """The parallel Kalman filter + RTS smoother returns argmin_x sum_t |x_t - F_t x_{t-1} - c_t|^2
+    + lam |x_t - y_t|^2 (a dense least-squares solve), full and diagonal, per-sequence lam."""
+    rng = np.random.RandomState(0)
+    T, B, H = 7, 2, 3
+    F, c, y, lam = 1.5 * rng.randn(T, B, H, H), rng.randn(T, B, H), rng.randn(T, B, H), np.array([0.3, 2.0])
+    for diagonal in (False, True):
+        Fs = np.stack([np.diag(np.diag(f)) for f in F.reshape(-1, H, H)]).reshape(F.shape) if diagonal else F
+        want = np.zeros((T, B, H))
+        for b in range(B):   # rows: x_t - F_t x_{t-1} = c_t, then sqrt(lam) x_t = sqrt(lam) y_t
+            M = np.zeros((2 * T * H, T * H))
+            for t in range(T):
+                M[t * H:(t + 1) * H, t * H:(t + 1) * H] = np.eye(H)
+                if t:
+                    M[t * H:(t + 1) * H, (t - 1) * H:t * H] = -Fs[t, b]
+                M[(T + t) * H:(T + t + 1) * H, t * H:(t + 1) * H] = np.sqrt(lam[b]) * np.eye(H)
+            rhs = np.concatenate([c[:, b].ravel(), np.sqrt(lam[b]) * y[:, b].ravel()])
+            want[:, b] = np.linalg.lstsq(M, rhs, rcond=None)[0].reshape(T, H)
+        arg = np.diagonal(F, axis1=-2, axis2=-1) if diagonal else F
+        got = parallel._smooth(jnp.asarray(arg), jnp.asarray(c), jnp.asarray(y), jnp.asarray(lam), diagonal=diagonal)
+        np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["quasi_elk", pytest.param("elk", marks=pytest.mark.slow)])
+def test_elk_states_and_gradients_equal_the_sequential_scan(method):
+    params, x, y = problem(T=64, B=1, H=4, scale=0.5)
+    x, y = x[:, 0], y[:, 0]
+    h0 = jnp.asarray(np.random.RandomState(2).randn(4) * 0.3)
+
+    def loss(p, h0, m):
+        hs, _ = elman.hidden(p, x, h0, method=m)
+        return losses.softmax_cross_entropy(elman.readout(p, hs), y, reduction="sum"), hs
+
+    (_, hs), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, h0, method)
+    (_, hs_s), g_s = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, h0, "sequential")
+    np.testing.assert_allclose(hs, hs_s, atol=1e-9)
+    assert_trees_close(g, g_s, rtol=1e-8)
+    _, info = parallel.evaluate(elman.step, params, elman.project(params, x), h0, method=method)
+    assert not bool(info.fell_back) and float(info.residual) <= 1e-10
+
+
+@pytest.mark.slow
+def test_elk_converges_where_deer_overflows():
+    """An Elman network with recurrent spectral radius 1.5 in float32 (T=500): DEER's linear
+    solve multiplies Jacobians of norm ~1.5 over hundreds of steps, overflows, and falls back
+    after its 50 iterations; ELK's smoother keeps every step bounded and converges."""
+    params = elman.init(jax.random.key(0), vocab_size=11, hidden_size=4, dtype=jnp.float32)
+    params = params._replace(w_hh=params.w_hh * 1.5)          # orthogonal * 1.5: radius 1.5
+    x = np.random.RandomState(0).randint(0, 11, (500, 1))
+    us, h0 = elman.project(params, x), jnp.zeros((1, 4), jnp.float32)
+    seq = elman.hidden(params, x)[0]
+    _, deer = parallel.evaluate(elman.step, params, us, h0, method="deer")
+    hs, elk = parallel.evaluate(elman.step, params, us, h0, method="elk")
+    assert bool(deer.fell_back) and int(deer.iterations) == 50 and not np.isfinite(float(deer.residual))
+    assert not bool(elk.fell_back) and int(elk.iterations) < 50 and float(elk.residual) <= 1e-5
+    np.testing.assert_allclose(hs, seq, atol=1e-4)
