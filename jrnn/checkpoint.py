@@ -150,6 +150,27 @@ def _header(path: Path) -> dict | None:
         return None
 
 
+MAX_STEP = 10**10 - 1   # file names hold 10 digits: a larger or negative step would never be listed
+
+
+def _check_save_args(step, keep) -> tuple[int, int]:
+    """`step` and `keep` of `save`, checked before anything is written."""
+    for name, v in (("step", step), ("keep", keep)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
+    if not 0 <= step <= MAX_STEP:
+        raise ValueError(f"step must be in [0, {MAX_STEP}] (it names the file ckpt_<10 digits>.npz), got {step}")
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    return int(step), int(keep)
+
+
+def _nonfinite(paths, leaves) -> list[str]:
+    """Paths of the inexact leaves holding a NaN or inf."""
+    return [p for p, a in zip(paths, leaves)
+            if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a))]
+
+
 def _written_by(directory, run_id) -> tuple[list[Path], list[Path]]:
     """(run `run_id`'s checkpoints, oldest write first; files whose header cannot be read)."""
     mine, unreadable = [], []
@@ -167,10 +188,15 @@ def save(directory, state, *, step: int, config: dict | None = None, vocab=None,
     """Write `state` as `directory/ckpt_<step>.npz` atomically, as run `run_id` (see `start_run`).
 
     Keeps the run's newest `keep` writes (never deleting the file just written, nor another
-    run's). RunConflictError if the folder belongs to another run than `run_id`.
+    run's). RunConflictError if the folder belongs to another run than `run_id`. A state holding
+    NaN or inf is refused (ValueError, nothing written): the last checkpoint stays the last good
+    state. `step` is an int in [0, MAX_STEP].
     """
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
+    step, keep = _check_save_args(step, keep)
+    leaves = [_to_numpy(x) for x in jax.tree.leaves(state)]
+    if bad := _nonfinite(_leaf_paths(state), leaves):
+        raise ValueError(f"state at step {step} holds NaN/inf in {', '.join(bad[:5])}: not saved "
+                         "(the last checkpoint stays the last good state)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     owner = _owner(directory)
@@ -181,7 +207,6 @@ def save(directory, state, *, step: int, config: dict | None = None, vocab=None,
             f"{directory} was not claimed by run {run_id}: call start_run first; nothing was written")
     previous, _ = _written_by(directory, run_id)
     seq = 1 + max([_header(p).get("seq", -1) for p in previous[-1:]], default=-1)
-    leaves = [_to_numpy(x) for x in jax.tree.leaves(state)]
     header = {
         "format_version": FORMAT_VERSION, "step": int(step), "run_id": run_id, "seq": seq,
         "config": config, "cursor": cursor,

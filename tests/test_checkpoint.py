@@ -309,3 +309,38 @@ def test_charlm_full_resume_with_fewer_epochs_than_the_checkpoint_is_refused(dat
     assert (tmp_path / "results.json").read_bytes() == before
     with pytest.raises(checkpoint.RunConflictError):
         charlm.main([*args, "--epochs", "1"])                      # a fresh run into the same folder
+
+
+@pytest.mark.parametrize("step, error", [(-1, ValueError), (10**10, ValueError), (1.5, TypeError),
+                                         (True, TypeError), (np.float64(3.0), TypeError)])
+def test_a_step_that_no_file_name_could_list_is_refused_before_writing(tmp_path, step, error):
+    # ckpt_-000000001.npz or an 11-digit name would be written and never listed, loaded nor pruned
+    run = checkpoint.start_run(tmp_path)
+    with pytest.raises(error, match="step"):
+        checkpoint.save(tmp_path, make_state(), step=step, run_id=run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_numpy_integer_steps_are_accepted(tmp_path):
+    path = checkpoint.save(tmp_path, make_state(), step=np.int64(40), keep=np.int32(2))
+    assert path.name == "ckpt_0000000040.npz" and checkpoint.load(path, make_state()).step == 40
+
+
+@pytest.mark.parametrize("keep", [1.5, True, 0])
+def test_a_bad_keep_is_refused_before_writing(tmp_path, keep):
+    with pytest.raises((TypeError, ValueError), match="keep"):
+        checkpoint.save(tmp_path, make_state(), step=1, keep=keep)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+def test_a_state_holding_nan_or_inf_is_never_saved_and_the_last_good_one_stays(tmp_path, bad):
+    run = checkpoint.start_run(tmp_path)
+    good = make_state()
+    checkpoint.save(tmp_path, good, step=10, run_id=run)
+    broken = {**good, "h": good["h"].at[3].set(bad)}
+    with pytest.raises(ValueError, match=r"NaN/inf in \['h'\]"):
+        checkpoint.save(tmp_path, broken, step=20, run_id=run)
+    ck = checkpoint.load_latest(tmp_path, make_state())
+    assert ck.step == 10 and bits_equal(ck.state, good)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["ckpt_0000000010.npz"]
