@@ -225,8 +225,13 @@ def run_full_mode(args, ids, vocab):
 
 
 def _checkpoint_processes(ckpt_dir):
-    """How many processes wrote the newest checkpoint (None: none, or unreadable: load decides)."""
-    paths = jrnn.checkpoint.list_checkpoints(ckpt_dir)
+    """How many processes wrote the newest checkpoint of the run that owns `ckpt_dir` (the one
+    --resume loads; another run's files in the folder do not count). None: no such checkpoint,
+    or unreadable: `find_resume` then decides."""
+    try:
+        paths = jrnn.checkpoint.list_checkpoints(ckpt_dir, run_id=jrnn.checkpoint.run_of(ckpt_dir))
+    except jrnn.checkpoint.RunConflictError:
+        return None
     try:
         with np.load(paths[-1]) as z:
             return (json.loads(z["header"].tobytes().decode())["config"] or {}).get("processes", 1)

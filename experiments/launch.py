@@ -13,6 +13,7 @@ cluster's launcher (SLURM's srun, mpirun) instead: the experiments read the task
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import socket
@@ -90,22 +91,44 @@ def launch(n: int, experiment: str, args: list[str], cpu_devices: int | None = N
             t.join(timeout=2)
 
 
+def _count(text: str) -> int:
+    """-n, --cpu-devices: a positive integer (argparse names the flag and exits 2 otherwise)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _port(text: str) -> int:
+    """--port: a TCP port, 1..65535."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in [1, 65535], got {v}")
+    return v
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.launch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-n", "--num-processes", type=int, required=True, help="processes to start")
-    ap.add_argument("--cpu-devices", type=int, default=None, help="CPU devices per process (default: cores / N)")
-    ap.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
+    ap.add_argument("-n", "--num-processes", type=_count, required=True, help="processes to start")
+    ap.add_argument("--cpu-devices", type=_count, default=None, help="CPU devices per process (default: cores / N)")
+    ap.add_argument("--port", type=_port, default=None, help="coordinator port (default: a free one)")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- <experiment> [its flags]")
     a = ap.parse_args(argv)
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
     if not command:
         ap.error("name an experiment after --, e.g. -- charlm --full")
-    if a.num_processes < 1 or (a.cpu_devices is not None and a.cpu_devices < 1):
-        ap.error("-n and --cpu-devices must be positive")
     if any(f in command for f in ("--coordinator", "--num-processes", "--process-id")):
         ap.error("the launcher sets --coordinator, --num-processes and --process-id itself")
     name = command[0].removeprefix("experiments.")
+    if name.startswith("-") or importlib.util.find_spec(f"experiments.{name}") is None:
+        ap.error(f"no experiment {command[0]!r}: name one of experiments/, e.g. -- charlm --full")
     return launch(a.num_processes, name, command[1:], a.cpu_devices, a.port)
 
 

@@ -344,3 +344,16 @@ def test_a_state_holding_nan_or_inf_is_never_saved_and_the_last_good_one_stays(t
     ck = checkpoint.load_latest(tmp_path, make_state())
     assert ck.step == 10 and bits_equal(ck.state, good)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["ckpt_0000000010.npz"]
+
+
+def test_charlm_resume_reads_the_process_count_of_the_folders_run_not_of_the_newest_file(tmp_path):
+    from experiments import charlm
+    other, mine = tmp_path / "other", tmp_path / "mine"
+    stale = checkpoint.save(other, make_state(), step=500, config={"processes": 2})   # another run, 2 processes
+    run = checkpoint.start_run(mine)
+    checkpoint.save(mine, make_state(), step=100, config={"processes": 1}, run_id=run)
+    os.replace(stale, mine / stale.name)     # left behind (e.g. an --overwrite killed mid-delete)
+    assert charlm._checkpoint_processes(mine) == 1          # the run --resume continues
+    (mine / "run.json").unlink()                            # no owner: find_resume refuses, not this
+    assert charlm._checkpoint_processes(mine) is None
+    assert charlm._checkpoint_processes(tmp_path / "missing") is None
