@@ -51,12 +51,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _download(name: str, dest: Path) -> None:
+def _download(name: str, dest: Path, tried: list[Path]) -> None:
     url, sha = CORPORA[name]
-    missing = (f"corpus {name!r} not found: set {ENV_VAR} to a folder holding {name}.txt, pass a path, "
-               f"or go online to download it from {url}")
+    looked = ", ".join(str(p) for p in tried)
+    missing = (f"corpus {name!r} not found (looked for {looked}): put {name}.txt in a folder and set "
+               f"{ENV_VAR} to it, pass its path (--data PATH), or go online to download it once from {url}")
     if os.environ.get(OFFLINE_VAR, "") not in ("", "0"):
-        raise CorpusNotFoundError(f"{missing} ({OFFLINE_VAR} is set)")
+        raise CorpusNotFoundError(f"{missing} ({OFFLINE_VAR} is set: unset it to allow the download)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
@@ -65,7 +66,8 @@ def _download(name: str, dest: Path) -> None:
         raise CorpusNotFoundError(f"{missing} ({e.__class__.__name__}: {e})") from None
     got = hashlib.sha256(payload).hexdigest()
     if got != sha:
-        raise ValueError(f"download of {name!r} from {url} has sha256 {got}, expected {sha}; not saved")
+        raise ValueError(f"download of {name!r} from {url} has sha256 {got}, expected {sha}; not saved "
+                         f"(fetch the file yourself, check it, and pass its path, e.g. --data PATH)")
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".download")
     with os.fdopen(fd, "wb") as f:  # atomic: a killed download never leaves a half file
         f.write(payload)
@@ -75,17 +77,20 @@ def _download(name: str, dest: Path) -> None:
 def corpus_path(name: str, path: str | os.PathLike | None = None) -> Path:
     """Locate corpus `name` ("tinyshakespeare", "kafka"): explicit path, $JRNN_DATA_DIR, cache."""
     if path is not None:
-        p = Path(path)
+        p = Path(path).expanduser()
         if not p.is_file():
-            raise CorpusNotFoundError(f"no corpus file at {p}")
+            raise CorpusNotFoundError(f"no corpus file at {p.expanduser().absolute()}: check the path "
+                                      f"(or leave it out to use ${ENV_VAR} or the download)")
         return p
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; known: {sorted(CORPORA)} (or pass a path)")
+    tried = []
     env = os.environ.get(ENV_VAR)
     if env:
-        p = Path(env) / f"{name}.txt"
+        p = Path(env).expanduser().absolute() / f"{name}.txt"
         if p.is_file():
             return p
+        tried.append(p)
     p = cache_dir() / f"{name}.txt"
     if p.is_file():
         got, want = _sha256(p), CORPORA[name][1]
@@ -95,7 +100,8 @@ def corpus_path(name: str, path: str | os.PathLike | None = None) -> Path:
             raise ValueError(f"cached corpus {p} fails its checksum (sha256 {got}, expected {want}): delete it "
                              f"so that jrnn downloads it again (unset {OFFLINE_VAR}), set {ENV_VAR} to a folder "
                              f"holding {name}.txt, or pass its path")
-    _download(name, p)
+    tried.append(p)
+    _download(name, p, tried)
     return p
 
 

@@ -64,6 +64,23 @@ def test_offline_missing_corpus_names_env_var_and_url(tmp_path, monkeypatch, off
     assert not (tmp_path / "cache" / "jrnn" / "tinyshakespeare.txt").exists()
 
 
+def test_missing_corpus_error_names_every_path_it_tried(tmp_path, monkeypatch):
+    """JRNN_DATA_DIR set to a folder without the corpus: the error names that file (absolute) and
+    the cache file, says what to do, and nothing is written."""
+    monkeypatch.setenv("JRNN_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JRNN_DATA_DIR", "no_corpus_here")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(data.CorpusNotFoundError) as e:
+        data.corpus_path("kafka")
+    msg = str(e.value)
+    assert str(tmp_path / "no_corpus_here" / "kafka.txt") in msg
+    assert str(tmp_path / "cache" / "jrnn" / "kafka.txt") in msg
+    assert "--data" in msg and "unset it" in msg
+    with pytest.raises(data.CorpusNotFoundError, match=str(tmp_path / "nope.txt")):
+        data.corpus_path("kafka", "nope.txt")
+
+
 def test_download_is_checked_against_sha256(tmp_path, monkeypatch):
     monkeypatch.delenv("JRNN_DATA_DIR", raising=False)
     monkeypatch.delenv("JRNN_OFFLINE", raising=False)
