@@ -1,6 +1,7 @@
-"""Character-level language model on tinyshakespeare (seed 002), the main experiment.
+"""Character-level language model on tinyshakespeare, the main experiment.
 
-Default: the seed's recipe. First 10,000 chars, vocabulary of the whole corpus (65), tanh H=128,
+Default: the recipe of the truncated-BPTT char-LM notebook (source notebook 002, "Recurrent neural
+network implementation"). First 10,000 chars, vocabulary of the whole corpus (65), tanh H=128,
 chunks of T=25 read in order from h=0, SGD lr 1e-3 on the chunk's summed loss, weights
 U(+-1/sqrt(fan_in)), exact k=5 truncated BPTT (TBPTT(k1=1, k2=6): the loss at step t reaches
 at most 6 states), cost = mean NLL per char over the 10k chars, printed before every epoch and
@@ -34,7 +35,7 @@ import numpy as np
 import jrnn
 from experiments import common
 
-# hyperparameters: seed mode (seed 002)
+# hyperparameters: the default recipe (the truncated-BPTT notebook's)
 SEED_CHARS = 10_000    # training_examples
 SEED_HIDDEN = 128      # hidden_units
 SEED_SEQ_LEN = 25      # sequence_length
@@ -51,7 +52,7 @@ FULL_CALL_STEPS = 10   # optimizer steps per jitted call
 VAL_FRACTION = 0.1
 
 
-# ---- seed mode -------------------------------------------------------------------------------
+# ---- default recipe -------------------------------------------------------------------------------
 
 def seed_loss(params, batch, carry):
     """Summed NLL of one chunk from h=0, gradient of exact k-step truncated BPTT."""
@@ -258,13 +259,14 @@ def _same_checkpoint_everywhere(ckpt_dir, step):
 
 # ---- main ------------------------------------------------------------------------------------
 
-FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
+FULL_ONLY = ("hidden", "cell", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
              "overwrite", "max_bad_steps")
 
 
 def main(argv=None):
     ap = common.parser("charlm", __doc__, epochs=10)
-    ap.add_argument("--seeds", type=common.positive_int, default=1, help="independent runs in seed mode (median reported)")
+    ap.add_argument("--seeds", type=common.positive_int, default=1,
+                    help="default recipe: independent runs with random seeds seed..seed+n-1 (median reported)")
     ap.add_argument("--full", action="store_true", help="train on the whole corpus with minibatches")
     ap.add_argument("--hidden", type=common.positive_int, default=FULL_HIDDEN, help="--full: hidden units")
     ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="--full: recurrent cell")
@@ -279,7 +281,7 @@ def main(argv=None):
     ap.add_argument("--max-bad-steps", type=common.positive_int, default=10, help="--full: stop after this many consecutive NaN/inf steps")
     ap.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
     ap.add_argument("--temperature", type=common.positive_float, default=1.0, help="sampling temperature")
-    ap.add_argument("--prime", default="\n", help="text the sample starts from")
+    ap.add_argument("--prime", default="\n", help="text the sample starts from (default: %(default)r, a newline)")
     ap.add_argument("--sample-len", type=common.positive_int, default=500, help="characters to sample")
     common.distributed_flags(ap)
     common.add_precision(ap)
@@ -289,25 +291,26 @@ def main(argv=None):
     common.check_seed_range(args, args.seeds)
     if args.checkpoint_every % FULL_CALL_STEPS:
         raise ValueError(f"--checkpoint-every must be a multiple of {FULL_CALL_STEPS}, got {args.checkpoint_every}")
-    if not args.full:   # the seed recipe fixes these: a value given would be silently ignored
+    if not args.full:   # the default recipe fixes these: a value given would be silently ignored
         given = ["--" + k.replace("_", "-") for k in FULL_ONLY if getattr(args, k) != ap.get_default(k)]
         if given:
-            raise ValueError(f"{', '.join(given)}: only with --full (the seed recipe fixes them)")
+            raise ValueError(f"{', '.join(given)}: only with --full (the default recipe fixes H={SEED_HIDDEN}, "
+                             f"T={SEED_SEQ_LEN}, SGD {SEED_LR}); add --full or drop them")
     elif args.seeds != 1:
-        raise ValueError("--seeds: seed recipe only; --full trains one model (choose it with --seed)")
+        raise ValueError("--seeds: default recipe only; --full trains one model (choose it with --seed)")
     try:
         jrnn.optim.check_learning_rate(args.lr)
     except ValueError as e:
         raise ValueError(f"--lr: {e}") from None
     text = jrnn.data.load_text("tinyshakespeare", args.data)
-    vocab = jrnn.data.build_vocab(text)          # of the whole corpus, as the seed
+    vocab = jrnn.data.build_vocab(text)          # of the whole corpus, as the notebook
     if args.chars is not None and args.chars > len(text):
         raise ValueError(f"--chars {args.chars} is more than the corpus holds ({len(text)} chars)")
     ids = vocab.encode(text[: args.chars] if args.chars else text)
     if args.full:
         full_mode_split(ids, args)               # enough text for --batch, --seq-len and validation?
     elif len(ids) < SEED_SEQ_LEN + 1:
-        raise ValueError(f"--chars {len(ids)}: the seed recipe reads chunks of {SEED_SEQ_LEN + 1} chars")
+        raise ValueError(f"--chars {len(ids)}: the default recipe reads chunks of {SEED_SEQ_LEN + 1} chars")
     if not args.prime:
         raise ValueError("--prime must not be empty")
     try:
@@ -324,6 +327,11 @@ def main(argv=None):
                        "epochs_run": len(history), "steps": history[-1]["step"],
                        "steps_per_s": history[-1]["step"] / history[-1]["wall_s"]}
             runs = {"history": history}
+            config = {"mode": "full", "cell": args.cell, "layers": args.layers, "hidden": args.hidden,
+                      "batch": args.batch, "seq_len": args.seq_len, "optimizer": "adam", "lr": args.lr,
+                      "clip_global_norm": FULL_CLIP_NORM, "steps_per_call": FULL_CALL_STEPS,
+                      "val_fraction": VAL_FRACTION, "train_chars": len(ids) - int(len(ids) * VAL_FRACTION),
+                      "epochs": args.epochs, "seed": args.seed, "max_minutes": args.max_minutes}
             curves = {"validation": ([r["step"] for r in history], [r["val_nats"] for r in history])}
             xlabel, ylabel = "step", "validation nats/char"
         else:
@@ -332,8 +340,14 @@ def main(argv=None):
             params = results[0][0]
             finals = [c[-1] for _, c in results]
             metrics = {"cost_before": [c[0] for _, c in results], "cost_after": finals,
-                       "median_cost_after": float(np.median(finals))}
-            n_steps = (SEED_CHARS // SEED_SEQ_LEN) * args.epochs * args.seeds
+                       "median_cost_after": float(np.median(finals)),
+                       "parameters": sum(int(np.size(a)) for a in jax.tree.leaves(params))}
+            n_chunks = (min(len(ids), SEED_CHARS + 1) - 1) // SEED_SEQ_LEN     # as run_seed_mode cuts them
+            n_steps = n_chunks * args.epochs * args.seeds
+            config = {"mode": "recipe", "hidden": SEED_HIDDEN, "seq_len": SEED_SEQ_LEN, "optimizer": "sgd",
+                      "lr": SEED_LR, "tbptt_k": SEED_K, "init": "uniform_fan_in", "batch": 1,
+                      "train_chars": n_chunks * SEED_SEQ_LEN, "epochs": args.epochs,
+                      "seeds": list(range(args.seed, args.seed + args.seeds))}
             runs = {"costs": [c for _, c in results]}
             curves = {f"seed {args.seed + i}": (np.arange(len(c)), c) for i, (_, c) in enumerate(results)}
             xlabel, ylabel = "epoch", "cost (mean NLL per char, first 10k chars)"
@@ -344,20 +358,25 @@ def main(argv=None):
         toks, _ = jrnn.generate(params, jax.random.key(args.seed), prime, args.sample_len, temperature=args.temperature)
     sample = args.prime + vocab.decode(toks)
     print(f"---- sample (temperature {args.temperature})\n{sample}\n----")
-    config = {k: (str(v) if k == "out" else v) for k, v in vars(args).items()}
-    config.update(vocab_size=vocab.size, chars=len(ids))
+    # what ran, not the argparse defaults of the other mode
+    config.update(vocab_size=vocab.size, corpus_chars=len(ids), data=args.data, temperature=args.temperature,
+                  prime=args.prime, sample_len=args.sample_len, precision=args.precision)
     if not args.full:
         metrics["steps_per_s"] = n_steps / t.s
+    plot = args.out / ("validation_loss.png" if args.full else "cost.png")
     if jax.process_index() == 0:  # one writer per run
         config["processes"] = jax.process_count()
-        common.save_results(args.out, "charlm", config, metrics, t.s, sample=sample, **runs)
-        common.plot_curves(args.out, curves, xlabel=xlabel, ylabel=ylabel, title="char-level LM, tinyshakespeare")
+        plot = common.plot_curves(args.out, curves, xlabel=xlabel, ylabel=ylabel,
+                                  title="char-level LM, tinyshakespeare", filename=plot.name)
+        common.save_results(args.out, "charlm", config, metrics, t.s, sample=sample, plot=plot.name, **runs)
     if args.full:
         print(f"validation: {metrics['val_nats']:.4f} nats/char = {metrics['val_bits']:.4f} bits/char, wall {t.s:.0f} s")
     else:
         for s, c in zip(range(args.seed, args.seed + args.seeds), runs["costs"]):
             print(f"seed {s}: cost " + " ".join(f"{v:.3f}" for v in c))
-        print(f"median cost after {args.epochs} epochs: {metrics['median_cost_after']:.4f} (wall {t.s:.1f} s)")
+        what = "cost" if args.seeds == 1 else f"median cost of {args.seeds} seeds"
+        print(f"{what} after {args.epochs} epochs: {metrics['median_cost_after']:.4f} (wall {t.s:.1f} s)")
+    print(f"plot: {plot}")
     print(f"results: {args.out / 'results.json'}")
     return metrics
 

@@ -234,10 +234,48 @@ def progress(total: int, desc: str, quiet: bool = False):
 
 
 def environment() -> dict:
+    """Where a result was measured: backend, device, CPU, versions and the commit that ran."""
     d = jax.devices()[0]
-    return {"jax": jax.__version__, "backend": jax.default_backend(), "device": str(d.device_kind),
-            "device_count": jax.device_count(), "python": platform.python_version(),
-            "machine": platform.machine(), "cpus": os.cpu_count()}
+    env = {"jax": jax.__version__, "backend": jax.default_backend(), "device": str(d.device_kind),
+           "device_count": jax.device_count(), "python": platform.python_version(),
+           "machine": platform.machine(), "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
+           "numpy": np.__version__}
+    for mod in ("jaxlib", "optax"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            pass
+    env["commit"] = _commit()
+    if hasattr(os, "getloadavg"):  # timings from a busy machine are slower: say how busy it was
+        env["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _commit() -> str | None:
+    """The git commit of this checkout (+ "-dirty" with uncommitted changes), None outside git."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def save_results(out: Path, name: str, config: dict, metrics: dict, wall_s: float, **extra) -> Path:
@@ -268,6 +306,53 @@ def plot_curves(out: Path, curves: dict, *, xlabel: str, ylabel: str, title: str
         ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    path = out / filename
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_panels(out: Path, panels: dict, *, xlabel: str, ylabel: str, title: str, filename: str,
+                logx: bool = False, logy: bool = False, style=None, floor: float | None = None) -> Path:
+    """Small multiples: one axes per panel, panels = {panel title: {label: (xs, ys)}}, one shared
+    legend below them. `style(label)` gives each label's matplotlib keywords (the same label
+    looks the same in every panel); `floor` clips ys from below so a log axis keeps zeros."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows + 0.9), squeeze=False, sharex=True)
+    handles = {}
+    for ax, (name, curves) in zip(axes.flat, panels.items()):
+        for label, (xs, ys) in curves.items():
+            ys = np.asarray(ys, float)
+            if floor is not None:
+                ys = np.where(np.isfinite(ys), np.maximum(ys, floor), ys)
+            (line,) = ax.plot(np.asarray(xs), ys, label=label, **(style(label) if style else {}))
+            handles.setdefault(label, line)
+        ax.set_title(name, fontsize=10)
+        ax.set_xscale("log" if logx else "linear")
+        ax.set_yscale("log" if logy else "linear")
+        ax.grid(alpha=0.3, which="both" if logy else "major")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax in axes.flat[max(0, n - cols):n]:
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    if n < rows * cols:   # the legend takes the first empty panel
+        axes.flat[n].legend(list(handles.values()), list(handles), loc="center", fontsize=9, frameon=False)
+        fig.tight_layout()
+    else:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 3),
+                   fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
     path = out / filename
     fig.savefig(path, dpi=100)
     plt.close(fig)

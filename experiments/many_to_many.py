@@ -1,6 +1,6 @@
-"""Generic many-to-many RNN (seed 001) on a generated task: echo the previous token.
+"""Generic many-to-many RNN on a generated task: echo the previous token.
 
-The seed's system (one-hot inputs, tanh RNN, softmax output at every step, randn * 0.1 weights,
+The system of the many-to-many BPTT notebook (source notebook 001) (one-hot inputs, tanh RNN, softmax output at every step, randn * 0.1 weights,
 zero biases, per-step cross-entropy summed over time, SGD) with its bugs fixed (see `jrnn.bptt`
 for the list). Task: random sequences over a V-token vocabulary; the target at step t is the
 input at step t-1 (0 at t = 0), so the RNN must remember one step back.
@@ -18,7 +18,7 @@ import numpy as np
 import jrnn
 from experiments import common
 
-# hyperparameters (seed 001 where it says)
+# hyperparameters (the notebook's where it says)
 VOCAB = 4
 HIDDEN = 32
 LENGTH = 12
@@ -90,14 +90,17 @@ def main(argv=None):
                "test_token_accuracy": accuracy(params, x_test, y_test),
                "grad_vs_bptt_rel_error_start": grad_err_start, "grad_vs_bptt_rel_error_end": grad_err_end,
                "steps_per_s": args.steps / t.s}
-    config = {"vocab": VOCAB, "hidden": HIDDEN, "length": LENGTH, "lr": LEARNING_RATE, "batch": BATCH,
-              "steps": args.steps, "seed": args.seed}
-    common.save_results(args.out, "many_to_many", config, metrics, t.s, losses=losses[:: max(1, args.steps // 500)])
-    common.plot_curves(args.out, {"train": (np.arange(len(losses)), losses)}, xlabel="step",
-                       ylabel="summed loss per sequence", title="many-to-many (seed 001): echo previous token")
+    config = {"vocab": VOCAB, "hidden": HIDDEN, "length": LENGTH, "init_scale": INIT_SCALE, "optimizer": "sgd",
+              "lr": LEARNING_RATE, "batch": BATCH, "n_train": N_TRAIN, "steps": args.steps, "seed": args.seed}
+    plot = common.plot_curves(args.out, {"train": (np.arange(len(losses)), losses)}, xlabel="step",
+                              ylabel="summed loss per sequence", title="many-to-many RNN: echo the previous token",
+                              filename="train_loss.png")
+    common.save_results(args.out, "many_to_many", config, metrics, t.s, losses=losses[:: max(1, args.steps // 500)],
+                        plot=plot.name)
     print(f"loss {metrics['first_loss']:.3f} -> {metrics['final_loss']:.3f}; "
           f"test token accuracy {metrics['test_token_accuracy']:.4f}")
     print(f"jax.grad vs hand-written BPTT (float64): rel. error {grad_err_start:.1e} at start, {grad_err_end:.1e} at end")
+    print(f"plot: {plot}")
     print(f"results: {args.out / 'results.json'}")
     return metrics
 

@@ -2,7 +2,8 @@
 
 Reads XLA's compiled memory analysis (temp buffers of the jitted gradient) for an Elman LM at
 B=8, H=256, V=65 over several T; `remat=True` keeps sqrt(T) hidden states for the backward pass.
-Also times one gradient at the largest T for each, to show the recompute cost.
+Also times one gradient at T=4000 (else the largest T) for each, to show the recompute cost.
+The plot (memory.png) is temp MiB against T for both.
 """
 
 from __future__ import annotations
@@ -25,30 +26,42 @@ def grad_fn(params, T, remat):
 
 def main(argv=None):
     ap = common.parser("memory", __doc__)
+    ap.add_argument("--lengths", type=common.positive_int, nargs="+", default=list(LENGTHS), help="sequence lengths T")
     args = ap.parse_args(argv)
+    lengths = sorted(set(args.lengths))
+    timed_T = 4000 if 4000 in lengths else lengths[-1]
     params = jrnn.elman.init(jax.random.key(args.seed), vocab_size=VOCAB, hidden_size=HIDDEN)
     rows = []
+    bar = common.progress(2 * len(lengths), "memory (compile per T)", args.quiet)
     with common.Timer() as t:
-        for T in LENGTHS:
+        for T in lengths:
             row = {"T": T}
             for remat in (False, True):
                 compiled = grad_fn(params, T, remat)
                 row["remat" if remat else "plain"] = compiled.memory_analysis().temp_size_in_bytes / 2**20
-                if T == 4000:
+                if T == timed_T:
                     jax.block_until_ready(compiled(params))
                     with common.Timer() as tg:
                         jax.block_until_ready(compiled(params))
                     row[("remat" if remat else "plain") + "_grad_s"] = tg.s
+                bar.update(1)
+                bar.set_postfix(T=T, MiB=f"{row['remat' if remat else 'plain']:.1f}")
             rows.append(row)
+    bar.close()
     print(f"temp memory of loss + grad, B={BATCH}, H={HIDDEN}, V={VOCAB} ({jax.default_backend()}):")
     print("| T | plain MiB | remat MiB | ratio |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['T']} | {r['plain']:.1f} | {r['remat']:.1f} | {r['plain'] / r['remat']:.0f}x |")
-    r4 = next(r for r in rows if r["T"] == 4000)
-    print(f"T=4000 gradient time: plain {r4['plain_grad_s']:.3f} s, remat {r4['remat_grad_s']:.3f} s")
-    common.save_results(args.out, "memory", {"batch": BATCH, "hidden": HIDDEN, "vocab": VOCAB}, {"rows": rows}, t.s)
-    common.plot_curves(args.out, {k: (LENGTHS, [r[k] for r in rows]) for k in ("plain", "remat")},
-                       xlabel="T", ylabel="temp MiB (loss + grad)", title="memory vs sequence length")
+    r4 = next(r for r in rows if r["T"] == timed_T)
+    print(f"T={timed_T} gradient time: plain {r4['plain_grad_s']:.3f} s, remat {r4['remat_grad_s']:.3f} s")
+    plot = common.plot_curves(args.out, {k: (lengths, [r[k] for r in rows]) for k in ("plain", "remat")},
+                              xlabel="T", ylabel="temp MiB (loss + grad)", title="memory vs sequence length",
+                              filename="memory.png")
+    config = {"batch": BATCH, "hidden": HIDDEN, "vocab": VOCAB, "lengths": lengths, "timed_T": timed_T,
+              "seed": args.seed}
+    common.save_results(args.out, "memory", config, {"rows": rows}, t.s, plot=plot.name)
+    print(f"plot: {plot}")
+    print(f"results: {args.out / 'results.json'}")
     return rows
 
 

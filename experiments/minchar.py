@@ -1,15 +1,15 @@
-"""Karpathy's min-char-rnn (seed 003b) on kafka.txt, trained with jrnn.
+"""Karpathy's min-char-rnn on kafka.txt, trained with jrnn.
 
-Same algorithm as the seed: H=100, T=25 chunks read in order with the hidden state carried
+Same algorithm as min-char-rnn.py (as run in source notebook 003, "Recurrent Neural Network"): H=100, T=25 chunks read in order with the hidden state carried
 across chunks (reset at the start and at wrap-around), sum-over-25-steps loss, gradients clipped
 to +-5, Adagrad lr 0.1 from a zero accumulator, smooth loss 0.999/0.001 from -ln(1/V)*T, and a
-200-char sample every 1000 iterations. The numpy loop of the seed runs in the same command for
-the speed ratio.
+200-char sample every 1000 iterations. min-char-rnn's own numpy loop runs in the same command
+for the speed ratio.
 
-`--as-written` runs seed 003b exactly as its notebook is written: its `lossFun` never adds `dy`
-into `dby`, so the readout bias b_y stays 0 for ever (Karpathy's published min-char-rnn, and the
-default here, trains it). The flag zeroes b_y's gradient in the optimizer chain (an optax mask),
-so Adagrad adds 0 to its memory and moves b_y by exactly 0.
+`--as-written` runs min-char-rnn exactly as the source notebook writes it: its `lossFun` never adds
+`dy` into `dby`, so the readout bias b_y stays 0 for ever (Karpathy's published min-char-rnn, and
+the default here, trains it). The flag zeroes b_y's gradient in the optimizer chain (an optax
+mask), so Adagrad adds 0 to its memory and moves b_y by exactly 0.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import optax
 import jrnn
 from experiments import baselines, common
 
-# hyperparameters (seed 003b)
+# hyperparameters (min-char-rnn's)
 HIDDEN = 100          # size of hidden layer of neurons
 SEQ_LEN = 25          # number of steps to unroll the RNN for
 LEARNING_RATE = 0.1   # Adagrad
@@ -86,7 +86,7 @@ def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None
     """Run iterations start..n_iters-1 of min-char-rnn; returns (params, per-iteration losses, h).
 
     Pass the opt_state and h of a checkpoint with `start` to resume exactly where it stopped.
-    `as_written=True` freezes b_y as seed 003b's lossFun does (its opt_state is
+    `as_written=True` freezes b_y as the source notebook's lossFun does (its opt_state is
     `optimizer(True).init(params)`).
     """
     opt_state = optimizer(as_written).init(params) if opt_state is None else opt_state
@@ -177,7 +177,8 @@ def main(argv=None):
     common.add_checkpoint_flags(ap, f"save the training state every N iterations (multiple of {CALL_ITERS}; 0: never)")
     ap.add_argument("--max-bad-steps", type=common.positive_int, default=10, help="stop after this many consecutive NaN/inf steps")
     ap.add_argument("--as-written", action="store_true",
-                    help="seed 003b exactly as written: its lossFun never accumulates dby, so b_y stays 0 "
+                    help="min-char-rnn exactly as the source notebook writes it: its lossFun never accumulates dby, "
+                         "so b_y stays 0 "
                          "(default: train b_y, as Karpathy's published min-char-rnn does)")
     common.add_precision(ap)
     args = ap.parse_args(argv)
@@ -219,21 +220,27 @@ def main(argv=None):
         metrics.update(jrnn_iters_per_s=n / tj.s, numpy_iters_per_s=args.baseline_steps / tn.s)
         metrics["speedup_vs_numpy"] = metrics["jrnn_iters_per_s"] / metrics["numpy_iters_per_s"]
 
-    config = {"hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE, "clip": CLIP, "steps": args.steps,
+    config = {"hidden": HIDDEN, "seq_len": SEQ_LEN, "optimizer": "karpathy_adagrad", "lr": LEARNING_RATE,
+              "clip": CLIP, "init_scale": INIT_SCALE, "steps": args.steps, "steps_per_call": CALL_ITERS,
               "as_written": args.as_written, "precision": args.precision,
-              "seeds": list(range(args.seed, args.seed + args.seeds)), "vocab_size": vocab.size, "chars": len(ids)}
-    common.save_results(args.out, "minchar", config, metrics, sum(r["wall_s"] for r in runs), runs=runs, samples=samples)
+              "seeds": list(range(args.seed, args.seed + args.seeds)), "vocab_size": vocab.size, "chars": len(ids),
+              "data": args.data, "baseline_steps": args.baseline_steps, "resume": args.resume}
     xs = np.arange(args.steps)[:: max(1, args.steps // 500)]
-    common.plot_curves(args.out, {f"seed {r['seed']}": (xs, r["curve"]) for r in runs},
-                       xlabel="iteration", ylabel="smooth loss (sum over 25 chars)",
-                       title="min-char-rnn on kafka.txt" + (" (as written: b_y frozen at 0)" if args.as_written else ""))
+    plot = common.plot_curves(args.out, {f"seed {r['seed']}": (xs, r["curve"]) for r in runs},
+                              xlabel="iteration", ylabel="smooth loss (sum over 25 chars)",
+                              title="min-char-rnn on kafka.txt" + (" (as written: b_y frozen at 0)" if args.as_written else ""),
+                              filename="smooth_loss.png")
+    common.save_results(args.out, "minchar", config, metrics, sum(r["wall_s"] for r in runs), runs=runs,
+                        samples=samples, plot=plot.name)
     for r in runs:
         print(f"seed {r['seed']}: smooth loss " + ", ".join(f"{k}: {v:.2f}" for k, v in r["smooth_loss"].items())
-              + f"  ({r['iters_per_s']:.0f} it/s incl. compile)")
-    print(f"median smooth loss at iter {args.steps}: {metrics['median_final_smooth_loss']:.2f}")
+              + f"  (wall {r['wall_s']:.1f} s, compile included)")
+    what = "smooth loss" if args.seeds == 1 else f"median smooth loss of {args.seeds} seeds"
+    print(f"{what} at iter {args.steps}: {metrics['median_final_smooth_loss']:.2f}")
     if "speedup_vs_numpy" in metrics:
-        print(f"speed: jrnn {metrics['jrnn_iters_per_s']:.0f} it/s, numpy loop {metrics['numpy_iters_per_s']:.0f} it/s "
-              f"-> {metrics['speedup_vs_numpy']:.1f}x")
+        print(f"speed (compiled, steady state; the figure to compare): jrnn {metrics['jrnn_iters_per_s']:.0f} it/s, "
+              f"min-char-rnn's numpy loop {metrics['numpy_iters_per_s']:.0f} it/s -> {metrics['speedup_vs_numpy']:.1f}x")
+    print(f"plot: {plot}")
     print(f"results: {args.out / 'results.json'}")
     return metrics
 

@@ -1,11 +1,12 @@
-"""Word-level sentiment classifier (seed 000): many-to-one tanh RNN, per-sentence SGD.
+"""Word-level sentiment classifier: many-to-one tanh RNN, per-sentence SGD.
 
-The seed's recipe with its gradient fixed (its backward pass used Whh where Whh.T belongs):
+The recipe of the sentiment notebook (source notebook 000) with its gradient fixed (its backward pass used Whh where Whh.T belongs):
 58 training / 20 test sentences, sorted vocabulary, H=64, weights randn/1000, SGD lr 2e-2 with
 elementwise clip +-1, one update per sentence, 1000 epochs, reshuffled every epoch. Several
-seeds train at once under `jax.vmap`; the seed's numpy loop (fixed) is timed in the same command.
+random seeds train at once under `jax.vmap`; the notebook's numpy loop (fixed) is timed in the same
+command.
 
-The seeds are independent, so on a CPU each core gets its own XLA device and the vmapped seeds
+The runs are independent, so on a CPU each core gets its own XLA device and the vmapped seeds
 are split across them (`--devices`); `--devices 1` keeps everything on one.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 import jrnn
 from experiments import baselines, common
 
-# hyperparameters (seed 000)
+# hyperparameters (the sentiment notebook's)
 HIDDEN = 64
 INIT_SCALE = 1e-3     # randn / 1000
 LEARNING_RATE = 2e-2
@@ -193,11 +194,13 @@ def main(argv=None):
     n_devices = sharding.mesh.devices.size
     config = {"hidden": HIDDEN, "init_scale": INIT_SCALE, "lr": LEARNING_RATE, "clip": CLIP,
               "epochs": args.epochs, "seeds": seeds, "vocab": vocab, "devices": n_devices,
-              "runs_trained_incl_padding": n_runs}
-    common.save_results(args.out, "sentiment", config, metrics, wall)
+              "runs_trained_incl_padding": n_runs, "baseline_epochs": args.baseline_epochs,
+              "epochs_per_call": EPOCHS_PER_CALL}
     xs = np.arange(1, args.epochs + 1)
-    common.plot_curves(args.out, {f"seed {s}": (xs, losses[i]) for i, s in enumerate(seeds)},
-                       xlabel="epoch", ylabel="mean train loss", title="sentiment (seed 000), per-sentence SGD")
+    plot = common.plot_curves(args.out, {f"seed {s}": (xs, losses[i]) for i, s in enumerate(seeds)},
+                              xlabel="epoch", ylabel="mean train loss", title="sentiment classifier, per-sentence SGD",
+                              filename="train_loss.png")
+    common.save_results(args.out, "sentiment", config, metrics, wall, plot=plot.name)
     for s, a, b in zip(seeds, test_acc, train_acc):
         print(f"seed {s}: test accuracy {a:.2f} ({int(round(a * 20))}/20), train accuracy {b:.3f}")
     print(f"perfect test accuracy in {metrics['test_perfect_runs']} of {len(seeds)} seeds; min {metrics['min_test_accuracy']:.2f}")
@@ -205,6 +208,7 @@ def main(argv=None):
         print(f"speed: jrnn {metrics['jrnn_epochs_per_s']:.0f} epochs/s ({len(seeds)} seeds under vmap on {n_devices} "
               f"device(s), counting only the {len(seeds)} asked), "
               f"numpy loop {metrics['numpy_epochs_per_s']:.1f} epochs/s -> {metrics['speedup_vs_numpy']:.1f}x")
+    print(f"plot: {plot}")
     print(f"results: {args.out / 'results.json'}")
     return metrics
 

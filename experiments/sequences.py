@@ -1,13 +1,17 @@
-"""Toy sequence tasks of the RNN-class notebook (seed 004), with three optimizers and two inits.
+"""Toy sequence tasks of the Rprop toy-sequence notebook (source notebook 004), with three
+optimizers and two inits.
 
 Five tasks, 3 input dims, 3 classes, softmax over classes, length 10: constant targets 0, 1, 2
 from U(0, 1) inputs (hidden 5), and periodic targets [0,1,0,1,...] (hidden 10) and
 [0,1,2,0,1,2,...] (hidden 50) from all-ones inputs. A task is solved when the argmax matches the
 target at every step and the summed loss is < 0.05, with no inf/NaN anywhere.
 
-Optimizers: the seed's "Rprop" (a per-weight multiplier on the gradient, `jrnn.optim.seed_rprop`),
-Riedmiller's sign-based Rprop (`optax.rprop`), and SGD. Inits: jrnn's default (zero-mean) and the
-seed's U(0, 1) for every weight and bias.
+Optimizers: the notebook's "Rprop" (a per-weight multiplier on the gradient, `jrnn.optim.seed_rprop`,
+printed as multiplier_rprop), Riedmiller's sign-based Rprop (`optax.rprop`), and SGD. Inits: jrnn's
+default (zero-mean) and the notebook's U(0, 1) for every weight and bias (uniform01).
+
+The plot (loss_by_task.png) has one panel per task, log loss over log steps, every optimizer and
+both inits drawn: which runs solve which task, and how fast.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ TASKS = {  # name: (hidden, targets, inputs: "uniform" or "ones")
     "periodic_012": (50, [0, 1, 2], "ones"),
 }
 OPTIMIZERS = {  # name: (factory, learning rate)
-    "seed_rprop": (jrnn.optim.seed_rprop, 0.01),
+    "multiplier_rprop": (jrnn.optim.seed_rprop, 0.01),   # the notebook's rule
     "rprop": (jrnn.optim.rprop, 0.01),
     "sgd": (jrnn.optim.sgd, 0.1),
 }
@@ -68,7 +72,30 @@ def train(task, opt_name, init, steps, seed):
     correct = bool(np.all(np.argmax(np.asarray(logits), -1) == y))
     return {"task": task, "optimizer": opt_name, "init": init, "final_loss": loss, "finite": finite,
             "all_steps_correct": correct, "solved": finite and correct and loss < SOLVED_LOSS,
-            "curve": np.asarray(m["loss"])[:: max(1, steps // 200)]}
+            "curve_steps": curve_steps(steps) + 1, "curve": np.asarray(m["loss"])[curve_steps(steps)]}
+
+
+def curve_steps(steps, points=200):
+    """Indices of the recorded loss curve, log-spaced: the first steps are where the tasks are solved."""
+    return np.unique(np.geomspace(1, steps, points).astype(int)) - 1
+
+
+def plot_tasks(out, results, steps):
+    """One panel per task; colour = optimizer, dashes = init; log-log, failing runs included."""
+    colors = dict(zip(OPTIMIZERS, ("tab:red", "tab:blue", "tab:green")))
+    dashes = {"default": "-", "uniform01": "--"}
+    panels = {}
+    for task, (hidden, pattern, _) in TASKS.items():
+        runs = [r for r in results if r["task"] == task]
+        failed = [f"{r['optimizer']}/{r['init']}" for r in runs if not r["solved"]]
+        name = f"{task} (H={hidden}): " + (f"{len(failed)} of {len(runs)} fail" if failed else "all solve")
+        panels[name] = {f"{r['optimizer']}, {r['init']} init": (r["curve_steps"], r["curve"]) for r in runs}
+    style = lambda label: {"color": colors[label.split(",")[0]], "linestyle": dashes[label.split(", ")[1][:-5]],
+                           "linewidth": 1.4}
+    return common.plot_panels(out, panels, xlabel="step", ylabel="summed loss (0 drawn at 1e-8)", logx=True, logy=True, floor=1e-8,
+                              style=style, filename="loss_by_task.png",
+                              title=f"toy sequence tasks: loss per optimizer and init, {steps} full-batch steps "
+                                    f"(solved: loss < {SOLVED_LOSS}, every step right)")
 
 
 def main(argv=None):
@@ -87,19 +114,19 @@ def main(argv=None):
                      for o in OPTIMIZERS} for init in INITS}
     metrics = {"solved_of_5": solved, "all_solved_default_init": all(v == len(TASKS) for v in solved["default"]),
                "failures": [f"{r['init']}/{r['optimizer']}/{r['task']}" for r in results if not r["solved"]]}
-    config = {"steps": args.steps, "tasks": {k: v[:2] for k, v in TASKS.items()},
-              "optimizers": {k: v[1] for k, v in OPTIMIZERS.items()}, "seed": args.seed}
-    common.save_results(args.out, "sequences", config, metrics, t.s, runs=results)
-    xs = np.arange(args.steps)[:: max(1, args.steps // 200)]
-    common.plot_curves(args.out, {f"{r['optimizer']}/{r['task']}": (xs, r["curve"]) for r in results if r["init"] == "default"},
-                       xlabel="step", ylabel="summed loss", title="seed 004 toy tasks, default init")
-    print(f"{'init':10s} {'optimizer':11s} " + " ".join(f"{k:>13s}" for k in TASKS))
+    config = {"steps": args.steps, "tasks": {k: v[:2] for k, v in TASKS.items()}, "length": LENGTH,
+              "optimizers": {k: v[1] for k, v in OPTIMIZERS.items()}, "inits": list(INITS),
+              "solved_loss": SOLVED_LOSS, "seed": args.seed}
+    plot = plot_tasks(args.out, results, args.steps)
+    common.save_results(args.out, "sequences", config, metrics, t.s, runs=results, plot=plot.name)
+    print(f"{'init':10s} {'optimizer':16s} " + " ".join(f"{k:>13s}" for k in TASKS))
     for init in INITS:
         for o in OPTIMIZERS:
             cells = [next(r for r in results if r["init"] == init and r["optimizer"] == o and r["task"] == k) for k in TASKS]
-            print(f"{init:10s} {o:11s} " + " ".join(
+            print(f"{init:10s} {o:16s} " + " ".join(
                 f"{('ok ' if c['solved'] else 'FAIL')} {c['final_loss']:8.2g}" if c["finite"] else f"{'NaN/inf':>13s}"
                 for c in cells))
+    print(f"plot: {plot}")
     print(f"results: {args.out / 'results.json'}")
     return metrics
 

@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 
 import jrnn
-from experiments import baselines, binary_addition, charlm, many_to_many, minchar, sentiment, sequences
+from experiments import baselines, binary_addition, charlm, many_to_many, memory, minchar, sentiment, sequences
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def outputs(out):
-    assert (out / "loss.png").stat().st_size > 1000
+    """results.json and the plot it names (one PNG, named for what it shows, never loss.png by default)."""
     r = json.loads((out / "results.json").read_text())
+    assert r["plot"].endswith(".png") and (out / r["plot"]).stat().st_size > 1000
+    assert [p.name for p in out.glob("*.png")] == [r["plot"]]
     assert r["environment"]["backend"] == jax.default_backend() and r["wall_time_s"] > 0
     return r
 
@@ -45,6 +47,9 @@ def test_minchar_smoke(data_dir, tmp_path):
     # smooth loss: from -ln(1/V) * 25 (109.55 for kafka's V), then 0.999 / 0.001
     start = -np.log(1.0 / vocab.size) * minchar.SEQ_LEN
     assert r["runs"][0]["smooth_loss"]["0"] == pytest.approx(0.999 * start + 0.001 * r["runs"][0]["first_loss"], rel=1e-7)
+    assert r["plot"] == "smooth_loss.png"
+    assert {k: r["config"][k] for k in ("hidden", "seq_len", "lr", "clip", "init_scale", "steps", "seeds")} == \
+        {"hidden": 100, "seq_len": 25, "lr": 0.1, "clip": 5.0, "init_scale": 0.01, "steps": 200, "seeds": [0]}
     assert m["median_final_smooth_loss"] < r["runs"][0]["smooth_loss"]["0"]
     assert len(r["samples"]) == 1 and len(r["samples"][0]["text"]) == minchar.SAMPLE_LEN
 
@@ -52,6 +57,8 @@ def test_minchar_smoke(data_dir, tmp_path):
 def test_sentiment_smoke(tmp_path):
     m = sentiment.main(["--epochs", "50", "--seeds", "2", "--baseline-epochs", "0", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    c = r["config"]
+    assert (c["epochs"], c["seeds"], c["hidden"], c["lr"], c["baseline_epochs"]) == (50, [0, 1], 64, 0.02, 0)
     assert max(m["final_train_loss"]) < np.log(2) and len(r["metrics"]["test_accuracy"]) == 2
 
 
@@ -82,6 +89,14 @@ def test_sentiment_vocabulary_is_sorted_and_covers_the_test_set():
 def test_charlm_seed_mode_smoke(data_dir, tmp_path):
     m = charlm.main(["--epochs", "1", "--chars", "2000", "--sample-len", "50", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    # the default recipe's settings, not --full's argparse defaults (hidden 512, Adam 2e-3, batch 64, ...)
+    c = r["config"]
+    assert (c["mode"], c["hidden"], c["seq_len"], c["optimizer"], c["lr"], c["batch"], c["tbptt_k"]) == \
+        ("recipe", 128, 25, "sgd", 1e-3, 1, 5)
+    assert c["train_chars"] == 1975 and c["corpus_chars"] == 2000 and c["epochs"] == 1 and c["seeds"] == [0]
+    V = c["vocab_size"]
+    assert m["parameters"] == V * 128 + 128 * 128 + 128 + 128 * V + V       # the model that ran has H = 128
+    assert not {"cell", "layers", "max_minutes", "checkpoint_every"} & set(c)
     assert m["cost_after"][0] < m["cost_before"][0]
     assert m["cost_before"][0] == pytest.approx(np.log(65), abs=0.1)   # uniform init: ~ln V
     assert len(r["sample"]) == 51
@@ -91,6 +106,11 @@ def test_charlm_full_mode_smoke(data_dir, tmp_path):
     m = charlm.main(["--full", "--epochs", "2", "--chars", "40000", "--hidden", "32", "--batch", "8",
                      "--seq-len", "16", "--sample-len", "20", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    c = r["config"]
+    assert (c["mode"], c["hidden"], c["batch"], c["seq_len"], c["optimizer"], c["lr"], c["cell"]) == \
+        ("full", 32, 8, 16, "adam", 2e-3, "elman")
+    assert c["train_chars"] == 40000 - 4000 and c["epochs"] == 2 and "seeds" not in c
+    assert m["parameters"] == 65 * 32 + 32 * 32 + 32 + 32 * 65 + 65
     h = r["history"]
     assert h[-1]["val_nats"] < h[0]["val_nats"] < np.log(65)
     assert m["val_bits"] == pytest.approx(m["val_nats"] / np.log(2))
@@ -124,9 +144,12 @@ def test_charlm_full_mode_takes_any_cell_and_depth(data_dir, tmp_path):
 
 def test_binary_addition_seed_recipe_adds_every_pair_after_3000_steps(tmp_path):
     """Measured on seeds 0-7: all 16,384 sums right first at iterations 1300-2100 (seed 0: 1900),
-    so 3,000 of the seed's 10,000 iterations must reach 100 % (at 300 they are at 0-0.4 %)."""
-    m = binary_addition.main(["--steps", "3000", "--seeds", "1", "--recipe", "seed", "--quiet", "--out", str(tmp_path)])
+    so 3,000 of iamtrask's 10,000 iterations must reach 100 % (at 300 they are at 0-0.4 %)."""
+    m = binary_addition.main(["--steps", "3000", "--seeds", "1", "--recipe", "iamtrask", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    c = r["config"]
+    assert (c["recipe"], c["steps"], c["lr"], c["hidden"], c["seeds"]) == ("iamtrask", 3000, 0.1, 16, [0])
+    assert not any(k.startswith("batched") for k in c)      # the batched recipe did not run
     acc = r["curves"]["seed 0"][1]
     assert len(acc) == 30 and acc[0] < 0.01
     assert m["final_exhaustive_accuracy"] == [1.0] and m["seeds_at_100pct"] == 1
@@ -136,7 +159,7 @@ def test_binary_addition_seed_recipe_adds_every_pair_after_3000_steps(tmp_path):
 @pytest.mark.slow
 def test_binary_addition_seed_recipe_adds_every_pair_in_5_of_5_seeds(tmp_path):
     """The seed's configuration (10,000 iterations): every seed adds all 16,384 pairs."""
-    m = binary_addition.main(["--seeds", "5", "--recipe", "seed", "--quiet", "--out", str(tmp_path)])
+    m = binary_addition.main(["--seeds", "5", "--recipe", "iamtrask", "--quiet", "--out", str(tmp_path)])
     assert m["seeds_at_100pct"] == 5 and m["final_exhaustive_accuracy"] == [1.0] * 5
 
 
@@ -152,6 +175,8 @@ def test_binary_addition_encoding_is_exact():
 def test_sequences_smoke(tmp_path):
     m = sequences.main(["--steps", "200", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    assert r["config"]["steps"] == 200 and r["config"]["inits"] == ["default", "uniform01"]
+    assert r["runs"][0]["curve_steps"][-1] == 200 and r["runs"][0]["curve_steps"][0] == 1
     assert len(r["runs"]) == 30
     curves = [run["curve"] for run in r["runs"] if run["init"] == "default"]
     assert all(c[-1] < c[0] for c in curves)
@@ -160,9 +185,32 @@ def test_sequences_smoke(tmp_path):
 
 def test_many_to_many_smoke(tmp_path):
     m = many_to_many.main(["--steps", "100", "--quiet", "--out", str(tmp_path)])
-    outputs(tmp_path)
+    r = outputs(tmp_path)
+    assert (r["config"]["steps"], r["config"]["hidden"], r["config"]["batch"]) == (100, 32, 32)
     assert m["final_loss"] < m["first_loss"]
     assert m["grad_vs_bptt_rel_error_start"] < 1e-10 and m["grad_vs_bptt_rel_error_end"] < 1e-10
+
+
+def test_memory_smoke(tmp_path, capsys):
+    rows = memory.main(["--lengths", "64", "16", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    assert r["plot"] == "memory.png" and r["config"]["lengths"] == [16, 64] and r["config"]["timed_T"] == 64
+    assert [row["T"] for row in rows] == [16, 64] and rows[1]["plain"] > rows[0]["plain"]
+    out = capsys.readouterr()
+    assert f"results: {tmp_path / 'results.json'}" in out.out and "memory" in out.err   # results line, bar
+
+
+def test_charlm_rejects_full_only_flags_in_the_default_recipe(tmp_path):
+    with pytest.raises(ValueError, match="--hidden, --lr: only with --full \\(the default recipe fixes H=128"):
+        charlm.main(["--hidden", "256", "--lr", "0.01", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--seeds: default recipe only"):
+        charlm.main(["--full", "--seeds", "2", "--out", str(tmp_path)])
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_charlm_help_shows_the_newline_prime_readably():
+    p = _run(["experiments.charlm", "--help"])
+    assert "(default: '\\n', a newline)" in p.stdout and "(default: )" not in p.stdout
 
 
 def _run(args, **env):
@@ -170,7 +218,8 @@ def _run(args, **env):
                           env={**os.environ, **env}, timeout=120)
 
 
-@pytest.mark.parametrize("name", ["minchar", "sentiment", "charlm", "binary_addition", "sequences", "many_to_many"])
+@pytest.mark.parametrize("name", ["minchar", "sentiment", "charlm", "binary_addition", "sequences", "many_to_many",
+                                  "memory"])
 def test_help_explains_every_flag(name):
     p = _run([f"experiments.{name}", "--help"])
     assert p.returncode == 0 and "--seed" in p.stdout and "--out" in p.stdout

@@ -1,0 +1,139 @@
+"""experiments.report rewrites README tables from runs/*/results.json, and flags rather than
+invents: synthetic results files in, exact table rows out."""
+
+import json
+import os
+import re
+
+import pytest
+
+from experiments import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ENV = {"jax": "9.9.9", "jaxlib": "9.9.9", "optax": "0.0.7", "numpy": "3.1.4", "backend": "cpu", "device": "cpu",
+       "device_count": 2, "python": "3.99.0", "machine": "x86_64", "cpus": 7, "cpu_model": "Test CPU",
+       "commit": "abc1234", "load_avg_1min": 3.25}
+
+
+def write(runs, name, config, metrics, **extra):
+    d = runs / name
+    d.mkdir(parents=True)
+    payload = {"experiment": name, "config": config, "metrics": metrics, "wall_time_s": 12.5,
+               "environment": ENV, **extra}
+    (d / "results.json").write_text(json.dumps(payload))
+
+
+def readme(tmp_path, *names, before="# title\n\nintro text\n", after="\nclosing text\n"):
+    body = "".join(f"<!-- report:begin {n} -->\nOLD {n} TABLE 1.234\n<!-- report:end {n} -->\n" for n in names)
+    p = tmp_path / "README.md"
+    p.write_text(before + body + after)
+    return p
+
+
+def test_rows_come_from_the_results_files_and_name_the_machine(tmp_path):
+    runs = tmp_path / "runs"
+    write(runs, "charlm", {"mode": "recipe", "seeds": [0, 1, 2], "epochs": 10},
+          {"cost_before": [4.1804, 4.18, 4.18], "cost_after": [2.5651, 2.5632, 2.5601], "median_cost_after": 2.5632})
+    write(runs, "memory", {"lengths": [1000, 4000, 16000], "batch": 8, "hidden": 256, "timed_T": 4000},
+          {"rows": [{"T": 1000, "plain": 43.0, "remat": 1.5}, {"T": 4000, "plain": 172.1, "remat": 3.9,
+                                                                 "plain_grad_s": 0.5, "remat_grad_s": 0.55},
+                    {"T": 16000, "plain": 689.0, "remat": 7.0}]})
+    p = readme(tmp_path, "experiments")
+    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    text = p.read_text()
+    assert text.startswith("# title\n\nintro text\n<!-- report:begin experiments -->\n")
+    assert text.endswith("<!-- report:end experiments -->\n\nclosing text\n") and "OLD" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| `charlm` (main)"))
+    assert "**2.565, 2.563, 2.560** after 10 epochs (median 2.563); 12.5 s for all 3 seeds" in row
+    assert "`python -m experiments.charlm --seeds 3`" in row and row.endswith("| [1], load 3.2 |")
+    mem = next(line for line in text.splitlines() if line.startswith("| `memory`"))
+    assert "T=4000: **172.1 plain, 3.9 with `remat=True`**" in mem and "0.500 vs 0.550 s" in mem
+    env = next(line for line in text.splitlines() if line.startswith("[1] "))
+    for part in ("x86_64 Test CPU", "7 CPUs", "cpu backend", "jax 9.9.9", "optax 0.0.7", "numpy 3.1.4",
+                 "Python 3.99.0", "commit abc1234"):
+        assert part in env
+
+
+def test_missing_and_foreign_runs_are_flagged_never_filled_in(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    # a --full run written into runs/charlm: not the row's command, so its numbers must not appear
+    write(runs, "charlm", {"mode": "full", "epochs": 10}, {"cost_after": [9.876]})
+    p = readme(tmp_path, "experiments", "cells", "bench", "deer")
+    report.main(["--readme", str(p), "--runs", str(runs)])
+    text = p.read_text()
+    charlm = next(line for line in text.splitlines() if line.startswith("| `charlm` (main)"))
+    assert report.NOT_YET in charlm and "another command" in charlm and "9.876" not in text
+    for row in report.EXPERIMENTS + report.CELLS:
+        line = next(line for line in text.splitlines() if f"`{row.command}`" in line)
+        assert report.NOT_YET in line
+        assert not re.search(r"\*\*\d", line)                     # no bold number anywhere in a missing row
+    assert text.count(f"{report.NOT_YET}: no ") == len(report.EXPERIMENTS) - 1 + len(report.CELLS) + 2
+    assert "(no run measured yet)" in text
+    out = capsys.readouterr().out
+    assert out.count("not yet regenerated: ") == len(report.EXPERIMENTS) + len(report.CELLS) + 2
+
+
+def test_a_results_file_missing_a_metric_is_flagged(tmp_path):
+    runs = tmp_path / "runs"
+    write(runs, "sequences", {"steps": 3000, "seed": 0}, {"solved_of_5": {"default": {"sgd": 5}}})
+    p = readme(tmp_path, "experiments")
+    report.main(["--readme", str(p), "--runs", str(runs)])
+    line = next(line for line in p.read_text().splitlines() if line.startswith("| `sequences`"))
+    assert report.NOT_YET in line and "lacks" in line
+
+
+def test_bench_table_pivots_every_implementation(tmp_path):
+    runs = tmp_path / "runs"
+    rows = [{"config": [1, 100, 25, 80], "impl": i, "train_us": us} for i, us in
+            (("jrnn", 292.4), ("flax", 326.0), ("torch", 1114.0))]
+    rows.append({"config": [32, 256, 128, 65], "impl": "jrnn", "train_us": 26285.0})
+    write(runs, "bench", {"quick": True, "precision": "float32"},
+          {"jrnn_speedup_vs_best_peer": {"1,100,25,80": 1.115, "32,256,128,65": None}}, rows=rows,
+          versions={"jax": "9.9.9", "torch": "2.0"})
+    p = readme(tmp_path, "bench")
+    report.main(["--readme", str(p), "--runs", str(runs)])
+    lines = p.read_text().splitlines()
+    assert "| B, H, T, V | jrnn | flax | torch | best peer / best jrnn |" in lines
+    assert "| 1, 100, 25, 80 | 292 | 326 | 1,114 | **1.11x** |" in lines
+    assert "| 32, 256, 128, 65 | 26,285 | – | – | – |" in lines
+    assert any(line.startswith("[1] ") and "torch 2.0" in line for line in lines)
+
+
+def test_rewriting_is_idempotent_and_check_reports_staleness(tmp_path):
+    runs = tmp_path / "runs"
+    p = readme(tmp_path, "experiments")
+    assert report.main(["--readme", str(p), "--runs", str(runs), "--check"]) == 1   # "OLD" table: stale
+    assert "OLD" in p.read_text()                                                   # --check writes nothing
+    report.main(["--readme", str(p), "--runs", str(runs)])
+    once = p.read_text()
+    assert report.main(["--readme", str(p), "--runs", str(runs), "--check"]) == 0
+    report.main(["--readme", str(p), "--runs", str(runs)])
+    assert p.read_text() == once
+
+
+@pytest.mark.parametrize("text, match", [
+    ("<!-- report:begin experiments -->\n", "no report:end"),
+    ("<!-- report:end experiments -->\n", "without a matching"),
+    ("<!-- report:begin nosuch -->\n<!-- report:end nosuch -->\n", "unknown report table"),
+    ("no markers at all\n", "no <!-- report:begin"),
+])
+def test_broken_markers_are_refused(tmp_path, text, match):
+    p = tmp_path / "README.md"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        report.main(["--readme", str(p), "--runs", str(tmp_path)])
+    assert p.read_text() == text
+
+
+def test_every_results_table_in_the_readme_is_generated():
+    """Outside the report markers the README holds no results table (only the module table and
+    the list of reproduced systems, which hold no measurements)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    names = re.findall(r"<!-- report:begin ([\w-]+) -->", text)
+    assert set(names) == {"experiments", "cells", "bench", "deer"}
+    outside = re.sub(r"<!-- report:begin ([\w-]+) -->.*?<!-- report:end \1 -->", "", text, flags=re.S)
+    lines = outside.splitlines()
+    headers = [line for line, below in zip(lines, lines[1:]) if below.startswith("|---")]
+    assert headers == ["| module | owns |", "| experiment | system it reproduces | source notebook |"]
