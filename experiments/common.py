@@ -245,7 +245,7 @@ def environment() -> dict:
             env[mod] = __import__(mod).__version__
         except (ImportError, AttributeError):
             pass
-    env["commit"] = _commit()
+    env["commit"] = _COMMIT
     if hasattr(os, "getloadavg"):  # timings from a busy machine are slower: say how busy it was
         env["load_avg_1min"] = round(os.getloadavg()[0], 2)
     return env
@@ -370,6 +370,9 @@ def _plain(x):
     if hasattr(x, "tolist"):
         return x.tolist()
     return x
+
+
+_COMMIT = _commit()   # read when the experiment starts: the code that runs is the code loaded now
 
 
 class Timer:

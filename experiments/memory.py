@@ -61,9 +61,12 @@ def main(argv=None):
         print(f"| {r['T']} | {r['plain']:.1f} | {r['remat']:.1f} | {r['plain'] / r['remat']:.0f}x |")
     r4 = next(r for r in rows if r["T"] == timed_T)
     print(f"T={timed_T} gradient time: plain {r4['plain_grad_s']:.3f} s, remat {r4['remat_grad_s']:.3f} s")
-    plot = common.plot_curves(args.out, {k: (lengths, [r[k] for r in rows]) for k in ("plain", "remat")},
-                              xlabel="T", ylabel="temp MiB (loss + grad)", title="memory vs sequence length",
-                              filename="memory.png")
+    # log-log: the plain scan's line has slope 1, remat's about 1/2 (it keeps sqrt(T) states)
+    plot = common.plot_panels(args.out, {f"B={BATCH}, H={HIDDEN}, V={VOCAB}": {
+                                  k: (lengths, [r[k] for r in rows]) for k in ("plain", "remat")}},
+                              xlabel="T", ylabel="temp MiB (loss + grad)", logx=True, logy=True,
+                              style=lambda label: {"marker": "o"},
+                              title="memory of loss + gradient vs sequence length", filename="memory.png")
     config = {"batch": BATCH, "hidden": HIDDEN, "vocab": VOCAB, "lengths": lengths, "timed_T": timed_T,
               "seed": args.seed}
     common.save_results(args.out, "memory", config, {"rows": rows}, t.s, plot=plot.name)
