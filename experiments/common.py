@@ -89,9 +89,9 @@ def out_dir(text) -> Path:
         raise argparse.ArgumentTypeError(f"{path} exists and is not a folder") from None
     except OSError as e:
         raise argparse.ArgumentTypeError(f"cannot create folder {path}: {e.strerror or e}") from None
-    for name in ("results.json", "loss.png"):
-        if (path / name).is_dir():
-            raise argparse.ArgumentTypeError(f"{path / name} is a folder; results cannot be written there")
+    for p in [path / "results.json", *path.glob("*.png")]:   # the plot's name depends on the experiment
+        if p.is_dir():
+            raise argparse.ArgumentTypeError(f"{p} is a folder; results cannot be written there")
     try:
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test_")
         os.close(fd)
