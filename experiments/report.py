@@ -122,6 +122,14 @@ def memory(r):
             f"T={c['timed_T']}: {timed['plain_grad_s']:.3f} vs {timed['remat_grad_s']:.3f} s")
 
 
+def minchar_mode_row(r):
+    import statistics
+    finals = r["metrics"]["final_smooth_loss_per_seed"]
+    std = statistics.pstdev(finals) if len(finals) > 1 else 0.0
+    return (f"**{r['metrics']['median_final_smooth_loss']:.2f}** | {_range(finals, '{:.2f}')} | {std:.2f} | "
+            f"{_join(finals, '{:.2f}')}")
+
+
 def cell_row(r):
     m = r["metrics"]
     return (f"{m['parameters']:,} | {m['val_nats']:.3f} | {m['val_bits']:.3f} | {m['steps']:,} | "
@@ -139,7 +147,8 @@ EXPERIMENTS = [
     Row("charlm_full", "python -m experiments.charlm --full --epochs 20 --out runs/charlm_full",
         {**FULL, "cell": "elman", "hidden": 512, "epochs": 20}, charlm_full, "bar ≤ 1.8 nats/char in < 30 min",
         "`charlm --full`"),
-    Row("minchar", "python -m experiments.minchar --seeds 5", {"seeds": SEEDS5, "steps": 4000}, minchar,
+    Row("minchar", "python -m experiments.minchar --seeds 5", {"seeds": SEEDS5, "steps": 4000, "as_written": False},
+        minchar,
         "min-char-rnn: 53.08 at iteration 4000; bar median ≤ 55, ≥ 10x numpy", "`minchar`"),
     Row("sentiment", "python -m experiments.sentiment", {"seeds": SEEDS5, "epochs": 1000}, sentiment,
         "notebook: 0.90 test accuracy; bar 20/20 in ≥ 4 of 5, none < 0.95, ≥ 20x numpy", "`sentiment`"),
@@ -156,6 +165,14 @@ CELLS = [
     Row(f"charlm_{cell}", f"python -m experiments.charlm --full --cell {cell} --hidden {h} --epochs 10 "
         f"--out runs/charlm_{cell}", {**FULL, "cell": cell, "hidden": h, "epochs": 10}, cell_row, label=cell)
     for cell, h in (("elman", 512), ("lstm", 248), ("gru", 290))
+]
+
+
+MINCHAR_MODES = [
+    Row("minchar", "python -m experiments.minchar --seeds 5", {"seeds": SEEDS5, "steps": 4000, "as_written": False},
+        minchar_mode_row, label="default (b_y trained)"),
+    Row("minchar_as_written", "python -m experiments.minchar --seeds 5 --as-written --out runs/minchar_as_written",
+        {"seeds": SEEDS5, "steps": 4000, "as_written": True}, minchar_mode_row, label="`--as-written` (b_y = 0)"),
 ]
 
 
@@ -277,6 +294,12 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
             return [f"`{row.command}`", *parts, mark or "–"]
         return table_of_rows(runs, CELLS, ["command", "parameters", "validation nats/char", "bits/char",
                                            "optimizer steps", "wall", "run on, 1-min load average"], cells)
+    if name == "minchar_modes":
+        def cells(row, measured, mark):
+            parts = measured.split(" | ") if mark else [measured, "", "", ""]
+            return [row.label, f"`{row.command}`", *parts, mark or "–"]
+        return table_of_rows(runs, MINCHAR_MODES, ["mode", "command", "median", "min-max over 5 seeds", "std",
+                                                   "per seed (0-4)", "run on, 1-min load average"], cells)
     if name in WHOLE:
         run, command, expect, fmt = WHOLE[name]
         r, why = load(runs, run, expect)
@@ -289,7 +312,7 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
             except (KeyError, TypeError, ValueError) as e:
                 why = f"{runs / run / 'results.json'} lacks {e!r} (written by an older version?)"
         return [f"{NOT_YET}: {why}. Run `{command}`, then `python -m experiments.report`."], [f"{run}: {why}"]
-    raise ValueError(f"unknown report table {name!r}; known: experiments, cells, {', '.join(WHOLE)}")
+    raise ValueError(f"unknown report table {name!r}; known: experiments, cells, minchar_modes, {', '.join(WHOLE)}")
 
 
 MARKER = re.compile(r"<!-- report:(begin|end) ([\w-]+) -->")

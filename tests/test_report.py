@@ -59,19 +59,20 @@ def test_missing_and_foreign_runs_are_flagged_never_filled_in(tmp_path, capsys):
     runs = tmp_path / "runs"
     # a --full run written into runs/charlm: not the row's command, so its numbers must not appear
     write(runs, "charlm", {"mode": "full", "epochs": 10}, {"cost_after": [9.876]})
-    p = readme(tmp_path, "experiments", "cells", "bench", "deer")
+    p = readme(tmp_path, "experiments", "cells", "minchar_modes", "bench", "deer")
     report.main(["--readme", str(p), "--runs", str(runs)])
     text = p.read_text()
     charlm = next(line for line in text.splitlines() if line.startswith("| `charlm` (main)"))
     assert report.NOT_YET in charlm and "another command" in charlm and "9.876" not in text
-    for row in report.EXPERIMENTS + report.CELLS:
+    for row in report.EXPERIMENTS + report.CELLS + report.MINCHAR_MODES:
         line = next(line for line in text.splitlines() if f"`{row.command}`" in line)
         assert report.NOT_YET in line
         assert not re.search(r"\*\*\d", line)                     # no bold number anywhere in a missing row
-    assert text.count(f"{report.NOT_YET}: no ") == len(report.EXPERIMENTS) - 1 + len(report.CELLS) + 2
+    rows = len(report.EXPERIMENTS) + len(report.CELLS) + len(report.MINCHAR_MODES)
+    assert text.count(f"{report.NOT_YET}: no ") == rows - 1 + 2
     assert "(no run measured yet)" in text
     out = capsys.readouterr().out
-    assert out.count("not yet regenerated: ") == len(report.EXPERIMENTS) + len(report.CELLS) + 2
+    assert out.count("not yet regenerated: ") == rows + 2
 
 
 def test_a_results_file_missing_a_metric_is_flagged(tmp_path):
@@ -132,7 +133,7 @@ def test_every_results_table_in_the_readme_is_generated():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
     names = re.findall(r"<!-- report:begin ([\w-]+) -->", text)
-    assert set(names) == {"experiments", "cells", "bench", "deer"}
+    assert set(names) == {"experiments", "cells", "minchar_modes", "bench", "deer"}
     outside = re.sub(r"<!-- report:begin ([\w-]+) -->.*?<!-- report:end \1 -->", "", text, flags=re.S)
     lines = outside.splitlines()
     headers = [line for line, below in zip(lines, lines[1:]) if below.startswith("|---")]
