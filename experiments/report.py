@@ -209,7 +209,7 @@ def deer_table(r):
 
 WHOLE = {  # tables that are one run's rows: (run, command, expected config, lines formatter)
     "bench": ("bench", "python -m experiments.bench --quick", {"quick": True, "precision": "float32"}, bench_table),
-    "deer": ("bench_deer", "python -m experiments.bench --deer --quick", {"quick": True}, deer_table),
+    "deer": ("bench_deer", "python -m experiments.bench --deer --quick", {}, deer_table),
 }
 
 
