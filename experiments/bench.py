@@ -554,9 +554,10 @@ def main(argv=None):
     config = {"configs": configs, "repeats": repeats, "quick": args.quick, "gpu_quick": args.gpu_quick,
               "cell": args.cell, "precision": args.precision, "time_budget_s": budget.seconds}
 
-    def save(done):
+    def save(done, final=False):
+        # complete only once the run has ended with nothing skipped: a run killed mid-way says so
         common.save_results(args.out, "bench", config, {"jrnn_speedup_vs_best_peer": ratios}, budget.elapsed(),
-                            rows=all_rows + done, versions=vs, not_measured=skipped, complete=not skipped)
+                            rows=all_rows + done, versions=vs, not_measured=skipped, complete=final and not skipped)
 
     bar = common.progress(len(configs), "bench", args.quiet)
     for cfg in configs:
@@ -578,7 +579,7 @@ def main(argv=None):
             print(f"| {', '.join(map(str, cfg))} | best peer / best jrnn: {ratio:.2f}x | | | | | |", flush=True)
         bar.update(1)
     bar.close()
-    save([])
+    save([], final=True)
     if skipped:
         print(f"time budget of {budget.seconds:.0f} s spent: not (fully) measured: {skipped}", flush=True)
     labels = list(ratios)

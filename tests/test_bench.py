@@ -88,17 +88,19 @@ def test_data_parallel_rows_match_jrnn_and_skip_batches_that_do_not_split(tmp_pa
 
 
 def test_rows_reach_results_json_as_they_are_measured(tmp_path, monkeypatch, capsys):
-    saves = []
+    saves, complete = [], []
     real = bench.common.save_results
 
     def spy(out, name, config, metrics, wall, **extra):
         saves.append(len(extra["rows"]))
+        complete.append(extra["complete"])
         return real(out, name, config, metrics, wall, **extra)
 
     monkeypatch.setattr(bench.common, "save_results", spy)
     rows = bench.main(["--configs", "2,8,5,7;1,8,4,7", "--repeats", "1", "--quick", "--only", "jrnn", "--quiet",
                        "--out", str(tmp_path)])
     assert len(rows) == 4 and saves[:2] == [1, 2] and saves[-1] == 4 and 3 in saves
+    assert complete[-1] is True and not any(complete[:-1])   # a run killed mid-way is not "complete"
     out = capsys.readouterr().out
     assert out.count("| 2, 8, 5, 7 | jrnn") == 2 and out.count("| 1, 8, 4, 7 | jrnn") == 2
     saved = json.loads((tmp_path / "results.json").read_text())
