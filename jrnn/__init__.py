@@ -13,8 +13,9 @@ Time-major `[T, B, ...]` is the internal layout (it is what `lax.scan` iterates 
 `*_batch` entry points take batch-major `[B, T, ...]` as users usually hold data.
 """
 
-from jrnn import bptt, cells, checkpoint, data, elman, initializers, lm, losses, optim, parallel, rnn, sample, tbptt, testing, train
+from jrnn import bptt, cells, checkpoint, data, elman, initializers, lm, losses, model, optim, parallel, rnn, sample, tbptt, testing, train
 from jrnn.elman import ElmanParams
+from jrnn.model import Model, Params
 from jrnn.sample import generate
 from jrnn.train import make_step, make_multi_step
 
@@ -31,6 +32,9 @@ __all__ = [
     "losses",
     "make_multi_step",
     "make_step",
+    "model",
+    "Model",
+    "Params",
     "optim",
     "parallel",
     "rnn",

@@ -153,7 +153,7 @@ def many_to_one(params, inputs, target, h0=None, activation="tanh"):
     return loss, _grads_dict(dWxh, dWhh, dbh, dWhy, dby), dh
 
 
-def truncated(params, inputs, targets, h0=None, *, k1, k2, activation="tanh"):
+def truncated(params, inputs, targets, h0=None, *, k1, k2, activation="tanh", mask=None):
     """Williams & Peng TBPTT(k1, k2) gradient of L = sum_t CE(p_t, target_t) over one chunk.
 
     The chunk is cut into blocks of k1 steps. The losses of a block ending at step e are
@@ -162,33 +162,46 @@ def truncated(params, inputs, targets, h0=None, *, k1, k2, activation="tanh"):
     chunk). Seed 002 is k1 = 1, k2 = k + 1: the loss at t reaches at most k + 1 states.
     min-char-rnn is k1 = k2 = T, i.e. `many_to_many`.
 
+    mask: optional `[T]` of 0/1. A padded step leaves the state as it was (h_t = h_{t-1}) and
+    has no loss; the gradient passes through it unchanged, and it still counts as one of
+    the k2 steps of a window.
+
     Returns (loss, grads dict, dL/dh0 [H]).
     """
     if not (1 <= k1 <= k2):
         raise ValueError(f"TBPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")
     Wxh, Whh, bh, Why, by = _columns(params)
-    _, dact = _act(activation)
-    xs, hs, ps, loss = _forward_loss(params, inputs, targets, h0, activation)
+    act, dact = _act(activation)
+    xs = _one_hot_inputs(inputs, Wxh.shape[1])
     T = len(xs)
+    m = np.ones(T, bool) if mask is None else np.asarray(mask).astype(bool)
+    hs = np.zeros((T + 1, len(bh)))
+    hs[0] = 0.0 if h0 is None else np.asarray(h0, np.float64)
+    for t in range(T):
+        hs[t + 1] = act(Wxh @ xs[t] + Whh @ hs[t] + bh) if m[t] else hs[t]
+    ys = [Why @ hs[t + 1] + by for t in range(T)]
+    loss = sum(_nll(ys[t], targets[t]) for t in range(T) if m[t])
     dWxh, dWhh, dbh, dWhy, dby = (np.zeros_like(a) for a in (Wxh, Whh, bh, Why, by))
     dh0 = np.zeros_like(bh)
     for t in reversed(range(T)):
+        if not m[t]:
+            continue                             # padding has no loss
         end = min((t // k1 + 1) * k1, T) - 1     # last step of t's block
-        first = max(end - k2 + 1, 0)             # oldest state the block may reach
-        dy = ps[t].copy()
+        first = max(end - k2 + 1, 0)             # oldest step the block may reach
+        dy = _softmax(ys[t])
         dy[targets[t]] -= 1
         dWhy += np.outer(dy, hs[t + 1])
         dby += dy
-        dz = dact(hs[t + 1]) * (Why.T @ dy)
+        dh = Why.T @ dy                          # into h_t
         for k in reversed(range(first, t + 1)):  # hs[k + 1] is h_k, hs[k] is h_{k-1}
-            dbh += dz
-            dWxh += np.outer(dz, xs[k])
-            dWhh += np.outer(dz, hs[k])
-            dh = Whh.T @ dz
-            if k > first:
-                dz = dact(hs[k]) * dh            # tanh' at h_{k-1} (seed 002 used h_k)
-            elif k == 0:
-                dh0 += dh                        # the window reached the initial state
+            if m[k]:                             # a padded step passes dh through unchanged
+                dz = dact(hs[k + 1]) * dh        # act' at h_k, the state step k made (seed 002: the next one)
+                dbh += dz
+                dWxh += np.outer(dz, xs[k])
+                dWhh += np.outer(dz, hs[k])
+                dh = Whh.T @ dz                  # into h_{k-1}
+        if first == 0:
+            dh0 += dh                            # the window reached the initial state
     return loss, _grads_dict(dWxh, dWhh, dbh, dWhy, dby), dh0
 
 
@@ -205,7 +218,135 @@ def _f64(*arrays):
     return [np.asarray(a, np.float64) for a in arrays]
 
 
-def lstm_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None, c0=None):
+def _lstm_fwd(P, carry, x):
+    w_i, w_h, b = P["w_i"], P["w_h"], P["b"]
+    h, c = carry
+    H = w_h.shape[0]
+    z = x @ w_i + h @ w_h + b
+    i, f, g, o = _sigmoid(z[:H]), _sigmoid(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), _sigmoid(z[3 * H:])
+    c_new = f * c + i * g
+    h_new = o * np.tanh(c_new)
+    return (h_new, c_new), (x, h, c, i, f, g, o, c_new)
+
+
+def _lstm_bwd(P, cache, dcarry, grads):
+    x, h, c, i, f, g, o, c_new = cache
+    dh, dc_next = dcarry
+    tc = np.tanh(c_new)
+    do = dh * tc
+    dc = dh * o * (1 - tc * tc) + dc_next
+    di, dg, df = dc * g, dc * i, dc * c
+    dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)])
+    grads["w_i"] += np.outer(x, dz)
+    grads["w_h"] += np.outer(h, dz)
+    grads["b"] += dz
+    return P["w_h"] @ dz, dc * f
+
+
+def _gru_fwd(P, carry, x):
+    w_i, w_h, b_i, b_h = P["w_i"], P["w_h"], P["b_i"], P["b_h"]
+    (h,) = carry
+    H = w_h.shape[0]
+    u, a = x @ w_i + b_i, h @ w_h + b_h
+    r, z = _sigmoid(u[:H] + a[:H]), _sigmoid(u[H:2 * H] + a[H:2 * H])
+    n = np.tanh(u[2 * H:] + r * a[2 * H:])
+    return ((1 - z) * n + z * h,), (x, h, r, z, n, a)
+
+
+def _gru_bwd(P, cache, dcarry, grads):
+    x, h, r, z, n, a = cache
+    (dh,) = dcarry
+    H = len(h)
+    dn, dz, dh_prev = dh * (1 - z), dh * (h - n), dh * z
+    dn_pre = dn * (1 - n * n)
+    dr_pre, dz_pre = dn_pre * a[2 * H:] * r * (1 - r), dz * z * (1 - z)
+    du = np.concatenate([dr_pre, dz_pre, dn_pre])
+    da = np.concatenate([dr_pre, dz_pre, dn_pre * r])
+    grads["w_i"] += np.outer(x, du)
+    grads["b_i"] += du
+    grads["w_h"] += np.outer(h, da)
+    grads["b_h"] += da
+    return (dh_prev + P["w_h"] @ da,)
+
+
+def _elman_fwd(P, carry, x):
+    (h,) = carry
+    h_new = np.tanh(x @ P["w_xh"] + h @ P["w_hh"] + P["b_h"])
+    return (h_new,), (x, h, h_new)
+
+
+def _elman_bwd(P, cache, dcarry, grads):
+    x, h, h_new = cache
+    dz = (1 - h_new * h_new) * dcarry[0]
+    grads["w_xh"] += np.outer(x, dz)
+    grads["w_hh"] += np.outer(h, dz)
+    grads["b_h"] += dz
+    return (P["w_hh"] @ dz,)
+
+
+# row-layout cells for `cell_truncated`: parameter names, forward step, backward step
+CELLS = {
+    "elman": (("w_xh", "w_hh", "b_h"), _elman_fwd, _elman_bwd),
+    "lstm": (("w_i", "w_h", "b"), _lstm_fwd, _lstm_bwd),
+    "gru": (("w_i", "w_h", "b_i", "b_h"), _gru_fwd, _gru_bwd),
+}
+
+
+def cell_truncated(name, cell, w_hy, b_y, inputs, targets, carry0=None, *, k1, k2, mask=None):
+    """TBPTT(k1, k2) of L = sum_t CE(softmax(h_t W_hy + b_y), target_t) through one layer of
+    `name` ("elman" (tanh), "lstm", "gru"), with an optional 0/1 mask `[T]`; the rules of
+    `truncated` (k1 = k2 = T is full BPTT). Each cell's backward step is written out in
+    `_lstm_bwd`, `_gru_bwd`, `_elman_bwd`; this loop owns time, masks and windows.
+
+    cell: an object with the cell's parameter attributes (e.g. jrnn.cells.LSTMParams).
+    carry0: tuple of the initial carry's arrays ((h0, c0) for the LSTM, (h0,) otherwise).
+
+    Returns (loss, grads dict {cell names..., w_hy, b_y}, dL/dcarry0 tuple).
+    """
+    if not (1 <= k1 <= k2):
+        raise ValueError(f"TBPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")
+    names, fwd, bwd = CELLS[name]
+    P = {k: np.asarray(getattr(cell, k), np.float64) for k in names}
+    w_hy, b_y = _f64(w_hy, b_y)
+    H = w_hy.shape[0]
+    xs = _one_hot_inputs(inputs, P[names[0]].shape[0])
+    T = len(xs)
+    m = np.ones(T, bool) if mask is None else np.asarray(mask).astype(bool)
+    n_carry = 2 if name == "lstm" else 1
+    carries = [tuple(np.zeros(H) for _ in range(n_carry)) if carry0 is None
+               else tuple(np.asarray(c, np.float64) for c in carry0)]
+    caches = []
+    for t in range(T):
+        if m[t]:
+            new, cache = fwd(P, carries[-1], xs[t])
+        else:                                    # padding: the carry is frozen
+            new, cache = carries[-1], None
+        carries.append(new)
+        caches.append(cache)
+    ys = [carries[t + 1][0] @ w_hy + b_y for t in range(T)]
+    loss = sum(_nll(ys[t], targets[t]) for t in range(T) if m[t])
+    grads = {k: np.zeros_like(v) for k, v in P.items()}
+    grads["w_hy"], grads["b_y"] = np.zeros_like(w_hy), np.zeros_like(b_y)
+    dcarry0 = [np.zeros(H) for _ in range(n_carry)]
+    for t in reversed(range(T)):
+        if not m[t]:
+            continue
+        end = min((t // k1 + 1) * k1, T) - 1
+        first = max(end - k2 + 1, 0)
+        dy = _softmax(ys[t])
+        dy[targets[t]] -= 1
+        grads["w_hy"] += np.outer(carries[t + 1][0], dy)
+        grads["b_y"] += dy
+        d = (w_hy @ dy,) + tuple(np.zeros(H) for _ in range(n_carry - 1))   # into carry_t
+        for k in reversed(range(first, t + 1)):
+            if m[k]:                             # padding passes the carry's gradient through
+                d = bwd(P, caches[k], d, grads)
+        if first == 0:
+            dcarry0 = [a + b for a, b in zip(dcarry0, d)]
+    return loss, grads, tuple(dcarry0)
+
+
+def lstm_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None, c0=None, *, mask=None):
     """BPTT of L = sum_t CE(softmax(h_t W_hy + b_y), target_t) through one LSTM layer.
 
         i, f, o = sigmoid(z_i, z_f, z_o), g = tanh(z_g)       z = x W_i + h_{t-1} W_h + b
@@ -219,45 +360,14 @@ def lstm_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None, c0=None):
 
     Returns (loss, grads dict {w_i, w_h, b, w_hy, b_y}, dL/dh0, dL/dc0).
     """
-    w_i, w_h, b, w_hy, b_y = _f64(cell.w_i, cell.w_h, cell.b, w_hy, b_y)
-    H = w_h.shape[0]
-    xs = _one_hot_inputs(inputs, w_i.shape[0])
-    T = len(xs)
-    h, c = np.zeros((T + 1, H)), np.zeros((T + 1, H))
-    h[0] = 0.0 if h0 is None else np.asarray(h0, np.float64)
-    c[0] = 0.0 if c0 is None else np.asarray(c0, np.float64)
-    gates, ys = [], []
-    for t in range(T):
-        z = xs[t] @ w_i + h[t] @ w_h + b
-        i, f, g, o = _sigmoid(z[:H]), _sigmoid(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), _sigmoid(z[3 * H:])
-        c[t + 1] = f * c[t] + i * g
-        h[t + 1] = o * np.tanh(c[t + 1])
-        gates.append((i, f, g, o))
-        ys.append(h[t + 1] @ w_hy + b_y)
-    loss = sum(_nll(ys[t], targets[t]) for t in range(T))
-    grads = {k: np.zeros_like(v) for k, v in (("w_i", w_i), ("w_h", w_h), ("b", b), ("w_hy", w_hy), ("b_y", b_y))}
-    dh_next, dc_next = np.zeros(H), np.zeros(H)
-    for t in reversed(range(T)):
-        i, f, g, o = gates[t]
-        dy = _softmax(ys[t])
-        dy[targets[t]] -= 1
-        grads["w_hy"] += np.outer(h[t + 1], dy)
-        grads["b_y"] += dy
-        dh = w_hy @ dy + dh_next
-        tc = np.tanh(c[t + 1])
-        do = dh * tc
-        dc = dh * o * (1 - tc * tc) + dc_next
-        di, dg, df = dc * g, dc * i, dc * c[t]
-        dc_next = dc * f
-        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)])
-        grads["w_i"] += np.outer(xs[t], dz)
-        grads["w_h"] += np.outer(h[t], dz)
-        grads["b"] += dz
-        dh_next = w_h @ dz
-    return loss, grads, dh_next, dc_next
+    H = np.shape(w_hy)[0]
+    carry0 = (np.zeros(H) if h0 is None else h0, np.zeros(H) if c0 is None else c0)
+    T = len(np.asarray(inputs))
+    loss, grads, (dh0, dc0) = cell_truncated("lstm", cell, w_hy, b_y, inputs, targets, carry0, k1=T, k2=T, mask=mask)
+    return loss, grads, dh0, dc0
 
 
-def gru_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None):
+def gru_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None, *, mask=None):
     """BPTT of L = sum_t CE(softmax(h_t W_hy + b_y), target_t) through one GRU layer.
 
         u = x W_i + b_i,  a = h_{t-1} W_h + b_h            (columns [r | z | n])
@@ -271,39 +381,7 @@ def gru_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None):
 
     Returns (loss, grads dict {w_i, w_h, b_i, b_h, w_hy, b_y}, dL/dh0).
     """
-    w_i, w_h, b_i, b_h, w_hy, b_y = _f64(cell.w_i, cell.w_h, cell.b_i, cell.b_h, w_hy, b_y)
-    H = w_h.shape[0]
-    xs = _one_hot_inputs(inputs, w_i.shape[0])
-    T = len(xs)
-    h = np.zeros((T + 1, H))
-    h[0] = 0.0 if h0 is None else np.asarray(h0, np.float64)
-    cache, ys = [], []
-    for t in range(T):
-        u, a = xs[t] @ w_i + b_i, h[t] @ w_h + b_h
-        r, z = _sigmoid(u[:H] + a[:H]), _sigmoid(u[H:2 * H] + a[H:2 * H])
-        n = np.tanh(u[2 * H:] + r * a[2 * H:])
-        h[t + 1] = (1 - z) * n + z * h[t]
-        cache.append((r, z, n, a))
-        ys.append(h[t + 1] @ w_hy + b_y)
-    loss = sum(_nll(ys[t], targets[t]) for t in range(T))
-    names = ("w_i", "w_h", "b_i", "b_h", "w_hy", "b_y")
-    grads = {k: np.zeros_like(v) for k, v in zip(names, (w_i, w_h, b_i, b_h, w_hy, b_y))}
-    dh_next = np.zeros(H)
-    for t in reversed(range(T)):
-        r, z, n, a = cache[t]
-        dy = _softmax(ys[t])
-        dy[targets[t]] -= 1
-        grads["w_hy"] += np.outer(h[t + 1], dy)
-        grads["b_y"] += dy
-        dh = w_hy @ dy + dh_next
-        dn, dz, dh_prev = dh * (1 - z), dh * (h[t] - n), dh * z
-        dn_pre = dn * (1 - n * n)
-        dr_pre, dz_pre = dn_pre * a[2 * H:] * r * (1 - r), dz * z * (1 - z)
-        du = np.concatenate([dr_pre, dz_pre, dn_pre])
-        da = np.concatenate([dr_pre, dz_pre, dn_pre * r])
-        grads["w_i"] += np.outer(xs[t], du)
-        grads["b_i"] += du
-        grads["w_h"] += np.outer(h[t], da)
-        grads["b_h"] += da
-        dh_next = dh_prev + w_h @ da
-    return loss, grads, dh_next
+    T = len(np.asarray(inputs))
+    loss, grads, (dh0,) = cell_truncated("gru", cell, w_hy, b_y, inputs, targets,
+                                         None if h0 is None else (h0,), k1=T, k2=T, mask=mask)
+    return loss, grads, dh0

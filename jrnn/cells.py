@@ -16,8 +16,9 @@ Gate layouts follow PyTorch so weights copy over by transposition:
       n = tanh(x W_in + b_in + r * (h W_hn + b_hn));  h' = (1 - z)*n + z*h
   Elman: `jrnn.elman` (w_xh, w_hh, b_h), h' = act(x W_xh + h W_hh + b_h).
 
-A custom cell is any `Cell(init, project, step, zeros)` with these shapes: put it in `CELLS`
-or pass it directly to `jrnn.rnn.run`.
+A custom cell is any `Cell(init, project, step, zeros)` with these shapes (give it a `name`, and
+its params type as `params` for clear errors): pass it to `jrnn.model.make` or `jrnn.lm.model`
+and every feature (masks, stacks, directions, TBPTT, remat, dropout, sampling) works with it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jrnn import elman
+from jrnn import elman, rnn
 from jrnn.rnn import Cell
 
 
 def _gather_or_matmul(w, b, xs):
-    elman.check_input_array(w.shape[0], xs)
+    rnn.check_input_array(w.shape[0], xs)
     xs = jnp.asarray(xs)
     u = jnp.take(w, xs, axis=0) if jnp.issubdtype(xs.dtype, jnp.integer) else xs @ w
     return u + b.reshape((1,) * (u.ndim - 1) + b.shape)
@@ -91,7 +92,7 @@ def lstm_zeros(params: LSTMParams, batch_shape=()):
     return LSTMState(z, z)
 
 
-LSTM = Cell(lstm_init, lstm_project, lstm_step, lstm_zeros)
+LSTM = Cell(lstm_init, lstm_project, lstm_step, lstm_zeros, name="lstm", params=LSTMParams)
 
 
 # ---- GRU ---------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def gru_zeros(params: GRUParams, batch_shape=()):
     return jnp.zeros((*batch_shape, params.w_h.shape[0]), params.w_h.dtype)
 
 
-GRU = Cell(gru_init, gru_project, gru_step, gru_zeros)
+GRU = Cell(gru_init, gru_project, gru_step, gru_zeros, name="gru", params=GRUParams)
 
 CELLS = {"elman": ELMAN, "lstm": LSTM, "gru": GRU}
 

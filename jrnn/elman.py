@@ -5,6 +5,11 @@ inputs replace the seeds' one-hot matmul `W_xh @ onehot(x)` by a row gather `W_x
 
 The input projection of all T steps is one gather/matmul before the scan; only the
 recurrence `h_{t-1} W_hh` runs inside it. The readout is applied to all T states at once after.
+
+This module holds the Elman cell's math (`project`, `step`, `cell`) and the seeds' model: the
+flat `ElmanParams` with the seeds' init schemes, one instance of `jrnn.model.Model`
+(`model(...)`). `hidden`, `apply`, `sequence_loss` & co. are that model's functions with the
+carry h `[..., H]` itself instead of a one-layer tuple.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jrnn import elman_scan, initializers, losses, rnn
+from jrnn import model as model_lib
 
 ACTIVATIONS = elman_scan.ACTIVATIONS
 
@@ -38,12 +43,8 @@ class ElmanCellParams(NamedTuple):
     b_h: jax.Array   # [H]
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return int(value)
+_positive_int = rnn.positive_int
+check_input_array = rnn.check_input_array
 
 
 def init(key, *, hidden_size: int, input_size: int | None = None, output_size: int | None = None,
@@ -97,37 +98,9 @@ def activation_fn(activation: str):
         raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def check_inputs(params: ElmanParams, inputs) -> None:
     """Raise ValueError/TypeError for inputs the model cannot take (before anything is jitted)."""
     check_input_array(params.w_xh.shape[0], inputs)
-
-
-def check_input_array(input_size: int, inputs) -> None:
-    """Inputs must be a non-empty `[T, ...]` of token ids in [0, D) or float features `[T, ..., D]`.
-
-    Token ids are range-checked because JAX would silently clamp an out-of-range gather. Values
-    are only checked when concrete; under `jit` only shapes and dtypes can be checked.
-    """
-    D = input_size
-    x = inputs
-    if not hasattr(x, "dtype"):
-        x = np.asarray(x)
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"empty sequence: inputs have shape {x.shape}; need at least one time step")
-    if jnp.issubdtype(x.dtype, jnp.integer):
-        if _is_concrete(x) and x.size:
-            lo, hi = int(np.min(np.asarray(x))), int(np.max(np.asarray(x)))
-            if lo < 0 or hi >= D:
-                raise ValueError(f"token ids must lie in [0, {D}), got min {lo}, max {hi}")
-    elif jnp.issubdtype(x.dtype, jnp.floating):
-        if x.shape[-1] != D:
-            raise ValueError(f"dense inputs need last dim {D} (input_size), got shape {x.shape}")
-    else:
-        raise TypeError(f"inputs must be integer token ids or float features, got {x.dtype}")
 
 
 def _add_bias(x, b):
@@ -160,15 +133,38 @@ def zeros_carry(params: ElmanParams, batch_shape=()) -> jax.Array:
     return jnp.zeros((*batch_shape, params.w_hh.shape[0]), params.w_hh.dtype)
 
 
-def _h0(params, inputs, h0):
-    inputs = jnp.asarray(inputs)
-    batch_shape = inputs.shape[1:] if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[1:-1]
-    if h0 is None:
-        return zeros_carry(params, batch_shape)
-    H = params.w_hh.shape[0]
-    if tuple(h0.shape) != (*batch_shape, H):
-        raise ValueError(f"h0 must have shape {(*batch_shape, H)} for these inputs, got {tuple(h0.shape)}")
-    return h0
+@functools.lru_cache(maxsize=None)
+def cell(activation: str = "tanh") -> rnn.Cell:
+    """The Elman recurrence as a `jrnn.rnn.Cell` (`jrnn.cells.ELMAN` is the tanh one). Cached, so
+    equal activations give the same (hashable, equal) cell and jitted models compile once."""
+    activation_fn(activation)
+
+    def scan(params, us, h0, *, mask=None, reverse=False, unroll=None):
+        return elman_scan.run(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse, unroll=unroll)
+
+    return rnn.Cell(cell_init, project, functools.partial(step, activation=activation), zeros_carry, scan,
+                    name="elman" if activation == "tanh" else f"elman({activation})",
+                    params=(ElmanCellParams, ElmanParams))
+
+
+def model(*, hidden_size: int, input_size: int | None = None, output_size: int | None = None,
+          vocab_size: int | None = None, activation: str = "tanh") -> model_lib.Model:
+    """The seeds' Elman network as a `jrnn.model.Model` (one layer; sizes as `init`). Its params
+    are the flat `ElmanParams` from `init` (any scheme) or `Params` from `Model.init`."""
+    input_size = vocab_size if input_size is None else input_size
+    output_size = vocab_size if output_size is None else output_size
+    if input_size is None or output_size is None:
+        raise ValueError("give vocab_size, or both input_size and output_size")
+    return model_lib.make(cell(activation), input_size=input_size, hidden_size=hidden_size, output_size=output_size)
+
+
+def model_of(params: ElmanParams, activation: str = "tanh") -> model_lib.Model:
+    """The `Model` that `params` (ElmanParams) belong to, sizes read off their shapes."""
+    if not isinstance(params, ElmanParams):
+        raise TypeError(f"jrnn.elman functions take ElmanParams, got {type(params).__name__}; for other "
+                        f"models use jrnn.model (e.g. model.apply(params, ...))")
+    (D, H), V = jnp.shape(params.w_xh), jnp.shape(params.w_hy)[1]
+    return model_lib.Model(cell(activation), int(D), int(H), int(V), 1)
 
 
 def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str = "tanh",
@@ -190,26 +186,15 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
       (hs `[T, ..., H]`, h_T `[..., H]`): h_T is the state after the last processed step
       (after t = 0 when `reverse`).
     """
-    activation_fn(activation)
-    h0 = _h0(params, inputs, h0)
-    return rnn.run(cell(activation), params, inputs, h0, mask=mask, reverse=reverse, unroll=unroll, remat=remat,
-                   method=method)
+    hs, (h_T,) = model_lib.hidden(model_of(params, activation), params, inputs, None if h0 is None else (h0,),
+                                  mask=mask, reverse=reverse, unroll=unroll, remat=remat, method=method)
+    return hs, h_T
 
 
 def cell_init(key, input_size, hidden_size, dtype=jnp.float32) -> ElmanCellParams:
     """Elman recurrence parameters alone (the default scheme of `init`)."""
     p = init(key, input_size=input_size, hidden_size=hidden_size, output_size=1, dtype=dtype)
     return ElmanCellParams(p.w_xh, p.w_hh, p.b_h)
-
-
-def cell(activation: str = "tanh") -> rnn.Cell:
-    """The Elman recurrence as a `jrnn.rnn.Cell` (`jrnn.cells.ELMAN` is the tanh one)."""
-    activation_fn(activation)
-
-    def scan(params, us, h0, *, mask=None, reverse=False, unroll=None):
-        return elman_scan.run(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse, unroll=unroll)
-
-    return rnn.Cell(cell_init, project, functools.partial(step, activation=activation), zeros_carry, scan)
 
 
 def readout(params: ElmanParams, h) -> jax.Array:
@@ -250,35 +235,18 @@ def apply_batch(params: ElmanParams, inputs, h0=None, **kw):
 
 
 def sequence_loss(params: ElmanParams, inputs, targets, h0=None, *, mask=None, reduction: str = "mean",
-                  activation: str = "tanh", unroll: int | None = None, remat: bool = False):
-    """Many-to-many softmax cross-entropy of a sequence: (loss, h_T).
+                  activation: str = "tanh", unroll: int | None = None, remat: bool = False, k1: int | None = None,
+                  k2: int | None = None):
+    """Many-to-many softmax cross-entropy of a sequence: (loss, h_T); `jrnn.model.sequence_loss`
+    of the Elman model.
 
     Args:
       inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`.
       mask: optional `[T, ...]` (padding = 0): ignored by the loss, carry frozen across it.
-      remat: for long sequences. The readout and loss run inside the scan, which keeps only
-        sqrt(T) hidden states for the backward pass (see `rnn.checkpointed_scan`), so memory
-        grows like sqrt(T) instead of T; costs one extra forward pass and per-step readouts.
+      remat: for long sequences: memory grows like sqrt(T) instead of T, for one extra forward.
+      k1, k2: TBPTT(k1, k2) gradient (`jrnn.tbptt`); seed 002 is k1 = 1, k2 = k + 1.
     """
-    if not remat:
-        hs, h_T = hidden(params, inputs, h0, mask=mask, activation=activation, unroll=unroll)
-        return losses.softmax_cross_entropy(readout(params, hs), targets, mask=mask, reduction=reduction), h_T
-    activation_fn(activation)
-    check_inputs(params, inputs)
-    h0 = _h0(params, inputs, h0)
-    inputs = jnp.asarray(inputs)
-    batch = inputs.shape if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[:-1]
-    mask = jnp.ones(batch, bool) if mask is None else jnp.asarray(mask, bool)
-    losses._check_labels(targets, params.w_hy.shape[1])
-
-    def fused(p, h, x):
-        # the input projection moves into the step too: a hoisted [T, ..., H] projection (and
-        # its gradient) would be the largest O(T) buffers left
-        x_t, y, m = x
-        h_new, _ = step(p, h, project(p, x_t[None])[0], activation=activation)
-        h = jnp.where(m[..., None], h_new, h)
-        nll = losses.softmax_cross_entropy(readout(p, h), y, reduction="none")
-        return h, jnp.where(m, nll, 0.0)
-
-    h_T, per_step = rnn.scan(fused, params, h0, (inputs, jnp.asarray(targets), mask), unroll=unroll, remat=True)
-    return losses.reduce(per_step, mask, reduction), h_T
+    loss, (h_T,) = model_lib.sequence_loss(model_of(params, activation), params, inputs, targets,
+                                           None if h0 is None else (h0,), mask=mask, reduction=reduction,
+                                           unroll=unroll, remat=remat, k1=k1, k2=k2)
+    return loss, h_T

@@ -53,12 +53,55 @@ class Cell(NamedTuple):
     `scan`, optional, is a cell's own whole-sequence loop, `(params, us, carry, *, mask, reverse,
     unroll) -> (hs, carry)`, equal to scanning `step` but faster (the Elman cell's hoists its
     weight gradient, `jrnn.elman_scan`); `run` uses it unless `remat` is asked for.
+    `name` names the cell in errors; `params`, optional, is the params type (or tuple of types)
+    the cell takes, so that params of another cell are refused with a message naming both.
+    A Cell is hashable (its fields are functions, a string and types), so a model holding one
+    can be closed over or passed to `jax.jit` as a static argument.
     """
     init: Callable
     project: Callable
     step: Callable
     zeros: Callable
     scan: Callable | None = None
+    name: str = "custom"
+    params: Any = None
+
+
+def positive_int(name, value) -> int:
+    """`value` as an int >= 1; numpy integers are accepted, bools and floats refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def check_input_array(input_size: int, inputs) -> None:
+    """Inputs must be a non-empty `[T, ...]` of token ids in [0, D) or float features `[T, ..., D]`.
+
+    Token ids are range-checked because JAX would silently clamp an out-of-range gather. Values
+    are only checked when concrete; under `jit` only shapes and dtypes can be checked. Float
+    inputs need at least 2 dims: a 1-D float array would otherwise be read as T steps.
+    """
+    D = input_size
+    x = inputs
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"empty sequence: inputs have shape {x.shape}; need at least one time step")
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        if not isinstance(x, jax.core.Tracer) and x.size:
+            lo, hi = int(np.min(np.asarray(x))), int(np.max(np.asarray(x)))
+            if lo < 0 or hi >= D:
+                raise ValueError(f"token ids must lie in [0, {D}), got min {lo}, max {hi}")
+    elif jnp.issubdtype(x.dtype, jnp.floating):
+        if x.ndim < 2:
+            raise ValueError(f"dense inputs are [T, ..., D] (at least 2-D), got shape {x.shape}; "
+                             f"one step of D features is x[None], token ids must be integers")
+        if x.shape[-1] != D:
+            raise ValueError(f"dense inputs need last dim {D} (input_size), got shape {x.shape}")
+    else:
+        raise TypeError(f"inputs must be integer token ids or float features, got {x.dtype}")
 
 
 def scan(step: Step, params, carry, xs, *, reverse: bool = False, unroll: int | None = None,
@@ -209,9 +252,10 @@ def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str
 
 
 def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float = 0.0, key=None,
-          unroll: int | None = None, method: str = "sequential"):
+          unroll: int | None = None, reverse: bool = False, remat: bool = False, method: str = "sequential"):
     """Multi-layer RNN: layer l reads layer l-1's states; dropout (rate `dropout`, needs `key`)
-    between layers only, as PyTorch's nn.LSTM(dropout=...). Returns (top hs, tuple of carries)."""
+    between layers only, as PyTorch's nn.LSTM(dropout=...). Returns (top hs, tuple of carries).
+    `reverse` runs every layer from t = T-1 down (length-aware under `mask`)."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if dropout > 0.0 and key is None:
@@ -223,6 +267,6 @@ def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float
         if i > 0 and dropout > 0.0:
             keep = jax.random.bernoulli(keys[i], 1.0 - dropout, hs.shape)
             hs = jnp.where(keep, hs / (1.0 - dropout), 0.0)
-        hs, c = run(cell, p, hs, c, mask=mask, unroll=unroll, method=method)
+        hs, c = run(cell, p, hs, c, mask=mask, unroll=unroll, reverse=reverse, remat=remat, method=method)
         finals.append(c)
     return hs, tuple(finals)

@@ -1,4 +1,5 @@
-"""Jitted generation from an Elman language model, as min-char-rnn's `sample`, with jax.random."""
+"""Jitted generation from any language model (`jrnn.model.Model` with D = V), as min-char-rnn's
+`sample`, with jax.random: one `generate` for every cell and depth."""
 
 from __future__ import annotations
 
@@ -9,81 +10,59 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import elman, lm
+from jrnn import model as model_lib
 
 
-@functools.partial(jax.jit, static_argnames=("n", "activation"))
-def _generate(params, key, prime, h0, temperature, *, n, activation):
-    _, h = elman.hidden(params, prime, h0, activation=activation)   # read the prime
-    logits = elman.readout(params, h)
+@functools.partial(jax.jit, static_argnames=("model", "n"))
+def _generate(model, params, key, prime, carry, temperature, *, n):
+    logits, carry = model_lib.apply(model, params, prime, carry)       # read the prime
 
-    def body(carry, k):
-        h, logits = carry
-        tok = jax.random.categorical(k, logits / temperature)       # sample x_{t+1} ~ p(. | h_t)
-        h, _ = elman.step(params, h, elman.project(params, tok[None])[0], activation=activation)
-        return (h, elman.readout(params, h)), tok
+    def body(state, k):
+        carry, last = state
+        scaled = last / temperature
+        # temperature -> 0 is greedy decoding; where logits / temperature overflow (a tiny
+        # temperature), the limit itself is taken: the argmax
+        tok = jnp.where(jnp.all(jnp.isfinite(scaled)), jax.random.categorical(k, scaled), jnp.argmax(last))
+        carry, logits = model_lib.step(model, params, carry, tok)      # x_{t+1} ~ p(. | h_t) fed back
+        return (carry, logits), tok
 
-    (h, _), toks = jax.lax.scan(body, (h, logits), jax.random.split(key, n))
-    return toks, h
+    (carry, _), toks = jax.lax.scan(body, (carry, logits[-1]), jax.random.split(key, n))
+    return toks, carry
 
 
-def generate(params: elman.ElmanParams, key, prime, n: int, *, temperature: float = 1.0,
-             h0=None, activation: str = "tanh"):
+def generate(model, params, key, prime, n: int, *, temperature: float = 1.0, carry=None):
     """Sample n token ids after reading `prime`.
 
     Args:
-      params: ElmanParams of a language model (D = V).
+      model: a `jrnn.model.Model` whose input and output vocabularies agree (e.g.
+        `jrnn.lm.model(...)`, `jrnn.elman.model(vocab_size=...)`).
+      params: its params (for the Elman model, the seeds' `ElmanParams` too).
       key: PRNG key; the same key gives the same sample.
       prime: token ids `[P]`, P >= 1 (min-char-rnn primes with one char).
       n: number of tokens to generate.
-      temperature: logits are divided by it (< 1 sharper, > 1 flatter).
-      h0: state `[H]` before the prime (zeros if None).
+      temperature: logits are divided by it (< 1 sharper, > 1 flatter); a positive finite
+        number (numpy scalars too). As it goes to 0 sampling becomes greedy; a temperature so
+        small that logits / temperature is not finite in the params' dtype is greedy decoding
+        (argmax) exactly.
+      carry: the model's carry before the prime (zeros if None; see `jrnn.model.zeros`).
 
     Returns:
-      (ids `[n]` int32, final state `[H]`).
+      (ids `[n]` int32, final carry).
     """
-    _check_sampling_args(n, temperature)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, (int, float, np.integer, np.floating)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not math.isfinite(float(temperature)) or temperature <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    layers = model_lib.layer_params(model, params)
+    if model.input_size != model.output_size:
+        raise ValueError(f"sampling feeds outputs back as inputs: needs input_size == output_size, got "
+                         f"{model.input_size} != {model.output_size}")
     prime = np.asarray(prime)
     if prime.ndim != 1 or prime.size == 0 or not np.issubdtype(prime.dtype, np.integer):
         raise ValueError(f"prime must be a non-empty 1-D array of token ids, got shape {prime.shape}, dtype {prime.dtype}")
-    elman.check_inputs(params, prime)
-    V = params.w_hy.shape[1]
-    if params.w_xh.shape[0] != V:
-        raise ValueError(f"sampling feeds outputs back as inputs: needs input_size == output_size, got {params.w_xh.shape[0]} != {V}")
-    h0 = elman.zeros_carry(params) if h0 is None else jnp.asarray(h0)
-    temp = jnp.asarray(temperature, params.w_hy.dtype)
-    return _generate(params, key, jnp.asarray(prime, jnp.int32), h0, temp, n=int(n), activation=activation)
-
-
-@functools.partial(jax.jit, static_argnames=("n", "cell"))
-def _generate_lm(params, key, prime, temperature, *, n, cell):
-    logits, carries = lm.apply(params, prime, cell=cell)          # read the prime
-
-    def body(carry, k):
-        carries, last = carry
-        tok = jax.random.categorical(k, last / temperature)
-        logits, carries = lm.apply(params, tok[None], carries, cell=cell)
-        return (carries, logits[0]), tok
-
-    (carries, _), toks = jax.lax.scan(body, (carries, logits[-1]), jax.random.split(key, n))
-    return toks, carries
-
-
-def generate_lm(params, key, prime, n: int, *, cell: str = "lstm", temperature: float = 1.0):
-    """`generate` for a `jrnn.lm` model of any cell and depth: (ids `[n]`, carries)."""
-    _check_sampling_args(n, temperature)
-    prime = np.asarray(prime)
-    if prime.ndim != 1 or prime.size == 0 or not np.issubdtype(prime.dtype, np.integer):
-        raise ValueError(f"prime must be a non-empty 1-D array of token ids, got shape {prime.shape}")
-    elman.check_input_array(params.layers[0][0].shape[0], prime)
-    temp = jnp.asarray(temperature, params.w_hy.dtype)
-    return _generate_lm(params, key, jnp.asarray(prime, jnp.int32), temp, n=int(n), cell=cell)
-
-
-def _check_sampling_args(n, temperature):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    model_lib.rnn.check_input_array(model.input_size, prime)
+    carry = model_lib.carries(model, layers, (), carry)
+    temp = jnp.asarray(float(temperature), jnp.result_type(params.w_hy))
+    return _generate(model, params, key, jnp.asarray(prime, jnp.int32), carry, temp, n=int(n))

@@ -1,12 +1,21 @@
-"""Exact Williams & Peng TBPTT(k1, k2) for the Elman language model, as a surrogate loss.
+"""Exact Williams & Peng TBPTT(k1, k2) for any `jrnn.model.Model`, as a surrogate loss.
 
-`sequence_loss(..., k1, k2)` has the value of the full loss and the gradient of TBPTT(k1, k2):
-the chunk is cut into blocks of k1 steps and each block's losses back-propagate through the k2
-states ending at the block's last step (see `jrnn.bptt.truncated` for the numpy oracle).
+`sequence_loss(model, params, ..., k1, k2)` has the value of the full loss and the gradient of
+TBPTT(k1, k2): the chunk is cut into blocks of k1 steps and each block's losses back-propagate
+through the k2 steps ending at the block's last step (see `jrnn.bptt.truncated` and
+`jrnn.bptt.cell_truncated` for the numpy oracles).
 
-How: one plain forward computes every state; then each block re-runs its k2-step window from
-the stop-gradient'ed state just before it, all windows at once as a batch (depth k2, not T).
-So no JAX or PyTorch library's k1 = k2 restriction applies here. k1 = k2 >= T is full BPTT.
+How: one plain forward computes the carry after every step (every layer, an LSTM's c too);
+then each block re-runs its k2-step window of the whole stack from the stop-gradient'ed carry
+just before it, all windows at once as a batch (depth k2, not T). So no JAX or PyTorch
+library's k1 = k2 restriction applies here. k1 = k2 >= T is full BPTT.
+
+Rules: integers 1 <= k1 <= k2 (numpy integers too, bools refused), checked before anything
+else; k2 < k1 is refused (a block's losses could not reach its own first steps). Windows never
+cross a chunk boundary: the carry entering the chunk is where every window stops (it gets
+gradient only from windows that reach step 0), and between chunks a training step detaches it.
+A mask freezes the carry across padding exactly as the untruncated loss does; padded steps
+inside a window still count towards its k2 steps.
 """
 
 from __future__ import annotations
@@ -15,7 +24,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import elman, losses, rnn
+from jrnn import losses, model as model_lib, rnn
+
+
+def check_k(k1, k2) -> tuple[int, int]:
+    """(k1, k2) as ints with 1 <= k1 <= k2, or a clear error."""
+    for name, k in (("k1", k1), ("k2", k2)):
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"TBPTT {name} must be an int, got {type(k).__name__} {k!r}")
+    k1, k2 = int(k1), int(k2)
+    if not 1 <= k1 <= k2:
+        raise ValueError(f"TBPTT needs integers 1 <= k1 <= k2, got k1={k1}, k2={k2}")
+    return k1, k2
 
 
 def windows(T: int, k1: int, k2: int):
@@ -24,59 +44,81 @@ def windows(T: int, k1: int, k2: int):
     Window b covers steps times[:, b] = e_b - k2 + 1 ... e_b (negative = before the chunk).
     in_block marks the steps whose loss belongs to block b.
     """
-    if not (isinstance(k1, int) and isinstance(k2, int) and 1 <= k1 <= k2):
-        raise ValueError(f"TBPTT needs integers 1 <= k1 <= k2, got k1={k1!r}, k2={k2!r}")
+    k1, k2 = check_k(k1, k2)
     starts = np.arange(0, T, k1)
     ends = np.minimum(starts + k1, T) - 1
     times = ends[None, :] - k2 + 1 + np.arange(k2)[:, None]  # [k2, NB]
     return times, times >= starts[None, :]
 
 
-def sequence_loss(params: elman.ElmanParams, inputs, targets, h0=None, *, k1: int, k2: int,
-                  mask=None, reduction: str = "mean", activation: str = "tanh", unroll: int | None = None):
-    """Language-model cross-entropy whose gradient is TBPTT(k1, k2).
+def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: int, mask=None,
+                  reduction: str = "mean", unroll: int | None = None, compute_dtype=None):
+    """Cross-entropy whose gradient is TBPTT(k1, k2).
 
     Args:
-      inputs: token ids `[T, ...]` or features `[T, ..., D]`.
-      targets: ids `[T, ...]`.
-      h0: `[..., H]` (zeros if None).
-      mask: optional `[T, ...]`.
+      model: a `jrnn.model.Model` (any cell, any depth).
+      inputs: token ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`, same T.
+      carry: initial carry (zeros if None).
+      mask: optional `[T, ...]`, 1 = real step.
 
     Returns:
-      (loss, h_T): the loss value equals the untruncated loss; h_T `[..., H]` is the final state.
+      (loss, final carry): the loss value equals the untruncated loss, the carry the one
+      after the last real step of each sequence.
     """
-    T = jnp.shape(targets)[0]
+    k1, k2 = check_k(k1, k2)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"TBPTT loss supports reductions 'mean' and 'sum', got {reduction!r}")
+    layers = model_lib.layer_params(model, params)
+    rnn.check_input_array(model.input_size, inputs)
+    batch = model_lib.batch_shape(model, inputs)
+    model_lib.check_targets(inputs, targets, batch)
+    T = jnp.shape(inputs)[0]
     if k1 >= T and k2 >= T:  # one window over the whole chunk: plain BPTT
-        logits, h_T = elman.apply(params, inputs, h0, activation=activation, unroll=unroll)
-        return losses.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), h_T
+        return model_lib.sequence_loss(model, params, inputs, targets, carry, mask=mask, reduction=reduction,
+                                       unroll=unroll, compute_dtype=compute_dtype)
+    losses._check_labels(targets, model.output_size)
+    c0 = model_lib.carries(model, layers, batch, carry)
+    p, layers = model_lib._compute(params, layers, compute_dtype)
+    inputs = jnp.asarray(inputs)
+    if compute_dtype is not None:
+        c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
+        if jnp.issubdtype(inputs.dtype, jnp.floating):
+            inputs = inputs.astype(compute_dtype)
+    m = jnp.ones((T, *batch), bool) if mask is None else model_lib.check_mask(mask, (T, *batch))
+    if jnp.issubdtype(inputs.dtype, jnp.floating):  # "double where": NaN padding never reaches a gradient
+        inputs = jnp.where(m[..., None], inputs, 0.0)
+
+    def body(c, x):
+        x_t, m_t = x
+        new, _ = model_lib._stack_step(model.cell, layers, c, x_t)
+        c = model_lib._freeze(m_t, new, c)
+        return c, c
+
+    # 1) the carry after every step, detached: the windows' starting points
+    final, cs = jax.lax.scan(body, c0, (inputs, m), unroll=rnn.resolve_unroll(unroll, T))
+    cs = jax.lax.stop_gradient(cs)
+    # before[t] is the carry entering step t; before[0] = c0 keeps its gradient (windows that
+    # reach step 0 feed dL/dcarry0)
+    before = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), c0, cs)
     times, in_block = windows(T, k1, k2)
-    hs, h_T = elman.hidden(params, inputs, h0, activation=activation, unroll=unroll)
-    h0 = elman.zeros_carry(params, hs.shape[1:-1]) if h0 is None else h0
-    hs = jax.lax.stop_gradient(hs)
-    # state before window b: h_{s-1} (detached), or h0 itself when the window reaches step 0
-    before = jnp.concatenate([h0[None], hs])                       # [T+1, ..., H]; before[t+1] = h_t
-    start = jnp.asarray(np.maximum(times[0], 0))                   # [NB]
-    carry = jnp.where((times[0] <= 0).reshape((-1,) + (1,) * (h0.ndim)), h0[None], before[start])
-    us = elman.project(params, inputs)[np.maximum(times, 0)]       # [k2, NB, ..., H]
-    valid = jnp.asarray(times >= 0)
+    start = np.maximum(times[0], 0)                                        # [NB]
+    carry_w = jax.tree.map(lambda a: a[start], before)                     # [NB, ..., H] per leaf
+    idx = np.maximum(times, 0)
+    xs_w, ys_w = inputs[idx], jnp.asarray(targets)[idx]                    # [k2, NB, ...]
+    ok = m[idx] & jnp.asarray(times >= 0).reshape(times.shape + (1,) * len(batch))
 
-    def cell(p, h, x):
-        u, ok = x
-        h_new, _ = elman.step(p, h, u, activation=activation)
-        h = jnp.where(ok.reshape(ok.shape + (1,) * (h.ndim - 1)), h_new, h)  # padding passes h through
-        return h, h
+    # 2) every block's window at once: k2 steps of the stack on a batch of NB windows
+    def window(c, x):
+        x_t, ok_t = x
+        new, h = model_lib._stack_step(model.cell, layers, c, x_t)
+        return model_lib._freeze(ok_t, new, c), h
 
-    _, hw = rnn.scan(cell, params, carry, (us, valid), unroll=unroll)   # [k2, NB, ..., H]
-    per_step = losses.softmax_cross_entropy(
-        elman.readout(params, hw), jnp.asarray(targets)[np.maximum(times, 0)], reduction="none")
-    weight = jnp.asarray(in_block & (times >= 0), per_step.dtype).reshape(times.shape + (1,) * (per_step.ndim - 2))
-    weight = jnp.broadcast_to(weight, per_step.shape)
-    if mask is not None:
-        weight = weight * jnp.asarray(mask, per_step.dtype)[np.maximum(times, 0)]
-    total = jnp.sum(jnp.where(weight > 0, per_step, 0.0) * weight)
+    _, hw = jax.lax.scan(window, carry_w, (xs_w, ok), unroll=rnn.resolve_unroll(unroll, k2))      # [k2, NB, ..., H]
+    per_step = losses.softmax_cross_entropy(model_lib.readout(p, hw).astype(jnp.result_type(params.w_hy)),
+                                            ys_w, reduction="none")
+    weight = ok & jnp.asarray(in_block).reshape(in_block.shape + (1,) * len(batch))
+    total = jnp.sum(jnp.where(weight, per_step, 0.0))
     if reduction == "sum":
-        return total, h_T
-    if reduction == "mean":
-        count = jnp.size(targets) if mask is None else jnp.maximum(jnp.sum(jnp.asarray(mask, per_step.dtype)), 1.0)
-        return total / count, h_T
-    raise ValueError(f"TBPTT loss supports reductions 'mean' and 'sum', got {reduction!r}")
+        return total, final
+    count = jnp.maximum(jnp.sum(m.astype(per_step.dtype)), 1.0)
+    return total / count, final

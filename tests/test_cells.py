@@ -115,28 +115,30 @@ def test_bidirectional_concat_and_sum():
 
 
 def test_dropout_is_keyed_and_off_at_eval():
-    params = lm.init(jax.random.key(0), cell="gru", vocab_size=9, hidden_size=8, layers=3)
+    model = lm.model("gru", vocab_size=9, hidden_size=8, layers=3)
+    params = model.init(jax.random.key(0))
     x = np.random.RandomState(7).randint(0, 9, (5, 2))
-    a, _ = lm.apply(params, x, cell="gru", dropout=0.5, key=jax.random.key(1))
-    b, _ = lm.apply(params, x, cell="gru", dropout=0.5, key=jax.random.key(1))
-    d, _ = lm.apply(params, x, cell="gru", dropout=0.5, key=jax.random.key(2))
-    e1, _ = lm.apply(params, x, cell="gru")
-    e2, _ = lm.apply(params, x, cell="gru")
+    a, _ = model.apply(params, x, dropout=0.5, key=jax.random.key(1))
+    b, _ = model.apply(params, x, dropout=0.5, key=jax.random.key(1))
+    d, _ = model.apply(params, x, dropout=0.5, key=jax.random.key(2))
+    e1, _ = model.apply(params, x)
+    e2, _ = model.apply(params, x)
     assert np.array_equal(a, b) and not np.array_equal(a, d) and np.array_equal(e1, e2)
     with pytest.raises(ValueError, match="needs a PRNG key"):
-        lm.apply(params, x, cell="gru", dropout=0.5)
+        model.apply(params, x, dropout=0.5)
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_bfloat16_compute_still_lowers_the_loss(name):
-    params = lm.init(jax.random.key(0), cell=name, vocab_size=12, hidden_size=16, layers=2)
+    model = lm.model(name, vocab_size=12, hidden_size=16, layers=2)
+    params = model.init(jax.random.key(0))
     rng = np.random.RandomState(8)
     x = rng.randint(0, 12, (20, 4))
     y = (x + 1) % 12  # learnable: next id is the current id + 1
     opt = optim.adam(1e-2)
 
     def loss_fn(p, batch, carry):
-        return lm.sequence_loss(p, batch[0], batch[1], cell=name, compute_dtype=jnp.bfloat16)[0], carry
+        return model.loss(p, batch[0], batch[1], compute_dtype=jnp.bfloat16)[0], carry
 
     step = jrnn.make_step(loss_fn, opt)
     state = opt.init(params)

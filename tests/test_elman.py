@@ -165,7 +165,7 @@ def test_out_of_range_token_ids_raise(params, bad):
 def test_empty_sequence_and_bad_shapes_raise(params):
     with pytest.raises(ValueError, match="empty sequence"):
         elman.apply(params, np.zeros((0,), np.int32))
-    with pytest.raises(ValueError, match="h0 must have shape"):
+    with pytest.raises(ValueError, match=r"must have shape \(3, 6\) for these inputs"):
         elman.apply(params, np.zeros((4, 3), np.int32), jnp.zeros(6))
     with pytest.raises(ValueError, match="last dim 9"):
         elman.apply(params, np.zeros((4, 5)))
@@ -173,6 +173,26 @@ def test_empty_sequence_and_bad_shapes_raise(params):
         elman.apply(params, np.zeros((4,), bool))
     with pytest.raises(ValueError, match="unknown activation"):
         elman.apply(params, np.zeros((4,), np.int32), activation="gelu")
+
+
+def test_one_dimensional_float_input_is_refused_not_read_as_steps(params):
+    # dense inputs are [T, ..., D]: a 1-D float vector used to be read as T = 5 steps
+    p = elman.init(jax.random.key(0), input_size=5, hidden_size=4, output_size=3)
+    with pytest.raises(ValueError, match=r"at least 2-D"):
+        elman.apply(p, np.array([0., 1., 2., 3., 4.], np.float32))
+    logits, _ = elman.apply(p, np.array([[0., 1., 2., 3., 4.]], np.float32))   # one step: [1, D]
+    assert logits.shape == (1, 3)
+
+
+def test_h0_given_as_a_list_equals_the_array(params, rng):
+    x = rng.randint(0, 9, size=5)
+    h0 = rng.randn(6)
+    a, ha = elman.apply(params, x, jnp.asarray(h0))
+    b, hb = elman.apply(params, x, [float(v) for v in h0])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ha, hb)
+    with pytest.raises(TypeError, match="carry of layer 0"):
+        elman.apply(params, x, {"h": h0})
 
 
 def test_padding_never_changes_real_steps_or_final_state(params, rng):

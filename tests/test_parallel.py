@@ -15,12 +15,13 @@ import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)  # float64, so only the sharding can make a difference
 import jrnn
 assert jax.device_count() == 4, jax.devices()
-params = jrnn.lm.init(jax.random.key(0), cell="lstm", vocab_size=11, hidden_size=16, layers=2, dtype=jnp.float64)
+model = jrnn.lm.model("lstm", vocab_size=11, hidden_size=16, layers=2)
+params = model.init(jax.random.key(0), jnp.float64)
 opt = jrnn.optim.adam(1e-2, clip_norm=1.0)
 
 def loss_fn(p, batch, carry):
     x, y = batch
-    loss, carry = jrnn.lm.sequence_loss(p, x, y, carry, cell="lstm")
+    loss, carry = model.loss(p, x, y, carry)
     return loss, carry
 
 rng = np.random.RandomState(0)
@@ -46,7 +47,7 @@ for a, b in zip(jax.tree.leaves(c2), jax.tree.leaves(c1)):
 # K steps per call: batch leaves stacked [K, T, B], split along B
 stacked = tuple(np.stack(z) for z in zip(*batches))
 multi, multi_parallel = jrnn.make_multi_step(loss_fn, opt), jrnn.train.make_data_parallel_step(loss_fn, opt, multi_step=True)
-c0 = jrnn.lm.zeros(params, (8,), cell="lstm")   # a scan needs the carry's structure from the start
+c0 = model.zeros(params, (8,))   # a scan needs the carry's structure from the start
 (pm1, _, m1, cm1), (pm2, _, m2, cm2) = (f(params, opt.init(params), stacked, c0) for f in (multi, multi_parallel))
 assert len(jax.tree.leaves(pm2)[0].sharding.device_set) == 4
 np.testing.assert_allclose(m1["loss"], l1, rtol=1e-12)   # the multi-step runs the same 3 steps

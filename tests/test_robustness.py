@@ -37,7 +37,7 @@ def test_forward_loss_and_grad_are_finite_for_finite_inputs(T, B, D, H, V, dense
 def test_sampling_always_returns_valid_ids(V, H, n, P, temperature, scale, seed):
     params = elman.init(jax.random.key(seed), vocab_size=V, hidden_size=H, scheme="normal", scale=scale)
     prime = np.random.RandomState(seed).randint(0, V, P)
-    toks, h = jrnn.generate(params, jax.random.key(seed), prime, n, temperature=temperature)
+    toks, (h,) = jrnn.generate(elman.model_of(params), params, jax.random.key(seed), prime, n, temperature=temperature)
     toks = np.asarray(toks)
     assert toks.shape == (n,) and toks.min() >= 0 and toks.max() < V and bool(jnp.all(jnp.isfinite(h)))
 

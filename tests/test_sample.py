@@ -14,16 +14,19 @@ def params():
     return elman.init(jax.random.key(0), vocab_size=11, hidden_size=8, scheme="normal", scale=0.5)
 
 
+MODEL = elman.model(vocab_size=11, hidden_size=8)   # the seeds' Elman LM as a jrnn.Model
+
+
 def test_same_key_same_sample_other_key_other_sample(params):
-    a, _ = jrnn.generate(params, jax.random.key(1), [1, 2], 50)
-    b, _ = jrnn.generate(params, jax.random.key(1), [1, 2], 50)
-    c, _ = jrnn.generate(params, jax.random.key(2), [1, 2], 50)
+    a, _ = jrnn.generate(MODEL, params, jax.random.key(1), [1, 2], 50)
+    b, _ = jrnn.generate(MODEL, params, jax.random.key(1), [1, 2], 50)
+    c, _ = jrnn.generate(MODEL, params, jax.random.key(2), [1, 2], 50)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.shape == (50,) and int(a.min()) >= 0 and int(a.max()) < 11
 
 
 def test_low_temperature_is_greedy_decoding(params):
-    toks, _ = jrnn.generate(params, jax.random.key(3), [4], 20, temperature=1e-4)
+    toks, _ = jrnn.generate(MODEL, params, jax.random.key(3), [4], 20, temperature=1e-4)
     h, x = jnp.zeros(8), 4
     for t in range(20):
         _, h = elman.apply(params, np.array([x]), h)
@@ -33,8 +36,8 @@ def test_low_temperature_is_greedy_decoding(params):
 
 def test_sample_continues_from_the_prime_state(params):
     _, h_prime = elman.apply(params, np.array([1, 2, 3]))
-    a, _ = jrnn.generate(params, jax.random.key(5), [1, 2, 3], 10)
-    b, _ = jrnn.generate(params, jax.random.key(5), [3], 10, h0=elman.hidden(params, np.array([1, 2]))[1])
+    a, _ = jrnn.generate(MODEL, params, jax.random.key(5), [1, 2, 3], 10)
+    b, _ = jrnn.generate(MODEL, params, jax.random.key(5), [3], 10, carry=(elman.hidden(params, np.array([1, 2]))[1],))
     assert np.array_equal(a, b)
     assert h_prime.shape == (8,)
 
@@ -42,26 +45,76 @@ def test_sample_continues_from_the_prime_state(params):
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_temperature_raises(params, temperature):
     with pytest.raises(ValueError, match="temperature"):
-        jrnn.generate(params, jax.random.key(0), [1], 5, temperature=temperature)
+        jrnn.generate(MODEL, params, jax.random.key(0), [1], 5, temperature=temperature)
 
 
 @pytest.mark.parametrize("prime,n,match", [([], 5, "non-empty"), ([11], 5, "token ids"), ([1], 0, "positive")])
 def test_bad_prime_or_length_raises(params, prime, n, match):
     with pytest.raises(ValueError, match=match):
-        jrnn.generate(params, jax.random.key(0), np.array(prime, np.int32), n)
+        jrnn.generate(MODEL, params, jax.random.key(0), np.array(prime, np.int32), n)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "elman"])
-def test_generate_lm_is_deterministic_valid_and_follows_the_model(cell):
-    params = jrnn.lm.init(jax.random.key(0), cell=cell, vocab_size=9, hidden_size=8, layers=2)
-    a, _ = jrnn.sample.generate_lm(params, jax.random.key(1), [1, 2], 30, cell=cell)
-    b, _ = jrnn.sample.generate_lm(params, jax.random.key(1), [1, 2], 30, cell=cell)
+def test_one_generate_for_every_cell_is_deterministic_valid_and_follows_the_model(cell):
+    model = jrnn.lm.model(cell, vocab_size=9, hidden_size=8, layers=2)
+    params = model.init(jax.random.key(0))
+    a, _ = jrnn.generate(model, params, jax.random.key(1), [1, 2], 30)
+    b, _ = jrnn.generate(model, params, jax.random.key(1), [1, 2], 30)
     assert np.array_equal(a, b) and a.shape == (30,) and int(a.min()) >= 0 and int(a.max()) < 9
-    greedy, _ = jrnn.sample.generate_lm(params, jax.random.key(2), [3], 5, cell=cell, temperature=1e-4)
+    greedy, _ = jrnn.generate(model, params, jax.random.key(2), [3], 5, temperature=1e-4)
     seq = [3]
     for _ in range(5):
-        logits, _ = jrnn.lm.apply(params, np.array(seq), cell=cell)
+        logits, _ = model.apply(params, np.array(seq))
         seq.append(int(jnp.argmax(logits[-1])))
     assert list(np.asarray(greedy)) == seq[1:]
     with pytest.raises(ValueError, match="token ids"):
-        jrnn.sample.generate_lm(params, jax.random.key(0), [9], 5, cell=cell)
+        jrnn.generate(model, params, jax.random.key(0), [9], 5)
+
+
+def _greedy(model, params, prime, n):
+    seq = list(prime)
+    for _ in range(n):
+        logits, _ = model.apply(params, np.array(seq))
+        seq.append(int(jnp.argmax(logits[-1])))
+    return seq[len(prime):]
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+def test_temperature_that_overflows_the_logits_is_greedy_decoding(temperature):
+    # logits / 1e-40 overflow float32 (and 1e-300, 5e-324 round to 0 in float32): the old code
+    # sampled from inf/NaN logits; now that limit is the argmax, exactly
+    model = jrnn.lm.model("gru", vocab_size=9, hidden_size=8)
+    params = model.init(jax.random.key(0), jnp.float32)
+    toks, _ = jrnn.generate(model, params, jax.random.key(4), [2], 12, temperature=temperature)
+    assert list(np.asarray(toks)) == _greedy(model, params, [2], 12)
+
+
+@pytest.mark.parametrize("temperature", [np.float32(0.8), np.float64(1.5), np.int64(2)])
+def test_numpy_scalar_temperature_is_accepted_and_equals_the_python_number(params, temperature):
+    a, _ = jrnn.generate(MODEL, params, jax.random.key(6), [1], 20, temperature=temperature)
+    b, _ = jrnn.generate(MODEL, params, jax.random.key(6), [1], 20, temperature=float(temperature))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("temperature", [True, "1.0", None])
+def test_non_number_temperature_is_a_type_error(params, temperature):
+    with pytest.raises(TypeError, match="temperature"):
+        jrnn.generate(MODEL, params, jax.random.key(0), [1], 5, temperature=temperature)
+
+
+def test_params_of_another_cell_name_both_cells():
+    lstm = jrnn.lm.model("lstm", vocab_size=9, hidden_size=8)
+    gru_params = jrnn.lm.model("gru", vocab_size=9, hidden_size=8).init(jax.random.key(0))
+    with pytest.raises(TypeError, match="GRUParams.*'lstm'.*LSTMParams"):
+        jrnn.generate(lstm, gru_params, jax.random.key(0), [1], 5)
+    with pytest.raises(TypeError, match="GRUParams.*'lstm'.*LSTMParams"):
+        lstm.apply(gru_params, np.array([1, 2]))
+
+
+def test_carry_given_as_a_list_is_converted(params):
+    h = elman.hidden(params, np.array([1, 2]))[1]
+    a, _ = jrnn.generate(MODEL, params, jax.random.key(5), [3], 10, carry=(h,))
+    b, _ = jrnn.generate(MODEL, params, jax.random.key(5), [3], 10, carry=[[float(v) for v in h]])
+    assert np.array_equal(a, b)
+    with pytest.raises(TypeError, match="carry"):
+        jrnn.generate(MODEL, params, jax.random.key(5), [3], 10, carry={"h": h})

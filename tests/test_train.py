@@ -7,13 +7,13 @@ import optax
 import pytest
 
 import jrnn
-from jrnn import elman, optim, tbptt
+from jrnn import elman, optim
 from jrnn.testing import assert_trees_close
 
 
 def lm_loss(params, batch, h):
     x, y = batch
-    return tbptt.sequence_loss(params, x, y, h, k1=x.shape[0], k2=x.shape[0], reduction="sum")
+    return elman.sequence_loss(params, x, y, h, k1=x.shape[0], k2=x.shape[0], reduction="sum")
 
 
 @pytest.fixture

@@ -41,7 +41,8 @@ def _entry_points():
     x = jnp.asarray(rng.randint(0, V, (T, B)))
     feats = jnp.asarray(rng.randn(T, B, H))
     p = elman.init(jax.random.key(0), vocab_size=V, hidden_size=H, dtype=jnp.float64)
-    lp = lm.init(jax.random.key(1), cell="lstm", vocab_size=V, hidden_size=H, layers=2, dtype=jnp.float64)
+    lm_model = lm.model("lstm", vocab_size=V, hidden_size=H, layers=2)
+    lp = lm_model.init(jax.random.key(1), jnp.float64)
     gp = cells.GRU.init(jax.random.key(2), H, H, jnp.float64)
     h0 = jnp.zeros((B, H))
     return [
@@ -55,8 +56,10 @@ def _entry_points():
         ("elman.sequence_loss", lambda u: elman.sequence_loss(p, x, x, unroll=u)),
         ("elman.sequence_loss remat", lambda u: elman.sequence_loss(p, x, x, remat=True, unroll=u)),
         ("elman_scan.run", lambda u: elman_scan.run(p.w_hh, elman.project(p, x), h0, unroll=u)),
-        ("lm.apply", lambda u: lm.apply(lp, x, cell="lstm", unroll=u)),
-        ("tbptt.sequence_loss", lambda u: tbptt.sequence_loss(p, x, x, k1=2, k2=5, unroll=u)),
+        ("model.apply", lambda u: lm_model.apply(lp, x, unroll=u)),
+        ("model.loss remat", lambda u: lm_model.loss(lp, x, x, remat=True, unroll=u)),
+        ("model.loss tbptt", lambda u: lm_model.loss(lp, x, x, k1=2, k2=5, unroll=u)),
+        ("tbptt.sequence_loss", lambda u: tbptt.sequence_loss(elman.model_of(p), p, x, x, k1=2, k2=5, unroll=u)),
     ]
 
 

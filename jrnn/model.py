@@ -1,0 +1,314 @@
+"""A recurrent model as one value: a cell, a depth, sizes and a linear readout.
+
+    x_t (ids [T, ...] or features [T, ..., D]) -> `layers` x cell -> h_t W_hy + b_y -> logits [T, ..., V]
+
+`Model` is a hashable NamedTuple (its cell is a `jrnn.rnn.Cell`), so it can be closed over or
+passed to `jax.jit` as a static argument; the parameters stay a plain pytree, `Params(layers,
+w_hy, b_y)`, and every function here is pure. The seeds' single-layer Elman network is one
+instance: `jrnn.elman.model(...)` is a `Model` of the Elman cell, and its flat `ElmanParams`
+(w_xh, w_hh, b_h, w_hy, b_y) are taken as a one-layer model's params as they are.
+
+Everything a model does is written here once, above all cells: the layer-by-layer forward
+(`hidden`, `apply`), the per-step forward of the whole stack (`step`, which sampling, TBPTT
+windows and the rematerialised loss run on), losses, and carries. A carry is a tuple with one
+cell carry per layer (an LSTM layer's is `LSTMState(h, c)`).
+
+Example:
+  >>> model = jrnn.lm.model("lstm", vocab_size=65, hidden_size=128, layers=2)
+  >>> params = model.init(jax.random.key(0))
+  >>> logits, carry = model.apply(params, tokens)                # tokens [T, B] ids
+  >>> loss, carry = model.loss(params, tokens, targets, k1=25, k2=50)   # TBPTT(25, 50)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn import losses, rnn
+
+
+class Params(NamedTuple):
+    """Stacked cell params and the readout."""
+    layers: tuple    # one cell params pytree per layer; layer 0 reads the inputs
+    w_hy: jax.Array  # [H, V]
+    b_y: jax.Array   # [V]
+
+
+class Model(NamedTuple):
+    """`layers` cells of `hidden_size` units reading `input_size` ids/features, read out to
+    `output_size` logits. Methods are the module functions with the model as first argument."""
+    cell: rnn.Cell
+    input_size: int
+    hidden_size: int
+    output_size: int
+    layers: int = 1
+
+    def init(self, key, dtype=jnp.float32):
+        return init(self, key, dtype)
+
+    def hidden(self, params, inputs, carry=None, **kw):
+        return hidden(self, params, inputs, carry, **kw)
+
+    def apply(self, params, inputs, carry=None, **kw):
+        return apply(self, params, inputs, carry, **kw)
+
+    def apply_last(self, params, inputs, carry=None, **kw):
+        return apply_last(self, params, inputs, carry, **kw)
+
+    def loss(self, params, inputs, targets, carry=None, **kw):
+        return sequence_loss(self, params, inputs, targets, carry, **kw)
+
+    def step(self, params, carry, x_t):
+        return step(self, params, carry, x_t)
+
+    def zeros(self, params, batch_shape=()):
+        return zeros(self, params, batch_shape)
+
+
+def make(cell: rnn.Cell, *, input_size: int, hidden_size: int, output_size: int, layers: int = 1) -> Model:
+    """A `Model`, sizes validated."""
+    if not isinstance(cell, rnn.Cell):
+        raise TypeError(f"cell must be a jrnn.rnn.Cell (see jrnn.cells.get), got {type(cell).__name__}")
+    return Model(cell, rnn.positive_int("input_size", input_size), rnn.positive_int("hidden_size", hidden_size),
+                 rnn.positive_int("output_size", output_size), rnn.positive_int("layers", layers))
+
+
+def init(model: Model, key, dtype=jnp.float32) -> Params:
+    """Params from a PRNG key: the cell's own init per layer, Glorot readout, zero output bias."""
+    keys = jax.random.split(key, model.layers + 1)
+    H = model.hidden_size
+    stack = tuple(model.cell.init(keys[i], model.input_size if i == 0 else H, H, dtype)
+                  for i in range(model.layers))
+    w_hy = jax.nn.initializers.glorot_uniform()(keys[-1], (H, model.output_size), dtype)
+    return Params(stack, w_hy, jnp.zeros((model.output_size,), dtype))
+
+
+def param_count(params) -> int:
+    return sum(int(np.size(x)) for x in jax.tree.leaves(params))
+
+
+def _type_names(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in types)
+
+
+def layer_params(model: Model, params) -> tuple:
+    """The per-layer cell params of `params`, checked against `model`: the right cell, depth
+    and sizes, or a clear TypeError/ValueError (never an AttributeError deep in a step)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a jrnn.model.Model (e.g. jrnn.lm.model(...)), got {type(model).__name__}")
+    if not (hasattr(params, "w_hy") and hasattr(params, "b_y")):
+        raise TypeError(f"params must be jrnn.model.Params (or the seeds' jrnn.ElmanParams), got "
+                        f"{type(params).__name__}")
+    layers = params.layers if isinstance(params, Params) else (params,)
+    if len(layers) != model.layers:
+        raise ValueError(f"params have {len(layers)} layers, the model has {model.layers}")
+    want = model.cell.params
+    for i, p in enumerate(layers):
+        if want is not None and not isinstance(p, want):
+            raise TypeError(f"params of layer {i} are {type(p).__name__}, but this model's cell is "
+                            f"{model.cell.name!r}, which takes {_type_names(want)}: params and model are "
+                            f"of different cells")
+    if tuple(jnp.shape(params.w_hy)) != (model.hidden_size, model.output_size):
+        raise ValueError(f"readout w_hy has shape {tuple(jnp.shape(params.w_hy))}, the model needs "
+                         f"{(model.hidden_size, model.output_size)} ([H, V])")
+    return tuple(layers)
+
+
+def batch_shape(model: Model, inputs) -> tuple:
+    """The `...` of inputs `[T, ...]` (ids) or `[T, ..., D]` (features)."""
+    shape = jnp.shape(inputs)
+    return tuple(shape[1:]) if jnp.issubdtype(jnp.result_type(inputs), jnp.integer) else tuple(shape[1:-1])
+
+
+def zeros(model: Model, params, batch_shape=()) -> tuple:
+    """The zero carry: one cell carry `[*batch_shape, H]` (or a pytree of them) per layer."""
+    return tuple(model.cell.zeros(p, tuple(batch_shape)) for p in layer_params(model, params))
+
+
+def _as_layer_carry(i, given, zero):
+    """One layer's carry, converted from lists/numpy where that is unambiguous, shape-checked."""
+    if isinstance(zero, jax.Array) and not isinstance(given, jax.Array):
+        if isinstance(given, (list, tuple, np.ndarray, float, int)) or np.isscalar(given):
+            given = jnp.asarray(given, zero.dtype)
+    elif isinstance(zero, tuple) and isinstance(given, (list, tuple)) and len(given) == len(zero):
+        given = type(zero)(*(_as_layer_carry(i, g, z) for g, z in zip(given, zero)))
+    if jax.tree.structure(given) != jax.tree.structure(zero):
+        raise TypeError(f"carry of layer {i} must look like {jax.tree.structure(zero)} (see jrnn.model.zeros), "
+                        f"got {type(given).__name__}")
+    for g, z in zip(jax.tree.leaves(given), jax.tree.leaves(zero)):
+        if not hasattr(g, "shape"):
+            raise TypeError(f"carry of layer {i} must hold arrays, got {type(g).__name__}")
+        if tuple(g.shape) != tuple(z.shape):
+            raise ValueError(f"carry of layer {i} must have shape {tuple(z.shape)} for these inputs, got {tuple(g.shape)}")
+    return given
+
+
+def carries(model: Model, layers: tuple, batch, carry) -> tuple:
+    """The initial carry for inputs of batch shape `batch`: zeros if None, else `carry` checked
+    (a tuple or list with one carry per layer; arrays may be given as lists or numpy)."""
+    zero = tuple(model.cell.zeros(p, tuple(batch)) for p in layers)
+    if carry is None:
+        return zero
+    if not isinstance(carry, (tuple, list)) or len(carry) != len(layers) or (
+            isinstance(carry, tuple) and hasattr(carry, "_fields")):
+        raise TypeError(f"carry must be a tuple with one carry per layer ({len(layers)}), as "
+                        f"jrnn.model.zeros returns, got {type(carry).__name__}")
+    return tuple(_as_layer_carry(i, c, z) for i, (c, z) in enumerate(zip(carry, zero)))
+
+
+def _compute(params, layers, compute_dtype):
+    if compute_dtype is None:
+        return params, layers
+    cast = lambda t: jax.tree.map(lambda a: a.astype(compute_dtype), t)
+    return cast(params), cast(layers)
+
+
+def readout(params, hs) -> jax.Array:
+    """Logits `[..., V]` from states `[..., H]`."""
+    return hs @ params.w_hy + params.b_y.reshape((1,) * (hs.ndim - 1) + params.b_y.shape)
+
+
+def hidden(model: Model, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int | None = None,
+           remat: bool = False, dropout: float = 0.0, key=None, compute_dtype=None, method: str = "sequential"):
+    """Top-layer states `[T, ..., H]` and the final carry (a tuple, one per layer).
+
+    Args:
+      inputs: token ids `[T, ...]` or features `[T, ..., D]`, time-major.
+      carry: initial carry (zeros if None).
+      mask: optional `[T, ...]`, 1 = real step: across padding the carry is frozen and the
+        output is zero; with `reverse`, right-padded sequences are read from their own last step.
+      dropout: rate between layers (needs `key`), as PyTorch's nn.LSTM(dropout=...).
+      compute_dtype: e.g. jnp.bfloat16 runs the cells in that dtype; params keep their own.
+      method: how each layer runs over time (`jrnn.rnn.run`: "sequential", or parallel-in-time).
+    """
+    layers = layer_params(model, params)
+    rnn.check_input_array(model.input_size, inputs)
+    c0 = carries(model, layers, batch_shape(model, inputs), carry)
+    _, layers = _compute(params, layers, compute_dtype)
+    if compute_dtype is not None:
+        c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
+        if jnp.issubdtype(jnp.result_type(inputs), jnp.floating):
+            inputs = jnp.asarray(inputs).astype(compute_dtype)
+    return rnn.stack(model.cell, layers, inputs, c0, mask=mask, dropout=dropout, key=key, unroll=unroll,
+                     reverse=reverse, remat=remat, method=method)
+
+
+def apply(model: Model, params, inputs, carry=None, **kw):
+    """Logits `[T, ..., V]` (in the params' dtype) and the final carry; keywords as `hidden`."""
+    hs, final = hidden(model, params, inputs, carry, **kw)
+    p, _ = _compute(params, (), kw.get("compute_dtype"))
+    return readout(p, hs).astype(jnp.result_type(params.w_hy)), final
+
+
+def apply_last(model: Model, params, inputs, carry=None, *, mask=None, **kw):
+    """Many-to-one: logits `[..., V]` of the top layer's output at each sequence's last real
+    step (its last mask-1 step; t = 0 with `reverse`), and the final carry."""
+    hs, final = hidden(model, params, inputs, carry, mask=mask, **kw)
+    if kw.get("reverse"):
+        last = hs[0]
+    elif mask is None:
+        last = hs[-1]
+    else:
+        n = jnp.sum(jnp.asarray(mask, jnp.int32), axis=0)                     # [...] real steps
+        idx = jnp.maximum(n - 1, 0)
+        last = jnp.take_along_axis(hs, idx[None, ..., None], axis=0)[0]
+    p, _ = _compute(params, (), kw.get("compute_dtype"))
+    return readout(p, last).astype(jnp.result_type(params.w_hy)), final
+
+
+def step(model: Model, params, carry, x_t):
+    """One time step of the whole stack: `(carry, x_t) -> (carry, logits_t)`, x_t ids `[...]` or
+    features `[..., D]`. Scan-shaped; sampling, TBPTT windows and `remat` run on it."""
+    layers = layer_params(model, params)
+    carry, h = _stack_step(model.cell, layers, carry, x_t)
+    return carry, readout(params, h)
+
+
+def _stack_step(cell, layers, carry, x_t):
+    h, new = x_t, []
+    for p, c in zip(layers, carry):
+        c, h = cell.step(p, c, cell.project(p, jnp.asarray(h)[None])[0])
+        new.append(c)
+    return tuple(new), h
+
+
+def _freeze(m, new, old):
+    """`new` where m (a real step), `old` across padding."""
+    return jax.tree.map(lambda a, b: jnp.where(m.reshape(m.shape + (1,) * (a.ndim - m.ndim)), a, b), new, old)
+
+
+def check_targets(inputs, targets, batch):
+    """Targets must be integer ids of the inputs' `[T, ...]` shape: neither shorter nor longer."""
+    T = jnp.shape(inputs)[0]
+    if tuple(jnp.shape(targets)) != (T, *batch):
+        raise ValueError(f"targets must have the inputs' shape [T, ...] = {(T, *batch)}, got {tuple(jnp.shape(targets))}")
+
+
+def check_mask(mask, shape):
+    if mask is None:
+        return None
+    if tuple(jnp.shape(mask)) != tuple(shape):
+        raise ValueError(f"mask must have shape {tuple(shape)} ([T, ...]), got {tuple(jnp.shape(mask))}")
+    return jnp.asarray(mask, bool)
+
+
+def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=None, reduction: str = "mean",
+                  k1: int | None = None, k2: int | None = None, remat: bool = False, unroll: int | None = None,
+                  dropout: float = 0.0, key=None, compute_dtype=None):
+    """Softmax cross-entropy of per-step targets: (loss, final carry).
+
+    Args:
+      inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`.
+      mask: optional `[T, ...]` (padding = 0): ignored by the loss, carry frozen across it.
+      k1, k2: if given, the gradient is Williams & Peng TBPTT(k1, k2) (`jrnn.tbptt`); the value
+        is the full loss either way.
+      remat: the readout and loss run inside a scan that keeps only sqrt(T) carries for the
+        backward pass (`rnn.checkpointed_scan`): memory grows like sqrt(T) instead of T, for one
+        extra forward pass and per-step projections and readouts.
+    """
+    if k1 is not None or k2 is not None:
+        if dropout or remat:
+            raise ValueError("TBPTT (k1, k2) takes neither dropout nor remat: its windows re-run the "
+                             "forward and must see the same network")
+        from jrnn import tbptt  # tbptt is built on this module: imported on use
+        return tbptt.sequence_loss(model, params, inputs, targets, carry, k1=k1, k2=k2, mask=mask,
+                                   reduction=reduction, unroll=unroll, compute_dtype=compute_dtype)
+    layers = layer_params(model, params)
+    rnn.check_input_array(model.input_size, inputs)
+    batch = batch_shape(model, inputs)
+    check_targets(inputs, targets, batch)
+    if not remat:
+        logits, final = apply(model, params, inputs, carry, mask=mask, unroll=unroll, dropout=dropout, key=key,
+                              compute_dtype=compute_dtype)
+        return losses.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), final
+    if dropout:
+        raise ValueError("remat takes no dropout (each recomputed segment would need the same masks)")
+    losses._check_labels(targets, model.output_size)
+    c0 = carries(model, layers, batch, carry)
+    p, layers = _compute(params, layers, compute_dtype)
+    inputs = jnp.asarray(inputs)
+    if compute_dtype is not None:
+        c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
+        if jnp.issubdtype(inputs.dtype, jnp.floating):
+            inputs = inputs.astype(compute_dtype)
+    T = inputs.shape[0]
+    m = jnp.ones((T, *batch), bool) if mask is None else check_mask(mask, (T, *batch))
+    out_dtype = jnp.result_type(params.w_hy)
+
+    def fused(_, c, x):
+        # the input projection runs in the step too: a hoisted [T, ..., G*H] projection (and its
+        # gradient) would be the largest O(T) buffers left
+        x_t, y, m_t = x
+        new, h = _stack_step(model.cell, layers, c, jnp.where(m_t[..., None], x_t, 0) if x_t.ndim > m_t.ndim else x_t)
+        c = _freeze(m_t, new, c)
+        nll = losses.softmax_cross_entropy(readout(p, h).astype(out_dtype), y, reduction="none")
+        return c, jnp.where(m_t, nll, 0.0)
+
+    final, per_step = rnn.scan(fused, None, c0, (inputs, jnp.asarray(targets), m), unroll=unroll,
+                               remat=True)
+    return losses.reduce(per_step, m, reduction), final
