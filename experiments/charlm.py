@@ -9,10 +9,14 @@ after the last.
 
 --full: the whole corpus, last 10 % held out, B parallel streams with the hidden state carried
 across chunks (split over one XLA device per CPU core), Adam + global-norm clipping, validation
-nats and bits per char, wall time; any cell (--cell elman|lstm|gru) and depth (--layers).
+nats and bits per char, wall time; any depth (--layers) and TBPTT(k1, k2) inside each chunk
+(--k1, --k2; default full BPTT over the chunk).
 It also runs as several processes (jax.distributed: `python -m experiments.launch -n 2 --
 charlm --full ...`, or SLURM/Open MPI tasks): each process feeds its share of the streams,
 process 0 writes results, plot, sample and checkpoints.
+
+Both modes take any cell (--cell elman|lstm|gru; the seed recipe's Elman keeps its
+U(+-1/sqrt(fan_in)) init, the gated cells their own).
 
 Both modes end with a 500-char sample (--temperature, --prime).
 """
@@ -54,63 +58,86 @@ VAL_FRACTION = 0.1
 
 # ---- default recipe -------------------------------------------------------------------------------
 
-def seed_loss(params, batch, carry):
-    """Summed NLL of one chunk from h=0, gradient of exact k-step truncated BPTT."""
-    x, y = batch
-    loss, _ = jrnn.tbptt.sequence_loss(params, x, y, k1=1, k2=SEED_K + 1, reduction="sum")
-    return loss, carry
+def seed_model(cell, V, H=SEED_HIDDEN):
+    """The seed's network (a one-layer LM of H units) with any cell."""
+    if cell == "elman":
+        return jrnn.elman.model(vocab_size=V, hidden_size=H)
+    return jrnn.lm.model(cell, vocab_size=V, hidden_size=H)
 
 
-SEED_EPOCH = jrnn.make_multi_step(seed_loss, jrnn.optim.sgd(SEED_LR))
+def seed_init(model, key):
+    """The seed's U(+-1/sqrt(fan_in)) init for its Elman network; a gated cell's own init."""
+    if model.cell == jrnn.cells.ELMAN:
+        return jrnn.elman.init(key, vocab_size=model.input_size, hidden_size=model.hidden_size,
+                               scheme="uniform_fan_in")
+    return model.init(key)
 
 
-def seed_epoch(precision="float32"):
-    """The compiled seed-mode epoch for --precision (SEED_EPOCH for full float32)."""
-    return SEED_EPOCH if precision == "float32" else jrnn.make_multi_step(seed_loss, jrnn.optim.sgd(SEED_LR),
-                                                                         precision=precision)
+def seed_epoch(precision="float32", cell="elman"):
+    """One jitted call: an SGD step per chunk of the stacked chunks [N, T] (one epoch), for
+    --precision and --cell (SEED_EPOCH: the seed's Elman network in full float32)."""
+    return _seed_epoch(precision, cell)
 
 
-@jax.jit
-def seed_cost(params, xs, ys):
+@functools.lru_cache(maxsize=None)
+def _seed_epoch(precision, cell):
+    def seed_loss(params, batch, carry):
+        """Summed NLL of one chunk from h=0, gradient of exact k-step truncated BPTT."""
+        x, y = batch
+        H, V = params.w_hy.shape
+        loss, _ = seed_model(cell, V, H).loss(params, x, y, k1=1, k2=SEED_K + 1, reduction="sum")
+        return loss, carry
+    kw = {} if precision == "float32" else {"precision": precision}
+    return jrnn.make_multi_step(seed_loss, jrnn.optim.sgd(SEED_LR), **kw)
+
+
+SEED_EPOCH = seed_epoch()
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def seed_cost(model, params, xs, ys):
     """The seed's calculate_cost: mean NLL per char, every chunk from h=0. xs, ys: [N, T]."""
-    logits, _ = jrnn.elman.apply(params, xs.T)          # chunks side by side: [T, N, V]
+    logits, _ = model.apply(params, xs.T)          # chunks side by side: [T, N, V]
     return jrnn.losses.softmax_cross_entropy(logits, ys.T)
 
 
-def run_seed_mode(seed, ids, V, epochs, quiet, precision="float32"):
+def run_seed_mode(seed, ids, V, epochs, quiet, precision="float32", cell="elman"):
     xs, ys = jrnn.data.chunks(ids[: SEED_CHARS + 1], SEED_SEQ_LEN)     # [400, 25] each
-    params = jrnn.elman.init(jax.random.key(seed), vocab_size=V, hidden_size=SEED_HIDDEN, scheme="uniform_fan_in")
+    model = seed_model(cell, V)
+    params = seed_init(model, jax.random.key(seed))
     opt_state = jrnn.optim.sgd(SEED_LR).init(params)
-    costs = [float(seed_cost(params, xs, ys))]
-    epoch_step = seed_epoch(precision)
+    seed_cost_ = functools.partial(seed_cost, model)
+    epoch_step = seed_epoch(precision, cell)
+    costs = [float(seed_cost_(params, xs, ys))]
     bar = common.progress(epochs, f"charlm seed {seed}", quiet)
     bar.set_postfix(cost=f"{costs[-1]:.3f}")
     for epoch in range(epochs):
         if quiet:
             print(f"seed {seed} epoch {epoch}: cost {costs[-1]:.4f}")
         params, opt_state, _, _ = epoch_step(params, opt_state, (xs, ys))
-        costs.append(float(seed_cost(params, xs, ys)))
+        costs.append(float(seed_cost_(params, xs, ys)))
         bar.update(1)
         bar.set_postfix(cost=f"{costs[-1]:.3f}")
     bar.close()
-    return params, costs
+    return model, params, costs
 
 
 # ---- full mode -------------------------------------------------------------------------------
 
-def full_loss(cell):
+def full_loss(model, k1=None, k2=None):
     def loss(params, batch, carries):
-        """Mean NLL of one [T, B] chunk, continuing each stream from its carried state."""
+        """Mean NLL of one [T, B] chunk, continuing each stream from its carried state; the
+        gradient is TBPTT(k1, k2) inside the chunk if given."""
         x, y = batch
-        return jrnn.lm.sequence_loss(params, x, y, carries, cell=cell)
+        return model.loss(params, x, y, carries, k1=k1, k2=k2)
     return loss
 
 
-@functools.partial(jax.jit, static_argnames="cell")
-def stream_nll(params, xs, ys, carries, *, cell):
+@functools.partial(jax.jit, static_argnames="model")
+def stream_nll(model, params, xs, ys, carries):
     """Summed NLL over stacked chunks [K, T, B] with carried state (evaluation)."""
     def body(carries, batch):
-        loss, carries = jrnn.lm.sequence_loss(params, batch[0], batch[1], carries, cell=cell, reduction="sum")
+        loss, carries = model.loss(params, batch[0], batch[1], carries, reduction="sum")
         return carries, loss
     carries, sums = jax.lax.scan(body, carries, (xs, ys))
     return jnp.sum(sums), carries
@@ -119,11 +146,11 @@ def stream_nll(params, xs, ys, carries, *, cell):
 VAL_BATCH = 16
 
 
-def evaluate(params, ids, cell, batch=VAL_BATCH, seq_len=256):
+def evaluate(model, params, ids, batch=VAL_BATCH, seq_len=256):
     """Validation nats/char: `batch` contiguous streams, read `seq_len` chars per scan step."""
     seq_len = max(1, min(seq_len, (len(ids) - 1) // batch))
     xs, ys = jrnn.data.streams(ids, batch, seq_len)
-    total, _ = stream_nll(params, xs, ys, jrnn.lm.zeros(params, (batch,), cell=cell), cell=cell)
+    total, _ = stream_nll(model, params, xs, ys, model.zeros(params, (batch,)))
     return float(total) / ys.size
 
 
@@ -153,21 +180,25 @@ def run_full_mode(args, ids, vocab):
         rows = jrnn.train.process_rows(mesh, args.batch)
         xs, ys = xs[..., rows], ys[..., rows]
         print(f"{procs} processes, {args.batch} streams; process {jax.process_index()} feeds {len(rows)}")
+    model = jrnn.lm.model(args.cell, vocab_size=V, hidden_size=args.hidden, layers=args.layers)
+    k1 = args.k1 or None
+    k2 = (args.k2 or args.k1) or None
     if mesh.size > 1:
         # the streams split over the devices (one per CPU core, see experiments.bench): each core
         # scans its share of the batch; XLA adds the gradient all-reduce
-        multi_step = jrnn.train.make_data_parallel_step(full_loss(args.cell), opt, mesh=mesh, multi_step=True,
+        multi_step = jrnn.train.make_data_parallel_step(full_loss(model, k1, k2), opt, mesh=mesh, multi_step=True,
                                                         precision=common.step_precision(args))
         print(f"{args.batch} streams split over {mesh.size} devices")
     else:
-        multi_step = jrnn.make_multi_step(full_loss(args.cell), opt, precision=common.step_precision(args))
-    params = jrnn.lm.init(jax.random.key(args.seed), cell=args.cell, vocab_size=V, hidden_size=args.hidden,
-                          layers=args.layers)
-    print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters")
+        multi_step = jrnn.make_multi_step(full_loss(model, k1, k2), opt, precision=common.step_precision(args))
+    params = model.init(jax.random.key(args.seed))
+    print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters"
+          + (f", TBPTT({k1}, {k2})" if k1 else ""))
     n_calls = len(xs) // FULL_CALL_STEPS
-    state = {"params": params, "opt_state": opt.init(params), "h": jrnn.lm.zeros(params, (args.batch,), cell=args.cell)}
+    state = {"params": params, "opt_state": opt.init(params), "h": model.zeros(params, (args.batch,))}
     ckpt_dir = args.out / "checkpoints"
-    config = {k: getattr(args, k) for k in ("seed", "cell", "layers", "hidden", "batch", "seq_len", "lr", "chars")}
+    config = {k: getattr(args, k) for k in ("seed", "cell", "layers", "hidden", "batch", "seq_len", "lr", "chars",
+                                            "k1", "k2")}
     if procs > 1:  # a resume must use the same process count (a config mismatch is refused)
         config["processes"] = procs
     history, step = [], 0
@@ -198,7 +229,7 @@ def run_full_mode(args, ids, vocab):
     for epoch in range(step // (n_calls * FULL_CALL_STEPS), args.epochs):
         for c in range(step // FULL_CALL_STEPS - epoch * n_calls, n_calls):
             if c == 0:
-                h = jrnn.lm.zeros(params, (xs.shape[-1],), cell=args.cell)   # each epoch reads from the start
+                h = model.zeros(params, (xs.shape[-1],))   # each epoch reads from the start
             sl = slice(c * FULL_CALL_STEPS, (c + 1) * FULL_CALL_STEPS)
             params, opt_state, m, h = multi_step(params, opt_state, (xs[sl], ys[sl]), h)
             bad.update(m["skipped"])
@@ -206,7 +237,7 @@ def run_full_mode(args, ids, vocab):
             bar.update(FULL_CALL_STEPS)
             bar.set_postfix(loss=f"{float(m['loss'][-1]):.3f}")
             if c == n_calls - 1:
-                val = evaluate(jrnn.train.to_host(params) if procs > 1 else params, val_ids, args.cell)
+                val = evaluate(model, jrnn.train.to_host(params) if procs > 1 else params, val_ids)
                 history.append({"epoch": epoch + 1, "step": step, "val_nats": val, "val_bits": val / math.log(2),
                                 "train_loss": float(m["loss"].mean()), "wall_s": time.perf_counter() - t0})
                 print(f"epoch {epoch + 1}: val {val:.4f} nats/char ({val / math.log(2):.4f} bits), "
@@ -222,7 +253,7 @@ def run_full_mode(args, ids, vocab):
             print(f"stopping: --max-minutes {args.max_minutes} reached")
             break
     bar.close()
-    return (jrnn.train.to_host(params) if procs > 1 else params), history
+    return model, (jrnn.train.to_host(params) if procs > 1 else params), history
 
 
 def _checkpoint_processes(ckpt_dir):
@@ -259,8 +290,8 @@ def _same_checkpoint_everywhere(ckpt_dir, step):
 
 # ---- main ------------------------------------------------------------------------------------
 
-FULL_ONLY = ("hidden", "cell", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
-             "overwrite", "max_bad_steps")
+FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
+             "overwrite", "max_bad_steps", "k1", "k2")
 
 
 def main(argv=None):
@@ -269,7 +300,9 @@ def main(argv=None):
                     help="default recipe: independent runs with random seeds seed..seed+n-1 (median reported)")
     ap.add_argument("--full", action="store_true", help="train on the whole corpus with minibatches")
     ap.add_argument("--hidden", type=common.positive_int, default=FULL_HIDDEN, help="--full: hidden units")
-    ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="--full: recurrent cell")
+    ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="recurrent cell")
+    ap.add_argument("--k1", type=common.non_negative_int, default=0, help="--full: TBPTT block length inside a chunk (0: full BPTT)")
+    ap.add_argument("--k2", type=common.non_negative_int, default=0, help="--full: TBPTT window, k2 >= k1 (0: k2 = k1)")
     ap.add_argument("--layers", type=common.positive_int, default=1, help="--full: stacked layers")
     ap.add_argument("--batch", type=common.positive_int, default=FULL_BATCH, help="--full: parallel streams")
     ap.add_argument("--seq-len", type=common.positive_int, default=FULL_SEQ_LEN, help="--full: BPTT length")
@@ -302,6 +335,8 @@ def main(argv=None):
         jrnn.optim.check_learning_rate(args.lr)
     except ValueError as e:
         raise ValueError(f"--lr: {e}") from None
+    if (args.k2 and not args.k1) or (args.k1 and args.k2 and args.k2 < args.k1):
+        raise ValueError(f"--k1/--k2: need 1 <= k1 <= k2 (or 0 for full BPTT), got --k1 {args.k1} --k2 {args.k2}")
     text = jrnn.data.load_text("tinyshakespeare", args.data)
     vocab = jrnn.data.build_vocab(text)          # of the whole corpus, as the notebook
     if args.chars is not None and args.chars > len(text):
@@ -320,7 +355,7 @@ def main(argv=None):
 
     with common.Timer() as t:
         if args.full:
-            params, history = run_full_mode(args, ids, vocab)
+            model, params, history = run_full_mode(args, ids, vocab)
             metrics = {"val_nats": history[-1]["val_nats"], "val_bits": history[-1]["val_bits"],
                        "parameters": jrnn.lm.param_count(params),
                        "best_val_nats": min(r["val_nats"] for r in history),
@@ -335,9 +370,10 @@ def main(argv=None):
             curves = {"validation": ([r["step"] for r in history], [r["val_nats"] for r in history])}
             xlabel, ylabel = "step", "validation nats/char"
         else:
-            results = [run_seed_mode(s, ids, vocab.size, args.epochs, args.quiet, common.step_precision(args))
+            results = [run_seed_mode(s, ids, vocab.size, args.epochs, args.quiet, common.step_precision(args), args.cell)
                        for s in range(args.seed, args.seed + args.seeds)]
-            params = results[0][0]
+            model, params = results[0][:2]
+            results = [(p, c) for _, p, c in results]
             finals = [c[-1] for _, c in results]
             metrics = {"cost_before": [c[0] for _, c in results], "cost_after": finals,
                        "median_cost_after": float(np.median(finals)),
@@ -351,11 +387,7 @@ def main(argv=None):
             runs = {"costs": [c for _, c in results]}
             curves = {f"seed {args.seed + i}": (np.arange(len(c)), c) for i, (_, c) in enumerate(results)}
             xlabel, ylabel = "epoch", "cost (mean NLL per char, first 10k chars)"
-    if args.full:
-        toks, _ = jrnn.sample.generate_lm(params, jax.random.key(args.seed), prime, args.sample_len,
-                                          cell=args.cell, temperature=args.temperature)
-    else:
-        toks, _ = jrnn.generate(params, jax.random.key(args.seed), prime, args.sample_len, temperature=args.temperature)
+    toks, _ = jrnn.generate(model, params, jax.random.key(args.seed), prime, args.sample_len, temperature=args.temperature)
     sample = args.prime + vocab.decode(toks)
     print(f"---- sample (temperature {args.temperature})\n{sample}\n----")
     # what ran, not the argparse defaults of the other mode

@@ -10,6 +10,9 @@ for the speed ratio.
 `dy` into `dby`, so the readout bias b_y stays 0 for ever (Karpathy's published min-char-rnn, and
 the default here, trains it). The flag zeroes b_y's gradient in the optimizer chain (an optax
 mask), so Adagrad adds 0 to its memory and moves b_y by exactly 0.
+
+`--cell lstm|gru` runs the same recipe with a gated cell of HIDDEN units (its own init instead of
+randn * 0.01; the numpy loop, the seed's Elman network, is then not timed).
 """
 
 from __future__ import annotations
@@ -36,12 +39,40 @@ SAMPLE_LEN = 200
 CALL_ITERS = 100      # optimizer steps per jitted call (lax.scan over chunks)
 
 
-def loss_fn(params, batch, h):
-    """Sum of the 25 per-step losses; h is reset to zero where the loop starts over."""
-    x, y, reset = batch
-    h = jnp.where(reset, jnp.zeros_like(h), h)
-    logits, h = jrnn.elman.apply(params, x, h)
-    return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"), h
+def make_model(cell, V):
+    """min-char-rnn's network: one layer of HIDDEN units, any cell."""
+    if cell == "elman":
+        return jrnn.elman.model(vocab_size=V, hidden_size=HIDDEN)
+    return jrnn.lm.model(cell, vocab_size=V, hidden_size=HIDDEN)
+
+
+def init(model, key):
+    """The seed's randn * 0.01 for its Elman network; a gated cell's own init."""
+    if model.cell == jrnn.cells.ELMAN:
+        return jrnn.elman.init(key, vocab_size=model.input_size, hidden_size=HIDDEN, scheme="normal", scale=INIT_SCALE)
+    return model.init(key)
+
+
+def model_of(params, cell="elman"):
+    """The one-layer model `params` belong to (sizes read off them)."""
+    if cell == "elman":
+        return jrnn.elman.model_of(params)
+    H, V = params.w_hy.shape
+    return jrnn.lm.model(cell, vocab_size=V, hidden_size=H)
+
+
+def make_loss(cell="elman"):
+    def loss_fn(params, batch, h):
+        """Sum of the 25 per-step losses; the carry h (the layer's: an LSTM's (h, c)) is reset to
+        zero where the loop starts over."""
+        x, y, reset = batch
+        h = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), h)
+        logits, (h,) = model_of(params, cell).apply(params, x, (h,))
+        return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"), h
+    return loss_fn
+
+
+loss_fn = make_loss("elman")
 
 
 def only_b_y(params):
@@ -49,20 +80,23 @@ def only_b_y(params):
     return jax.tree.map(lambda _: False, params)._replace(b_y=True)
 
 
-# one compiled multi-step per mode for every run of this process (a new jit would recompile)
 OPTIMIZER = jrnn.optim.karpathy_adagrad(LEARNING_RATE, clip_value=CLIP)
-MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER)
 # the seed as written: dby is never accumulated, i.e. b_y's gradient is 0 before clip and Adagrad
 AS_WRITTEN_OPTIMIZER = optax.chain(optax.masked(optax.set_to_zero(), only_b_y), OPTIMIZER)
+
+
+# one compiled multi-step per mode for every run of this process (a new jit would recompile)
+MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER)
 AS_WRITTEN_STEP = jrnn.make_multi_step(loss_fn, AS_WRITTEN_OPTIMIZER)
 
 
 @functools.lru_cache(maxsize=None)
-def multi_step(as_written: bool = False, precision: str | None = "float32"):
-    """The compiled multi-step of a mode and --precision (one per process)."""
-    if precision == "float32":
+def multi_step(as_written: bool = False, precision: str | None = "float32", cell: str = "elman"):
+    """The compiled multi-step of a mode, --precision and --cell (one per process)."""
+    if precision == "float32" and cell == "elman":
         return AS_WRITTEN_STEP if as_written else MULTI_STEP
-    return jrnn.make_multi_step(loss_fn, optimizer(as_written), precision=precision)
+    kw = {} if precision == "float32" else {"precision": precision}
+    return jrnn.make_multi_step(make_loss(cell), optimizer(as_written), **kw)
 
 
 def optimizer(as_written: bool = False) -> optax.GradientTransformation:
@@ -82,16 +116,18 @@ def positions(n_iters: int, data_len: int):
 
 
 def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None, max_bad_steps=10,
-          as_written=False, precision="float32"):
+          as_written=False, precision="float32", cell="elman"):
     """Run iterations start..n_iters-1 of min-char-rnn; returns (params, per-iteration losses, h).
 
-    Pass the opt_state and h of a checkpoint with `start` to resume exactly where it stopped.
+    cell: the network's cell (`params` of the seed's Elman network by default); h is the layer's
+    carry (an LSTM's is LSTMState(h, c)). Pass the opt_state and h of a checkpoint with `start` to
+    resume exactly where it stopped.
     `as_written=True` freezes b_y as the source notebook's lossFun does (its opt_state is
     `optimizer(True).init(params)`).
     """
     opt_state = optimizer(as_written).init(params) if opt_state is None else opt_state
-    step = multi_step(as_written, precision)
-    h = jrnn.elman.zeros_carry(params) if h is None else h
+    step = multi_step(as_written, precision, cell)
+    h = model_of(params, cell).zeros(params)[0] if h is None else h
     ps, resets = positions(n_iters, len(ids))
     offsets = np.arange(SEQ_LEN)
     bad = jrnn.train.BadStepCounter(max_bad_steps)
@@ -120,11 +156,12 @@ def smooth(losses, V):
 def find_resume(seed, vocab, args):
     """(checkpoint folder, fresh state, checkpoint to continue from or None), refusing before any training a
     checkpoint past --steps and a fresh run into another run's checkpoints."""
-    params = jrnn.elman.init(jax.random.key(seed), vocab_size=vocab.size, hidden_size=HIDDEN,
-                             scheme="normal", scale=INIT_SCALE)
+    model = make_model(args.cell, vocab.size)
+    params = init(model, jax.random.key(seed))
     ckpt_dir = args.out / "checkpoints" / f"seed_{seed}"
-    state = {"params": params, "opt_state": optimizer(args.as_written).init(params), "h": jrnn.elman.zeros_carry(params)}
-    ck = common.find_resume(ckpt_dir, args, state, config=checkpoint_config(seed, args.as_written), vocab=vocab.chars)
+    state = {"params": params, "opt_state": optimizer(args.as_written).init(params), "h": model.zeros(params)[0]}
+    ck = common.find_resume(ckpt_dir, args, state, config=checkpoint_config(seed, args.as_written, args.cell),
+                            vocab=vocab.chars)
     if ck is not None and ck.step > args.steps:   # its losses and state are past the run asked for
         raise ValueError(f"--steps {args.steps} is fewer than the {ck.step} iterations already in {ck.path}: "
                          f"pass --steps >= {ck.step} to continue that run, or --overwrite to start over")
@@ -133,7 +170,8 @@ def find_resume(seed, vocab, args):
 
 def run_seed(seed, ids, vocab, args, samples, resume):
     ckpt_dir, state, ck = resume
-    config = checkpoint_config(seed, args.as_written)
+    config = checkpoint_config(seed, args.as_written, args.cell)
+    model = make_model(args.cell, vocab.size)
     run_id = common.checkpoint_run(ckpt_dir, args, ck)
     state, start, earlier = (ck.state, ck.step, ck.cursor["losses"]) if ck else (state, 0, [])
     if ck is not None:
@@ -150,20 +188,24 @@ def run_seed(seed, ids, vocab, args, samples, resume):
             jrnn.checkpoint.save(ckpt_dir, {"params": params, "opt_state": opt_state, "h": h}, step=done,
                                  config=config, vocab=vocab.chars, cursor={"losses": losses.tolist()}, run_id=run_id)
         if done % SAMPLE_EVERY == 0 or done == args.steps:
-            toks, _ = jrnn.generate(params, jax.random.fold_in(sample_key, done), [int(last_input)], SAMPLE_LEN, h0=h)
+            toks, _ = jrnn.generate(model, params, jax.random.fold_in(sample_key, done), [int(last_input)], SAMPLE_LEN,
+                                    carry=(h,))
             samples.append({"iter": done, "seed": seed, "text": vocab.decode(toks)})
 
     with common.Timer() as t:
         _, losses, _ = train(state["params"], ids, args.steps, opt_state=state["opt_state"], h=state["h"],
-                             start=start, on_call=on_call, max_bad_steps=args.max_bad_steps, as_written=args.as_written, precision=common.step_precision(args))
+                             start=start, on_call=on_call, max_bad_steps=args.max_bad_steps, as_written=args.as_written,
+                             precision=common.step_precision(args), cell=args.cell)
     bar.close()
     return np.concatenate([earlier, losses]), t.s
 
 
-def checkpoint_config(seed, as_written=False):
+def checkpoint_config(seed, as_written=False, cell="elman"):
     """What a resumed run must share with the run that wrote the checkpoint."""
     config = {"experiment": "minchar", "seed": seed, "hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE,
               "clip": CLIP, "init_scale": INIT_SCALE, "call_iters": CALL_ITERS}
+    if cell != "elman":  # only then, so that checkpoints of the seed's network still resume
+        config["cell"] = cell
     if as_written:  # only then, so that checkpoints of the default mode still resume
         config["b_y"] = "frozen at 0 (seed 003b as written)"
     return config
@@ -173,6 +215,7 @@ def main(argv=None):
     ap = common.parser("minchar", __doc__, steps=4000)
     ap.add_argument("--seeds", type=common.positive_int, default=1, help="independent runs (seeds seed..seed+n-1)")
     ap.add_argument("--data", default=None, help="path to kafka.txt (else $JRNN_DATA_DIR or download)")
+    ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="recurrent cell (seed: elman)")
     ap.add_argument("--baseline-steps", type=common.non_negative_int, default=300, help="numpy-loop iterations timed for the ratio (0: skip)")
     common.add_checkpoint_flags(ap, f"save the training state every N iterations (multiple of {CALL_ITERS}; 0: never)")
     ap.add_argument("--max-bad-steps", type=common.positive_int, default=10, help="stop after this many consecutive NaN/inf steps")
@@ -182,6 +225,8 @@ def main(argv=None):
                          "(default: train b_y, as Karpathy's published min-char-rnn does)")
     common.add_precision(ap)
     args = ap.parse_args(argv)
+    if args.as_written and args.cell != "elman":
+        ap.error("--as-written is seed 003b's Elman network; it takes no --cell")
     common.check_seed_range(args, args.seeds)
     if args.checkpoint_every % CALL_ITERS:
         raise ValueError(f"--checkpoint-every must be a multiple of {CALL_ITERS}, got {args.checkpoint_every}")
@@ -206,11 +251,10 @@ def main(argv=None):
         print(f"---- sample at iter {s['iter']} (seed {s['seed']})\n{s['text']}\n----")
 
     # steady-state jrnn speed (compiled) vs the seed's numpy loop, same command, same machine
-    params = jrnn.elman.init(jax.random.key(args.seed), vocab_size=vocab.size, hidden_size=HIDDEN,
-                             scheme="normal", scale=INIT_SCALE)
+    params = init(make_model(args.cell, vocab.size), jax.random.key(args.seed))
     metrics = {"final_smooth_loss_per_seed": [r["final_smooth_loss"] for r in runs],
                "median_final_smooth_loss": float(np.median([r["final_smooth_loss"] for r in runs]))}
-    if args.baseline_steps > 0:
+    if args.baseline_steps > 0 and args.cell == "elman":   # the numpy loop is the seed's Elman network
         n = max(CALL_ITERS, args.steps // CALL_ITERS * CALL_ITERS)
         train(params, ids, CALL_ITERS, as_written=args.as_written, precision=common.step_precision(args))  # compile
         with common.Timer() as tj:
@@ -220,7 +264,7 @@ def main(argv=None):
         metrics.update(jrnn_iters_per_s=n / tj.s, numpy_iters_per_s=args.baseline_steps / tn.s)
         metrics["speedup_vs_numpy"] = metrics["jrnn_iters_per_s"] / metrics["numpy_iters_per_s"]
 
-    config = {"hidden": HIDDEN, "seq_len": SEQ_LEN, "optimizer": "karpathy_adagrad", "lr": LEARNING_RATE,
+    config = {"cell": args.cell, "hidden": HIDDEN, "seq_len": SEQ_LEN, "optimizer": "karpathy_adagrad", "lr": LEARNING_RATE,
               "clip": CLIP, "init_scale": INIT_SCALE, "steps": args.steps, "steps_per_call": CALL_ITERS,
               "as_written": args.as_written, "precision": args.precision,
               "seeds": list(range(args.seed, args.seed + args.seeds)), "vocab_size": vocab.size, "chars": len(ids),

@@ -7,7 +7,8 @@ random seeds train at once under `jax.vmap`; the notebook's numpy loop (fixed) i
 command.
 
 The runs are independent, so on a CPU each core gets its own XLA device and the vmapped seeds
-are split across them (`--devices`); `--devices 1` keeps everything on one.
+are split across them (`--devices`); `--devices 1` keeps everything on one. --cell lstm|gru
+runs the same recipe with a gated cell (its own init instead of randn/1000).
 """
 
 from __future__ import annotations
@@ -84,45 +85,58 @@ def encode(sentences: dict, vocab: list, T: int):
 T_MAX = max(len(s.split(" ")) for s in list(TRAIN) + list(TEST))  # 9 words
 
 
-def loss_fn(params, batch, carry):
-    """Cross-entropy of the class read from the last real state of one padded sentence."""
-    x, mask, label = batch
-    logits, _ = jrnn.elman.apply_last(params, x, mask=mask)
-    return jrnn.losses.softmax_cross_entropy(logits, label), carry
+def make_model(cell, vocab_size):
+    """The seed's many-to-one network (two classes) with any cell."""
+    if cell == "elman":
+        return jrnn.elman.model(input_size=vocab_size, hidden_size=HIDDEN, output_size=2)
+    return jrnn.model.make(jrnn.cells.get(cell), input_size=vocab_size, hidden_size=HIDDEN, output_size=2)
+
+
+@functools.lru_cache(maxsize=None)
+def multi_step(model):
+    def loss_fn(params, batch, carry):
+        """Cross-entropy of the class read from the last real step of one padded sentence."""
+        x, mask, label = batch
+        logits, _ = model.apply_last(params, x, mask=mask)
+        return jrnn.losses.softmax_cross_entropy(logits, label), carry
+    return jrnn.make_multi_step(loss_fn, OPTIMIZER)
 
 
 OPTIMIZER = jrnn.optim.sgd(LEARNING_RATE, clip_value=CLIP)
-MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER)
 
 
-@functools.partial(jax.jit, static_argnames="n_epochs")
-def train_epochs(params, opt_state, key, data, *, n_epochs):
+@functools.partial(jax.jit, static_argnames=("model", "n_epochs"))
+def train_epochs(model, params, opt_state, key, data, *, n_epochs):
     """n_epochs of per-sentence SGD, reshuffled each epoch. Returns mean train loss per epoch."""
     def epoch(state, k):
         params, opt_state = state
         perm = jax.random.permutation(k, data[0].shape[0])
-        params, opt_state, m, _ = MULTI_STEP(params, opt_state, jax.tree.map(lambda a: a[perm], data))
+        params, opt_state, m, _ = multi_step(model)(params, opt_state, jax.tree.map(lambda a: a[perm], data))
         return (params, opt_state), jnp.mean(m["loss"])
 
     (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, n_epochs))
     return params, opt_state, losses
 
 
-@functools.partial(jax.jit, static_argnames="n_epochs")
-def train_seeds(params, opt_state, keys, data, *, n_epochs):
+@functools.partial(jax.jit, static_argnames=("model", "n_epochs"))
+def train_seeds(model, params, opt_state, keys, data, *, n_epochs):
     """All seeds at once, one compiled program: params/opt_state/keys carry a leading [S] axis."""
-    return jax.vmap(lambda p, s, k: train_epochs(p, s, k, data, n_epochs=n_epochs))(params, opt_state, keys)
+    return jax.vmap(lambda p, s, k: train_epochs(model, p, s, k, data, n_epochs=n_epochs))(params, opt_state, keys)
 
 
-def accuracy(params, data):
+def accuracy(params, data, model=None):
     x, mask, labels = data
-    logits, _ = jax.vmap(lambda xi, mi: jrnn.elman.apply_last(params, xi, mask=mi))(x, mask)
+    model = jrnn.elman.model_of(params) if model is None else model
+    logits, _ = jax.vmap(lambda xi, mi: model.apply_last(params, xi, mask=mi))(x, mask)
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def init(key, vocab_size):
-    return jrnn.elman.init(key, input_size=vocab_size, hidden_size=HIDDEN, output_size=2,
-                           scheme="normal", scale=INIT_SCALE)
+def init(key, vocab_size, model=None):
+    """The seed's randn/1000 for its Elman network; a gated cell's own init."""
+    if model is None or model.cell == jrnn.cells.ELMAN:
+        return jrnn.elman.init(key, input_size=vocab_size, hidden_size=HIDDEN, output_size=2,
+                               scheme="normal", scale=INIT_SCALE)
+    return model.init(key)
 
 
 def seed_sharding(n_seeds, devices=None):
@@ -132,16 +146,17 @@ def seed_sharding(n_seeds, devices=None):
     return -(-n_seeds // n) * n, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
 
 
-def train(seeds, epochs, quiet=True, devices=None):
+def train(seeds, epochs, quiet=True, devices=None, cell="elman"):
     """Train one model per seed, all at once under vmap, the seed axis split over `devices`
     devices (default: all). Returns (params, losses [S, E], wall s) for the S seeds asked."""
     vocab = vocabulary()
+    model = make_model(cell, len(vocab))
     train_data = encode(TRAIN, vocab, T_MAX)
     n_runs, sharding = seed_sharding(len(seeds), devices)
     # padding runs (extra seeds, so every device gets as many) are trained and dropped
     runs = list(seeds) + [max(seeds) + 1 + i for i in range(n_runs - len(seeds))]
     keys = jnp.stack([jax.random.key(s) for s in runs])
-    params = jax.vmap(lambda k: init(k, len(vocab)))(keys)
+    params = jax.vmap(lambda k: init(k, len(vocab), model))(keys)
     opt_state = jax.vmap(OPTIMIZER.init)(params)
     shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     params, opt_state, shuffle_keys = jax.device_put((params, opt_state, shuffle_keys), sharding)
@@ -152,7 +167,7 @@ def train(seeds, epochs, quiet=True, devices=None):
         while done < epochs:
             n = min(EPOCHS_PER_CALL, epochs - done)
             ks = jax.vmap(jax.random.fold_in, in_axes=(0, None))(shuffle_keys, done)
-            params, opt_state, losses = train_seeds(params, opt_state, ks, train_data, n_epochs=n)
+            params, opt_state, losses = train_seeds(model, params, opt_state, ks, train_data, n_epochs=n)
             history.append(np.asarray(losses)[:len(seeds)])
             done += n
             bar.update(n)
@@ -167,20 +182,22 @@ def main(argv=None):
     ap.add_argument("--seeds", type=common.positive_int, default=5, help="independent runs, trained together under vmap")
     ap.add_argument("--devices", type=common.positive_int, default=None,
                     help="devices to split the seeds over (default: all; on CPU one per core)")
+    ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="recurrent cell (seed: elman)")
     ap.add_argument("--baseline-epochs", type=common.non_negative_int, default=20, help="epochs of the numpy loop timed for the ratio (0: skip)")
     args = ap.parse_args(argv)
     # padding runs (see train) take seeds past the last one, up to one per device
     common.check_seed_range(args, args.seeds + len(jax.devices()))
     seeds = list(range(args.seed, args.seed + args.seeds))
-    params, losses, wall = train(seeds, args.epochs, args.quiet, args.devices)
+    params, losses, wall = train(seeds, args.epochs, args.quiet, args.devices, args.cell)
+    model = make_model(args.cell, len(vocabulary()))
     vocab = vocabulary()
     test_data, train_data = encode(TEST, vocab, T_MAX), encode(TRAIN, vocab, T_MAX)
-    test_acc = np.asarray(jax.vmap(lambda p: accuracy(p, test_data))(params))
-    train_acc = np.asarray(jax.vmap(lambda p: accuracy(p, train_data))(params))
+    test_acc = np.asarray(jax.vmap(lambda p: accuracy(p, test_data, model))(params))
+    train_acc = np.asarray(jax.vmap(lambda p: accuracy(p, train_data, model))(params))
     metrics = {"test_accuracy": test_acc, "train_accuracy": train_acc,
                "test_perfect_runs": int(np.sum(test_acc == 1.0)), "min_test_accuracy": float(test_acc.min()),
                "final_train_loss": losses[:, -1], "epochs_per_s_all_seeds": args.epochs * len(seeds) / wall}
-    if args.baseline_epochs > 0:
+    if args.baseline_epochs > 0 and args.cell == "elman":   # the numpy loop is the seed's Elman
         train(seeds, EPOCHS_PER_CALL, devices=args.devices)  # compile the same shapes, then time a steady state
         _, _, wall_jit = train(seeds, args.epochs, devices=args.devices)
         one = init(jax.random.key(args.seed), len(vocab))
@@ -192,7 +209,7 @@ def main(argv=None):
         metrics["speedup_vs_numpy"] = metrics["jrnn_epochs_per_s"] / metrics["numpy_epochs_per_s"]
     n_runs, sharding = seed_sharding(len(seeds), args.devices)
     n_devices = sharding.mesh.devices.size
-    config = {"hidden": HIDDEN, "init_scale": INIT_SCALE, "lr": LEARNING_RATE, "clip": CLIP,
+    config = {"cell": args.cell, "hidden": HIDDEN, "init_scale": INIT_SCALE, "lr": LEARNING_RATE, "clip": CLIP,
               "epochs": args.epochs, "seeds": seeds, "vocab": vocab, "devices": n_devices,
               "runs_trained_incl_padding": n_runs, "baseline_epochs": args.baseline_epochs,
               "epochs_per_call": EPOCHS_PER_CALL}

@@ -154,7 +154,7 @@ def test_resume_in_a_new_process_is_bitwise_identical(data_dir, tmp_path):
     text = jrnn.data.load_text("kafka")
     vocab = jrnn.data.build_vocab(text)
     p0 = elman.init(jax.random.key(0), vocab_size=vocab.size, hidden_size=minchar.HIDDEN)
-    template = {"params": p0, "opt_state": minchar.OPTIMIZER.init(p0), "h": (elman.zeros_carry(p0),)}
+    template = {"params": p0, "opt_state": minchar.OPTIMIZER.init(p0), "h": elman.zeros_carry(p0)}
     load = lambda run, step: checkpoint.load(tmp_path / run / "checkpoints" / "seed_0" / f"ckpt_{step:010d}.npz", template)
     a, b = load("a", 400), load("b", 400)
     assert bits_equal(a.state, b.state)
