@@ -112,7 +112,7 @@ def init_params(cell, V, H):
     `jrnn.lm` LSTM/GRU whose layer-0 input matrix [V, G*H] is read by row gather."""
     if cell == "elman":
         return jrnn.elman.init(jax.random.key(0), vocab_size=V, hidden_size=H)
-    return jrnn.lm.init(jax.random.key(0), cell=cell, vocab_size=V, hidden_size=H)
+    return jrnn.lm.model(cell, vocab_size=V, hidden_size=H).init(jax.random.key(0))
 
 
 def jrnn_loss(cell, unroll):
@@ -127,7 +127,8 @@ def jrnn_loss(cell, unroll):
                 H = layer.w_h.shape[0]
                 b_h = jnp.concatenate([jax.lax.stop_gradient(layer.b_h[:2 * H]), layer.b_h[2 * H:]])
                 p = p._replace(layers=(layer._replace(b_h=b_h),))
-            return jrnn.lm.apply(p, xb.T, cell=cell, unroll=unroll)[0]
+            H, V = p.w_hy.shape
+            return jrnn.lm.model(cell, vocab_size=V, hidden_size=H).apply(p, xb.T, unroll=unroll)[0]
 
     def loss_fn(p, batch, carry):
         xb, yb = batch
