@@ -189,7 +189,7 @@ def test_wrong_depth_or_size_and_bad_carries_are_clear_errors():
     model = lm.model("lstm", vocab_size=5, hidden_size=4, layers=2)
     p = model.init(jax.random.key(0))
     x = np.zeros((3, 2), np.int32)
-    with pytest.raises(ValueError, match="1 layers, the model has 2"):
+    with pytest.raises(ValueError, match="params have 2 layers, the model has 1"):
         lm.model("lstm", vocab_size=5, hidden_size=4, layers=1).apply(p, x)
     with pytest.raises(ValueError, match="w_hy has shape"):
         lm.model("lstm", vocab_size=5, hidden_size=3, layers=2).apply(p, x)
