@@ -104,7 +104,7 @@ def test_masked_tbptt_matches_the_untruncated_masked_loss_and_state():
     right = np.arange(12)[:, None] < np.array([12, 7, 3])[None]
     for mask in (left, right):
         full, h_full = elman.sequence_loss(params, x, y, mask=mask)
-        for k1, k2 in [(12, 12), (1, 1), (2, 5), (5, 5), (4, 30)]:
+        for k1, k2 in [(12, 12), (2, 5), (4, 30)]:
             loss, h_T = elman.sequence_loss(params, x, y, mask=mask, k1=k1, k2=k2)
             np.testing.assert_allclose(float(loss), float(full), rtol=1e-12)
             np.testing.assert_allclose(h_T, h_full, rtol=1e-12)
@@ -203,6 +203,7 @@ def test_wrong_depth_or_size_and_bad_carries_are_clear_errors():
     np.testing.assert_array_equal(model.apply(p, x, listed)[0], model.apply(p, x, z)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_stacked_reverse_and_many_to_one_for_every_cell(name):
     model = lm.model(name, vocab_size=7, hidden_size=4, layers=2)
@@ -219,6 +220,7 @@ def test_stacked_reverse_and_many_to_one_for_every_cell(name):
         np.testing.assert_allclose(model.apply(p, x, mask=mask, reverse=True)[0][:n, b], rev, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_multi_step_and_data_parallel_step_train_every_cell_like_single_steps(name):
     model = lm.model(name, vocab_size=7, hidden_size=4)
