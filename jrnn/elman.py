@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jrnn import elman_scan, initializers, losses, rnn
+from jrnn import elman_scan, initializers, rnn
 from jrnn import model as model_lib
 
 ACTIVATIONS = elman_scan.ACTIVATIONS
