@@ -534,6 +534,12 @@ def main(argv=None):
         common.plot_curves(out, {"deer fwd+bwd speedup": (np.arange(len(done)), [r["train_speedup"] for r in done])},
                            xlabel="config index", ylabel="speedup vs sequential", title="DEER vs sequential scan")
         return rows
+    if args.cell != "elman" and args.out.name == "bench":   # the default folder holds the Elman bench
+        cell_out = args.out.parent / f"bench_{args.cell}"
+        try:
+            args.out = common.out_dir(cell_out)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"--out (--cell {args.cell} writes to {cell_out}): {e}") from None
     if configs is None:
         configs = GPU_CONFIGS if (args.gpu_quick or jax.default_backend() == "gpu") else CPU_CONFIGS
     repeats = 2 if args.gpu_quick else 3 if args.quick else args.repeats

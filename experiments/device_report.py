@@ -17,7 +17,7 @@ It needs no pip: the python that has jax (CUDA), flax, optax, torch, tqdm, matpl
 hypothesis, run from the repo root with PYTHONPATH=. (the corpus from $JRNN_DATA_DIR or --data).
 It writes 8 files at most, at most one folder deep, under --out: report.md (the tables),
 report.json (everything), tests.log, deer.json, bench/{results.json,loss.png},
-charlm/{results.json,loss.png}. `--smoke` runs the same code paths on a CPU with tiny sizes
+charlm/{results.json,validation_loss.png}. `--smoke` runs the same code paths on a CPU with tiny sizes
 (about a minute on an idle 2-core CPU; its limits are generous for a loaded one); the test
 suite runs it (slow) and its parts in one process (default).
 """

@@ -34,6 +34,7 @@ def test_every_implementation_matches_jrnn_after_training(tmp_path, cell):
     multi-step rows equal K single steps (loss and, for jrnn, every parameter)."""
     _peers()
     cfg = (2, 8, 5, 7)
+    tmp_path = tmp_path / "bench"
     rows = bench.main(["--cell", cell, "--quick", "--configs", ",".join(map(str, cfg)), "--repeats", "1", "--quiet",
                        "--out", str(tmp_path)])
     assert {r["impl"].split()[0] for r in rows} == {"jrnn", "flax", "torch"}
@@ -45,7 +46,8 @@ def test_every_implementation_matches_jrnn_after_training(tmp_path, cell):
         want = ref["loss_after_one_step"] if r["steps_per_call"] == 1 else after_k
         assert abs(r["loss_after_first_call"] - want) <= 1e-4 * want, r["impl"]
     assert any(r["steps_per_call"] == bench.MULTI_K for r in rows)
-    saved = json.loads((tmp_path / "results.json").read_text())
+    out = tmp_path if cell == "elman" else tmp_path.parent / f"bench_{cell}"   # beside the Elman bench
+    saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["precision"] == "float32" and saved["config"]["cell"] == cell
     assert len(saved["rows"]) == len(rows) and saved["complete"] is True
 
