@@ -201,7 +201,7 @@ def run_full_mode(args, ids, vocab):
                                             "k1", "k2")}
     if procs > 1:  # a resume must use the same process count (a config mismatch is refused)
         config["processes"] = procs
-    history, step = [], 0
+    history, step, skipped = [], 0, 0
     if args.resume:
         written_by = _checkpoint_processes(ckpt_dir)
         if written_by not in (None, procs):
@@ -218,6 +218,7 @@ def run_full_mode(args, ids, vocab):
     run_id = common.checkpoint_run(ckpt_dir, args, ck) if jax.process_index() == 0 else None  # process 0 writes
     if ck is not None:
         state, step, history = ck.state, ck.step, ck.cursor["history"]
+        skipped = ck.cursor.get("skipped", 0)
         print(f"resumed from {ck.path} at step {step}")
     params, opt_state, h = state["params"], state["opt_state"], state["h"]
     if procs > 1:
@@ -225,6 +226,7 @@ def run_full_mode(args, ids, vocab):
     bar = common.progress(args.epochs * n_calls * FULL_CALL_STEPS, "charlm --full", args.quiet)
     bar.update(step)
     bad = jrnn.train.BadStepCounter(args.max_bad_steps)
+    bad.total = skipped                     # NaN/inf steps skipped before a resume count too
     t0 = time.perf_counter() - (history[-1]["wall_s"] if history else 0.0)
     for epoch in range(step // (n_calls * FULL_CALL_STEPS), args.epochs):
         for c in range(step // FULL_CALL_STEPS - epoch * n_calls, n_calls):
@@ -248,12 +250,13 @@ def run_full_mode(args, ids, vocab):
                     ck_state = jrnn.train.to_host(ck_state)
                 if jax.process_index() == 0:
                     jrnn.checkpoint.save(ckpt_dir, ck_state, step=step,
-                                         config=config, vocab=vocab.chars, cursor={"history": history}, run_id=run_id)
+                                         config=config, vocab=vocab.chars, cursor={"history": history, "skipped": bad.total},
+                                         run_id=run_id)
         if _stop_now(args.max_minutes and history and history[-1]["wall_s"] > 60 * args.max_minutes):
             print(f"stopping: --max-minutes {args.max_minutes} reached")
             break
     bar.close()
-    return model, (jrnn.train.to_host(params) if procs > 1 else params), history
+    return model, (jrnn.train.to_host(params) if procs > 1 else params), history, bad.total
 
 
 def _checkpoint_processes(ckpt_dir):
@@ -355,12 +358,13 @@ def main(argv=None):
 
     with common.Timer() as t:
         if args.full:
-            model, params, history = run_full_mode(args, ids, vocab)
+            model, params, history, skipped = run_full_mode(args, ids, vocab)
             metrics = {"val_nats": history[-1]["val_nats"], "val_bits": history[-1]["val_bits"],
                        "parameters": jrnn.lm.param_count(params),
                        "best_val_nats": min(r["val_nats"] for r in history),
                        "epochs_run": len(history), "steps": history[-1]["step"],
-                       "steps_per_s": history[-1]["step"] / history[-1]["wall_s"]}
+                       "steps_per_s": history[-1]["step"] / history[-1]["wall_s"],
+                       "skipped_steps": skipped}  # NaN/inf steps the guard skipped
             runs = {"history": history}
             config = {"mode": "full", "cell": args.cell, "layers": args.layers, "hidden": args.hidden,
                       "batch": args.batch, "seq_len": args.seq_len, "optimizer": "adam", "lr": args.lr,

@@ -116,21 +116,22 @@ def positions(n_iters: int, data_len: int):
 
 
 def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None, max_bad_steps=10,
-          as_written=False, precision="float32", cell="elman"):
+          as_written=False, precision="float32", cell="elman", bad=None):
     """Run iterations start..n_iters-1 of min-char-rnn; returns (params, per-iteration losses, h).
 
     cell: the network's cell (`params` of the seed's Elman network by default); h is the layer's
     carry (an LSTM's is LSTMState(h, c)). Pass the opt_state and h of a checkpoint with `start` to
     resume exactly where it stopped.
     `as_written=True` freezes b_y as the source notebook's lossFun does (its opt_state is
-    `optimizer(True).init(params)`).
+    `optimizer(True).init(params)`). `bad`: a `jrnn.train.BadStepCounter` to count skipped
+    (non-finite) steps in (default: a new one).
     """
     opt_state = optimizer(as_written).init(params) if opt_state is None else opt_state
     step = multi_step(as_written, precision, cell)
     h = model_of(params, cell).zeros(params)[0] if h is None else h
     ps, resets = positions(n_iters, len(ids))
     offsets = np.arange(SEQ_LEN)
-    bad = jrnn.train.BadStepCounter(max_bad_steps)
+    bad = jrnn.train.BadStepCounter(max_bad_steps) if bad is None else bad
     losses = []
     for first in range(start, n_iters, CALL_ITERS):
         sl = slice(first, min(first + CALL_ITERS, n_iters))
@@ -174,7 +175,9 @@ def run_seed(seed, ids, vocab, args, samples, resume):
     model = make_model(args.cell, vocab.size)
     run_id = common.checkpoint_run(ckpt_dir, args, ck)
     state, start, earlier = (ck.state, ck.step, ck.cursor["losses"]) if ck else (state, 0, [])
+    bad = jrnn.train.BadStepCounter(args.max_bad_steps)
     if ck is not None:
+        bad.total = ck.cursor.get("skipped", 0)   # NaN/inf steps skipped before the resume count too
         print(f"seed {seed}: resumed from {ck.path} at iteration {start}")
     bar = common.progress(args.steps, f"minchar seed {seed}", args.quiet)
     bar.update(start)
@@ -186,7 +189,8 @@ def run_seed(seed, ids, vocab, args, samples, resume):
         bar.set_postfix(smooth_loss=f"{smooth(losses, vocab.size)[-1]:.2f}")
         if args.checkpoint_every and done % args.checkpoint_every == 0:
             jrnn.checkpoint.save(ckpt_dir, {"params": params, "opt_state": opt_state, "h": h}, step=done,
-                                 config=config, vocab=vocab.chars, cursor={"losses": losses.tolist()}, run_id=run_id)
+                                 config=config, vocab=vocab.chars, cursor={"losses": losses.tolist(), "skipped": bad.total},
+                                 run_id=run_id)
         if done % SAMPLE_EVERY == 0 or done == args.steps:
             toks, _ = jrnn.generate(model, params, jax.random.fold_in(sample_key, done), [int(last_input)], SAMPLE_LEN,
                                     carry=(h,))
@@ -194,10 +198,10 @@ def run_seed(seed, ids, vocab, args, samples, resume):
 
     with common.Timer() as t:
         _, losses, _ = train(state["params"], ids, args.steps, opt_state=state["opt_state"], h=state["h"],
-                             start=start, on_call=on_call, max_bad_steps=args.max_bad_steps, as_written=args.as_written,
+                             start=start, on_call=on_call, bad=bad, as_written=args.as_written,
                              precision=common.step_precision(args), cell=args.cell)
     bar.close()
-    return np.concatenate([earlier, losses]), t.s
+    return np.concatenate([earlier, losses]), t.s, bad.total
 
 
 def checkpoint_config(seed, as_written=False, cell="elman"):
@@ -240,12 +244,13 @@ def main(argv=None):
     resumes = [find_resume(seed, vocab, args) for seed in seeds]   # every seed checked before any trains
     runs, samples = [], []
     for seed, resume in zip(seeds, resumes):
-        losses, wall = run_seed(seed, ids, vocab, args, samples, resume)
+        losses, wall, skipped = run_seed(seed, ids, vocab, args, samples, resume)
         sm = smooth(losses, vocab.size)
         marks = {str(i): float(sm[i]) for i in range(0, args.steps, 1000)}
         marks[str(args.steps)] = float(sm[-1])
         runs.append({"seed": seed, "smooth_loss": marks, "final_smooth_loss": float(sm[-1]), "losses": losses,
                      "first_loss": float(losses[0]), "wall_s": wall, "iters_per_s": args.steps / wall,
+                     "skipped_steps": skipped,
                      "curve": sm[:: max(1, args.steps // 500)]})
     for s in samples[-1:]:
         print(f"---- sample at iter {s['iter']} (seed {s['seed']})\n{s['text']}\n----")
@@ -253,7 +258,8 @@ def main(argv=None):
     # steady-state jrnn speed (compiled) vs the seed's numpy loop, same command, same machine
     params = init(make_model(args.cell, vocab.size), jax.random.key(args.seed))
     metrics = {"final_smooth_loss_per_seed": [r["final_smooth_loss"] for r in runs],
-               "median_final_smooth_loss": float(np.median([r["final_smooth_loss"] for r in runs]))}
+               "median_final_smooth_loss": float(np.median([r["final_smooth_loss"] for r in runs])),
+               "skipped_steps": sum(r["skipped_steps"] for r in runs)}  # NaN/inf steps the guard skipped
     if args.baseline_steps > 0 and args.cell == "elman":   # the numpy loop is the seed's Elman network
         n = max(CALL_ITERS, args.steps // CALL_ITERS * CALL_ITERS)
         train(params, ids, CALL_ITERS, as_written=args.as_written, precision=common.step_precision(args))  # compile

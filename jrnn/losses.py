@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jrnn import checks
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -54,6 +56,7 @@ def _check_mask(mask):
 
 def _check_labels(labels, num_classes: int):
     if isinstance(labels, jax.core.Tracer):
+        checks.traced_ids_in_range(labels, num_classes, "labels")  # raised by jrnn's train steps
         return
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):

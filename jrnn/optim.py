@@ -14,17 +14,30 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
 def check_learning_rate(lr) -> float:
-    """A learning rate must be a finite positive number (checked before anything is traced)."""
+    """A learning rate must be a positive number that float32 represents (checked before anything
+    is traced).
+
+    float32 is the parameters' default dtype and the narrowest jrnn trains in, so a rate that
+    overflows it (> 3.4e38: every update would be inf) or rounds to 0 in it (< 1.4e-45: no
+    update at all) is refused even for float64 parameters, which could hold it. Schedules
+    (callables) are not checked here; the training step's guard skips any step whose update
+    is not finite.
+    """
     if callable(lr):  # an optax schedule
         return lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) and not hasattr(lr, "__float__"):
         raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
     if not math.isfinite(float(lr)) or float(lr) <= 0:
         raise ValueError(f"learning rate must be finite and > 0, got {lr}")
+    f32 = np.finfo(np.float32)
+    if not float(f32.smallest_subnormal) <= float(lr) <= float(f32.max):
+        raise ValueError(f"learning rate {lr} is not representable in float32 (the parameters' dtype): "
+                         f"it must lie in [{f32.smallest_subnormal:.1e}, {float(f32.max):.3e}]")
     return float(lr)
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import parallel
+from jrnn import checks, parallel
 
 Step = Callable[[Any, Any, Any], tuple]
 
@@ -79,8 +79,9 @@ def positive_int(name, value) -> int:
 def check_input_array(input_size: int, inputs) -> None:
     """Inputs must be a non-empty `[T, ...]` of token ids in [0, D) or float features `[T, ..., D]`.
 
-    Token ids are range-checked because JAX would silently clamp an out-of-range gather. Values
-    are only checked when concrete; under `jit` only shapes and dtypes can be checked. Float
+    Token ids are range-checked because JAX's gather would read id -1 as D-1 and an id >= D as
+    NaN. Concrete values are checked here; traced ids get a check that jrnn's training steps run
+    and raise after the call (`jrnn.checks`). Float
     inputs need at least 2 dims: a 1-D float array would otherwise be read as T steps.
     """
     D = input_size
@@ -90,6 +91,7 @@ def check_input_array(input_size: int, inputs) -> None:
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"empty sequence: inputs have shape {x.shape}; need at least one time step")
     if jnp.issubdtype(x.dtype, jnp.integer):
+        checks.traced_ids_in_range(x, D, "token ids")   # raised by jrnn's training steps
         if not isinstance(x, jax.core.Tracer) and x.size:
             lo, hi = int(np.min(np.asarray(x))), int(np.max(np.asarray(x)))
             if lo < 0 or hi >= D:

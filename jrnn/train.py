@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import checkify
 
 LossFn = Callable[..., tuple]
 
@@ -54,27 +55,33 @@ def _select(ok, new, old):
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+def _all_finite(tree):
+    """True when every floating-point value in `tree` is finite (integer leaves are ignored)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
 def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry):
     """The body shared by `make_step` and `make_multi_step` (not jitted on its own)."""
     (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, carry)
     new_carry = jax.lax.stop_gradient(new_carry)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-    def apply(grads, opt_state, params):
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
     if not guard_nonfinite:
-        new_params, new_opt_state = apply(grads, opt_state, params)
         return new_params, new_opt_state, metrics, new_carry
-    # A NaN/inf loss or gradient must never reach the parameters: keep the old params,
-    # optimizer state and carry, and report the skip. Any NaN/inf in the gradients makes
-    # their global norm NaN/inf, so one scalar test covers every leaf (a norm that
-    # overflows counts as bad too, which is what one wants). A `cond`, not a `where` per
-    # leaf: the good path then writes the update once (measured 20 % of a min-char-rnn step
-    # on CPU); under `vmap` it becomes the same select.
-    ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
-    new_params, new_opt_state = jax.lax.cond(ok, apply, lambda g, s, p: (p, s), grads, opt_state, params)
+    # NaN/inf must never reach the parameters or the optimizer state: keep the old ones (and
+    # the old carry) and report the skip. A finite loss and gradient are not enough: a learning
+    # rate or an optimizer statistic can overflow on its own (sgd(1e38) with |g| ~ 10). So the
+    # test covers the loss, the gradients (their global norm: any NaN/inf, or an overflowing
+    # norm, makes it non-finite), and every float value of the candidate params and optimizer
+    # state (finite params after a finite p + u also mean a finite update). One `cond`, not a
+    # `where` per leaf: the good path then writes the new state once (a per-leaf select measured
+    # 20 % of a min-char-rnn step on CPU); under `vmap` it becomes the same select.
+    ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & _all_finite((new_params, new_opt_state))
+    new_params, new_opt_state = jax.lax.cond(ok, lambda: (new_params, new_opt_state), lambda: (params, opt_state))
     # carry None means "start from zeros" for every jrnn model
     old_carry = jax.tree.map(jnp.zeros_like, new_carry) if carry is None else carry
     new_carry = _select(ok, new_carry, old_carry)
@@ -82,14 +89,39 @@ def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry
     return new_params, new_opt_state, metrics, new_carry
 
 
+def _jit(fn, donate: bool, check_ids: bool):
+    """`jax.jit(fn)`; with `check_ids`, checkify-ed so the id range checks that jrnn's gathers and
+    losses add under a trace (`jrnn.checks`) run, and their error is raised after each call."""
+    donate_argnums = (0, 1) if donate else ()
+    if not check_ids:
+        return jax.jit(fn, donate_argnums=donate_argnums)
+    checked = jax.jit(checkify.checkify(fn, errors=checkify.user_checks), donate_argnums=donate_argnums)
+
+    def call(*args, **kw):
+        err, out = checked(*args, **kw)
+        # `err.throw()` alone costs ~20 us of Python per call (3-6 % of a small step on a CPU);
+        # reading the error flags first costs one small device-to-host read. Without the private
+        # `_pred` (another jax version), fall back to `throw`.
+        preds = getattr(err, "_pred", None)
+        if not isinstance(preds, dict) or any(np.any(np.asarray(p)) for p in preds.values()):
+            err.throw()  # JaxRuntimeError (a ValueError) naming the range and the bad min/max
+        return out
+
+    call._cache_size, call.lower = checked._cache_size, checked.lower
+    return call
+
+
 def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
-              guard_nonfinite: bool = True, donate: bool = False, precision: str | None = DEFAULT_PRECISION):
+              guard_nonfinite: bool = True, donate: bool = False, precision: str | None = DEFAULT_PRECISION,
+              check_ids: bool = True):
     """Build `step(params, opt_state, batch, carry=None) -> (params, opt_state, metrics, carry)`.
 
     Args:
       loss_fn: `(params, batch, carry) -> (scalar loss, new carry)`.
       optimizer: any optax GradientTransformation (`opt_state = optimizer.init(params)`).
-      guard_nonfinite: skip (and count in `metrics["skipped"]`) steps with NaN/inf loss or grads.
+      guard_nonfinite: skip (and count in `metrics["skipped"]`) steps whose loss, gradients, new
+        params or new optimizer state hold a NaN/inf; params, optimizer state and carry stay as
+        they were.
       donate: donate params/opt_state buffers to the update (saves memory on accelerators).
       precision: float32 matmul precision of the whole step, forward and backward: "float32"
         (default: full float32, the same arithmetic on a GPU as on a CPU), "tensorfloat32"
@@ -109,12 +141,12 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     def step(params, opt_state, batch, carry=None):
         return _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry)
 
-    return jax.jit(with_precision(step, precision), donate_argnums=(0, 1) if donate else ())
+    return _jit(with_precision(step, precision), donate, check_ids)
 
 
 def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     guard_nonfinite: bool = True, donate: bool = False,
-                    precision: str | None = DEFAULT_PRECISION):
+                    precision: str | None = DEFAULT_PRECISION, check_ids: bool = True):
     """Like `make_step`, but one call runs K optimizer steps over a stack of batches.
 
     `multi_step(params, opt_state, batches, carry=None)` scans over the leading axis K of
@@ -131,7 +163,7 @@ def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         (params, opt_state, carry), metrics = jax.lax.scan(body, (params, opt_state, carry), batches)
         return params, opt_state, metrics, carry
 
-    return jax.jit(with_precision(multi_step, precision), donate_argnums=(0, 1) if donate else ())
+    return _jit(with_precision(multi_step, precision), donate, check_ids)
 
 
 class NonFiniteError(RuntimeError):

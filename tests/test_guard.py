@@ -1,0 +1,196 @@
+"""The jitted training steps refuse out-of-range ids, and no NaN/inf reaches params or checkpoints."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jrnn
+from jrnn import elman, optim
+
+V, H = 8, 10
+
+
+def lm_loss(params, batch, h):
+    x, y = batch
+    return elman.sequence_loss(params, x, y, h, k1=x.shape[0], k2=x.shape[0], reduction="sum")
+
+
+@pytest.fixture
+def params():
+    return elman.init(jax.random.key(1), vocab_size=V, hidden_size=H, scheme="normal", scale=0.1)
+
+
+def _batch():
+    ids = np.arange(26) % V
+    return jnp.asarray(ids[:-1]), jnp.asarray(ids[1:])
+
+
+BAD = {"token -1": (0, 3, -1, r"token ids must lie in \[0, 8\), got min -1, max 7"),
+       "token V": (0, 0, V, r"token ids must lie in \[0, 8\), got min 0, max 8"),
+       "label V": (1, 5, V, r"labels must lie in \[0, 8\), got min 0, max 8"),
+       "label -2": (1, 5, -2, r"labels must lie in \[0, 8\), got min -2, max 7")}
+
+
+def _corrupt(batch, which, where, value):
+    batch = list(batch)
+    batch[which] = batch[which].at[where].set(value)
+    return tuple(batch)
+
+
+def test_make_step_names_out_of_range_ids(params):
+    opt = optim.sgd(0.1)
+    step = jrnn.make_step(lm_loss, opt)
+    for which, where, value, msg in BAD.values():
+        with pytest.raises(ValueError, match=msg):
+            step(params, opt.init(params), _corrupt(_batch(), which, where, value), jnp.zeros(H))
+    # a good batch after the refused ones trains as usual, without recompiling
+    _, _, m, _ = step(params, opt.init(params), _batch(), jnp.zeros(H))
+    assert int(m["skipped"]) == 0 and np.isfinite(float(m["loss"]))
+    assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("case", ["token -1", "label V"])
+def test_make_multi_step_names_out_of_range_ids(params, case):
+    opt = optim.adam(1e-2)
+    multi = jrnn.make_multi_step(lm_loss, opt)
+    x, y = _batch()
+    good = (jnp.stack([x, x, x]), jnp.stack([y, y, y]))
+    which, where, value, msg = BAD[case]
+    bad = list(good)
+    bad[which] = bad[which].at[2, where].set(value)   # only the last of the K batches is bad
+    with pytest.raises(ValueError, match=msg):
+        multi(params, opt.init(params), tuple(bad), jnp.zeros(H))
+    _, _, m, _ = multi(params, opt.init(params), good, jnp.zeros(H))
+    assert m["skipped"].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("multi_step", [False, True])
+def test_data_parallel_step_names_out_of_range_ids(params, multi_step):
+    opt = optim.sgd(0.1)
+    step = jrnn.train.make_data_parallel_step(lm_loss, opt, multi_step=multi_step)
+    x, y = _batch()
+    x, y = jnp.stack([x, x], 1), jnp.stack([y, y], 1)          # [T, B=2]
+    x = x.at[4, 1].set(-1)
+    batch = (x[None], y[None]) if multi_step else (x, y)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 8\), got min -1"):
+        step(params, opt.init(params), batch, jnp.zeros((2, H)))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_every_cell_checks_ids_in_the_step(cell):
+    model = jrnn.lm.model(cell, vocab_size=V, hidden_size=H)
+    p = model.init(jax.random.key(0))
+    opt = optim.sgd(0.1)
+
+    def loss(params, batch, carry):
+        return model.loss(params, batch[0], batch[1], carry)
+
+    step = jrnn.make_step(loss, opt)
+    x, y = _batch()
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 8\), got min -1"):
+        step(p, opt.init(p), (x.at[0].set(-1)[:, None], y[:, None]), None)
+
+
+def test_check_ids_false_keeps_the_unchecked_step(params):
+    opt = optim.sgd(0.1)
+    step = jrnn.make_step(lm_loss, opt, check_ids=False)
+    _, _, m, _ = step(params, opt.init(params), _corrupt(_batch(), 0, 3, -1), jnp.zeros(H))
+    assert int(m["skipped"]) == 0        # what jnp.take does with -1: reads row V-1
+
+
+def test_plain_jit_of_a_model_still_works_with_traced_ids(params):
+    # the range checks are dropped outside a checkify-ed step: no "not functionalized" error
+    x, y = _batch()
+    loss = jax.jit(lambda p, x, y: elman.sequence_loss(p, x, y)[0])(params, x, y)
+    remat = jax.jit(lambda p, x, y: elman.sequence_loss(p, x, y, remat=True)[0])(params, x, y)
+    np.testing.assert_allclose(loss, remat, rtol=1e-6)
+
+
+# ---- item 6: overflowing updates, learning rates, checkpoints ----------------------------------
+
+@pytest.mark.parametrize("opt", [optax.chain(optax.adam(1.0), optax.scale(1e38), optax.scale(1e3)),
+                                 optax.chain(optax.sgd(1e38), optax.scale(1e3)),
+                                 optax.chain(optax.scale(1e38), optax.scale(1e38))],
+                         ids=["adam*1e41", "sgd*1e41", "scale(1e38)^2"])
+def test_guard_skips_a_step_whose_update_overflows(params, opt):
+    # float32 params: the loss and gradients are finite, the update is not
+    state = opt.init(params)
+    step = jrnn.make_step(lm_loss, opt)
+    new, new_state, m, _ = step(params, state, _batch(), jnp.zeros(H))
+    assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+    assert int(m["skipped"]) == 1
+    for a, b in zip(jax.tree.leaves((new, new_state)), jax.tree.leaves((params, state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_guard_skips_a_step_whose_optimizer_state_overflows(params):
+    # Adagrad's accumulator at the float32 maximum: adding g^2 ~ 1e31 overflows it, while the
+    # loss, the gradients, their norm and the update (g / sqrt(inf) = 0) all stay finite
+    opt = optax.adagrad(0.1, initial_accumulator_value=float(np.finfo(np.float32).max))
+
+    def big_loss(p, batch, h):
+        loss, h = lm_loss(p, batch, h)
+        return loss * 1e16, h
+
+    step = jrnn.make_step(big_loss, opt)
+    state = opt.init(params)
+    new, new_state, m, _ = step(params, state, _batch(), jnp.zeros(H))
+    assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+    assert int(m["skipped"]) == 1
+    for a, b in zip(jax.tree.leaves((new, new_state)), jax.tree.leaves((params, state))):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("make", [optim.sgd, optim.karpathy_adagrad, optim.adam, optim.rprop, optim.seed_rprop])
+@pytest.mark.parametrize("lr", [1e39, 3.5e38, 1e-46])
+def test_learning_rates_float32_cannot_hold_are_refused(make, lr):
+    with pytest.raises(ValueError, match="float32"):
+        make(lr)
+
+
+def test_largest_float32_learning_rate_is_accepted():
+    assert optim.check_learning_rate(1e38) == 1e38
+    assert optim.check_learning_rate(np.float32(1e-45)) > 0
+
+
+def test_checkpoint_refuses_a_nonfinite_state(tmp_path, params):
+    good = {"params": params, "step_size": jnp.float32(1.0)}
+    first = jrnn.checkpoint.save(tmp_path / "ck", good, step=10)
+    before = first.read_bytes()
+    for bad_value in (jnp.nan, jnp.inf, -jnp.inf):
+        bad = {"params": params._replace(b_y=params.b_y.at[2].set(bad_value)), "step_size": jnp.float32(1.0)}
+        with pytest.raises(ValueError, match=r"NaN/inf in \['params'\]\.b_y"):
+            jrnn.checkpoint.save(tmp_path / "ck", bad, step=20)
+    assert jrnn.checkpoint.list_checkpoints(tmp_path / "ck") == [first]
+    assert first.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [first.name]   # no temp file either
+    with pytest.raises(ValueError, match="NaN/inf"):
+        jrnn.checkpoint.save(tmp_path / "new", {"x": jnp.array([1.0, jnp.nan])}, step=1)
+    assert not (tmp_path / "new").exists()
+
+
+CHARLM_TINY = ["--full", "--chars", "3000", "--hidden", "16", "--batch", "4", "--seq-len", "8", "--epochs", "1",
+               "--checkpoint-every", "10", "--sample-len", "5", "--quiet"]
+
+
+def test_charlm_refuses_an_overflowing_learning_rate_before_training(tmp_path):
+    from experiments import charlm
+    with pytest.raises(ValueError, match="float32"):
+        charlm.main(CHARLM_TINY + ["--lr", "1e39", "--out", str(tmp_path / "run")])
+    run = tmp_path / "run"                     # nothing trained, nothing saved
+    assert not (run / "results.json").exists() and not jrnn.checkpoint.list_checkpoints(run / "checkpoints")
+
+
+def test_charlm_records_skipped_steps_and_saves_only_finite_checkpoints(tmp_path):
+    from experiments import charlm
+    charlm.main(CHARLM_TINY + ["--out", str(tmp_path / "run")])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"]["skipped_steps"] == 0
+    ckpts = jrnn.checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert ckpts
+    with np.load(ckpts[-1]) as z:
+        assert all(np.all(np.isfinite(z[k])) for k in z.files if k.startswith("leaf_") and z[k].dtype.kind == "f")
