@@ -384,8 +384,9 @@ def main(argv=None):
                        "parameters": sum(int(np.size(a)) for a in jax.tree.leaves(params))}
             n_chunks = (min(len(ids), SEED_CHARS + 1) - 1) // SEED_SEQ_LEN     # as run_seed_mode cuts them
             n_steps = n_chunks * args.epochs * args.seeds
-            config = {"mode": "recipe", "hidden": SEED_HIDDEN, "seq_len": SEED_SEQ_LEN, "optimizer": "sgd",
-                      "lr": SEED_LR, "tbptt_k": SEED_K, "init": "uniform_fan_in", "batch": 1,
+            config = {"mode": "recipe", "cell": args.cell, "hidden": SEED_HIDDEN, "seq_len": SEED_SEQ_LEN,
+                      "optimizer": "sgd", "lr": SEED_LR, "tbptt_k": SEED_K, "batch": 1,
+                      "init": "uniform_fan_in" if args.cell == "elman" else f"{args.cell} default",
                       "train_chars": n_chunks * SEED_SEQ_LEN, "epochs": args.epochs,
                       "seeds": list(range(args.seed, args.seed + args.seeds))}
             runs = {"costs": [c for _, c in results]}

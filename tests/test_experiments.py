@@ -91,12 +91,12 @@ def test_charlm_seed_mode_smoke(data_dir, tmp_path):
     r = outputs(tmp_path)
     # the default recipe's settings, not --full's argparse defaults (hidden 512, Adam 2e-3, batch 64, ...)
     c = r["config"]
-    assert (c["mode"], c["hidden"], c["seq_len"], c["optimizer"], c["lr"], c["batch"], c["tbptt_k"]) == \
-        ("recipe", 128, 25, "sgd", 1e-3, 1, 5)
+    assert (c["mode"], c["hidden"], c["seq_len"], c["optimizer"], c["lr"], c["batch"], c["tbptt_k"], c["cell"]) == \
+        ("recipe", 128, 25, "sgd", 1e-3, 1, 5, "elman")
     assert c["train_chars"] == 1975 and c["corpus_chars"] == 2000 and c["epochs"] == 1 and c["seeds"] == [0]
     V = c["vocab_size"]
     assert m["parameters"] == V * 128 + 128 * 128 + 128 + 128 * V + V       # the model that ran has H = 128
-    assert not {"cell", "layers", "max_minutes", "checkpoint_every"} & set(c)
+    assert not {"layers", "max_minutes", "checkpoint_every"} & set(c)
     assert m["cost_after"][0] < m["cost_before"][0]
     assert m["cost_before"][0] == pytest.approx(np.log(65), abs=0.1)   # uniform init: ~ln V
     assert len(r["sample"]) == 51
