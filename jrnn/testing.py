@@ -34,6 +34,17 @@ def _nonfinite_leaves(tree) -> list[str]:
             if not np.all(np.isfinite(np.asarray(x, np.float64)))]
 
 
+def _leaf_names(tree) -> list[str]:
+    """Leaf key paths, with sequence types alike (a tuple and a list of the same leaves match)."""
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _as_float64(x) -> np.ndarray:
+    """float64 (complex128 for complex leaves: a cast to float64 would drop the imaginary part)."""
+    x = np.asarray(x)
+    return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
+
+
 def relative_error(a, b) -> float:
     """Worst leafwise max|a - b| / max|b| over two pytrees of the same structure.
 
@@ -42,9 +53,12 @@ def relative_error(a, b) -> float:
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     if len(la) != len(lb):
         raise ValueError(f"trees have {len(la)} and {len(lb)} leaves")
+    pa, pb = _leaf_names(a), _leaf_names(b)
+    if pa != pb:  # same count, other keys (or None elsewhere): leaves would be paired by position
+        raise ValueError(f"trees hold other leaves: {pa} vs {pb}")
     worst = 0.0
     for x, y in zip(la, lb):
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        x, y = _as_float64(x), _as_float64(y)
         if x.shape != y.shape:
             raise ValueError(f"leaf shapes differ: {x.shape} vs {y.shape}")
         if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
@@ -109,6 +123,8 @@ def check_gradients(fn, params, *args, key=None, directions: int = 8, eps: float
     if bad := _nonfinite_leaves(grad):
         raise AssertionError(f"NaN/inf in the gradient at {bad}")
     leaves, treedef = jax.tree.flatten(params)
+    if sum(np.size(x) for x in leaves) == 0:
+        raise ValueError("params hold no values: there is no gradient to check")
     g_leaves = [np.asarray(g, np.float64) for g in jax.tree.leaves(grad)]
     key = jax.random.key(0) if key is None else key
     worst = 0.0

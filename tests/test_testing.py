@@ -78,3 +78,34 @@ def test_check_gradients_refuses_vacuous_arguments(kw, exc):
 
 def test_check_gradients_accepts_numpy_integer_directions():
     assert check_gradients(lambda p: jnp.sum(p ** 2), jnp.ones(2), directions=np.int64(2)) < 1e-6
+
+
+@pytest.mark.parametrize("actual, expected", [
+    ({"a": jnp.ones(2)}, {"b": jnp.ones(2)}),                                   # other names
+    ({"a": None, "b": jnp.ones(2)}, {"a": jnp.ones(2), "b": None}),             # None elsewhere
+    ({"w": jnp.ones(2), "b": jnp.zeros(2)}, {"w_": jnp.ones(2), "b": jnp.zeros(2)}),
+])
+def test_trees_with_other_leaves_are_refused_not_paired_by_position(actual, expected):
+    # relative_error returned 0.0 for each: the leaves were zipped in flattening order
+    with pytest.raises(ValueError, match="other leaves"):
+        relative_error(actual, expected)
+    with pytest.raises(ValueError, match="other leaves"):
+        assert_trees_close(actual, expected, rtol=1e-6)
+
+
+def test_a_tuple_and_a_list_of_the_same_leaves_still_compare():
+    assert relative_error((jnp.ones(2), jnp.zeros(1)), [jnp.ones(2), jnp.zeros(1)]) == 0.0
+
+
+def test_complex_leaves_compare_their_imaginary_parts():
+    # a cast to float64 dropped them: 1+1j against 1+0j gave 0.0
+    assert relative_error(jnp.array([1 + 1j]), jnp.array([1 + 0j])) == pytest.approx(1.0)
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_trees_close(jnp.array([1 + 1j]), jnp.array([1 + 0j]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("params", [{}, jnp.ones(0), {"w": jnp.ones((0, 3))}])
+def test_check_gradients_refuses_params_with_nothing_to_check(params):
+    # returned 0.0: a check that compared nothing passed
+    with pytest.raises(ValueError, match="no values"):
+        check_gradients(lambda p: sum(jnp.sum(x) for x in __import__("jax").tree.leaves(p)) + 1.0, params)
