@@ -143,7 +143,13 @@ class Vocab(NamedTuple):
         return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
 
     def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
+        """Ids in [0, size) -> text; ValueError/TypeError otherwise (-1 is not the last char)."""
+        ids = np.asarray(ids).reshape(-1)
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"ids must be integers, got {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.size):
+            raise ValueError(f"ids must lie in [0, {self.size}), got min {ids.min()}, max {ids.max()}")
+        return "".join(self.chars[i] for i in ids.tolist())
 
 
 def build_vocab(text: str) -> Vocab:
@@ -160,10 +166,15 @@ def _count(name: str, value) -> int:
     return int(value)
 
 
-def _token_ids(ids) -> np.ndarray:
+def _token_ids(ids, name: str = "ids") -> np.ndarray:
+    """A 1-D array of non-negative integer token ids (a str, float or -1 is not a token id)."""
     ids = np.asarray(ids)
     if ids.ndim != 1:
-        raise ValueError(f"ids must be a 1-D sequence of tokens, got shape {ids.shape}")
+        raise ValueError(f"{name} must be a 1-D sequence of tokens, got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be integer token ids, got {ids.dtype} (encode text with a Vocab)")
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got {ids.min()}")
     return ids
 
 
@@ -214,6 +225,14 @@ def pad_batch(sequences, length: int | None = None, *, bucket: int | None = None
     seqs = [np.asarray(s) for s in sequences]
     if not seqs or any(s.ndim != 1 or s.size == 0 for s in seqs):
         raise ValueError("pad_batch needs a non-empty list of non-empty 1-D sequences")
+    for i, s in enumerate(seqs):  # int32 ids: a float would be truncated, 2**40 wrapped, -1 kept
+        _token_ids(s, f"sequence {i}")
+        if s.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"sequence {i} holds id {s.max()}, more than int32 holds")
+    if isinstance(pad_id, (bool, np.bool_)) or not isinstance(pad_id, (int, np.integer)):
+        raise TypeError(f"pad_id must be an integer, got {type(pad_id).__name__} {pad_id!r}")
+    if not 0 <= pad_id <= np.iinfo(np.int32).max:
+        raise ValueError(f"pad_id must be a token id >= 0, got {pad_id}")
     longest = max(len(s) for s in seqs)
     T = (_count("length", length) if length is not None
          else bucket_length(longest, bucket) if bucket is not None else longest)

@@ -190,3 +190,46 @@ def test_cached_corpus_with_a_wrong_checksum_is_replaced_online(tmp_path, monkey
 
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Fake())
     assert data.corpus_path("kafka") == cached and cached.read_bytes() == good
+
+
+@pytest.mark.parametrize("ids, err", [([-1], ValueError), ([3], ValueError), ([0.7], TypeError),
+                                      (np.array([1, 99]), ValueError)])
+def test_decode_refuses_ids_outside_the_vocabulary(ids, err):
+    # -1 decoded as the last character, 0.7 as the first
+    with pytest.raises(err, match="ids must"):
+        data.build_vocab("abc").decode(ids)
+
+
+def test_decode_of_numpy_and_jax_ids_round_trips():
+    import jax.numpy as jnp
+    v = data.build_vocab("hello")
+    assert v.decode(jnp.asarray(v.encode("hole"))) == "hole" == v.decode(v.encode("hole").astype(np.int64))
+    assert v.decode([]) == ""
+
+
+@pytest.mark.parametrize("ids, err", [(list("hello world"), TypeError), (np.linspace(0, 1, 11), TypeError),
+                                      (np.array([-1, 2, 3, 4, 5, 6, 7, 8, 9]), ValueError)])
+def test_streams_and_chunks_refuse_what_is_not_token_ids(ids, err):
+    # a list of characters came back as '<U1' batches, floats as float batches, -1 as a token
+    with pytest.raises(err, match="ids must"):
+        data.streams(ids, 2, 2)
+    with pytest.raises(err, match="ids must"):
+        data.chunks(ids, 2)
+
+
+@pytest.mark.parametrize("seqs, kw, err", [
+    ([np.array([0.7, 1.5])], {}, TypeError),                 # was truncated to [0, 1]
+    ([np.array([2 ** 40])], {}, ValueError),                 # was wrapped to 0
+    ([np.array([-1, 2])], {}, ValueError),
+    ([[1, 2], [1]], {"pad_id": -1}, ValueError),
+    ([[1, 2], [1]], {"pad_id": 1.5}, TypeError),             # was truncated to 1
+    ([[1, 2], [1]], {"pad_id": True}, TypeError),
+])
+def test_pad_batch_refuses_ids_it_would_change(seqs, kw, err):
+    with pytest.raises(err):
+        data.pad_batch(seqs, **kw)
+
+
+def test_pad_batch_accepts_numpy_integer_ids_and_pad_id():
+    ids, mask = data.pad_batch([np.array([3, 4], np.int64), [5]], pad_id=np.int32(7))
+    assert ids.tolist() == [[3, 4], [5, 7]] and mask.tolist() == [[True, True], [True, False]]
