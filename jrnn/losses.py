@@ -75,16 +75,28 @@ def softmax_cross_entropy(logits, labels, *, mask=None, reduction: str = "mean")
       reduction: "mean", "sum" or "none".
     """
     logits = jnp.asarray(logits)
+    if logits.ndim < 1:
+        raise ValueError(f"logits must be [..., V], got a scalar of shape {logits.shape}")
     _check_labels(labels, logits.shape[-1])
     if jnp.shape(labels) != logits.shape[:-1]:
         raise ValueError(f"labels shape {jnp.shape(labels)} does not match logits {logits.shape[:-1]}")
     per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if isinstance(labels, jax.core.Tracer):
+        # unchecked (traced) labels: -1 would read class V-1 and give a finite, wrong loss; an
+        # id outside [0, V) gives NaN instead, which the training step's guard catches
+        labels = jnp.asarray(labels)
+        per_step = jnp.where((labels >= 0) & (labels < logits.shape[-1]), per_step, jnp.nan)
     return reduce(per_step, mask, reduction)
 
 
 def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, reduction: str = "mean"):
     """Binary cross-entropy of sigmoid(logits) against 0/1 targets of the same shape."""
     logits = jnp.asarray(logits)
+    if not isinstance(targets, jax.core.Tracer):
+        t = np.asarray(targets, np.float64)
+        if t.size and not np.all((t >= 0) & (t <= 1)):  # NaN fails too
+            bad = t[~((t >= 0) & (t <= 1))]
+            raise ValueError(f"targets must be probabilities in [0, 1], got {bad[:5].tolist()}")
     targets = jnp.asarray(targets, logits.dtype)
     if targets.shape != logits.shape:
         raise ValueError(f"targets shape {targets.shape} != logits shape {logits.shape}")

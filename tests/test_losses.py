@@ -1,5 +1,6 @@
 """Cross-entropy: stable, reductions, masks, label validation."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -68,3 +69,35 @@ def test_a_traced_mask_counts_the_same_steps_in_numerator_and_denominator(rng):
     # bool and 0/1 integer masks agree
     np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, mask=np.array([1, 1, 0, 1])),
                                per[[0, 1, 3]].mean(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-1, 3, 7])
+def test_out_of_range_labels_under_jit_give_nan_not_another_class(bad):
+    # traced labels cannot be checked; -1 read class V-1 and gave its finite loss
+    logits = jnp.array([[0.0, 1.0, 5.0], [2.0, 0.0, 1.0]])
+    labels = jnp.array([bad, 0])
+    for reduction in ("mean", "sum"):
+        f = jax.jit(lambda l, y: losses.softmax_cross_entropy(l, y, reduction=reduction))
+        assert np.isnan(float(f(logits, labels)))
+    per = jax.jit(lambda l, y: losses.softmax_cross_entropy(l, y, reduction="none"))(logits, labels)
+    assert np.isnan(per[0]) and np.isfinite(per[1])
+
+
+def test_masked_out_of_range_labels_under_jit_leave_loss_and_gradient_finite():
+    logits = jnp.array([[0.0, 1.0, 5.0], [2.0, 0.0, 1.0]])
+    f = jax.jit(lambda l: losses.softmax_cross_entropy(l, jnp.array([-1, 2]), mask=jnp.array([0, 1])))
+    eager = losses.softmax_cross_entropy(logits[1:], jnp.array([2]))
+    assert float(f(logits)) == pytest.approx(float(eager))
+    assert np.all(np.isfinite(jax.grad(f)(logits)))
+
+
+@pytest.mark.parametrize("targets", [[2.0], [-0.5], [float("nan")]])
+def test_binary_targets_outside_zero_one_are_refused(targets):
+    # a target of 2 gave a negative loss
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        losses.sigmoid_binary_cross_entropy(jnp.array([1.0]), jnp.array(targets))
+
+
+def test_scalar_logits_are_a_named_error():
+    with pytest.raises(ValueError, match="logits must be"):
+        losses.softmax_cross_entropy(jnp.array(1.0), jnp.array(0))
