@@ -82,23 +82,35 @@ NUMERIC_TYPES = (positive_int, non_negative_int, finite_float, positive_float, n
 
 def out_dir(text) -> Path:
     """--out: create the folder now and prove a file can be written in it, before any training."""
+    if not str(text).strip():  # Path("") is ".": the run would write into whatever folder it started in
+        raise argparse.ArgumentTypeError(f"must name a folder, got {str(text)!r}")
+    if "\0" in str(text):
+        raise argparse.ArgumentTypeError(f"a folder name cannot hold a NUL byte, got {str(text)!r}")
     path = Path(text)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder") from None
-    except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot create folder {path}: {e.strerror or e}") from None
+        writable_folder(path)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     for p in [path / "results.json", *path.glob("*.png")]:   # the plot's name depends on the experiment
         if p.is_dir():
             raise argparse.ArgumentTypeError(f"{p} is a folder; results cannot be written there")
+    return path
+
+
+def writable_folder(path: Path) -> None:
+    """Create `path` and prove a file can be written in it; ValueError saying why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"{path} exists and is not a folder") from None
+    except OSError as e:
+        raise ValueError(f"cannot create folder {path}: {e.strerror or e}") from None
     try:
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test_")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write in {path}: {e.strerror or e}") from None
-    return path
+        raise ValueError(f"cannot write in {path}: {e.strerror or e}") from None
 
 
 def parser(name: str, doc: str, *, steps: int | None = None, epochs: int | None = None) -> argparse.ArgumentParser:
@@ -209,6 +221,11 @@ def find_resume(directory, args, template, **load_kw):
     another run's (RunConflictError, a ValueError) unless --overwrite."""
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run under --out, --overwrite replaces it: choose one")
+    if args.checkpoint_every or args.overwrite:   # checked now, not when the first checkpoint is due
+        try:
+            writable_folder(Path(directory))
+        except ValueError as e:
+            raise ValueError(f"--out: checkpoints cannot be written: {e}") from None
     if args.resume:
         run_id = checkpoint.run_of(directory)
         return None if run_id is None else checkpoint.load_latest(directory, template, run_id=run_id, **load_kw)

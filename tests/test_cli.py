@@ -185,3 +185,21 @@ def test_the_command_line_says_one_line_and_exits_2(argv, says, tmp_path):
     assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert [line for line in p.stderr.splitlines() if "error" in line] == [p.stderr.splitlines()[-1]]
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("out", ["", "   "])
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(out, capsys, no_training):
+    # Path("") is ".": results.json and loss.png went into whatever folder the run started in
+    with pytest.raises(SystemExit) as e:
+        sequences.main(["--steps", "10", "--out", out])
+    assert e.value.code == 2 and "argument --out: must name a folder" in capsys.readouterr().err
+
+
+def test_a_checkpoint_folder_that_is_a_file_is_refused_before_any_seed_trains(data_dir, tmp_path, no_training):
+    # seed 1's folder was first created when seed 1 started, after seed 0 had trained in full
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "seed_1").write_text("a file")
+    with pytest.raises(ValueError, match=r"--out: checkpoints cannot be written: .*seed_1 exists and is not a folder"):
+        minchar.main(["--seeds", "2", "--steps", "100", "--checkpoint-every", "100", "--baseline-steps", "0",
+                      "--quiet", "--out", str(tmp_path)])
+    assert (tmp_path / "checkpoints" / "seed_1").read_text() == "a file"
