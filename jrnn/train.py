@@ -194,14 +194,22 @@ class BadStepCounter:
                                      f"each of them; stopping")
 
 
+def _batch_size(batch_size) -> int:
+    """A positive Python or numpy integer (not a bool, not 4.0)."""
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
 def batch_mesh(batch_size: int, devices=None):
     """A 1-D mesh, axis "data", over the most of `devices` (default: all) that split
     `batch_size` evenly: all of them when they divide it, one when B = 1. Its `size` tells
     whether there is anything to split. Across processes (`jax.distributed`) it is all devices of
     all processes, and B must be divisible by their number."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = _batch_size(batch_size)
     devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices is empty: a mesh needs at least one device")
     if jax.process_count() > 1:  # every process feeds its share: the mesh takes all devices or fails
         if batch_size % len(devices):
             raise ValueError(f"batch_size {batch_size} is not divisible by the {len(devices)} devices of "
@@ -296,6 +304,9 @@ def process_rows(mesh, batch_size: int) -> np.ndarray:
     `mesh` (sorted; `arange(B)` with one process). Slice your global batch with them, or load
     only those rows."""
     from jax.sharding import NamedSharding, PartitionSpec as P
+    batch_size = _batch_size(batch_size)
+    if batch_size % mesh.devices.size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the mesh's {mesh.devices.size} devices")
     idx = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch_size,)).values()
     return np.concatenate(sorted((np.arange(batch_size)[i] for i in idx), key=lambda r: r[0]))
 

@@ -73,3 +73,30 @@ def test_sharded_step_and_multi_step_equal_single_device_steps():
     p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.startswith("ok")
+
+
+MESH_ARGS = r"""
+import numpy as np, jax, jrnn
+mesh = jrnn.train.batch_mesh(np.int64(8))          # a numpy integer is a batch size
+assert mesh.size == 4
+assert jrnn.train.process_rows(mesh, np.int32(8)).tolist() == list(range(8))
+def refused(f, says):
+    try:
+        f()
+    except ValueError as e:
+        assert says in str(e), e
+    else:
+        raise AssertionError("accepted")
+refused(lambda: jrnn.train.batch_mesh(True), "positive int")           # was a batch of 1
+refused(lambda: jrnn.train.batch_mesh(4, devices=[]), "devices is empty")  # was "max() arg is an empty sequence"
+for bad in (4.0, 0, -4, True):                                        # 4.0 gave float row indices
+    refused(lambda: jrnn.train.process_rows(mesh, bad), "positive int")
+refused(lambda: jrnn.train.process_rows(mesh, 6), "not divisible by the mesh's 4 devices")
+print("ok")
+"""
+
+
+def test_batch_mesh_and_process_rows_take_numpy_integers_and_refuse_bools_floats_and_uneven_batches():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", MESH_ARGS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr[-3000:]
