@@ -34,9 +34,18 @@ def _nonfinite_leaves(tree) -> list[str]:
             if not np.all(np.isfinite(np.asarray(x, np.float64)))]
 
 
-def _leaf_names(tree) -> list[str]:
-    """Leaf key paths, with sequence types alike (a tuple and a list of the same leaves match)."""
-    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+def _leaf_names(tree) -> list[tuple]:
+    """Each leaf's dict keys and attribute names along its path. Sequence positions are left out,
+    so a tuple or a list compares with a NamedTuple or dict of the same leaves (positions only);
+    where both trees name a leaf, the names must agree (a dict flattens by sorted key, a
+    NamedTuple by field: with other names or another order they would pair the wrong leaves)."""
+    def name(k):
+        for attr in ("key", "name"):  # DictKey / FlattenedIndexKey, GetAttrKey
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return None                   # SequenceKey: a position
+    return [tuple(n for n in map(name, p) if n is not None)
+            for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _as_float64(x) -> np.ndarray:
@@ -54,7 +63,8 @@ def relative_error(a, b) -> float:
     if len(la) != len(lb):
         raise ValueError(f"trees have {len(la)} and {len(lb)} leaves")
     pa, pb = _leaf_names(a), _leaf_names(b)
-    if pa != pb:  # same count, other keys (or None elsewhere): leaves would be paired by position
+    if any(x and y and x != y for x, y in zip(pa, pb)):
+        # same count, other keys (or None elsewhere): leaves would be paired by position
         raise ValueError(f"trees hold other leaves: {pa} vs {pb}")
     worst = 0.0
     for x, y in zip(la, lb):

@@ -109,3 +109,14 @@ def test_check_gradients_refuses_params_with_nothing_to_check(params):
     # returned 0.0: a check that compared nothing passed
     with pytest.raises(ValueError, match="no values"):
         check_gradients(lambda p: sum(jnp.sum(x) for x in __import__("jax").tree.leaves(p)) + 1.0, params)
+
+
+def test_a_namedtuple_compares_with_a_tuple_but_not_with_a_dict_that_flattens_in_another_order():
+    from jrnn import cells
+    p = cells.GRUParams(jnp.ones(2), jnp.zeros(2), jnp.ones(2), jnp.ones(2))
+    assert relative_error(p, tuple(p)) == 0.0 == relative_error(p, list(p))
+    # a dict flattens by sorted key (b_h, b_i, w_h, w_i), the NamedTuple by field (w_i, w_h, ...):
+    # zipped, w_i met b_h and the error was 0.0 though p.w_h != 1
+    with pytest.raises(ValueError, match="other leaves"):
+        relative_error(p, dict(zip(p._fields, p)))
+    assert relative_error(p, cells.GRUParams(**dict(zip(p._fields, p)))) == 0.0
