@@ -153,10 +153,23 @@ def check_seed_range(args, count: int):
         raise ValueError(f"--seed {args.seed} with --seeds {count} goes past the largest seed 2**32 - 1")
 
 
+def coordinator(text) -> str:
+    """--coordinator: host:port with a port in [1, 65535] (else jax.distributed waits its whole
+    initialization timeout for an address that cannot answer)."""
+    host, sep, port = str(text).rpartition(":")
+    try:
+        ok = bool(sep and host.strip("[]") and not any(c.isspace() for c in host) and 1 <= int(port) <= 65535)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be host:port with a port in [1, 65535], got {text!r}")
+    return str(text)
+
+
 def distributed_flags(p: argparse.ArgumentParser) -> None:
     """Flags of a run over several processes (`jax.distributed`); see `init_distributed`."""
     g = p.add_argument_group("several processes (jax.distributed; see python -m experiments.launch)")
-    g.add_argument("--coordinator", default=None, help="host:port of process 0 (with --num-processes, --process-id)")
+    g.add_argument("--coordinator", type=coordinator, default=None, help="host:port of process 0 (with --num-processes, --process-id)")
     g.add_argument("--num-processes", type=positive_int, default=None, help="processes in the run")
     g.add_argument("--process-id", type=non_negative_int, default=None, help="this process: 0 .. num-processes - 1")
     g.add_argument("--heartbeat-timeout", type=positive_int, default=30,

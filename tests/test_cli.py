@@ -203,3 +203,17 @@ def test_a_checkpoint_folder_that_is_a_file_is_refused_before_any_seed_trains(da
         minchar.main(["--seeds", "2", "--steps", "100", "--checkpoint-every", "100", "--baseline-steps", "0",
                       "--quiet", "--out", str(tmp_path)])
     assert (tmp_path / "checkpoints" / "seed_1").read_text() == "a file"
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:99999", "127.0.0.1:0", ":1234", "host:", "a b:12",
+                                     "127.0.0.1:x"])
+def test_a_coordinator_that_is_not_host_port_is_refused_at_parse_time(address, capsys, no_training):
+    # it reached jax.distributed.initialize, which waits its whole timeout for it
+    with pytest.raises(SystemExit) as e:
+        charlm.main(["--full", "--coordinator", address, "--num-processes", "2", "--process-id", "0"])
+    assert e.value.code == 2 and "argument --coordinator: must be host:port" in capsys.readouterr().err
+
+
+def test_good_coordinators_parse():
+    assert [common.coordinator(a) for a in ("127.0.0.1:1234", "node-7.cluster:65535", "[::1]:80")] == [
+        "127.0.0.1:1234", "node-7.cluster:65535", "[::1]:80"]
