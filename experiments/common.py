@@ -241,7 +241,11 @@ def find_resume(directory, args, template, **load_kw):
             raise ValueError(f"--out: checkpoints cannot be written: {e}") from None
     if args.resume:
         run_id = checkpoint.run_of(directory)
-        return None if run_id is None else checkpoint.load_latest(directory, template, run_id=run_id, **load_kw)
+        ck = None if run_id is None else checkpoint.load_latest(directory, template, run_id=run_id, **load_kw)
+        if ck is not None:
+            return ck
+    # nothing to continue: this run starts fresh, and `checkpoint_run` will claim the folder;
+    # refuse another run's checkpoints now, not after the seeds before this one have trained
     if args.checkpoint_every and not args.overwrite:
         checkpoint.check_fresh(directory)
     return None

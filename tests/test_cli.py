@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 
 import jrnn
@@ -217,3 +218,17 @@ def test_a_coordinator_that_is_not_host_port_is_refused_at_parse_time(address, c
 def test_good_coordinators_parse():
     assert [common.coordinator(a) for a in ("127.0.0.1:1234", "node-7.cluster:65535", "[::1]:80")] == [
         "127.0.0.1:1234", "node-7.cluster:65535", "[::1]:80"]
+
+
+def test_a_resume_that_must_start_fresh_into_other_checkpoints_is_refused_before_any_seed_trains(
+        data_dir, tmp_path, no_training):
+    # seed_1's run.json names a run that saved nothing, beside another run's checkpoint (an
+    # --overwrite killed between claiming and deleting): --resume finds nothing of its run, so
+    # seed 1 starts fresh; its start_run refused the folder only after seed 0 had trained in full
+    d = tmp_path / "checkpoints" / "seed_1"
+    jrnn.checkpoint.save(d, {"w": jnp.ones(2)}, step=100)
+    (d / "run.json").write_text('{"run_id": "a-run-that-saved-nothing"}')
+    with pytest.raises(jrnn.checkpoint.RunConflictError, match="seed_1 holds 1 checkpoint"):
+        minchar.main(["--seeds", "2", "--steps", "100", "--checkpoint-every", "100", "--baseline-steps", "0",
+                      "--quiet", "--resume", "--out", str(tmp_path)])
+    assert [p.name for p in jrnn.checkpoint.list_checkpoints(d)] == ["ckpt_0000000100.npz"]
