@@ -64,7 +64,12 @@ def _entry_points():
 
 
 def _program(f, unroll):
-    return jax.jit(lambda: f(unroll)).lower().as_text()
+    """The lowered program, its integer scalar constants masked: with the id checks
+    (`jrnn.checks`, `checkify.debug_check`) two traces of the same function differ in a few such
+    constants (measured: 1 vs 3, 2 vs 4), while the loop bodies an unroll changes do not."""
+    import re
+    text = jax.jit(lambda: f(unroll)).lower().as_text()
+    return re.sub(r"dense<-?\d+> : tensor<i(32|64)>", "dense<N> : tensor<i>", text)
 
 
 @pytest.mark.parametrize("name", [n for n, _ in _entry_points()])
