@@ -201,6 +201,8 @@ def run_full_mode(args, ids, vocab):
                                             "k1", "k2")}
     if procs > 1:  # a resume must use the same process count (a config mismatch is refused)
         config["processes"] = procs
+    if args.precision != "float32":  # and the precision results.json records (only then: older checkpoints resume)
+        config["precision"] = args.precision
     history, step, skipped = [], 0, 0
     if args.resume:
         written_by = _checkpoint_processes(ckpt_dir)

@@ -161,7 +161,7 @@ def find_resume(seed, vocab, args):
     params = init(model, jax.random.key(seed))
     ckpt_dir = args.out / "checkpoints" / f"seed_{seed}"
     state = {"params": params, "opt_state": optimizer(args.as_written).init(params), "h": model.zeros(params)[0]}
-    ck = common.find_resume(ckpt_dir, args, state, config=checkpoint_config(seed, args.as_written, args.cell),
+    ck = common.find_resume(ckpt_dir, args, state, config=checkpoint_config(seed, args.as_written, args.cell, args.precision),
                             vocab=vocab.chars)
     if ck is not None and ck.step > args.steps:   # its losses and state are past the run asked for
         raise ValueError(f"--steps {args.steps} is fewer than the {ck.step} iterations already in {ck.path}: "
@@ -171,7 +171,7 @@ def find_resume(seed, vocab, args):
 
 def run_seed(seed, ids, vocab, args, samples, resume):
     ckpt_dir, state, ck = resume
-    config = checkpoint_config(seed, args.as_written, args.cell)
+    config = checkpoint_config(seed, args.as_written, args.cell, args.precision)
     model = make_model(args.cell, vocab.size)
     run_id = common.checkpoint_run(ckpt_dir, args, ck)
     state, start, earlier = (ck.state, ck.step, ck.cursor["losses"]) if ck else (state, 0, [])
@@ -204,7 +204,7 @@ def run_seed(seed, ids, vocab, args, samples, resume):
     return np.concatenate([earlier, losses]), t.s, bad.total
 
 
-def checkpoint_config(seed, as_written=False, cell="elman"):
+def checkpoint_config(seed, as_written=False, cell="elman", precision="float32"):
     """What a resumed run must share with the run that wrote the checkpoint."""
     config = {"experiment": "minchar", "seed": seed, "hidden": HIDDEN, "seq_len": SEQ_LEN, "lr": LEARNING_RATE,
               "clip": CLIP, "init_scale": INIT_SCALE, "call_iters": CALL_ITERS}
@@ -212,6 +212,8 @@ def checkpoint_config(seed, as_written=False, cell="elman"):
         config["cell"] = cell
     if as_written:  # only then, so that checkpoints of the default mode still resume
         config["b_y"] = "frozen at 0 (seed 003b as written)"
+    if precision != "float32":  # only then (as above): a resume must train at the precision results.json records
+        config["precision"] = precision
     return config
 
 

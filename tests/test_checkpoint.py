@@ -357,3 +357,25 @@ def test_charlm_resume_reads_the_process_count_of_the_folders_run_not_of_the_new
     (mine / "run.json").unlink()                            # no owner: find_resume refuses, not this
     assert charlm._checkpoint_processes(mine) is None
     assert charlm._checkpoint_processes(tmp_path / "missing") is None
+
+
+def test_a_resume_at_another_precision_is_refused(data_dir, tmp_path):
+    # results.json records one --precision for the whole run: the part before the checkpoint must
+    # have trained at it too
+    from experiments import minchar
+    args = ["--baseline-steps", "0", "--quiet", "--checkpoint-every", "100", "--out", str(tmp_path)]
+    minchar.main([*args, "--steps", "100"])
+    before = (tmp_path / "results.json").read_bytes()
+    with pytest.raises(ValueError, match="written with config"):
+        minchar.main([*args, "--steps", "200", "--resume", "--precision", "bfloat16"])
+    assert (tmp_path / "results.json").read_bytes() == before
+
+
+def test_charlm_full_resume_at_another_precision_is_refused(data_dir, tmp_path):
+    from experiments import charlm
+    args = ["--full", "--chars", "170", "--batch", "1", "--seq-len", "2", "--hidden", "4", "--sample-len", "2",
+            "--checkpoint-every", "10", "--quiet", "--out", str(tmp_path)]
+    charlm.main([*args, "--epochs", "1", "--precision", "tensorfloat32"])
+    with pytest.raises(ValueError, match="written with config"):
+        charlm.main([*args, "--epochs", "2", "--resume"])
+    charlm.main([*args, "--epochs", "2", "--resume", "--precision", "tensorfloat32"])   # the same: continues
