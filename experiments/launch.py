@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     if any(f in command for f in ("--coordinator", "--num-processes", "--process-id")):
         ap.error("the launcher sets --coordinator, --num-processes and --process-id itself")
     name = command[0].removeprefix("experiments.")
-    if name.startswith("-") or importlib.util.find_spec(f"experiments.{name}") is None:
+    if not name.isidentifier() or importlib.util.find_spec(f"experiments.{name}") is None:
         ap.error(f"no experiment {command[0]!r}: name one of experiments/, e.g. -- charlm --full")
     return launch(a.num_processes, name, command[1:], a.cpu_devices, a.port)
 

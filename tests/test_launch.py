@@ -86,12 +86,13 @@ def test_killing_one_process_stops_the_launched_run_with_an_error(data_dir, tmp_
 @pytest.mark.parametrize("argv", [["--port", "99999", "--", "charlm"], ["--port", "0", "--", "charlm"],
                                   ["--port", "-1", "--", "charlm"], ["-n", "-2", "--", "charlm"],
                                   ["-n", "two", "--", "charlm"], ["-n", "2", "--cpu-devices", "0", "--", "charlm"],
-                                  ["-n", "2", "--", "nonsense"], ["-n", "2", "--", "--full"]])
+                                  ["-n", "2", "--", "nonsense"], ["-n", "2", "--", "--full"],
+                                  ["-n", "2", "--", "charlm.py"], ["-n", "2", "--", "../x"]])
 def test_launcher_refuses_a_bad_port_count_or_experiment_naming_the_flag(argv, capsys):
     # --port 99999 used to reach every process as a coordinator address that cannot exist
     with pytest.raises(SystemExit) as e:
         launch.main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert ("--port" in err if "--port" in argv else "experiment" in err if argv[-1] in ("nonsense", "--full")
+    assert ("--port" in err if "--port" in argv else "experiment" in err if argv[-1] in ("nonsense", "--full", "charlm.py", "../x")
             else "--cpu-devices" in err if "--cpu-devices" in argv else "-n" in err), err
