@@ -270,7 +270,10 @@ def load(path, template, *, config: dict | None = None, vocab=None) -> Checkpoin
                              f"template wants {np.asarray(t).dtype}{list(np.shape(t))}")
         if hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest() != meta["sha256"]:
             raise ValueError(f"checkpoint {path}: {meta['path']} fails its checksum (corrupted)")
-    state = jax.tree.unflatten(treedef, [jax.numpy.asarray(a) for a in leaves])
+    # a leaf comes back as the template's kind: a jax array for a jax array; numpy for numpy or
+    # Python values, whose int64/float64 jax would narrow to 32 bits without x64 (2**40 -> 0)
+    state = jax.tree.unflatten(treedef, [jax.numpy.asarray(a) if isinstance(t, jax.Array) else a
+                                         for a, t in zip(leaves, t_leaves)])
     return Checkpoint(state, header["step"], header["cursor"], path, header.get("run_id"))
 
 

@@ -379,3 +379,25 @@ def test_charlm_full_resume_at_another_precision_is_refused(data_dir, tmp_path):
     with pytest.raises(ValueError, match="written with config"):
         charlm.main([*args, "--epochs", "2", "--resume"])
     charlm.main([*args, "--epochs", "2", "--resume", "--precision", "tensorfloat32"])   # the same: continues
+
+
+NO_X64 = r"""
+import tempfile
+import jax, jax.numpy as jnp, numpy as np
+from jrnn import checkpoint
+assert not jax.config.jax_enable_x64
+state = {"cursor": np.int64(2**40 + 7), "scale": np.float64(0.1), "w": jnp.arange(3.0)}
+ck = checkpoint.load(checkpoint.save(tempfile.mkdtemp(), state, step=1), state)
+assert ck.state["cursor"].dtype == np.int64 and int(ck.state["cursor"]) == 2**40 + 7, ck.state["cursor"]
+assert ck.state["scale"].dtype == np.float64 and float(ck.state["scale"]) == 0.1
+assert isinstance(ck.state["w"], jax.Array) and ck.state["w"].dtype == jnp.float32
+print("ok")
+"""
+
+
+def test_numpy_64_bit_leaves_round_trip_exactly_without_x64():
+    # load passed every leaf through jnp.asarray: without x64 int64 2**40 + 7 came back as int32 7,
+    # float64 0.1 as float32, though the template had asked for (and been checked against) 64 bits
+    env = {**os.environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu"}
+    p = subprocess.run([sys.executable, "-c", NO_X64], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr[-2000:]
