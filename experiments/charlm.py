@@ -295,6 +295,8 @@ def _same_checkpoint_everywhere(ckpt_dir, step):
 
 # ---- main ------------------------------------------------------------------------------------
 
+MAX_SAMPLE_LEN = 100_000   # more failed after training, before results.json (10**10 overflowed the jitted sampler)
+
 FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
              "overwrite", "max_bad_steps", "k1", "k2")
 
@@ -320,7 +322,9 @@ def main(argv=None):
     ap.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
     ap.add_argument("--temperature", type=common.positive_float, default=1.0, help="sampling temperature")
     ap.add_argument("--prime", default="\n", help="text the sample starts from (default: %(default)r, a newline)")
-    ap.add_argument("--sample-len", type=common.positive_int, default=500, help="characters to sample")
+    ap.add_argument("--sample-len", type=common.at_most(MAX_SAMPLE_LEN, "the sample is drawn after training, printed "
+                                                        "and stored in results.json"),
+                    default=500, help="characters to sample")
     common.distributed_flags(ap)
     common.add_precision(ap)
     args = ap.parse_args(argv)

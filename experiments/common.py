@@ -70,6 +70,17 @@ def non_negative_float(text) -> float:
     return v
 
 
+def at_most(limit: int, why: str):
+    """A positive_int type that also refuses values above `limit` (saying `why`), at parse time."""
+    def bounded(text) -> int:
+        v = positive_int(text)
+        if v > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit:,} ({why}), got {v:,}")
+        return v
+    bounded.__name__ = f"at_most_{limit}"
+    return bounded
+
+
 def seed(text) -> int:
     v = _number(int, text)
     if not 0 <= v <= MAX_SEED:

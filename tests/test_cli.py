@@ -232,3 +232,12 @@ def test_a_resume_that_must_start_fresh_into_other_checkpoints_is_refused_before
         minchar.main(["--seeds", "2", "--steps", "100", "--checkpoint-every", "100", "--baseline-steps", "0",
                       "--quiet", "--resume", "--out", str(tmp_path)])
     assert [p.name for p in jrnn.checkpoint.list_checkpoints(d)] == ["ckpt_0000000100.npz"]
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "x", "2.5", str(10**10), "100001"])
+def test_charlm_sample_len_is_bounded_at_parse_time(bad, tmp_path, capsys, no_training):
+    # --sample-len 10**10 trained in full, then overflowed the jitted sampler before results.json
+    with pytest.raises(SystemExit) as e:
+        charlm.main(["--sample-len", bad, "--out", str(tmp_path)])
+    assert e.value.code == 2 and "argument --sample-len:" in capsys.readouterr().err
+    assert common.at_most(charlm.MAX_SAMPLE_LEN, "why")(str(charlm.MAX_SAMPLE_LEN)) == 100_000
