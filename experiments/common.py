@@ -329,9 +329,18 @@ def save_results(out: Path, name: str, config: dict, metrics: dict, wall_s: floa
     payload = {"experiment": name, "config": _plain(config), "metrics": _plain(metrics),
                "wall_time_s": wall_s, "environment": environment(), **_plain(extra)}
     path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".results_", suffix=".json.tmp")   # a name no user file has
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)   # as a plain open() would (mkstemp makes it private)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(payload, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 

@@ -241,3 +241,11 @@ def test_charlm_sample_len_is_bounded_at_parse_time(bad, tmp_path, capsys, no_tr
         charlm.main(["--sample-len", bad, "--out", str(tmp_path)])
     assert e.value.code == 2 and "argument --sample-len:" in capsys.readouterr().err
     assert common.at_most(charlm.MAX_SAMPLE_LEN, "why")(str(charlm.MAX_SAMPLE_LEN)) == 100_000
+
+
+def test_results_are_written_whatever_sits_at_results_json_tmp(tmp_path):
+    # the fixed temp name results.json.tmp, if a folder, failed the run after training
+    (tmp_path / "results.json.tmp").mkdir()
+    path = common.save_results(tmp_path, "x", {"a": 1}, {"m": 2.0}, 1.0)
+    assert path.name == "results.json" and __import__("json").loads(path.read_text())["metrics"] == {"m": 2.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.json.tmp"]
