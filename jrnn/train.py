@@ -96,8 +96,14 @@ def _jit(fn, donate: bool, check_ids: bool):
     if not check_ids:
         return jax.jit(fn, donate_argnums=donate_argnums)
     checked = jax.jit(checkify.checkify(fn, errors=checkify.user_checks), donate_argnums=donate_argnums)
+    plain = jax.jit(fn, donate_argnums=donate_argnums)
 
     def call(*args, **kw):
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kw))):
+            # called inside the caller's own jit / scan / vmap: the error flags would be traced
+            # values that cannot be read here, so the plain step runs (its id checks drop out as
+            # under any jit; an out-of-range label still gives a NaN loss, which the guard skips)
+            return plain(*args, **kw)
         err, out = checked(*args, **kw)
         # `err.throw()` alone costs ~20 us of Python per call (3-6 % of a small step on a CPU);
         # reading the error flags first costs one small device-to-host read. Without the private

@@ -110,6 +110,31 @@ def test_plain_jit_of_a_model_still_works_with_traced_ids(params):
     np.testing.assert_allclose(loss, remat, rtol=1e-6)
 
 
+def test_steps_called_inside_the_callers_scan_and_vmap_train_as_the_plain_step(params):
+    # experiments.sentiment calls a multi-step inside lax.scan under vmap: the checked step's
+    # error flags are traced values there, so it must run the plain step, not fail to read them
+    opt = optim.sgd(0.1)
+    batch = _batch()
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a]), batch)
+    for make, b in ((jrnn.make_step, batch), (jrnn.make_multi_step, stacked)):
+        checked, plain = make(lm_loss, opt), make(lm_loss, opt, check_ids=False)
+
+        def twice(step):
+            def body(state, _):
+                p, s = state
+                p, s, m, _ = step(p, s, b, jnp.zeros(H))
+                return (p, s), m["loss"]
+            return lambda: jax.lax.scan(body, (params, opt.init(params)), None, length=2)
+
+        (p_c, _), l_c = jax.jit(twice(checked))()
+        (p_p, _), l_p = twice(plain)()
+        np.testing.assert_array_equal(l_c, l_p)
+        jrnn.testing.assert_trees_close(p_c, p_p, rtol=0.0)
+        vmapped = jax.vmap(lambda p: checked(p, opt.init(p), b, jnp.zeros(H))[2]["loss"])
+        out = vmapped(jax.tree.map(lambda a: jnp.stack([a, a]), params))   # two copies of the first call
+        np.testing.assert_allclose(out, np.broadcast_to(l_p[0], out.shape), rtol=1e-6)
+
+
 # ---- item 6: overflowing updates, learning rates, checkpoints ----------------------------------
 
 @pytest.mark.parametrize("opt", [optax.chain(optax.adam(1.0), optax.scale(1e38), optax.scale(1e3)),
