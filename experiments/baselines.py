@@ -10,9 +10,9 @@ import numpy as np
 
 
 def minchar_loss_fun(inputs, targets, hprev, Wxh, Whh, Why, bh, by, *, as_written=False):
-    """min-char-rnn's lossFun (seed 003b), unchanged in substance.
+    """min-char-rnn's lossFun (source notebook 003), unchanged in substance.
 
-    Karpathy's published lossFun accumulates `dby += dy`; seed 003b as written leaves that line
+    Karpathy's published lossFun accumulates `dby += dy`; the notebook as written leaves that line
     out, so its dby is 0 and by never moves. `as_written=True` leaves it out too.
     """
     vocab_size = Wxh.shape[1]
@@ -49,7 +49,7 @@ def minchar_loss_fun(inputs, targets, hprev, Wxh, Whh, Why, bh, by, *, as_writte
 def minchar_numpy(params, ids, n_iters, *, seq_length=25, learning_rate=0.1, as_written=False, trace=None):
     """min-char-rnn's training loop from jrnn-layout initial params; returns per-iteration losses.
 
-    `as_written=True`: seed 003b's lossFun as written (dby never accumulated, by stays 0).
+    `as_written=True`: the notebook's lossFun as written (dby never accumulated, by stays 0).
     `trace`: a list to which each iteration appends its exact state, in the seed's column layout:
     {"p": data pointer, "reset": hprev zeroed here, "before": state, "loss", "after": state},
     a state being {"params": [Wxh, Whh, Why, bh, by], "mems": [mWxh, ...], "h": hprev} (copies).

@@ -529,7 +529,11 @@ def main(argv=None):
         with common.Timer() as t:
             rows = deer_rows(configs, 3 if args.quick else args.repeats, budget=budget,
                              on_row=lambda r: print(deer_line(r), flush=True))
-        common.save_results(out, "bench_deer", {"configs": configs}, {}, t.s, rows=rows)
+        measured = {(r["T"], r["H"], r["B"]) for r in rows}
+        not_measured = [list(c) for c in configs if tuple(c) not in measured]
+        common.save_results(out, "bench_deer", {"configs": configs, "quick": args.quick,
+                                                "time_budget_s": budget.seconds},
+                            {}, t.s, rows=rows, not_measured=not_measured, complete=not not_measured)
         done = [r for r in rows if r["method"] == "deer" and "skipped" not in r]
         common.plot_curves(out, {"deer fwd+bwd speedup": (np.arange(len(done)), [r["train_speedup"] for r in done])},
                            xlabel="config index", ylabel="speedup vs sequential", title="DEER vs sequential scan")

@@ -376,7 +376,7 @@ def main(argv=None):
                       "batch": args.batch, "seq_len": args.seq_len, "optimizer": "adam", "lr": args.lr,
                       "clip_global_norm": FULL_CLIP_NORM, "steps_per_call": FULL_CALL_STEPS,
                       "val_fraction": VAL_FRACTION, "train_chars": len(ids) - int(len(ids) * VAL_FRACTION),
-                      "epochs": args.epochs, "seed": args.seed, "max_minutes": args.max_minutes}
+                      "k1": args.k1, "k2": args.k2, "epochs": args.epochs, "seed": args.seed, "max_minutes": args.max_minutes}
             curves = {"validation": ([r["step"] for r in history], [r["val_nats"] for r in history])}
             xlabel, ylabel = "step", "validation nats/char"
         else:

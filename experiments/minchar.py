@@ -232,7 +232,7 @@ def main(argv=None):
     common.add_precision(ap)
     args = ap.parse_args(argv)
     if args.as_written and args.cell != "elman":
-        ap.error("--as-written is seed 003b's Elman network; it takes no --cell")
+        ap.error("--as-written is the min-char-rnn notebook's Elman network as written; it takes no --cell")
     common.check_seed_range(args, args.seeds)
     if args.checkpoint_every % CALL_ITERS:
         raise ValueError(f"--checkpoint-every must be a multiple of {CALL_ITERS}, got {args.checkpoint_every}")

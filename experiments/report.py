@@ -167,6 +167,18 @@ CELLS = [
     for cell, h in (("elman", 512), ("lstm", 248), ("gru", 290))
 ]
 
+# Elman vs LSTM vs GRU at ~99k parameters, full BPTT over each 64-char chunk vs TBPTT inside it:
+# 2 epochs of the first 300,000 chars (short enough to regenerate in minutes; it ranks nothing).
+CELLS_TBPTT = [
+    Row(f"cells_tbptt/{cell}_{k1}_{k2}",
+        f"python -m experiments.charlm --full --cell {cell} --hidden {h}"
+        + (f" --k1 {k1} --k2 {k2}" if k1 else "") + f" --epochs 2 --chars 300000 --out runs/cells_tbptt/{cell}_{k1}_{k2}",
+        {**FULL, "cell": cell, "hidden": h, "epochs": 2, "corpus_chars": 300000, "k1": k1, "k2": k2}, cell_row,
+        label=f"{cell}, " + (f"TBPTT({k1}, {k2})" if k1 else "full BPTT (64)"))
+    for cell, h in (("elman", 256), ("lstm", 122), ("gru", 143))
+    for k1, k2 in ((0, 0), (16, 32), (8, 8))
+]
+
 
 MINCHAR_MODES = [
     Row("minchar", "python -m experiments.minchar --seeds 5", {"seeds": SEEDS5, "steps": 4000, "as_written": False},
@@ -200,16 +212,24 @@ def deer_table(r):
         if "skipped" in x:
             lines.append(f"| {x['T']} | {x['H']} | {x['B']} | {x['method']} | skipped: {x['skipped']} | | | |")
             continue
-        ratio = "" if x["method"] == "sequential" else f"{x['forward_speedup']:.2f}x, {x['train_speedup']:.2f}x"
+        ratio = "" if x["method"] == "sequential" else f"{x['forward_speedup']:.3g}x, {x['train_speedup']:.3g}x"
         it = "" if x["method"] == "sequential" else f"{x['iterations']}{' (fell back)' if x['fell_back'] else ''}"
         lines.append(f"| {x['T']} | {x['H']} | {x['B']} | {x['method']} | {x['forward_ms']:.1f} | "
                      f"{x['train_ms']:.1f} | {ratio} | {it} |")
+    if r.get("not_measured"):   # the time budget ran out before these (T, H, B)
+        lines += ["", "Not measured (time budget spent): " + ", ".join(f"({', '.join(map(str, c))})"
+                                                                       for c in r["not_measured"]) + "."]
     return lines
 
 
 WHOLE = {  # tables that are one run's rows: (run, command, expected config, lines formatter)
     "bench": ("bench", "python -m experiments.bench --quick", {"quick": True, "precision": "float32"}, bench_table),
-    "deer": ("bench_deer", "python -m experiments.bench --deer --quick", {}, deer_table),
+    "bench_lstm": ("bench_lstm", "python -m experiments.bench --quick --cell lstm",
+                   {"quick": True, "precision": "float32", "cell": "lstm"}, bench_table),
+    "bench_gru": ("bench_gru", "python -m experiments.bench --quick --cell gru",
+                  {"quick": True, "precision": "float32", "cell": "gru"}, bench_table),
+    "deer": ("bench_deer", "python -m experiments.bench --deer --quick --time-budget 240",
+             {"quick": True, "time_budget_s": 240}, deer_table),
 }
 
 
@@ -294,6 +314,13 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
             return [f"`{row.command}`", *parts, mark or "–"]
         return table_of_rows(runs, CELLS, ["command", "parameters", "validation nats/char", "bits/char",
                                            "optimizer steps", "wall", "run on, 1-min load average"], cells)
+    if name == "cells_tbptt":
+        def cells(row, measured, mark):
+            parts = measured.split(" | ") if mark else [measured, "", "", "", ""]
+            return [row.label, f"`{row.command}`", *parts, mark or "–"]
+        return table_of_rows(runs, CELLS_TBPTT, ["cell, gradient", "command", "parameters", "validation nats/char",
+                                                 "bits/char", "optimizer steps", "wall", "run on, 1-min load average"],
+                             cells)
     if name == "minchar_modes":
         def cells(row, measured, mark):
             parts = measured.split(" | ") if mark else [measured, "", "", ""]
@@ -312,7 +339,7 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
             except (KeyError, TypeError, ValueError) as e:
                 why = f"{runs / run / 'results.json'} lacks {e!r} (written by an older version?)"
         return [f"{NOT_YET}: {why}. Run `{command}`, then `python -m experiments.report`."], [f"{run}: {why}"]
-    raise ValueError(f"unknown report table {name!r}; known: experiments, cells, minchar_modes, {', '.join(WHOLE)}")
+    raise ValueError(f"unknown report table {name!r}; known: experiments, cells, cells_tbptt, minchar_modes, {', '.join(WHOLE)}")
 
 
 MARKER = re.compile(r"<!-- report:(begin|end) ([\w-]+) -->")

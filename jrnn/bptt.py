@@ -1,7 +1,7 @@
 """Hand-written backpropagation through time for the Elman RNN: the float64 numpy oracle.
 
 This module imports numpy only and shares no code with the JAX path, so that
-`jax.grad(scan forward) == bptt.*` is a real check. It is written the way the seeds derive it,
+`jax.grad(scan forward) == bptt.*` is a real check. It is written the way the source notebooks derive it,
 with column vectors and `W @ h` (the JAX path stores the transposes, `h @ W`):
 
     z_t = W_xh x_t + W_hh h_{t-1} + b_h        h_t = act(z_t)
@@ -27,7 +27,7 @@ Bugs of the seeds that this reference fixes (and that tests would catch):
   (its gradient misses finite differences by ~1e-2; `truncated` below matches them).
 * 003b (min-char-rnn): its `lossFun` never accumulates `dby += dy`, so the readout bias b_y keeps
   its initial 0 for ever. Karpathy's published min-char-rnn, this reference (`db_y += dy_t`) and
-  `experiments.minchar` train b_y; `python -m experiments.minchar --as-written` runs the seed as
+  `experiments.minchar` train b_y; `python -m experiments.minchar --as-written` runs the notebook as
   written (b_y's gradient zeroed, b_y exactly 0).
 
 All functions take Elman parameters as any object with attributes `w_xh [D, H]`,
@@ -123,13 +123,13 @@ def many_to_many(params, inputs, targets, h0=None, activation="tanh"):
         dz = dact(h) * dh                       # backprop through the nonlinearity at h_t
         dbh += dz
         dWxh += np.outer(dz, xs[t])
-        dWhh += np.outer(dz, h_prev)            # pairs dz_t with h_{t-1} (seed 001 used h_t)
-        dh_next = Whh.T @ dz                    # Whh transposed (seed 000 forgot the .T)
+        dWhh += np.outer(dz, h_prev)            # pairs dz_t with h_{t-1} (notebook 001 used h_t)
+        dh_next = Whh.T @ dz                    # Whh transposed (notebook 000 forgot the .T)
     return loss, _grads_dict(dWxh, dWhh, dbh, dWhy, dby), dh_next
 
 
 def many_to_one(params, inputs, target, h0=None, activation="tanh"):
-    """BPTT of L = CE(softmax(W_hy h_T + b_y), target), the last state only (seed 000).
+    """BPTT of L = CE(softmax(W_hy h_T + b_y), target), the last state only (the sentiment classifier, notebook 000).
 
     Returns (loss, grads dict, dL/dh0 [H]).
     """
@@ -159,7 +159,7 @@ def truncated(params, inputs, targets, h0=None, *, k1, k2, activation="tanh", ma
     The chunk is cut into blocks of k1 steps. The losses of a block ending at step e are
     back-propagated through the k2 hidden states h_e, ..., h_{e-k2+1} and no further (into h0
     only if that window reaches step 0). Gradients of all blocks are summed (one update per
-    chunk). Seed 002 is k1 = 1, k2 = k + 1: the loss at t reaches at most k + 1 states.
+    chunk). The truncated-BPTT notebook (002) is k1 = 1, k2 = k + 1: the loss at t reaches at most k + 1 states.
     min-char-rnn is k1 = k2 = T, i.e. `many_to_many`.
 
     mask: optional `[T]` of 0/1. A padded step leaves the state as it was (h_t = h_{t-1}) and
@@ -195,7 +195,7 @@ def truncated(params, inputs, targets, h0=None, *, k1, k2, activation="tanh", ma
         dh = Why.T @ dy                          # into h_t
         for k in reversed(range(first, t + 1)):  # hs[k + 1] is h_k, hs[k] is h_{k-1}
             if m[k]:                             # a padded step passes dh through unchanged
-                dz = dact(hs[k + 1]) * dh        # act' at h_k, the state step k made (seed 002: the next one)
+                dz = dact(hs[k + 1]) * dh        # act' at h_k, the state step k made (notebook 002: the next one)
                 dbh += dz
                 dWxh += np.outer(dz, xs[k])
                 dWhh += np.outer(dz, hs[k])

@@ -179,7 +179,7 @@ def _token_ids(ids, name: str = "ids") -> np.ndarray:
 
 
 def chunks(ids: np.ndarray, seq_len: int):
-    """Consecutive non-overlapping (input, target) chunks, as seed 002 and min-char-rnn read text.
+    """Consecutive non-overlapping (input, target) chunks, as the truncated-BPTT char LM and min-char-rnn read text.
 
     Returns (inputs `[N, T]`, targets `[N, T]`) with targets = inputs shifted by one.
     """

@@ -59,8 +59,8 @@ def init(key, *, hidden_size: int, input_size: int | None = None, output_size: i
       output_size: V (defaults to `vocab_size`).
       vocab_size: shorthand for a language model, D = V = vocab_size.
       scheme: "default" (Glorot input/output, orthogonal recurrent), "normal" (randn * scale:
-        min-char-rnn 0.01, seed 000 1e-3), "uniform" (U(+-scale), seed 003a with scale 1),
-        "uniform_fan_in" (U(+-1/sqrt(fan_in)), seed 002), "uniform01" (U(0, 1), seed 004).
+        min-char-rnn 0.01, the sentiment classifier 1e-3), "uniform" (U(+-scale), binary addition with scale 1),
+        "uniform_fan_in" (U(+-1/sqrt(fan_in)), the truncated-BPTT char LM), "uniform01" (U(0, 1), Rprop toy tasks).
       scale: standard deviation for "normal", half-width for "uniform".
       dtype: parameter dtype.
 
@@ -244,7 +244,7 @@ def sequence_loss(params: ElmanParams, inputs, targets, h0=None, *, mask=None, r
       inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`.
       mask: optional `[T, ...]` (padding = 0): ignored by the loss, carry frozen across it.
       remat: for long sequences: memory grows like sqrt(T) instead of T, for one extra forward.
-      k1, k2: TBPTT(k1, k2) gradient (`jrnn.tbptt`); seed 002 is k1 = 1, k2 = k + 1.
+      k1, k2: TBPTT(k1, k2) gradient (`jrnn.tbptt`); the truncated-BPTT notebook's k-step rule is k1 = 1, k2 = k + 1.
     """
     loss, (h_T,) = model_lib.sequence_loss(model_of(params, activation), params, inputs, targets,
                                            None if h0 is None else (h0,), mask=mask, reduction=reduction,

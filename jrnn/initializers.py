@@ -1,7 +1,7 @@
-"""Named weight-initialisation schemes for the seeds and a sensible default.
+"""Named weight-initialisation schemes of the reproduced systems and a sensible default.
 
 Each scheme maps (key, shape, fan_in, dtype) -> array. Biases follow the scheme too: zero for
-every scheme except "uniform01", which seed 004 applies to biases as well.
+every scheme except "uniform01", which the Rprop toy-sequence notebook applies to biases as well.
 """
 
 from __future__ import annotations
@@ -17,23 +17,23 @@ SCHEMES = ("default", "normal", "uniform", "uniform_fan_in", "uniform01")
 
 
 def normal(key, shape, *, scale: float, dtype=jnp.float32) -> jax.Array:
-    """randn * scale: min-char-rnn (seed 003) uses 0.01, seed 000 uses 1/1000."""
+    """randn * scale: min-char-rnn uses 0.01, the sentiment classifier 1/1000."""
     return scale * jax.random.normal(key, shape, dtype)
 
 
 def uniform(key, shape, *, scale: float, dtype=jnp.float32) -> jax.Array:
-    """U(-scale, scale): iamtrask's binary addition (seed 003a) uses 2 * random - 1, scale 1."""
+    """U(-scale, scale): iamtrask's binary addition uses 2 * random - 1, scale 1."""
     return jax.random.uniform(key, shape, dtype, -scale, scale)
 
 
 def uniform_fan_in(key, shape, *, fan_in: int, dtype=jnp.float32) -> jax.Array:
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as seed 002 (and PyTorch's nn.RNN)."""
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as the truncated-BPTT char LM (and PyTorch's nn.RNN)."""
     bound = 1.0 / jnp.sqrt(jnp.asarray(fan_in, dtype))
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
 def uniform01(key, shape, *, dtype=jnp.float32) -> jax.Array:
-    """U(0, 1) for every weight and bias, as seed 004. All-positive: see experiments.sequences."""
+    """U(0, 1) for every weight and bias, as the Rprop toy-sequence notebook. All-positive: see experiments.sequences."""
     return jax.random.uniform(key, shape, dtype, 0.0, 1.0)
 
 
@@ -55,7 +55,7 @@ def weight(scheme: str, key, shape, *, fan_in: int, recurrent: bool, scale: floa
 
 
 def bias(scheme: str, key, shape, *, dtype) -> jax.Array:
-    """Zero biases, except uniform01 (seed 004 draws its biases from U(0, 1) too)."""
+    """Zero biases, except uniform01 (the Rprop toy-sequence notebook draws its biases from U(0, 1) too)."""
     if scheme == "uniform01":
         return uniform01(key, shape, dtype=dtype)
     return jnp.zeros(shape, dtype)

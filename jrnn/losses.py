@@ -1,6 +1,6 @@
 """Losses over per-step logits, computed stably (log-softmax via optax), with masks and reductions.
 
-Reductions: "sum" (min-char-rnn reports the sum over its 25 steps), "mean" (seed 002 reports the
+Reductions: "sum" (min-char-rnn reports the sum over its 25 steps), "mean" (the char LM notebook reports the
 mean per char; with a mask, the mean over unmasked steps) and "none" (per-element).
 """
 

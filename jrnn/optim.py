@@ -1,10 +1,11 @@
-"""Optimizer chains of the seeds, built from optax pieces, and the seed-004 "Rprop" rule.
+"""Optimizer chains of the reproduced systems, built from optax pieces, and the Rprop
+notebook's "Rprop" rule (source notebooks 000-004; see the README's "Reproduced systems").
 
-    seed 000  sentiment     sgd(2e-2, clip_value=1.0)
-    seed 002  char LM       sgd(1e-3)
-    seed 003a binary add    sgd(0.1)       (the seed ascends on y - p; same thing)
-    seed 003b min-char-rnn  karpathy_adagrad(0.1)  = clip +-5, then Adagrad from a zero accumulator
-    seed 004  toy sequences seed_rprop(lr)  (a per-weight gradient multiplier) or optax.rprop
+    sentiment classifier     sgd(2e-2, clip_value=1.0)
+    truncated-BPTT char LM   sgd(1e-3)
+    iamtrask binary addition sgd(0.1)       (the notebook ascends on y - p; same thing)
+    min-char-rnn             karpathy_adagrad(0.1)  = clip +-5, then Adagrad from a zero accumulator
+    Rprop toy sequences      seed_rprop(lr)  (a per-weight gradient multiplier) or optax.rprop
 """
 
 from __future__ import annotations
@@ -79,13 +80,13 @@ def rprop(learning_rate=1e-3, **kw) -> optax.GradientTransformation:
 
 
 class SeedRpropState(NamedTuple):
-    """State of the seed-004 multiplier rule."""
+    """State of the Rprop notebook's multiplier rule."""
     prev_grad: optax.Updates   # same tree as params; starts at ones, as the seed
     multiplier: optax.Updates  # per-weight factor in [lo, hi]; starts at ones
 
 
 def scale_by_seed_rprop(eta_plus=1.2, eta_minus=0.5, lo=0.01, hi=100.0) -> optax.GradientTransformation:
-    """Seed 004's rule: multiplier *= 1.2 where sign(g) == sign(g_prev), else *= 0.5, clipped to
+    """The Rprop notebook's rule: multiplier *= 1.2 where sign(g) == sign(g_prev), else *= 0.5, clipped to
     [0.01, 100]; the update is g * multiplier. Unlike Rprop it keeps the gradient's magnitude."""
 
     def init(params):
@@ -104,6 +105,6 @@ def scale_by_seed_rprop(eta_plus=1.2, eta_minus=0.5, lo=0.01, hi=100.0) -> optax
 
 
 def seed_rprop(learning_rate, **kw) -> optax.GradientTransformation:
-    """Seed 004's "Rprop": p -= lr * g * multiplier (see `scale_by_seed_rprop`)."""
+    """The Rprop notebook's "Rprop": p -= lr * g * multiplier (see `scale_by_seed_rprop`)."""
     lr = check_learning_rate(learning_rate)
     return optax.chain(scale_by_seed_rprop(**kw), optax.scale(-lr))

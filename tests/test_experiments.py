@@ -110,6 +110,7 @@ def test_charlm_full_mode_smoke(data_dir, tmp_path):
     assert (c["mode"], c["hidden"], c["batch"], c["seq_len"], c["optimizer"], c["lr"], c["cell"]) == \
         ("full", 32, 8, 16, "adam", 2e-3, "elman")
     assert c["train_chars"] == 40000 - 4000 and c["epochs"] == 2 and "seeds" not in c
+    assert (c["k1"], c["k2"]) == (0, 0)   # full BPTT; the README's cells table tells TBPTT runs apart by these
     assert m["parameters"] == 65 * 32 + 32 * 32 + 32 + 32 * 65 + 65
     h = r["history"]
     assert h[-1]["val_nats"] < h[0]["val_nats"] < np.log(65)

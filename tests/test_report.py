@@ -141,3 +141,26 @@ def test_every_results_table_in_the_readme_is_generated():
                 if below.startswith("|---") and above.strip() != "<!-- static table: no measurements -->"]
     assert unmarked == [], "tables with numbers come from python -m experiments.report (add a Row there)"
     assert "| module | owns |" in lines
+
+
+def test_cells_tbptt_rows_tell_gradients_apart_and_deer_lists_what_the_budget_left_out(tmp_path):
+    runs = tmp_path / "runs"
+    full = {"mode": "full", "layers": 1, "batch": 64, "seq_len": 64, "lr": 0.002, "epochs": 2, "corpus_chars": 300000}
+    metrics = {"parameters": 99739, "val_nats": 2.9, "val_bits": 4.184, "steps": 120}
+    write(runs, "cells_tbptt/lstm_16_32", {**full, "cell": "lstm", "hidden": 122, "k1": 16, "k2": 32}, metrics)
+    # a full-BPTT run written where the TBPTT(8, 8) row reads: another command, never shown as that row
+    write(runs, "cells_tbptt/lstm_8_8", {**full, "cell": "lstm", "hidden": 122, "k1": 0, "k2": 0}, metrics)
+    write(runs, "bench_deer", {"configs": [[1000, 8, 1], [16000, 8, 1]], "quick": True, "time_budget_s": 240}, {},
+          rows=[{"T": 1000, "H": 8, "B": 1, "method": "sequential", "forward_ms": 0.1, "train_ms": 0.2},
+                {"T": 1000, "H": 8, "B": 1, "method": "elk", "forward_ms": 28.9, "train_ms": 28.8,
+                 "forward_speedup": 0.00346, "train_speedup": 0.00694, "iterations": 5, "fell_back": False}],
+          not_measured=[[16000, 8, 1]])
+    p = readme(tmp_path, "cells_tbptt", "deer")
+    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    lines = p.read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| lstm, TBPTT(16, 32)"))
+    assert "--k1 16 --k2 32" in row and "| 99,739 | 2.900 | 4.184 | 120 | 12 s |" in row
+    row = next(line for line in lines if line.startswith("| lstm, TBPTT(8, 8)"))
+    assert report.NOT_YET in row and "2.900" not in row
+    assert any(line.startswith("| 1000 | 8 | 1 | elk | 28.9 | 28.8 | 0.00346x, 0.00694x | 5 |") for line in lines)
+    assert "Not measured (time budget spent): (16000, 8, 1)." in lines
