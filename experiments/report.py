@@ -334,7 +334,8 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
             try:
                 notes = Footnotes()
                 mark = notes.mark(r)
-                return ([f"`{command}` {mark}, {r['wall_time_s']:.0f} s (µs per training step unless noted):", "",
+                unit = ("ms per call, compiling excluded" if name == "deer" else "µs per training step unless noted")
+                return ([f"`{command}` {mark}, {r['wall_time_s']:.0f} s ({unit}):", "",
                          *fmt(r), "", *notes.lines()], [])
             except (KeyError, TypeError, ValueError) as e:
                 why = f"{runs / run / 'results.json'} lacks {e!r} (written by an older version?)"
