@@ -202,6 +202,9 @@ def bench_table(r):
         ratio = ratios.get(cfg.replace(" ", ""))
         lines.append(f"| {cfg} | " + " | ".join(f"{us[i]:,.0f}" if i in us else "–" for i in impls)
                      + f" | {'–' if ratio is None else f'**{ratio:.2f}x**'} |")
+    if r.get("not_measured"):   # a --time-budget run: configs it did not (fully) measure
+        lines += ["", "Not (fully) measured (time budget spent): "
+                  + ", ".join(f"({', '.join(map(str, c))})" for c in r["not_measured"]) + "."]
     return lines
 
 
@@ -224,8 +227,8 @@ def deer_table(r):
 
 WHOLE = {  # tables that are one run's rows: (run, command, expected config, lines formatter)
     "bench": ("bench", "python -m experiments.bench --quick", {"quick": True, "precision": "float32"}, bench_table),
-    "bench_lstm": ("bench_lstm", "python -m experiments.bench --quick --cell lstm",
-                   {"quick": True, "precision": "float32", "cell": "lstm"}, bench_table),
+    "bench_lstm": ("bench_lstm", "python -m experiments.bench --quick --cell lstm --time-budget 240",
+                   {"quick": True, "precision": "float32", "cell": "lstm", "time_budget_s": 240}, bench_table),
     "bench_gru": ("bench_gru", "python -m experiments.bench --quick --cell gru",
                   {"quick": True, "precision": "float32", "cell": "gru"}, bench_table),
     "deer": ("bench_deer", "python -m experiments.bench --deer --quick --time-budget 240",
