@@ -62,6 +62,7 @@ def test_multi_step_call_leaves_the_params_of_k_single_steps():
     assert_trees_close(multi["params"](), params, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_data_parallel_rows_match_jrnn_and_skip_batches_that_do_not_split(tmp_path):
     """With 2 CPU devices the bench adds data-parallel rows where B splits evenly (B=2), doing
     the same work as the single-device step (after one step, and after K steps per call), and
@@ -89,6 +90,7 @@ def test_data_parallel_rows_match_jrnn_and_skip_batches_that_do_not_split(tmp_pa
         assert abs(l1 - (ref[4] if k == 1 else after_k)) <= 1e-5 * l1, name
 
 
+@pytest.mark.slow
 def test_rows_reach_results_json_as_they_are_measured(tmp_path, monkeypatch, capsys):
     saves, complete = [], []
     real = bench.common.save_results

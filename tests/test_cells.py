@@ -94,6 +94,7 @@ def test_gradients_stay_finite_with_nan_in_the_padding(name):
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.slow
 def test_autodiff_matches_finite_differences(name):
     params = _init(name, 4, 5)
     x = np.random.RandomState(5).randn(6, 4)
@@ -114,6 +115,7 @@ def test_bidirectional_concat_and_sum():
     np.testing.assert_allclose(total, hf + hb, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_dropout_is_keyed_and_off_at_eval():
     model = lm.model("gru", vocab_size=9, hidden_size=8, layers=3)
     params = model.init(jax.random.key(0))
@@ -129,6 +131,7 @@ def test_dropout_is_keyed_and_off_at_eval():
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.slow
 def test_bfloat16_compute_still_lowers_the_loss(name):
     model = lm.model(name, vocab_size=12, hidden_size=16, layers=2)
     params = model.init(jax.random.key(0))

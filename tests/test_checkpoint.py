@@ -97,6 +97,7 @@ for step in range(1, 100000):
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_writes_never_leaves_an_unloadable_latest(tmp_path):
     rng = np.random.RandomState(0)
     template = {"w": jnp.zeros((512, 512), jnp.float32), "step": jnp.zeros((), jnp.float32)}
@@ -145,6 +146,7 @@ def _minchar(out, *args):
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_is_bitwise_identical(data_dir, tmp_path):
     straight = _minchar(tmp_path / "a", "--steps", "400")
     _minchar(tmp_path / "b", "--steps", "200")
@@ -168,12 +170,14 @@ def test_resume_in_a_new_process_is_bitwise_identical(data_dir, tmp_path):
     assert not bits_equal(fresh_opt, a.state["params"]) and not bits_equal(zero_h, a.state["params"])
 
 
+@pytest.mark.slow
 def test_same_command_same_losses_bit_for_bit(data_dir, tmp_path):
     one = _minchar(tmp_path / "one", "--steps", "200")
     two = _minchar(tmp_path / "two", "--steps", "200")
     assert one["runs"][0]["losses"] == two["runs"][0]["losses"]
 
 
+@pytest.mark.slow
 def test_charlm_full_resume_continues_bit_for_bit(data_dir, tmp_path):
     def run(out, *args):
         cmd = [sys.executable, "-m", "experiments.charlm", "--full", "--chars", "30000", "--hidden", "16", "--batch", "4",
@@ -297,6 +301,7 @@ def test_minchar_resume_with_fewer_steps_than_the_checkpoint_is_refused(data_dir
         "metrics"]["median_final_smooth_loss"]
 
 
+@pytest.mark.slow
 def test_charlm_full_resume_with_fewer_epochs_than_the_checkpoint_is_refused(data_dir, tmp_path):
     from experiments import charlm
     # 170 chars: 153 to train (7 calls of 10 steps of 1 stream x 2 chars), 17 to validate
@@ -371,6 +376,7 @@ def test_a_resume_at_another_precision_is_refused(data_dir, tmp_path):
     assert (tmp_path / "results.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_charlm_full_resume_at_another_precision_is_refused(data_dir, tmp_path):
     from experiments import charlm
     args = ["--full", "--chars", "170", "--batch", "1", "--seq-len", "2", "--hidden", "4", "--sample-len", "2",

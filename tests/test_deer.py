@@ -28,6 +28,7 @@ def test_deer_states_equal_the_sequential_scan():
 
 
 @pytest.mark.parametrize("method,scale", [("deer", None), ("quasi_deer", 0.3)])
+@pytest.mark.slow
 def test_gradients_equal_sequential_and_the_bptt_reference(method, scale):
     params, x, y = problem(T=300, B=1, scale=scale)
     x, y = x[:, 0], y[:, 0]
@@ -55,6 +56,7 @@ def test_no_convergence_falls_back_to_the_exact_scan_and_says_so():
     np.testing.assert_array_equal(hs, elman.hidden(params, x)[0])
 
 
+@pytest.mark.slow
 def test_deer_works_for_a_gru_and_reverse():
     p = cells.GRU.init(jax.random.key(3), 5, 6, jnp.float64)
     xs = np.random.RandomState(4).randn(120, 3, 5)
@@ -86,6 +88,7 @@ def test_bad_method_arguments_raise():
     assert elman.hidden(params, x, method="auto")[0].shape == (5, 2, 8)
 
 
+@pytest.mark.slow
 def test_trained_charlm_gives_the_same_validation_loss_with_deer(data_dir, tmp_path):
     from experiments import charlm
     text = jrnn.data.load_text("tinyshakespeare")[:20001]
@@ -109,6 +112,7 @@ def test_trained_charlm_gives_the_same_validation_loss_with_deer(data_dir, tmp_p
 
 
 @pytest.mark.parametrize("method", ["deer", "quasi_deer"])
+@pytest.mark.slow
 def test_lstm_tuple_carry_states_and_gradients_equal_the_sequential_scan(method):
     """The LSTM's (h, c) carry is solved as one [.., 2H] state; outputs, final carry and the
     gradients (params, inputs, initial carry) equal the sequential scan's."""
@@ -172,6 +176,7 @@ def test_every_dot_of_the_parallel_solve_lowers_at_full_precision(outer, method)
 
 
 @pytest.mark.parametrize("method,reverse", [("deer", False), ("quasi_elk", True)])
+@pytest.mark.slow
 def test_masked_parallel_methods_equal_the_masked_sequential_scan(method, reverse):
     """A frozen carry across padding is just another step function: rnn.run(method=...) with a
     mask gives the masked scan's states, final carries and gradients, length-aware reverse too."""
@@ -193,6 +198,7 @@ def test_masked_parallel_methods_equal_the_masked_sequential_scan(method, revers
     assert_trees_close(g, g_s, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_elk_step_is_the_least_squares_levenberg_marquardt_step():
     """The parallel Kalman filter + RTS smoother returns argmin_x sum_t |x_t - F_t x_{t-1} - c_t|^2
     + lam |x_t - y_t|^2 (a dense least-squares solve), full and diagonal, per-sequence lam."""

@@ -1,6 +1,7 @@
 """Training across processes (jax.distributed, gloo on CPU) equals one process over as many
 devices; a process that dies stops the others with a clear error instead of a hang."""
 
+import pytest
 import os
 import socket
 import subprocess
@@ -98,6 +99,7 @@ def _finish(p, timeout=300):  # generous: the 2-core test machine may be shared
     return p.returncode, out
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_over_two_devices_and_a_killed_one_stops_the_other(tmp_path):
     port, kill_port = _free_port(), _free_port()
     single = _start([tmp_path / "single.npz"], devices=2)

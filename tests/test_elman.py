@@ -25,6 +25,7 @@ def test_init_is_a_deterministic_pytree_with_declared_shapes(scheme):
     assert not np.array_equal(p.w_hh, r.w_hh)
 
 
+@pytest.mark.slow
 def test_init_schemes_follow_the_seeds():
     big = dict(input_size=400, hidden_size=300, output_size=200)
     p = elman.init(jax.random.key(0), scheme="normal", scale=0.01, **big)

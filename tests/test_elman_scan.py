@@ -57,6 +57,7 @@ def test_values_and_gradients_equal_the_plain_scan(activation, masked, reverse):
     assert_trees_close(g, ref, rtol=RTOL, what="d loss / (w_hh, us, h0)")
 
 
+@pytest.mark.slow
 def test_forward_mode_and_second_order_equal_the_plain_scan():
     p, us, h0, mask = problem(5, T=6, B=2, H=3)
     f = lambda w, run: jnp.sum(run(p._replace(w_hh=w), us, h0, mask)[0] ** 2)

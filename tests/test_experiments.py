@@ -117,6 +117,7 @@ def test_charlm_full_mode_smoke(data_dir, tmp_path):
     assert m["val_bits"] == pytest.approx(m["val_nats"] / np.log(2))
 
 
+@pytest.mark.slow
 def test_charlm_full_streams_split_over_two_devices_train_as_on_one(data_dir, tmp_path):
     """--full on 2 CPU devices (streams split, LSTM (h, c) carries sharded) gives the validation
     losses and sample of 1 device, up to float32 summation order."""
@@ -134,6 +135,7 @@ def test_charlm_full_streams_split_over_two_devices_train_as_on_one(data_dir, tm
     np.testing.assert_allclose([h["val_nats"] for h in two["history"]], [h["val_nats"] for h in one["history"]], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_charlm_full_mode_takes_any_cell_and_depth(data_dir, tmp_path):
     m = charlm.main(["--full", "--cell", "gru", "--layers", "2", "--epochs", "1", "--chars", "30000", "--hidden", "16",
                      "--batch", "4", "--seq-len", "16", "--sample-len", "10", "--quiet", "--out", str(tmp_path)])
@@ -173,6 +175,7 @@ def test_binary_addition_encoding_is_exact():
     assert binary_addition.ALL_X.shape == (8, 16384, 2)
 
 
+@pytest.mark.slow
 def test_sequences_smoke(tmp_path):
     m = sequences.main(["--steps", "200", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
@@ -184,6 +187,7 @@ def test_sequences_smoke(tmp_path):
     assert set(m["solved_of_5"]) == {"default", "uniform01"}
 
 
+@pytest.mark.slow
 def test_many_to_many_smoke(tmp_path):
     m = many_to_many.main(["--steps", "100", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
@@ -192,6 +196,7 @@ def test_many_to_many_smoke(tmp_path):
     assert m["grad_vs_bptt_rel_error_start"] < 1e-10 and m["grad_vs_bptt_rel_error_end"] < 1e-10
 
 
+@pytest.mark.slow
 def test_memory_smoke(tmp_path, capsys):
     rows = memory.main(["--lengths", "64", "16", "--out", str(tmp_path)])
     r = outputs(tmp_path)

@@ -168,6 +168,7 @@ def _seed002_buggy_backprop(params, x, y, k):
     return dW.T
 
 
+@pytest.mark.slow
 def test_seed002_bug_is_caught_and_fixed_reference_agrees_with_finite_differences():
     params, x, y, _ = make_problem(5, 25, 11, 16, 11)
     h0 = jnp.zeros(16)
@@ -184,6 +185,7 @@ def test_seed002_bug_is_caught_and_fixed_reference_agrees_with_finite_difference
     check_gradients(full_loss, params, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_check_grads_on_the_scan_forward():
     params, x, y, h0 = make_problem(6, 6, 5, 4, 5, dense=True)
     fwd = lambda p, h0, xs: elman.apply(p, xs, h0)[0]
@@ -202,6 +204,7 @@ def test_check_gradients_rejects_a_wrong_gradient():
         check_gradients(wrong_square, x)
 
 
+@pytest.mark.slow
 def test_vmap_grad_equals_loop_of_grads():
     params, _, _, _ = make_problem(7, 1, 7, 8, 7)
     rng = np.random.RandomState(1)
@@ -216,6 +219,7 @@ def test_vmap_grad_equals_loop_of_grads():
         assert_trees_close(jax.tree.map(lambda a: a[b], batched), one, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_batched_tbptt_equals_sum_over_sequences():
     params, _, _, _ = make_problem(8, 1, 7, 8, 7)
     rng = np.random.RandomState(2)

@@ -95,6 +95,7 @@ def test_batched_masked_tbptt_equals_the_sum_over_sequences(name):
     assert_trees_close(tuple(getattr(g.layers[0], k) for k in names), tuple(total[k] for k in names), rtol=RTOL)
 
 
+@pytest.mark.slow
 def test_masked_tbptt_matches_the_untruncated_masked_loss_and_state():
     # issue 13.3: tbptt ignored the mask in the recurrence (left padding: 22.2777 vs 22.2524)
     rng = np.random.RandomState(0)

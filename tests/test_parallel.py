@@ -4,6 +4,7 @@ In float64 only the order of the gradient sums differs between 1 and 4 shards. M
 elementwise relative differences after 3 Adam steps: losses 1.8e-16, parameters and carries
 3.4e-14 (jax 0.10.2, CPU); the bounds below (1e-14, 1e-12) sit a small factor above them."""
 
+import pytest
 import os
 import subprocess
 import sys
@@ -68,6 +69,7 @@ print("ok", l1)
 """
 
 
+@pytest.mark.slow
 def test_sharded_step_and_multi_step_equal_single_device_steps():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     p = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -18,6 +18,7 @@ FUZZ = settings(max_examples=8, deadline=None, suppress_health_check=[HealthChec
 @given(T=st.integers(1, 12), B=st.integers(1, 4), D=st.integers(1, 9), H=st.integers(1, 12),
        V=st.integers(2, 9), dense=st.booleans(), activation=st.sampled_from(["tanh", "relu", "sigmoid"]),
        dtype=st.sampled_from([jnp.float32, jnp.float64]), seed=st.integers(0, 2**16))
+@pytest.mark.slow
 def test_forward_loss_and_grad_are_finite_for_finite_inputs(T, B, D, H, V, dense, activation, dtype, seed):
     rng = np.random.RandomState(seed)
     params = elman.init(jax.random.key(seed), input_size=D, hidden_size=H, output_size=V, dtype=dtype)
@@ -34,6 +35,7 @@ def test_forward_loss_and_grad_are_finite_for_finite_inputs(T, B, D, H, V, dense
 @FUZZ
 @given(V=st.integers(2, 30), H=st.integers(1, 16), n=st.integers(1, 40), P=st.integers(1, 5),
        temperature=st.floats(1e-3, 100.0), scale=st.floats(0.0, 50.0), seed=st.integers(0, 2**16))
+@pytest.mark.slow
 def test_sampling_always_returns_valid_ids(V, H, n, P, temperature, scale, seed):
     params = elman.init(jax.random.key(seed), vocab_size=V, hidden_size=H, scheme="normal", scale=scale)
     prime = np.random.RandomState(seed).randint(0, V, P)
@@ -94,6 +96,7 @@ def test_ragged_batch_without_mask_is_a_clear_error():
         data.pad_batch([[1, 2, 3]], length=2)
 
 
+@pytest.mark.slow
 def test_remat_loss_equals_plain_loss_and_gradient():
     params = elman.init(jax.random.key(2), vocab_size=9, hidden_size=7, dtype=jnp.float64)
     rng = np.random.RandomState(3)
@@ -106,6 +109,7 @@ def test_remat_loss_equals_plain_loss_and_gradient():
     assert_trees_close(jax.grad(rev)(params, True), jax.grad(rev)(params, False), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_remat_memory_grows_sublinearly():
     """Compiled temp memory of loss + grad, T=4000, B=8, H=256, V=65 (the issue's config)."""
     params = elman.init(jax.random.key(0), vocab_size=65, hidden_size=256)
