@@ -27,8 +27,8 @@ def k_single_steps(cell, cfg, k):
     return one["params"](), one["loss"]()
 
 
-@pytest.mark.parametrize("cell", ["elman", pytest.param("lstm", marks=pytest.mark.slow),
-                                  pytest.param("gru", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
 def test_every_implementation_matches_jrnn_after_training(tmp_path, cell):
     """Same initial loss everywhere; after one call, single-step rows equal jrnn's one step and
     multi-step rows equal K single steps (loss and, for jrnn, every parameter)."""

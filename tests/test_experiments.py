@@ -62,6 +62,7 @@ def test_sentiment_smoke(tmp_path):
     assert max(m["final_train_loss"]) < np.log(2) and len(r["metrics"]["test_accuracy"]) == 2
 
 
+@pytest.mark.slow
 def test_sentiment_seeds_split_over_two_devices_train_as_on_one():
     """The seed axis sharded over 2 CPU devices (3 seeds padded to 4 runs) gives the same
     losses as all seeds on one device."""

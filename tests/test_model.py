@@ -58,7 +58,8 @@ def test_grad_equals_numpy_tbptt_for_every_cell_window_and_mask(name, k1, k2):
         _compare(name, model, p, g, gc, ref, dc0)
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("name", ["elman", pytest.param("lstm", marks=pytest.mark.slow),
+                                  pytest.param("gru", marks=pytest.mark.slow)])
 def test_remat_loss_equals_the_oracle_for_every_cell(name):
     model, p, x, y, carry = _problem(name, 11, seed=3)
     loss = lambda p, c, m: model.loss(p, x, y, c, mask=m, remat=True, reduction="sum")[0]
@@ -82,6 +83,7 @@ def test_elman_oracle_of_the_seeds_agrees_with_the_cell_oracle():
         assert_trees_close(a[2], b[2][0], rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_batched_masked_tbptt_equals_the_sum_over_sequences(name):
     model, p, _, _, _ = _problem(name, 1, seed=2)
