@@ -137,6 +137,7 @@ def test_time_budget_stops_cleanly_and_keeps_what_was_measured(tmp_path):
         bench.main(["--only", "nonsense", "--out", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_gpu_selection_has_the_six_configs_and_four_implementations(tmp_path):
     assert len(bench.GPU_CONFIGS) == len(set(bench.GPU_CONFIGS)) == 6
     assert {(1, 100, 25, 80), (64, 512, 256, 65), (256, 1024, 512, 256), (8, 256, 8192, 65),

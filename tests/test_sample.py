@@ -54,7 +54,8 @@ def test_bad_prime_or_length_raises(params, prime, n, match):
         jrnn.generate(MODEL, params, jax.random.key(0), np.array(prime, np.int32), n)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "elman"])
+@pytest.mark.parametrize("cell", [pytest.param("lstm", marks=pytest.mark.slow),
+                                  pytest.param("gru", marks=pytest.mark.slow), "elman"])
 def test_one_generate_for_every_cell_is_deterministic_valid_and_follows_the_model(cell):
     model = jrnn.lm.model(cell, vocab_size=9, hidden_size=8, layers=2)
     params = model.init(jax.random.key(0))
@@ -79,7 +80,8 @@ def _greedy(model, params, prime, n):
     return seq[len(prime):]
 
 
-@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324])
+@pytest.mark.parametrize("temperature", [1e-40, pytest.param(1e-300, marks=pytest.mark.slow),
+                                         pytest.param(5e-324, marks=pytest.mark.slow)])
 def test_temperature_that_overflows_the_logits_is_greedy_decoding(temperature):
     # logits / 1e-40 overflow float32 (and 1e-300, 5e-324 round to 0 in float32): the old code
     # sampled from inf/NaN logits; now that limit is the argmax, exactly

@@ -83,7 +83,13 @@ def test_default_unroll_reaches_the_loop_on_each_backend(name, as_gpu, monkeypat
     assert _program(f, None) == one
 
 
-@pytest.mark.parametrize("name", [n for n, _ in _entry_points()])
+# default suite: one entry point of each kind (plain scan, Elman's custom-JVP scan, remat,
+# truncation); the full suite runs all of them
+UNROLL_RESULTS_FAST = {"rnn.run", "elman.hidden", "elman.sequence_loss remat", "model.loss tbptt"}
+
+
+@pytest.mark.parametrize("name", [n if n in UNROLL_RESULTS_FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n, _ in _entry_points()])
 def test_results_do_not_depend_on_unroll(name, as_gpu):
     """Values and gradients are the same whatever unroll (x64): the default (8 here), 3
     (which does not divide T = 11) and 1."""
