@@ -96,20 +96,20 @@ def _jit(fn, donate: bool, check_ids: bool):
     if not check_ids:
         return jax.jit(fn, donate_argnums=donate_argnums)
     checked = jax.jit(checkify.checkify(fn, errors=checkify.user_checks), donate_argnums=donate_argnums)
-    plain = jax.jit(fn, donate_argnums=donate_argnums)
 
     def call(*args, **kw):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kw))):
-            # called inside the caller's own jit / scan / vmap: the error flags would be traced
-            # values that cannot be read here, so the plain step runs (its id checks drop out as
-            # under any jit; an out-of-range label still gives a NaN loss, which the guard skips)
-            return plain(*args, **kw)
         err, out = checked(*args, **kw)
         # `err.throw()` alone costs ~20 us of Python per call (3-6 % of a small step on a CPU);
         # reading the error flags first costs one small device-to-host read. Without the private
         # `_pred` (another jax version), fall back to `throw`.
         preds = getattr(err, "_pred", None)
-        if not isinstance(preds, dict) or any(np.any(np.asarray(p)) for p in preds.values()):
+        flags = list(preds.values()) if isinstance(preds, dict) else jax.tree.leaves(out)[:1]
+        if any(isinstance(f, jax.core.Tracer) for f in flags):
+            # called inside the caller's own jit / scan / vmap: the flags are traced values that
+            # cannot be read here, so the checks drop out as under any jit (an out-of-range label
+            # still gives a NaN loss, which the guard skips)
+            return out
+        if not isinstance(preds, dict) or any(np.any(np.asarray(f)) for f in flags):
             err.throw()  # JaxRuntimeError (a ValueError) naming the range and the bad min/max
         return out
 
