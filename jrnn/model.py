@@ -229,12 +229,26 @@ def step(model: Model, params, carry, x_t):
     return carry, readout(params, h)
 
 
-def _stack_step(cell, layers, carry, x_t):
+def _stack_step(cell, layers, carry, x_t, keep=None, rate=0.0):
+    """One step of every layer; `keep`, with dropout `rate` > 0, holds this step's keep-mask
+    `[..., H]` of the inputs of each layer > 0 (None for layer 0), see `dropout_keep`."""
     h, new = x_t, []
-    for p, c in zip(layers, carry):
+    for i, (p, c) in enumerate(zip(layers, carry)):
+        if i > 0 and rate:
+            h = rnn.dropped(h, keep[i], rate)
         c, h = cell.step(p, c, cell.project(p, jnp.asarray(h)[None])[0])
         new.append(c)
     return tuple(new), h
+
+
+def dropout_keep(model: Model, dropout: float, key, T: int, batch) -> tuple:
+    """The keep-masks of a whole chunk, drawn once from `key`: None for layer 0 and a bool
+    `[T, *batch, H]` per layer > 0, as `rnn.stack` draws them (`rnn.dropout_keep`); so the plain
+    loss, the rematerialised loss and the TBPTT windows (which index them by step) drop the
+    same units at the same steps. All None when `dropout` is 0."""
+    return tuple(None if i == 0 or not dropout else
+                 rnn.dropout_keep(key, dropout, model.layers, i, (T, *batch, model.hidden_size))
+                 for i in range(model.layers))
 
 
 def _freeze(m, new, old):
@@ -269,15 +283,22 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
         is the full loss either way.
       remat: the readout and loss run inside a scan that keeps only sqrt(T) carries for the
         backward pass (`rnn.checkpointed_scan`): memory grows like sqrt(T) instead of T, for one
-        extra forward pass and per-step projections and readouts.
+        extra forward pass and per-step projections and readouts. Not with k1/k2 (the TBPTT
+        windows already bound what the backward pass keeps).
+      dropout: rate between layers (needs `key`). Its keep-masks are drawn once for the chunk
+        (`dropout_keep`), so with the same key the plain, `remat` and TBPTT losses drop the same
+        units at the same steps: equal values, and equal gradients where the truncation is none.
+        (With `remat` the masks are one byte per unit and step of layers > 0: still O(T).)
     """
+    rnn.check_dropout(dropout, key)
     if k1 is not None or k2 is not None:
-        if dropout or remat:
-            raise ValueError("TBPTT (k1, k2) takes neither dropout nor remat: its windows re-run the "
-                             "forward and must see the same network")
+        if remat:
+            raise ValueError("TBPTT (k1, k2) takes no remat: its windows already bound the backward pass "
+                             "to k2 steps each; use one or the other")
         from jrnn import tbptt  # tbptt is built on this module: imported on use
         return tbptt.sequence_loss(model, params, inputs, targets, carry, k1=k1, k2=k2, mask=mask,
-                                   reduction=reduction, unroll=unroll, compute_dtype=compute_dtype)
+                                   reduction=reduction, unroll=unroll, dropout=dropout, key=key,
+                                   compute_dtype=compute_dtype)
     layers = layer_params(model, params)
     rnn.check_input_array(model.input_size, inputs)
     batch = batch_shape(model, inputs)
@@ -286,8 +307,6 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
         logits, final = apply(model, params, inputs, carry, mask=mask, unroll=unroll, dropout=dropout, key=key,
                               compute_dtype=compute_dtype)
         return losses.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), final
-    if dropout:
-        raise ValueError("remat takes no dropout (each recomputed segment would need the same masks)")
     losses._check_labels(targets, model.output_size)
     c0 = carries(model, layers, batch, carry)
     p, layers = _compute(params, layers, compute_dtype)
@@ -299,16 +318,18 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
     T = inputs.shape[0]
     m = jnp.ones((T, *batch), bool) if mask is None else check_mask(mask, (T, *batch))
     out_dtype = jnp.result_type(params.w_hy)
+    keep = dropout_keep(model, dropout, key, T, batch)   # scanned with the inputs: every segment sees its steps'
 
     def fused(_, c, x):
         # the input projection runs in the step too: a hoisted [T, ..., G*H] projection (and its
         # gradient) would be the largest O(T) buffers left
-        x_t, y, m_t = x
-        new, h = _stack_step(model.cell, layers, c, jnp.where(m_t[..., None], x_t, 0) if x_t.ndim > m_t.ndim else x_t)
+        x_t, y, m_t, keep_t = x
+        x_t = jnp.where(m_t[..., None], x_t, 0) if x_t.ndim > m_t.ndim else x_t
+        new, h = _stack_step(model.cell, layers, c, x_t, keep_t, dropout)
         c = _freeze(m_t, new, c)
         nll = losses.softmax_cross_entropy(readout(p, h).astype(out_dtype), y, reduction="none")
         return c, jnp.where(m_t, nll, 0.0)
 
-    final, per_step = rnn.scan(fused, None, c0, (inputs, jnp.asarray(targets), m), unroll=unroll,
+    final, per_step = rnn.scan(fused, None, c0, (inputs, jnp.asarray(targets), m, keep), unroll=unroll,
                                remat=True)
     return losses.reduce(per_step, m, reduction), final

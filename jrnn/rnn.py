@@ -258,17 +258,33 @@ def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float
     """Multi-layer RNN: layer l reads layer l-1's states; dropout (rate `dropout`, needs `key`)
     between layers only, as PyTorch's nn.LSTM(dropout=...). Returns (top hs, tuple of carries).
     `reverse` runs every layer from t = T-1 down (length-aware under `mask`)."""
+    check_dropout(dropout, key)
+    carries = (None,) * len(layer_params) if carries is None else carries
+    hs, finals = inputs, []
+    for i, (p, c) in enumerate(zip(layer_params, carries)):
+        if i > 0 and dropout > 0.0:
+            hs = dropped(hs, dropout_keep(key, dropout, len(layer_params), i, hs.shape), dropout)
+        hs, c = run(cell, p, hs, c, mask=mask, unroll=unroll, reverse=reverse, remat=remat, method=method)
+        finals.append(c)
+    return hs, tuple(finals)
+
+
+def check_dropout(dropout, key) -> None:
+    """A rate in [0, 1) (NaN refused), and a PRNG key when it is > 0."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if dropout > 0.0 and key is None:
         raise ValueError("dropout needs a PRNG key (pass key=...; use dropout=0 at evaluation)")
-    carries = (None,) * len(layer_params) if carries is None else carries
-    keys = jax.random.split(key, len(layer_params)) if dropout > 0.0 else [None] * len(layer_params)
-    hs, finals = inputs, []
-    for i, (p, c) in enumerate(zip(layer_params, carries)):
-        if i > 0 and dropout > 0.0:
-            keep = jax.random.bernoulli(keys[i], 1.0 - dropout, hs.shape)
-            hs = jnp.where(keep, hs / (1.0 - dropout), 0.0)
-        hs, c = run(cell, p, hs, c, mask=mask, unroll=unroll, reverse=reverse, remat=remat, method=method)
-        finals.append(c)
-    return hs, tuple(finals)
+
+
+def dropout_keep(key, rate, n_layers: int, layer: int, shape) -> jax.Array:
+    """The keep-mask (True = kept) of the inputs of `layer` >= 1 of an `n_layers` stack, drawn
+    once for the whole chunk, `shape` = `[T, ..., H]`. `stack`, the rematerialised loss and the
+    TBPTT windows (`jrnn.model`, `jrnn.tbptt`) all draw here, so one key drops the same units at
+    the same steps in each."""
+    return jax.random.bernoulli(jax.random.split(key, n_layers)[layer], 1.0 - rate, shape)
+
+
+def dropped(hs, keep, rate):
+    """Inverted dropout: kept units scaled by 1 / (1 - rate), so evaluation needs no rescaling."""
+    return jnp.where(keep, hs / (1.0 - rate), 0.0)

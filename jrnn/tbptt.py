@@ -15,7 +15,9 @@ else; k2 < k1 is refused (a block's losses could not reach its own first steps).
 cross a chunk boundary: the carry entering the chunk is where every window stops (it gets
 gradient only from windows that reach step 0), and between chunks a training step detaches it.
 A mask freezes the carry across padding exactly as the untruncated loss does; padded steps
-inside a window still count towards its k2 steps.
+inside a window still count towards its k2 steps. Dropout between layers draws its keep-masks
+once for the chunk (`jrnn.model.dropout_keep`, as the untruncated loss does) and the windows
+index them by step, as they index the inputs: forward and windows see the same network.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def windows(T: int, k1: int, k2: int):
 
 
 def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: int, mask=None,
-                  reduction: str = "mean", unroll: int | None = None, compute_dtype=None):
+                  reduction: str = "mean", unroll: int | None = None, dropout: float = 0.0, key=None,
+                  compute_dtype=None):
     """Cross-entropy whose gradient is TBPTT(k1, k2).
 
     Args:
@@ -60,12 +63,14 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
       inputs: token ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`, same T.
       carry: initial carry (zeros if None).
       mask: optional `[T, ...]`, 1 = real step.
+      dropout, key: dropout between layers, masks drawn as the untruncated loss draws them.
 
     Returns:
       (loss, final carry): the loss value equals the untruncated loss, the carry the one
       after the last real step of each sequence.
     """
     k1, k2 = check_k(k1, k2)
+    rnn.check_dropout(dropout, key)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"TBPTT loss supports reductions 'mean' and 'sum', got {reduction!r}")
     layers = model_lib.layer_params(model, params)
@@ -75,7 +80,7 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
     T = jnp.shape(inputs)[0]
     if k1 >= T and k2 >= T:  # one window over the whole chunk: plain BPTT
         return model_lib.sequence_loss(model, params, inputs, targets, carry, mask=mask, reduction=reduction,
-                                       unroll=unroll, compute_dtype=compute_dtype)
+                                       unroll=unroll, dropout=dropout, key=key, compute_dtype=compute_dtype)
     losses._check_labels(targets, model.output_size)
     c0 = model_lib.carries(model, layers, batch, carry)
     p, layers = model_lib._compute(params, layers, compute_dtype)
@@ -88,14 +93,16 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
     if jnp.issubdtype(inputs.dtype, jnp.floating):  # "double where": NaN padding never reaches a gradient
         inputs = jnp.where(m[..., None], inputs, 0.0)
 
+    keep = model_lib.dropout_keep(model, dropout, key, T, batch)          # [T, ..., H] per layer > 0
+
     def body(c, x):
-        x_t, m_t = x
-        new, _ = model_lib._stack_step(model.cell, layers, c, x_t)
+        x_t, m_t, keep_t = x
+        new, _ = model_lib._stack_step(model.cell, layers, c, x_t, keep_t, dropout)
         c = model_lib._freeze(m_t, new, c)
         return c, c
 
     # 1) the carry after every step, detached: the windows' starting points
-    final, cs = jax.lax.scan(body, c0, (inputs, m), unroll=rnn.resolve_unroll(unroll, T))
+    final, cs = jax.lax.scan(body, c0, (inputs, m, keep), unroll=rnn.resolve_unroll(unroll, T))
     cs = jax.lax.stop_gradient(cs)
     # before[t] is the carry entering step t; before[0] = c0 keeps its gradient (windows that
     # reach step 0 feed dL/dcarry0)
@@ -105,15 +112,16 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
     carry_w = jax.tree.map(lambda a: a[start], before)                     # [NB, ..., H] per leaf
     idx = np.maximum(times, 0)
     xs_w, ys_w = inputs[idx], jnp.asarray(targets)[idx]                    # [k2, NB, ...]
+    keep_w = jax.tree.map(lambda a: a[idx], keep)                          # the same steps' masks
     ok = m[idx] & jnp.asarray(times >= 0).reshape(times.shape + (1,) * len(batch))
 
     # 2) every block's window at once: k2 steps of the stack on a batch of NB windows
     def window(c, x):
-        x_t, ok_t = x
-        new, h = model_lib._stack_step(model.cell, layers, c, x_t)
+        x_t, ok_t, keep_t = x
+        new, h = model_lib._stack_step(model.cell, layers, c, x_t, keep_t, dropout)
         return model_lib._freeze(ok_t, new, c), h
 
-    _, hw = jax.lax.scan(window, carry_w, (xs_w, ok), unroll=rnn.resolve_unroll(unroll, k2))      # [k2, NB, ..., H]
+    _, hw = jax.lax.scan(window, carry_w, (xs_w, ok, keep_w), unroll=rnn.resolve_unroll(unroll, k2))      # [k2, NB, ..., H]
     per_step = losses.softmax_cross_entropy(model_lib.readout(p, hw).astype(jnp.result_type(params.w_hy)),
                                             ys_w, reduction="none")
     weight = ok & jnp.asarray(in_block).reshape(in_block.shape + (1,) * len(batch))

@@ -1,0 +1,124 @@
+"""Dropout between layers is one network whichever way the loss runs: the keep-masks are drawn
+once per chunk from the key, so the plain loss, the rematerialised loss and the TBPTT forward and
+windows drop the same units at the same steps (equal values; equal gradients where nothing is
+truncated; a hand-written truncated surrogate where something is), for every cell, with masks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jrnn import lm, losses, rnn
+from jrnn.testing import assert_trees_close
+
+RTOL = 1e-10
+T, V, H, RATE = 7, 6, 4, 0.4
+MASK = np.arange(T)[:, None] < np.array([T, 4])[None]     # right padding: lengths 7 and 4
+
+
+def _problem(name, seed=0):
+    """A float64 2-layer LM of `name`, perturbed params, ids, targets and a nonzero carry."""
+    rng = np.random.RandomState(seed)
+    model = lm.model(name, vocab_size=V, hidden_size=H, layers=2)
+    p = model.init(jax.random.key(seed), jnp.float64)
+    p = jax.tree.map(lambda a: a + 0.3 * jnp.asarray(rng.randn(*a.shape)), p)
+    x, y = rng.randint(0, V, (T, 2)), rng.randint(0, V, (T, 2))
+    carry = jax.tree.map(lambda a: a + 0.5 * jnp.asarray(rng.randn(*a.shape)), model.zeros(p, (2,)))
+    return model, p, x, y, carry
+
+
+VARIANTS = ({}, {"remat": True}, {"k1": T, "k2": T}, {"k1": 2, "k2": T}, {"k1": 2, "k2": 3})
+
+
+@pytest.mark.parametrize("name", ["lstm", pytest.param("elman", marks=pytest.mark.slow),
+                                  pytest.param("gru", marks=pytest.mark.slow)])
+def test_remat_and_untruncated_tbptt_equal_the_plain_dropout_loss_and_gradient(name):
+    model, p, x, y, carry = _problem(name, seed=1)
+
+    @jax.jit   # one program for every variant
+    def value_and_grads(p, c, key):
+        return [jax.value_and_grad(lambda p, c: model.loss(p, x, y, c, mask=MASK, reduction="sum", dropout=RATE,
+                                                           key=key, **kw)[0], argnums=(0, 1))(p, c) for kw in VARIANTS]
+
+    (ref, g_ref), *others = value_and_grads(p, carry, jax.random.key(3))
+    # remat; TBPTT with k1 = k2 = T (tbptt's shortcut to BPTT); TBPTT on the windowed path with
+    # k2 = T (every block's window reaches back to step 0: the full gradient)
+    for kw, (value, g) in zip(VARIANTS[1:4], others):
+        np.testing.assert_allclose(float(value), float(ref), rtol=RTOL, err_msg=str(kw))
+        assert_trees_close(g, g_ref, rtol=RTOL, what=str(kw))
+    # a truncated gradient (k1, k2 < T) still has the full loss as its value
+    np.testing.assert_allclose(float(others[-1][0]), float(ref), rtol=RTOL)
+
+
+def _hand_tbptt(model, p, x, y, mask, c0, key, k1, k2):
+    """TBPTT(k1, k2) with dropout written out step by step (no jrnn.model/tbptt code): keep-masks
+    as rnn.stack draws them, each block's losses through the k2 steps ending at its last step
+    from the detached carry there (c0 itself where the window reaches step 0)."""
+    cell, L = model.cell, model.layers
+    keep = [None] + [jax.random.bernoulli(jax.random.split(key, L)[i], 1.0 - RATE, (T, 2, H)) for i in range(1, L)]
+
+    def step(c, t):
+        h, new = x[t], []
+        for i in range(L):
+            if i > 0:
+                h = jnp.where(keep[i][t], h / (1.0 - RATE), 0.0)
+            ci, h = cell.step(p.layers[i], c[i], cell.project(p.layers[i], jnp.asarray(h)[None])[0])
+            new.append(jax.tree.map(lambda a, b: jnp.where(mask[t][:, None], a, b), ci, c[i]))
+        return tuple(new), h
+
+    before, c = [c0], c0
+    for t in range(T):
+        c, _ = step(c, t)
+        before.append(jax.lax.stop_gradient(c))
+    total = 0.0
+    for s in range(0, T, k1):
+        e = min(s + k1, T) - 1
+        w = max(e - k2 + 1, 0)
+        c = c0 if w == 0 else before[w]
+        for t in range(w, e + 1):
+            c, h = step(c, t)
+            if t >= s:
+                nll = losses.softmax_cross_entropy(h @ p.w_hy + p.b_y[None], y[t], reduction="none")
+                total = total + jnp.sum(jnp.where(mask[t], nll, 0.0))
+    return total
+
+
+@pytest.mark.parametrize("name", ["elman", pytest.param("lstm", marks=pytest.mark.slow),
+                                  pytest.param("gru", marks=pytest.mark.slow)])
+def test_truncated_tbptt_with_dropout_equals_the_hand_written_surrogate(name):
+    model, p, x, y, carry = _problem(name, seed=2)
+    key = jax.random.key(5)
+    for k1, k2 in [(2, 3)] if name == "elman" else [(2, 3), (1, 4)]:
+        got = jax.jit(jax.value_and_grad(lambda p, c: model.loss(p, x, y, c, mask=MASK, reduction="sum", k1=k1, k2=k2,
+                                                                 dropout=RATE, key=key)[0], argnums=(0, 1)))(p, carry)
+        want = jax.jit(jax.value_and_grad(lambda p, c: _hand_tbptt(model, p, x, y, MASK, c, key, k1, k2),
+                                          argnums=(0, 1)))(p, carry)
+        np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=RTOL)
+        assert_trees_close(got[1], want[1], rtol=RTOL)
+
+
+def test_the_plain_path_draws_as_before_and_keys_and_rate_zero_behave():
+    model, p, x, y, carry = _problem("gru", seed=3)
+    key = jax.random.key(7)
+    # rnn.stack's stream: split(key, layers)[i] -> bernoulli over [T, ..., H] (as before this change)
+    h1, _ = rnn.run(model.cell, p.layers[0], x, carry[0])
+    keep = jax.random.bernoulli(jax.random.split(key, 2)[1], 1.0 - RATE, h1.shape)
+    h2, _ = rnn.run(model.cell, p.layers[1], jnp.where(keep, h1 / (1.0 - RATE), 0.0), carry[1])
+    np.testing.assert_array_equal(model.hidden(p, x, carry, dropout=RATE, key=key)[0], h2)
+    for kw in ({"remat": True}, {"k1": 2, "k2": 3}):
+        loss = lambda **d: float(model.loss(p, x, y, carry, mask=MASK, **kw, **d)[0])
+        a, b = loss(dropout=RATE, key=key), loss(dropout=RATE, key=jax.random.key(8))
+        assert a != b, kw                                   # another key, another network
+        assert loss(dropout=0.0, key=key) == loss(), kw     # rate 0: the same program as no dropout
+
+
+def test_bad_dropout_arguments_are_refused_before_tracing():
+    model, p, x, y, _ = _problem("lstm")
+    for kw in ({}, {"remat": True}, {"k1": 2, "k2": 3}, {"k1": 40, "k2": 40}):
+        with pytest.raises(ValueError, match="needs a PRNG key"):
+            model.loss(p, x, y, dropout=0.5, **kw)
+        for rate in (1.0, -0.1, float("nan")):
+            with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+                model.loss(p, x, y, dropout=rate, key=jax.random.key(0), **kw)
+    with pytest.raises(ValueError, match="TBPTT .* takes no remat"):
+        model.loss(p, x, y, k1=2, k2=3, remat=True)
