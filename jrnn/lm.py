@@ -17,7 +17,18 @@ from jrnn import cells, model as model_lib
 from jrnn.model import Params as LMParams, param_count  # noqa: F401  (re-exported)
 
 
-def model(cell="lstm", *, vocab_size: int, hidden_size: int, layers: int = 1) -> model_lib.Model:
-    """A `layers`-deep language model of `cell` ("elman", "lstm", "gru" or a `jrnn.rnn.Cell`)."""
+def model(cell="lstm", *, vocab_size: int, hidden_size: int, layers: int = 1,
+          bidirectional: bool = False) -> model_lib.Model:
+    """A `layers`-deep language model of `cell` ("elman", "lstm", "gru" or a `jrnn.rnn.Cell`).
+
+    `bidirectional=True` is refused: a language model predicts token t+1 from tokens <= t, and
+    a backward direction would read token t+1 itself (the loss would fall by copying, and
+    sampling needs a per-step model). A bidirectional tagger over a vocabulary is
+    `jrnn.model.make(cells.get(cell), ..., bidirectional=True)`.
+    """
+    if bidirectional is not False:
+        raise ValueError("a language model cannot be bidirectional: it predicts token t+1 from tokens <= t, "
+                         "and the backward direction would read token t+1 itself; for tagging (one label per "
+                         "token) use jrnn.model.make(jrnn.cells.get(cell), ..., bidirectional=True)")
     return model_lib.make(cells.get(cell), input_size=vocab_size, hidden_size=hidden_size,
                           output_size=vocab_size, layers=layers)

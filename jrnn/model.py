@@ -13,6 +13,13 @@ Everything a model does is written here once, above all cells: the layer-by-laye
 windows and the rematerialised loss run on), losses, and carries. A carry is a tuple with one
 cell carry per layer (an LSTM layer's is `LSTMState(h, c)`).
 
+`bidirectional=True` makes every layer a forward and a length-aware backward cell
+(`rnn.bidirectional`): a layer's params and carry are `Directions(forward, backward)`, layer
+l > 0 reads the `[T, ..., 2H]` concat of layer l-1 and the readout is `[2H, V]`. Such a model sees
+the whole sequence at every step, so what needs a causal per-step model (`step`, `jrnn.generate`,
+TBPTT, the `remat` loss) refuses it; `hidden`, `apply`, `apply_last` and the full-BPTT loss (masks,
+dropout, `compute_dtype`, `method=`) take it.
+
 Example:
   >>> model = jrnn.lm.model("lstm", vocab_size=65, hidden_size=128, layers=2)
   >>> params = model.init(jax.random.key(0))
@@ -29,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrnn import losses, rnn
+from jrnn.rnn import Directions  # noqa: F401  (a bidirectional layer's params and carry)
 
 
 class Params(NamedTuple):
@@ -40,12 +48,19 @@ class Params(NamedTuple):
 
 class Model(NamedTuple):
     """`layers` cells of `hidden_size` units reading `input_size` ids/features, read out to
-    `output_size` logits. Methods are the module functions with the model as first argument."""
+    `output_size` logits; `bidirectional`: two cells (forward, backward) per layer, see above.
+    Methods are the module functions with the model as first argument."""
     cell: rnn.Cell
     input_size: int
     hidden_size: int
     output_size: int
     layers: int = 1
+    bidirectional: bool = False
+
+    @property
+    def width(self) -> int:
+        """Features each layer outputs: H, or 2H (forward and backward) if bidirectional."""
+        return 2 * self.hidden_size if self.bidirectional else self.hidden_size
 
     def init(self, key, dtype=jnp.float32):
         return init(self, key, dtype)
@@ -69,22 +84,32 @@ class Model(NamedTuple):
         return zeros(self, params, batch_shape)
 
 
-def make(cell: rnn.Cell, *, input_size: int, hidden_size: int, output_size: int, layers: int = 1) -> Model:
+def make(cell: rnn.Cell, *, input_size: int, hidden_size: int, output_size: int, layers: int = 1,
+         bidirectional: bool = False) -> Model:
     """A `Model`, sizes validated."""
     if not isinstance(cell, rnn.Cell):
         raise TypeError(f"cell must be a jrnn.rnn.Cell (see jrnn.cells.get), got {type(cell).__name__}")
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"bidirectional must be a bool, got {type(bidirectional).__name__}")
     return Model(cell, rnn.positive_int("input_size", input_size), rnn.positive_int("hidden_size", hidden_size),
-                 rnn.positive_int("output_size", output_size), rnn.positive_int("layers", layers))
+                 rnn.positive_int("output_size", output_size), rnn.positive_int("layers", layers), bool(bidirectional))
 
 
 def init(model: Model, key, dtype=jnp.float32) -> Params:
-    """Params from a PRNG key: the cell's own init per layer, Glorot readout, zero output bias."""
+    """Params from a PRNG key: the cell's own init per layer (per direction), Glorot readout,
+    zero output bias."""
     keys = jax.random.split(key, model.layers + 1)
     H = model.hidden_size
-    stack = tuple(model.cell.init(keys[i], model.input_size if i == 0 else H, H, dtype)
-                  for i in range(model.layers))
-    w_hy = jax.nn.initializers.glorot_uniform()(keys[-1], (H, model.output_size), dtype)
-    return Params(stack, w_hy, jnp.zeros((model.output_size,), dtype))
+
+    def layer(i):
+        d = model.input_size if i == 0 else model.width
+        if not model.bidirectional:
+            return model.cell.init(keys[i], d, H, dtype)
+        kf, kb = jax.random.split(keys[i])
+        return Directions(model.cell.init(kf, d, H, dtype), model.cell.init(kb, d, H, dtype))
+
+    w_hy = jax.nn.initializers.glorot_uniform()(keys[-1], (model.width, model.output_size), dtype)
+    return Params(tuple(layer(i) for i in range(model.layers)), w_hy, jnp.zeros((model.output_size,), dtype))
 
 
 def param_count(params) -> int:
@@ -109,14 +134,28 @@ def layer_params(model: Model, params) -> tuple:
         raise ValueError(f"params have {len(layers)} layers, the model has {model.layers}")
     want = model.cell.params
     for i, p in enumerate(layers):
-        if want is not None and not isinstance(p, want):
-            raise TypeError(f"params of layer {i} are {type(p).__name__}, but this model's cell is "
-                            f"{model.cell.name!r}, which takes {_type_names(want)}: params and model are "
-                            f"of different cells")
-    if tuple(jnp.shape(params.w_hy)) != (model.hidden_size, model.output_size):
+        if isinstance(p, Directions) != model.bidirectional:
+            raise TypeError(f"params of layer {i} are {type(p).__name__}, but this model is "
+                            + ("bidirectional: each layer takes Directions(forward, backward) cell params"
+                               if model.bidirectional else "unidirectional: Directions(forward, backward) "
+                               "params belong to a bidirectional model (jrnn.model.make(..., bidirectional=True))"))
+        for q in (p if model.bidirectional else (p,)):
+            if want is not None and not isinstance(q, want):
+                raise TypeError(f"params of layer {i} are {type(q).__name__}, but this model's cell is "
+                                f"{model.cell.name!r}, which takes {_type_names(want)}: params and model are "
+                                f"of different cells")
+    if tuple(jnp.shape(params.w_hy)) != (model.width, model.output_size):
         raise ValueError(f"readout w_hy has shape {tuple(jnp.shape(params.w_hy))}, the model needs "
-                         f"{(model.hidden_size, model.output_size)} ([H, V])")
+                         f"{(model.width, model.output_size)} " + ("([2H, V]: bidirectional)" if model.bidirectional else "([H, V])"))
     return tuple(layers)
+
+
+def check_causal(model: Model, what: str) -> None:
+    """ValueError if `model` is bidirectional: `what` needs a model whose step t reads only steps <= t."""
+    if isinstance(model, Model) and model.bidirectional:
+        raise ValueError(f"{what} needs a causal model, one step at a time; this model is bidirectional: "
+                         f"its backward direction reads each sequence from its end, so it has no per-step "
+                         f"forward (use apply / the full-BPTT loss, or a unidirectional model)")
 
 
 def batch_shape(model: Model, inputs) -> tuple:
@@ -125,9 +164,16 @@ def batch_shape(model: Model, inputs) -> tuple:
     return tuple(shape[1:]) if jnp.issubdtype(jnp.result_type(inputs), jnp.integer) else tuple(shape[1:-1])
 
 
+def _layer_zeros(model: Model, p, batch):
+    if model.bidirectional:
+        return Directions(model.cell.zeros(p.forward, batch), model.cell.zeros(p.backward, batch))
+    return model.cell.zeros(p, batch)
+
+
 def zeros(model: Model, params, batch_shape=()) -> tuple:
-    """The zero carry: one cell carry `[*batch_shape, H]` (or a pytree of them) per layer."""
-    return tuple(model.cell.zeros(p, tuple(batch_shape)) for p in layer_params(model, params))
+    """The zero carry: one cell carry `[*batch_shape, H]` (or a pytree of them) per layer; a
+    bidirectional layer's is `Directions(forward carry, backward carry)`."""
+    return tuple(_layer_zeros(model, p, tuple(batch_shape)) for p in layer_params(model, params))
 
 
 def _as_layer_carry(i, given, zero):
@@ -151,7 +197,7 @@ def _as_layer_carry(i, given, zero):
 def carries(model: Model, layers: tuple, batch, carry) -> tuple:
     """The initial carry for inputs of batch shape `batch`: zeros if None, else `carry` checked
     (a tuple or list with one carry per layer; arrays may be given as lists or numpy)."""
-    zero = tuple(model.cell.zeros(p, tuple(batch)) for p in layers)
+    zero = tuple(_layer_zeros(model, p, tuple(batch)) for p in layers)
     if carry is None:
         return zero
     if not isinstance(carry, (tuple, list)) or len(carry) != len(layers) or (
@@ -175,18 +221,23 @@ def readout(params, hs) -> jax.Array:
 
 def hidden(model: Model, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int | None = None,
            remat: bool = False, dropout: float = 0.0, key=None, compute_dtype=None, method: str = "sequential"):
-    """Top-layer states `[T, ..., H]` and the final carry (a tuple, one per layer).
+    """Top-layer states `[T, ..., H]` (`[T, ..., 2H]`, forward then backward, if bidirectional)
+    and the final carry (a tuple, one per layer).
 
     Args:
       inputs: token ids `[T, ...]` or features `[T, ..., D]`, time-major.
       carry: initial carry (zeros if None).
       mask: optional `[T, ...]`, 1 = real step: across padding the carry is frozen and the
-        output is zero; with `reverse`, right-padded sequences are read from their own last step.
+        output is zero; with `reverse` (and a bidirectional model's backward direction),
+        right-padded sequences are read from their own last step.
+      reverse: run every layer from t = T-1 down (not for a bidirectional model).
       dropout: rate between layers (needs `key`), as PyTorch's nn.LSTM(dropout=...).
       compute_dtype: e.g. jnp.bfloat16 runs the cells in that dtype; params keep their own.
       method: how each layer runs over time (`jrnn.rnn.run`: "sequential", or parallel-in-time).
     """
     layers = layer_params(model, params)
+    if model.bidirectional and reverse:
+        raise ValueError("reverse does not apply to a bidirectional model: it reads both directions already")
     rnn.check_input_array(model.input_size, inputs)
     c0 = carries(model, layers, batch_shape(model, inputs), carry)
     _, layers = _compute(params, layers, compute_dtype)
@@ -195,7 +246,7 @@ def hidden(model: Model, params, inputs, carry=None, *, mask=None, reverse: bool
         if jnp.issubdtype(jnp.result_type(inputs), jnp.floating):
             inputs = jnp.asarray(inputs).astype(compute_dtype)
     return rnn.stack(model.cell, layers, inputs, c0, mask=mask, dropout=dropout, key=key, unroll=unroll,
-                     reverse=reverse, remat=remat, method=method)
+                     reverse=reverse, remat=remat, method=method, bidirectional=model.bidirectional)
 
 
 def apply(model: Model, params, inputs, carry=None, **kw):
@@ -207,7 +258,9 @@ def apply(model: Model, params, inputs, carry=None, **kw):
 
 def apply_last(model: Model, params, inputs, carry=None, *, mask=None, **kw):
     """Many-to-one: logits `[..., V]` of the top layer's output at each sequence's last real
-    step (its last mask-1 step; t = 0 with `reverse`), and the final carry."""
+    step (its last mask-1 step; t = 0 with `reverse`), and the final carry. Bidirectional: the
+    forward output at the last real step concatenated with the backward output at the first
+    real step (t = 0 for right padding), where each direction has read the whole sequence."""
     hs, final = hidden(model, params, inputs, carry, mask=mask, **kw)
     if kw.get("reverse"):
         last = hs[0]
@@ -217,13 +270,20 @@ def apply_last(model: Model, params, inputs, carry=None, *, mask=None, **kw):
         n = jnp.sum(jnp.asarray(mask, jnp.int32), axis=0)                     # [...] real steps
         idx = jnp.maximum(n - 1, 0)
         last = jnp.take_along_axis(hs, idx[None, ..., None], axis=0)[0]
+    if model.bidirectional:
+        first = 0 if mask is None else jnp.argmax(jnp.asarray(mask, bool), axis=0)   # [...] first real step
+        H = model.hidden_size
+        at_first = hs[0] if mask is None else jnp.take_along_axis(hs, first[None, ..., None], axis=0)[0]
+        last = jnp.concatenate([last[..., :H], at_first[..., H:]], -1)
     p, _ = _compute(params, (), kw.get("compute_dtype"))
     return readout(p, last).astype(jnp.result_type(params.w_hy)), final
 
 
 def step(model: Model, params, carry, x_t):
     """One time step of the whole stack: `(carry, x_t) -> (carry, logits_t)`, x_t ids `[...]` or
-    features `[..., D]`. Scan-shaped; sampling, TBPTT windows and `remat` run on it."""
+    features `[..., D]`. Scan-shaped; sampling, TBPTT windows and `remat` run on it. A
+    bidirectional model has no step (ValueError)."""
+    check_causal(model, "step")
     layers = layer_params(model, params)
     carry, h = _stack_step(model.cell, layers, carry, x_t)
     return carry, readout(params, h)
@@ -247,7 +307,7 @@ def dropout_keep(model: Model, dropout: float, key, T: int, batch) -> tuple:
     loss, the rematerialised loss and the TBPTT windows (which index them by step) drop the
     same units at the same steps. All None when `dropout` is 0."""
     return tuple(None if i == 0 or not dropout else
-                 rnn.dropout_keep(key, dropout, model.layers, i, (T, *batch, model.hidden_size))
+                 rnn.dropout_keep(key, dropout, model.layers, i, (T, *batch, model.width))
                  for i in range(model.layers))
 
 
@@ -292,6 +352,7 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
     """
     rnn.check_dropout(dropout, key)
     if k1 is not None or k2 is not None:
+        check_causal(model, "TBPTT (k1, k2)")
         if remat:
             raise ValueError("TBPTT (k1, k2) takes no remat: its windows already bound the backward pass "
                              "to k2 steps each; use one or the other")
@@ -307,6 +368,7 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
         logits, final = apply(model, params, inputs, carry, mask=mask, unroll=unroll, dropout=dropout, key=key,
                               compute_dtype=compute_dtype)
         return losses.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), final
+    check_causal(model, "the remat loss (a fused per-step scan)")
     losses._check_labels(targets, model.output_size)
     c0 = carries(model, layers, batch, carry)
     p, layers = _compute(params, layers, compute_dtype)

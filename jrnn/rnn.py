@@ -240,31 +240,49 @@ def masked(step):
     return wrapped
 
 
+class Directions(NamedTuple):
+    """The two directions of a bidirectional layer: its cell params, or its carry."""
+    forward: Any
+    backward: Any
+
+
 def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str = "concat",
-                  unroll: int | None = None, method: str = "sequential"):
-    """Forward and length-aware reverse passes merged per step: `[T, ..., 2H]` (concat) or
-    `[T, ..., H]` (sum). Returns (hs, (final forward carry, final backward carry))."""
-    hf, cf = run(cell, params_fwd, inputs, mask=mask, unroll=unroll, method=method)
-    hb, cb = run(cell, params_bwd, inputs, mask=mask, reverse=True, unroll=unroll, method=method)
-    if merge == "concat":
-        return jnp.concatenate([hf, hb], -1), (cf, cb)
-    if merge == "sum":
-        return hf + hb, (cf, cb)
-    raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
+                  unroll: int | None = None, method: str = "sequential", carry=None, remat: bool = False):
+    """Forward and length-aware reverse passes merged per step: `[T, ..., 2H]` (concat, forward
+    first) or `[T, ..., H]` (sum). `carry`, optional, is a (forward, backward) pair of initial
+    carries, the backward one entering at each sequence's last real step. Returns (hs,
+    Directions(final forward carry, final backward carry)); the backward one is its state after
+    the first real step."""
+    if merge not in ("concat", "sum"):
+        raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
+    cf, cb = (None, None) if carry is None else carry
+    hf, cf = run(cell, params_fwd, inputs, cf, mask=mask, unroll=unroll, remat=remat, method=method)
+    hb, cb = run(cell, params_bwd, inputs, cb, mask=mask, reverse=True, unroll=unroll, remat=remat, method=method)
+    return (jnp.concatenate([hf, hb], -1) if merge == "concat" else hf + hb), Directions(cf, cb)
+
+
+def _bidirectional_layer(cell, params, inputs, carry=None, *, reverse, **kw):
+    return bidirectional(cell, params[0], params[1], inputs, carry=carry, **kw)
 
 
 def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float = 0.0, key=None,
-          unroll: int | None = None, reverse: bool = False, remat: bool = False, method: str = "sequential"):
+          unroll: int | None = None, reverse: bool = False, remat: bool = False, method: str = "sequential",
+          bidirectional: bool = False):
     """Multi-layer RNN: layer l reads layer l-1's states; dropout (rate `dropout`, needs `key`)
     between layers only, as PyTorch's nn.LSTM(dropout=...). Returns (top hs, tuple of carries).
-    `reverse` runs every layer from t = T-1 down (length-aware under `mask`)."""
+    `reverse` runs every layer from t = T-1 down (length-aware under `mask`). `bidirectional`:
+    each layer's params (and carry) are a (forward, backward) pair, run and concatenated by
+    `bidirectional`, so layer l > 0 reads `[T, ..., 2H]`."""
     check_dropout(dropout, key)
+    if bidirectional and reverse:
+        raise ValueError("reverse does not apply to a bidirectional stack: it reads both directions already")
+    layer = _bidirectional_layer if bidirectional else run
     carries = (None,) * len(layer_params) if carries is None else carries
     hs, finals = inputs, []
     for i, (p, c) in enumerate(zip(layer_params, carries)):
         if i > 0 and dropout > 0.0:
             hs = dropped(hs, dropout_keep(key, dropout, len(layer_params), i, hs.shape), dropout)
-        hs, c = run(cell, p, hs, c, mask=mask, unroll=unroll, reverse=reverse, remat=remat, method=method)
+        hs, c = layer(cell, p, hs, c, mask=mask, unroll=unroll, reverse=reverse, remat=remat, method=method)
         finals.append(c)
     return hs, tuple(finals)
 

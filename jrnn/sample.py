@@ -55,6 +55,7 @@ def generate(model, params, key, prime, n: int, *, temperature: float = 1.0, car
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     if not math.isfinite(float(temperature)) or temperature <= 0:
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    model_lib.check_causal(model, "generate (sampling feeds each token back)")
     layers = model_lib.layer_params(model, params)
     if model.input_size != model.output_size:
         raise ValueError(f"sampling feeds outputs back as inputs: needs input_size == output_size, got "

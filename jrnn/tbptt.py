@@ -70,6 +70,7 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
       after the last real step of each sequence.
     """
     k1, k2 = check_k(k1, k2)
+    model_lib.check_causal(model, "TBPTT (k1, k2)")
     rnn.check_dropout(dropout, key)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"TBPTT loss supports reductions 'mean' and 'sum', got {reduction!r}")
