@@ -8,7 +8,9 @@ command.
 
 The runs are independent, so on a CPU each core gets its own XLA device and the vmapped seeds
 are split across them (`--devices`); `--devices 1` keeps everything on one. --cell lstm|gru
-runs the same recipe with a gated cell (its own init instead of randn/1000).
+runs the same recipe with a gated cell (its own init instead of randn/1000); --bidirectional
+reads each sentence both ways (the class from the forward state at the last word and the
+backward state at the first; the cell's own init).
 """
 
 from __future__ import annotations
@@ -85,11 +87,12 @@ def encode(sentences: dict, vocab: list, T: int):
 T_MAX = max(len(s.split(" ")) for s in list(TRAIN) + list(TEST))  # 9 words
 
 
-def make_model(cell, vocab_size):
-    """The seed's many-to-one network (two classes) with any cell."""
-    if cell == "elman":
+def make_model(cell, vocab_size, bidirectional=False):
+    """The seed's many-to-one network (two classes) with any cell, one or both directions."""
+    if cell == "elman" and not bidirectional:
         return jrnn.elman.model(input_size=vocab_size, hidden_size=HIDDEN, output_size=2)
-    return jrnn.model.make(jrnn.cells.get(cell), input_size=vocab_size, hidden_size=HIDDEN, output_size=2)
+    return jrnn.model.make(jrnn.cells.get(cell), input_size=vocab_size, hidden_size=HIDDEN, output_size=2,
+                           bidirectional=bidirectional)
 
 
 @functools.lru_cache(maxsize=None)
@@ -132,8 +135,8 @@ def accuracy(params, data, model=None):
 
 
 def init(key, vocab_size, model=None):
-    """The seed's randn/1000 for its Elman network; a gated cell's own init."""
-    if model is None or model.cell == jrnn.cells.ELMAN:
+    """The seed's randn/1000 for its Elman network; a gated or bidirectional model's own init."""
+    if model is None or (model.cell == jrnn.cells.ELMAN and not model.bidirectional):
         return jrnn.elman.init(key, input_size=vocab_size, hidden_size=HIDDEN, output_size=2,
                                scheme="normal", scale=INIT_SCALE)
     return model.init(key)
@@ -146,11 +149,11 @@ def seed_sharding(n_seeds, devices=None):
     return -(-n_seeds // n) * n, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
 
 
-def train(seeds, epochs, quiet=True, devices=None, cell="elman"):
+def train(seeds, epochs, quiet=True, devices=None, cell="elman", bidirectional=False):
     """Train one model per seed, all at once under vmap, the seed axis split over `devices`
     devices (default: all). Returns (params, losses [S, E], wall s) for the S seeds asked."""
     vocab = vocabulary()
-    model = make_model(cell, len(vocab))
+    model = make_model(cell, len(vocab), bidirectional)
     train_data = encode(TRAIN, vocab, T_MAX)
     n_runs, sharding = seed_sharding(len(seeds), devices)
     # padding runs (extra seeds, so every device gets as many) are trained and dropped
@@ -183,13 +186,14 @@ def main(argv=None):
     ap.add_argument("--devices", type=common.positive_int, default=None,
                     help="devices to split the seeds over (default: all; on CPU one per core)")
     ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="recurrent cell (seed: elman)")
+    ap.add_argument("--bidirectional", action="store_true", help="read each sentence both ways (seed: one way)")
     ap.add_argument("--baseline-epochs", type=common.non_negative_int, default=20, help="epochs of the numpy loop timed for the ratio (0: skip)")
     args = ap.parse_args(argv)
     # padding runs (see train) take seeds past the last one, up to one per device
     common.check_seed_range(args, args.seeds + len(jax.devices()))
     seeds = list(range(args.seed, args.seed + args.seeds))
-    params, losses, wall = train(seeds, args.epochs, args.quiet, args.devices, args.cell)
-    model = make_model(args.cell, len(vocabulary()))
+    params, losses, wall = train(seeds, args.epochs, args.quiet, args.devices, args.cell, args.bidirectional)
+    model = make_model(args.cell, len(vocabulary()), args.bidirectional)
     vocab = vocabulary()
     test_data, train_data = encode(TEST, vocab, T_MAX), encode(TRAIN, vocab, T_MAX)
     test_acc = np.asarray(jax.vmap(lambda p: accuracy(p, test_data, model))(params))
@@ -197,7 +201,7 @@ def main(argv=None):
     metrics = {"test_accuracy": test_acc, "train_accuracy": train_acc,
                "test_perfect_runs": int(np.sum(test_acc == 1.0)), "min_test_accuracy": float(test_acc.min()),
                "final_train_loss": losses[:, -1], "epochs_per_s_all_seeds": args.epochs * len(seeds) / wall}
-    if args.baseline_epochs > 0 and args.cell == "elman":   # the numpy loop is the seed's Elman
+    if args.baseline_epochs > 0 and args.cell == "elman" and not args.bidirectional:   # the numpy loop is the seed's Elman
         train(seeds, EPOCHS_PER_CALL, devices=args.devices)  # compile the same shapes, then time a steady state
         _, _, wall_jit = train(seeds, args.epochs, devices=args.devices)
         one = init(jax.random.key(args.seed), len(vocab))
@@ -209,7 +213,7 @@ def main(argv=None):
         metrics["speedup_vs_numpy"] = metrics["jrnn_epochs_per_s"] / metrics["numpy_epochs_per_s"]
     n_runs, sharding = seed_sharding(len(seeds), args.devices)
     n_devices = sharding.mesh.devices.size
-    config = {"cell": args.cell, "hidden": HIDDEN, "init_scale": INIT_SCALE, "lr": LEARNING_RATE, "clip": CLIP,
+    config = {"cell": args.cell, "bidirectional": args.bidirectional, "hidden": HIDDEN, "init_scale": INIT_SCALE, "lr": LEARNING_RATE, "clip": CLIP,
               "epochs": args.epochs, "seeds": seeds, "vocab": vocab, "devices": n_devices,
               "runs_trained_incl_padding": n_runs, "baseline_epochs": args.baseline_epochs,
               "epochs_per_call": EPOCHS_PER_CALL}

@@ -63,6 +63,16 @@ def test_sentiment_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_sentiment_bidirectional_smoke(tmp_path):
+    m = sentiment.main(["--epochs", "50", "--seeds", "2", "--bidirectional", "--quiet", "--out", str(tmp_path)])
+    r = outputs(tmp_path)
+    assert r["config"]["bidirectional"] is True and "speedup_vs_numpy" not in m   # no one-way numpy baseline
+    assert max(m["final_train_loss"]) < np.log(2)
+    assert isinstance(sentiment.init(jax.random.key(0), 5, sentiment.make_model("elman", 5, True)).layers[0],
+                      jrnn.model.Directions)
+
+
+@pytest.mark.slow
 def test_sentiment_seeds_split_over_two_devices_train_as_on_one():
     """The seed axis sharded over 2 CPU devices (3 seeds padded to 4 runs) gives the same
     losses as all seeds on one device."""
