@@ -37,6 +37,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jrnn import checks
+
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d{10})\.npz$")
 RUN_FILE = "run.json"
@@ -155,14 +157,10 @@ MAX_STEP = 10**10 - 1   # file names hold 10 digits: a larger or negative step w
 
 def _check_save_args(step, keep) -> tuple[int, int]:
     """`step` and `keep` of `save`, checked before anything is written."""
-    for name, v in (("step", step), ("keep", keep)):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
+    step, keep = checks.integer("step", step, minimum=None), checks.integer("keep", keep)
     if not 0 <= step <= MAX_STEP:
         raise ValueError(f"step must be in [0, {MAX_STEP}] (it names the file ckpt_<10 digits>.npz), got {step}")
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
-    return int(step), int(keep)
+    return step, keep
 
 
 def _nonfinite(paths, leaves) -> list[str]:

@@ -1,4 +1,5 @@
-"""Range checks of token ids and labels that also hold inside jrnn's jitted training steps.
+"""Argument checks shared by jrnn's modules: integer arguments (`integer`), and range checks of
+token ids and labels that also hold inside jrnn's jitted training steps (`traced_ids_in_range`).
 
 Eager calls check concrete ids on the host (`jrnn.rnn.check_input_array`,
 `jrnn.losses._check_labels`). Under `jit` the values are unknown while tracing, and JAX's gather
@@ -12,7 +13,21 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
+
+
+def integer(name: str, value, *, minimum: int | None = 1) -> int:
+    """`value` as a Python int >= `minimum` (None: no bound), or a TypeError/ValueError naming `name`.
+
+    Numpy integers are accepted; bools are refused (True would quietly be 1), and so are floats
+    (4.0 would index as a float) and strings.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def traced_ids_in_range(ids, n: int, what: str) -> None:

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jrnn import checks
+
 ENV_VAR = "JRNN_DATA_DIR"
 OFFLINE_VAR = "JRNN_OFFLINE"  # set to 1 to never download (the error then says where to get it)
 
@@ -157,15 +159,6 @@ def build_vocab(text: str) -> Vocab:
     return Vocab(tuple(sorted(set(text))))
 
 
-def _count(name: str, value) -> int:
-    """A count argument (seq_len, batch_size): a Python or numpy integer >= 1, not a bool."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
 def _token_ids(ids, name: str = "ids") -> np.ndarray:
     """A 1-D array of non-negative integer token ids (a str, float or -1 is not a token id)."""
     ids = np.asarray(ids)
@@ -184,7 +177,7 @@ def chunks(ids: np.ndarray, seq_len: int):
     Returns (inputs `[N, T]`, targets `[N, T]`) with targets = inputs shifted by one.
     """
     ids = _token_ids(ids)
-    seq_len = _count("seq_len", seq_len)
+    seq_len = checks.integer("seq_len", seq_len)
     n = (len(ids) - 1) // seq_len
     if n < 1:
         raise ValueError(f"text of {len(ids)} tokens is shorter than seq_len + 1 = {seq_len + 1}")
@@ -199,7 +192,7 @@ def streams(ids: np.ndarray, batch_size: int, seq_len: int):
     Returns (inputs `[N, T, B]`, targets `[N, T, B]`), time-major inside each chunk.
     """
     ids = _token_ids(ids)
-    batch_size, seq_len = _count("batch_size", batch_size), _count("seq_len", seq_len)
+    batch_size, seq_len = checks.integer("batch_size", batch_size), checks.integer("seq_len", seq_len)
     per = (len(ids) - 1) // batch_size
     n = per // seq_len
     if n < 1:
@@ -213,7 +206,7 @@ def streams(ids: np.ndarray, batch_size: int, seq_len: int):
 def bucket_length(n: int, bucket: int = 32) -> int:
     """Round a sequence length up to a multiple of `bucket`, so that batches of many real lengths
     share a few padded shapes (one compilation each) instead of one shape per length."""
-    n, bucket = _count("length", n), _count("bucket", bucket)
+    n, bucket = checks.integer("length", n), checks.integer("bucket", bucket)
     return -(-n // bucket) * bucket
 
 
@@ -229,12 +222,10 @@ def pad_batch(sequences, length: int | None = None, *, bucket: int | None = None
         _token_ids(s, f"sequence {i}")
         if s.max() > np.iinfo(np.int32).max:
             raise ValueError(f"sequence {i} holds id {s.max()}, more than int32 holds")
-    if isinstance(pad_id, (bool, np.bool_)) or not isinstance(pad_id, (int, np.integer)):
-        raise TypeError(f"pad_id must be an integer, got {type(pad_id).__name__} {pad_id!r}")
-    if not 0 <= pad_id <= np.iinfo(np.int32).max:
+    if not 0 <= checks.integer("pad_id", pad_id, minimum=None) <= np.iinfo(np.int32).max:
         raise ValueError(f"pad_id must be a token id >= 0, got {pad_id}")
     longest = max(len(s) for s in seqs)
-    T = (_count("length", length) if length is not None
+    T = (checks.integer("length", length) if length is not None
          else bucket_length(longest, bucket) if bucket is not None else longest)
     if T < longest:
         raise ValueError(f"length {T} is shorter than the longest sequence ({longest})")

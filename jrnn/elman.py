@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jrnn import elman_scan, initializers, rnn
+from jrnn import checks, elman_scan, initializers, rnn
 from jrnn import model as model_lib
 
 ACTIVATIONS = elman_scan.ACTIVATIONS
@@ -43,7 +43,6 @@ class ElmanCellParams(NamedTuple):
     b_h: jax.Array   # [H]
 
 
-_positive_int = rnn.positive_int
 check_input_array = rnn.check_input_array
 
 
@@ -74,9 +73,9 @@ def init(key, *, hidden_size: int, input_size: int | None = None, output_size: i
     output_size = vocab_size if output_size is None else output_size
     if input_size is None or output_size is None:
         raise ValueError("give vocab_size, or both input_size and output_size")
-    D = _positive_int("input_size", input_size)
-    H = _positive_int("hidden_size", hidden_size)
-    V = _positive_int("output_size", output_size)
+    D = checks.integer("input_size", input_size)
+    H = checks.integer("hidden_size", hidden_size)
+    V = checks.integer("output_size", output_size)
     if scheme not in initializers.SCHEMES:
         raise ValueError(f"unknown init scheme {scheme!r}; choose one of {initializers.SCHEMES}")
     k_xh, k_hh, k_hy, k_bh, k_by = jax.random.split(key, 5)

@@ -60,6 +60,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn import checks
+
 PARALLEL_METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 METHODS = ("sequential",) + PARALLEL_METHODS + ("auto",)
 
@@ -303,8 +305,7 @@ def solve(step, params, xs, carry0, *, method: str = "deer", reverse: bool = Fal
       t = 0. Differentiable (exact gradients of the fixed point, whatever the method).
     """
     check_method(method, parallel_only=True)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
-        raise ValueError(f"max_iters must be an int >= 1, got {max_iters!r}")
+    max_iters = checks.integer("max_iters", max_iters)
     z0, unflat = _flat(carry0)
     if tol is None:
         tol = 1e-10 if z0.dtype == jnp.float64 else 1e-5

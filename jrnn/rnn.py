@@ -38,13 +38,9 @@ def resolve_unroll(unroll, T: int | None = None):
     """`unroll` itself when given (a positive int, or True for a full unroll), else the default."""
     if unroll is None:
         return default_unroll(T)
-    if isinstance(unroll, bool):
-        if not unroll:
-            raise ValueError("unroll must be a positive int, True (full unroll) or None (default), got False")
+    if unroll is True:
         return unroll
-    if not isinstance(unroll, (int, np.integer)) or unroll < 1:
-        raise ValueError(f"unroll must be a positive int, True (full unroll) or None (default), got {unroll!r}")
-    return int(unroll)
+    return checks.integer("unroll (a positive int, True for a full unroll, or None for the default)", unroll)
 
 
 class Cell(NamedTuple):
@@ -68,12 +64,8 @@ class Cell(NamedTuple):
 
 
 def positive_int(name, value) -> int:
-    """`value` as an int >= 1; numpy integers are accepted, bools and floats refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return int(value)
+    """`value` as an int >= 1; numpy integers are accepted, bools and floats refused (`jrnn.checks.integer`)."""
+    return checks.integer(name, value)
 
 
 def check_input_array(input_size: int, inputs) -> None:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import model as model_lib
+from jrnn import checks, model as model_lib
 
 
 @functools.partial(jax.jit, static_argnames=("model", "n"))
@@ -49,8 +49,7 @@ def generate(model, params, key, prime, n: int, *, temperature: float = 1.0, car
     Returns:
       (ids `[n]` int32, final carry).
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    n = checks.integer("n", n)
     if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, (int, float, np.integer, np.floating)):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     if not math.isfinite(float(temperature)) or temperature <= 0:

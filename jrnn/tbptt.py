@@ -26,15 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import losses, model as model_lib, rnn
+from jrnn import checks, losses, model as model_lib, rnn
 
 
 def check_k(k1, k2) -> tuple[int, int]:
     """(k1, k2) as ints with 1 <= k1 <= k2, or a clear error."""
-    for name, k in (("k1", k1), ("k2", k2)):
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"TBPTT {name} must be an int, got {type(k).__name__} {k!r}")
-    k1, k2 = int(k1), int(k2)
+    k1, k2 = checks.integer("TBPTT k1", k1, minimum=None), checks.integer("TBPTT k2", k2, minimum=None)
     if not 1 <= k1 <= k2:
         raise ValueError(f"TBPTT needs integers 1 <= k1 <= k2, got k1={k1}, k2={k2}")
     return k1, k2

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn import checks
+
 
 def _check_rtol(rtol) -> float:
     if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
@@ -115,10 +117,7 @@ def check_gradients(fn, params, *args, key=None, directions: int = 8, eps: float
       The worst relative error; raises AssertionError when above `rtol`, or when the value,
       the gradient or a finite difference is NaN/inf.
     """
-    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral):
-        raise TypeError(f"directions must be an int, got {type(directions).__name__}")
-    if directions < 1:
-        raise ValueError(f"directions must be >= 1, got {directions}")
+    directions = checks.integer("directions", directions)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     if not math.isfinite(float(eps)) or eps <= 0:

@@ -20,6 +20,8 @@ import numpy as np
 import optax
 from jax.experimental import checkify
 
+from jrnn import checks
+
 LossFn = Callable[..., tuple]
 
 # Float32 matmul precision of a training step, as `jax.default_matmul_precision` names it.
@@ -185,9 +187,7 @@ class BadStepCounter:
     """
 
     def __init__(self, limit: int = 10):
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        self.limit, self.run, self.total, self.step = limit, 0, 0, 0
+        self.limit, self.run, self.total, self.step = checks.integer("limit", limit), 0, 0, 0
 
     def update(self, skipped) -> None:
         for s in jnp.atleast_1d(jnp.asarray(skipped)).tolist():
@@ -200,19 +200,12 @@ class BadStepCounter:
                                      f"each of them; stopping")
 
 
-def _batch_size(batch_size) -> int:
-    """A positive Python or numpy integer (not a bool, not 4.0)."""
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
-
-
 def batch_mesh(batch_size: int, devices=None):
     """A 1-D mesh, axis "data", over the most of `devices` (default: all) that split
     `batch_size` evenly: all of them when they divide it, one when B = 1. Its `size` tells
     whether there is anything to split. Across processes (`jax.distributed`) it is all devices of
     all processes, and B must be divisible by their number."""
-    batch_size = _batch_size(batch_size)
+    batch_size = checks.integer("batch_size", batch_size)
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("devices is empty: a mesh needs at least one device")
@@ -310,7 +303,7 @@ def process_rows(mesh, batch_size: int) -> np.ndarray:
     `mesh` (sorted; `arange(B)` with one process). Slice your global batch with them, or load
     only those rows."""
     from jax.sharding import NamedSharding, PartitionSpec as P
-    batch_size = _batch_size(batch_size)
+    batch_size = checks.integer("batch_size", batch_size)
     if batch_size % mesh.devices.size:
         raise ValueError(f"batch_size {batch_size} is not divisible by the mesh's {mesh.devices.size} devices")
     idx = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch_size,)).values()

@@ -77,8 +77,8 @@ def test_bad_method_arguments_raise():
     with pytest.raises(ValueError, match="remat"):
         elman.hidden(params, x, remat=True, method="elk")
     us, h0 = elman.project(params, x), jnp.zeros((2, 8))
-    for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="max_iters"):
+    for bad, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="max_iters"):
             parallel.evaluate(elman.step, params, us, h0, max_iters=bad)
     for bad in (0.0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="tol"):

@@ -41,7 +41,7 @@ def test_init_schemes_follow_the_seeds():
 
 @pytest.mark.parametrize("bad", [0, -3])
 def test_init_rejects_nonpositive_sizes(bad):
-    with pytest.raises(ValueError, match="hidden_size must be positive"):
+    with pytest.raises(ValueError, match="hidden_size must be >= 1"):
         elman.init(jax.random.key(0), vocab_size=5, hidden_size=bad)
 
 

@@ -61,7 +61,7 @@ assert [jrnn.train.batch_mesh(b).size for b in (12, 6, 9, 7, 1)] == [4, 3, 3, 1,
 for bad in (0, -2, 2.0):
     try:
         jrnn.train.batch_mesh(bad)
-    except ValueError:
+    except (TypeError, ValueError):
         pass
     else:
         raise AssertionError(f"batch_mesh({bad!r}) accepted")
@@ -82,17 +82,19 @@ import numpy as np, jax, jrnn
 mesh = jrnn.train.batch_mesh(np.int64(8))          # a numpy integer is a batch size
 assert mesh.size == 4
 assert jrnn.train.process_rows(mesh, np.int32(8)).tolist() == list(range(8))
-def refused(f, says):
+def refused(f, says, error=ValueError):
     try:
         f()
-    except ValueError as e:
+    except error as e:
         assert says in str(e), e
     else:
         raise AssertionError("accepted")
-refused(lambda: jrnn.train.batch_mesh(True), "positive int")           # was a batch of 1
+refused(lambda: jrnn.train.batch_mesh(True), "batch_size must be an integer", TypeError)  # was a batch of 1
 refused(lambda: jrnn.train.batch_mesh(4, devices=[]), "devices is empty")  # was "max() arg is an empty sequence"
-for bad in (4.0, 0, -4, True):                                        # 4.0 gave float row indices
-    refused(lambda: jrnn.train.process_rows(mesh, bad), "positive int")
+for bad in (4.0, True):                                               # 4.0 gave float row indices
+    refused(lambda: jrnn.train.process_rows(mesh, bad), "batch_size must be an integer", TypeError)
+for bad in (0, -4):
+    refused(lambda: jrnn.train.process_rows(mesh, bad), "batch_size must be >= 1")
 refused(lambda: jrnn.train.process_rows(mesh, 6), "not divisible by the mesh's 4 devices")
 print("ok")
 """

@@ -48,7 +48,7 @@ def test_bad_temperature_raises(params, temperature):
         jrnn.generate(MODEL, params, jax.random.key(0), [1], 5, temperature=temperature)
 
 
-@pytest.mark.parametrize("prime,n,match", [([], 5, "non-empty"), ([11], 5, "token ids"), ([1], 0, "positive")])
+@pytest.mark.parametrize("prime,n,match", [([], 5, "non-empty"), ([11], 5, "token ids"), ([1], 0, "n must be >= 1")])
 def test_bad_prime_or_length_raises(params, prime, n, match):
     with pytest.raises(ValueError, match=match):
         jrnn.generate(MODEL, params, jax.random.key(0), np.array(prime, np.int32), n)

@@ -26,8 +26,8 @@ def test_default_unroll_is_1_on_cpu_8_on_gpu_and_never_more_than_t(as_gpu, monke
 def test_explicit_unroll_wins_and_bad_values_are_refused(as_gpu):
     assert rnn.resolve_unroll(2, 100) == 2 and rnn.resolve_unroll(np.int64(3), 100) == 3
     assert rnn.resolve_unroll(True, 100) is True and rnn.resolve_unroll(None, 100) == 8
-    for bad in (0, -1, 2.0, "8"):
-        with pytest.raises(ValueError, match="unroll"):
+    for bad, error in ((0, ValueError), (-1, ValueError), (2.0, TypeError), ("8", TypeError), (False, TypeError)):
+        with pytest.raises(error, match="unroll"):
             rnn.resolve_unroll(bad, 100)
     x = jnp.zeros((T, B), jnp.int32)
     p = elman.init(jax.random.key(0), vocab_size=V, hidden_size=H)
