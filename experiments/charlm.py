@@ -419,8 +419,7 @@ def main(argv=None):
             print(f"seed {s}: cost " + " ".join(f"{v:.3f}" for v in c))
         what = "cost" if args.seeds == 1 else f"median cost of {args.seeds} seeds"
         print(f"{what} after {args.epochs} epochs: {metrics['median_cost_after']:.4f} (wall {t.s:.1f} s)")
-    print(f"plot: {plot}")
-    print(f"results: {args.out / 'results.json'}")
+    common.print_saved(args.out, plot)
     return metrics
 
 

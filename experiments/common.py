@@ -344,6 +344,12 @@ def save_results(out: Path, name: str, config: dict, metrics: dict, wall_s: floa
     return path
 
 
+def print_saved(out: Path, plot: Path) -> None:
+    """The closing lines of every experiment: where its plot and results are."""
+    print(f"plot: {plot}")
+    print(f"results: {out / 'results.json'}")
+
+
 def plot_curves(out: Path, curves: dict, *, xlabel: str, ylabel: str, title: str,
                 filename: str = "loss.png") -> Path:
     """One PNG with a line per curve: curves = {label: (xs, ys)}."""

@@ -100,8 +100,7 @@ def main(argv=None):
     print(f"loss {metrics['first_loss']:.3f} -> {metrics['final_loss']:.3f}; "
           f"test token accuracy {metrics['test_token_accuracy']:.4f}")
     print(f"jax.grad vs hand-written BPTT (float64): rel. error {grad_err_start:.1e} at start, {grad_err_end:.1e} at end")
-    print(f"plot: {plot}")
-    print(f"results: {args.out / 'results.json'}")
+    common.print_saved(args.out, plot)
     return metrics
 
 

@@ -70,8 +70,7 @@ def main(argv=None):
     config = {"batch": BATCH, "hidden": HIDDEN, "vocab": VOCAB, "lengths": lengths, "timed_T": timed_T,
               "seed": args.seed}
     common.save_results(args.out, "memory", config, {"rows": rows}, t.s, plot=plot.name)
-    print(f"plot: {plot}")
-    print(f"results: {args.out / 'results.json'}")
+    common.print_saved(args.out, plot)
     return rows
 
 

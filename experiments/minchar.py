@@ -292,8 +292,7 @@ def main(argv=None):
     if "speedup_vs_numpy" in metrics:
         print(f"speed (compiled, steady state; the figure to compare): jrnn {metrics['jrnn_iters_per_s']:.0f} it/s, "
               f"min-char-rnn's numpy loop {metrics['numpy_iters_per_s']:.0f} it/s -> {metrics['speedup_vs_numpy']:.1f}x")
-    print(f"plot: {plot}")
-    print(f"results: {args.out / 'results.json'}")
+    common.print_saved(args.out, plot)
     return metrics
 
 

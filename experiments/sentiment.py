@@ -229,8 +229,7 @@ def main(argv=None):
         print(f"speed: jrnn {metrics['jrnn_epochs_per_s']:.0f} epochs/s ({len(seeds)} seeds under vmap on {n_devices} "
               f"device(s), counting only the {len(seeds)} asked), "
               f"numpy loop {metrics['numpy_epochs_per_s']:.1f} epochs/s -> {metrics['speedup_vs_numpy']:.1f}x")
-    print(f"plot: {plot}")
-    print(f"results: {args.out / 'results.json'}")
+    common.print_saved(args.out, plot)
     return metrics
 
 

@@ -126,8 +126,7 @@ def main(argv=None):
             print(f"{init:10s} {o:16s} " + " ".join(
                 f"{('ok ' if c['solved'] else 'FAIL')} {c['final_loss']:8.2g}" if c["finite"] else f"{'NaN/inf':>13s}"
                 for c in cells))
-    print(f"plot: {plot}")
-    print(f"results: {args.out / 'results.json'}")
+    common.print_saved(args.out, plot)
     return metrics
 
 
