@@ -1,0 +1,140 @@
+"""Any gated cell's recurrence with its weight gradient hoisted out of the backward loop.
+
+A cell step is `carry' = core(carry, u_t, a_t)` with the recurrent term `a_t = h_{t-1} W (+ b)`
+([..., H] x [H, G*H]). Differentiating a plain `lax.scan` of it gives a backward loop that, at
+every step, re-derives the gates' derivatives, multiplies by W^T, and accumulates dL/dW +=
+h_{t-1}^T da_t, one [H, B] x [B, G*H] outer product per step into a loop-carried sum.
+
+Here the recurrence has a custom JVP in three parts (the trick of `jrnn.elman_scan`, for any cell):
+
+1. the forward scan also keeps what the derivative needs (an LSTM's gate activations, a GRU's
+   r, z, n and h W_n + b_n), so no gate is evaluated twice;
+2. outside any loop, on whole `[T, ...]` arrays: the per-step derivative coefficients, and every
+   step's input-and-weight term `du_t`, `h_{t-1} dW + db` (one [T*B, H] x [H, G*H] matmul);
+3. a tangent scan that is linear in the carry's tangent, with one product `dh W` per step and
+   only `[..., H]`-sized inputs and outputs per step.
+
+JAX transposes part 3 for reverse mode: the backward loop keeps one `dz_t W^T` per step, and
+dL/dW becomes one [G*H, T*B] x [T*B, H] matmul after it. Because the rule is an ordinary JAX
+function (a `custom_jvp`, not a `custom_vjp`), forward mode, `vmap` and higher derivatives keep
+working. A cell opts in with a `Linearization` (below); `jrnn.cells` gives the LSTM's and GRU's.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jrnn import rnn
+
+
+class Linearization(NamedTuple):
+    """A cell's step split around its recurrent matmul, with its tangent.
+
+      forward(w, b, carry, u) -> (carry', saved)   one primal step; `saved` is what the tangent
+                                                   needs that the carries do not hold
+      h(carry) -> [..., H]                         the part of the carry that multiplies W
+      out(carry) -> [..., H]                       the step's output (h)
+      coefficients(saved, prev, new) -> (k, e)     per-step coefficients, computed on whole [T, ...]
+                                                   arrays (prev/new: the carries entering / leaving
+                                                   each step): k for the tangent scan, e for drive
+      drive(k, e, du, da) -> s                     the tangent's inputs at each step, linear in
+                                                   (du [T, ..., G*H], da = h_{t-1} dW + db), whole
+                                                   arrays, [T, ..., H]-sized
+      tangent(k_t, dcarry, y, s_t) -> dcarry'      one tangent step, linear in (dcarry, y, s_t),
+                                                   y = h(dcarry) W
+    """
+    forward: Callable
+    h: Callable
+    out: Callable
+    coefficients: Callable
+    drive: Callable
+    tangent: Callable
+
+
+def _select(m, new, old):
+    """`new` where m (a real step), `old` across padding; m is `[..., 1]`-broadcastable."""
+    if m is None:
+        return new
+    return jax.tree.map(lambda a, b: jnp.where(m, a, b), new, old)
+
+
+def _entering(cs, c0, reverse):
+    """The carry entering each step: c0, then the carries shifted by one in the direction of travel."""
+    if reverse:
+        return jax.tree.map(lambda a, z: jnp.concatenate([a[1:], z[None]]), cs, c0)
+    return jax.tree.map(lambda a, z: jnp.concatenate([z[None], a[:-1]]), cs, c0)
+
+
+def _affine(h, w, b):
+    a = h @ w
+    return a if b is None else a + b.reshape((1,) * (a.ndim - 1) + b.shape)
+
+
+def _forward(lin, w, b, us, c0, mask, reverse, unroll):
+    """(final carry, carries after every step [T, ...], saved [T, ...])."""
+    def body(c, x):
+        u, m = x
+        new, saved = lin.forward(w, b, c, u)   # b: the recurrent bias, if the cell has one
+        new = _select(m, new, c)
+        return new, (new, saved)
+
+    final, (cs, saved) = jax.lax.scan(body, c0, (us, mask), reverse=reverse, unroll=unroll)
+    return final, cs, saved
+
+
+def _outputs(lin, cs, mask):
+    hs = lin.out(cs)
+    return hs if mask is None else jnp.where(mask, hs, 0.0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 6, 7))
+def _recurrence(lin, w, b, us, c0, mask, reverse, unroll):
+    final, cs, _ = _forward(lin, w, b, us, c0, mask, reverse, unroll)
+    return _outputs(lin, cs, mask), final
+
+
+@_recurrence.defjvp
+def _recurrence_jvp(lin, reverse, unroll, primals, tangents):
+    w, b, us, c0, mask = primals
+    dw, db, dus, dc0, _ = tangents
+    final, cs, saved = _forward(lin, w, b, us, c0, mask, reverse, unroll)
+    prev = _entering(cs, c0, reverse)
+    k, e = lin.coefficients(saved, prev, cs)
+    da = _affine(lin.h(prev), dw, None if b is None else db)   # every step's dW term, one matmul
+    s = lin.drive(k, e, dus, da)
+
+    def body(dc, x):
+        k_t, s_t, m = x
+        new = lin.tangent(k_t, dc, lin.h(dc) @ w, s_t)
+        new = _select(m, new, dc)
+        return new, lin.out(new)
+
+    dfinal, dhs = jax.lax.scan(body, dc0, (k, s, mask), reverse=reverse, unroll=unroll)
+    if mask is not None:
+        dhs = jnp.where(mask, dhs, 0.0)
+    return (_outputs(lin, cs, mask), final), (dhs, dfinal)
+
+
+def run(lin: Linearization, w, b, us, c0, *, mask=None, reverse: bool = False, unroll: int | None = None):
+    """All outputs of the recurrence and its final carry.
+
+    Args:
+      lin: the cell's `Linearization`.
+      w: recurrent weight `[H, G*H]`; b: recurrent bias `[G*H]` or None.
+      us: projected inputs `[T, ..., G*H]`.
+      c0: initial carry (a pytree of `[..., H]`).
+      mask: optional `[T, ...]`: where 0 (padding) the carry is frozen and the output is 0.
+      unroll: steps per loop iteration; None: `jrnn.rnn.default_unroll`.
+
+    Returns:
+      (hs `[T, ..., H]`, final carry), equal to a `lax.scan` of the cell's step.
+    """
+    if mask is not None:
+        # broadcast once to [T, ..., 1]: the loops' selects then need no reshaping
+        mask = jnp.asarray(mask, bool)[..., None]
+        us = jnp.where(mask, us, 0.0)  # "double where": padding never feeds NaN/inf into grads
+    return _recurrence(lin, w, b, us, c0, mask, bool(reverse), rnn.resolve_unroll(unroll, us.shape[0]))

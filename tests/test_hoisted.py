@@ -1,0 +1,122 @@
+"""jrnn.hoisted (the LSTM's and GRU's recurrence with the weight gradient hoisted out of the
+backward loop) equals a plain lax.scan of the cell's step in value and in every derivative JAX
+offers: reverse, forward, second order, under vmap, with masks and in reverse direction."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jrnn import cells, rnn
+from jrnn.testing import assert_trees_close
+
+RTOL = 1e-10
+GATED = ["lstm", "gru"]
+
+
+def plain(cell):
+    """The same cell without its own scan: `rnn.run` then scans its step (`rnn.masked` for masks)."""
+    return cell._replace(scan=None)
+
+
+def problem(name, seed=3, T=9, B=3, D=4, H=5):
+    rng = np.random.RandomState(seed)
+    cell = cells.get(name)
+    p = cell.init(jax.random.key(seed), D, H, jnp.float64)
+    p = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.randn(*a.shape)), p)   # nonzero biases too
+    xs = jnp.asarray(rng.randn(T, B, D))
+    mask = jnp.asarray(np.arange(T)[:, None] < rng.randint(1, T + 1, size=B)[None, :])
+    carry = jax.tree.map(lambda z: jnp.asarray(0.3 * rng.randn(*z.shape)), cell.zeros(p, (B,)))
+    return cell, p, xs, mask, carry
+
+
+def loss_of(cell, mask, reverse, weights):
+    def loss(p, xs, carry):
+        hs, final = rnn.run(cell, p, xs, carry, mask=mask, reverse=reverse)
+        # every output carries gradient: the states (through a nonlinearity) and the final carry
+        return jnp.sum(jnp.sin(hs) * weights) + sum(jnp.sum(c ** 3) for c in jax.tree.leaves(final))
+    return loss
+
+
+def slow_unless(fast, cases):
+    """The cases for which `fast(case)` is false run in the full suite only (marked slow)."""
+    return [pytest.param(*c, marks=() if fast(*c) else pytest.mark.slow) for c in cases]
+
+
+# the default suite runs the masked case both ways per cell; the full suite the whole grid
+@pytest.mark.parametrize("name,masked,reverse", slow_unless(
+    lambda name, masked, reverse: masked and reverse == (name == "lstm"),
+    list(itertools.product(GATED, [False, True], [False, True]))))
+def test_values_and_gradients_equal_the_plain_scan(name, masked, reverse):
+    cell, p, xs, mask, carry = problem(name)
+    mask = mask if masked else None
+    assert cell.scan is not None
+    for a, b in zip(jax.tree.leaves(rnn.run(cell, p, xs, carry, mask=mask, reverse=reverse)),
+                    jax.tree.leaves(rnn.run(plain(cell), p, xs, carry, mask=mask, reverse=reverse))):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+    weights = jnp.asarray(np.random.RandomState(1).randn(*xs.shape[:2], 5))
+    g = jax.grad(loss_of(cell, mask, reverse, weights), argnums=(0, 1, 2))(p, xs, carry)
+    ref = jax.grad(loss_of(plain(cell), mask, reverse, weights), argnums=(0, 1, 2))(p, xs, carry)
+    assert_trees_close(g, ref, rtol=RTOL, what="d loss / (params, inputs, carry)")
+
+
+@pytest.mark.parametrize("name", slow_unless(lambda name: name == "lstm", [(n,) for n in GATED]))
+def test_token_ids_and_unbatched_inputs_equal_the_plain_scan(name):
+    cell = cells.get(name)
+    p = cell.init(jax.random.key(0), 7, 4, jnp.float64)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, 7, size=(6,)))       # [T]: one sequence of ids
+    f = lambda c, p: jnp.sum(rnn.run(c, p, ids)[0] ** 2)
+    assert_trees_close(jax.grad(f, argnums=1)(cell, p), jax.grad(f, argnums=1)(plain(cell), p), rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", slow_unless(lambda name: name == "gru", [(n,) for n in GATED]))
+def test_forward_mode_and_second_order_equal_the_plain_scan(name):
+    cell, p, xs, mask, carry = problem(name, T=5, B=2, H=3)
+    weights = jnp.asarray(np.random.RandomState(2).randn(5, 2, 3))
+    f, ref = loss_of(cell, mask, False, weights), loss_of(plain(cell), mask, False, weights)
+    tangent = jax.tree.map(lambda a: jnp.full_like(a, 0.1), p)
+    assert_trees_close(jax.jvp(lambda p: f(p, xs, carry), (p,), (tangent,)),
+                       jax.jvp(lambda p: ref(p, xs, carry), (p,), (tangent,)), rtol=RTOL, what="jvp")
+    hvp = lambda g: jax.jvp(jax.grad(lambda p: g(p, xs, carry)), (p,), (tangent,))[1]
+    assert_trees_close(hvp(f), hvp(ref), rtol=1e-9, what="Hessian-vector product")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GATED)
+def test_check_grads_to_second_order_in_both_modes(name):
+    cell, p, xs, mask, carry = problem(name, T=4, B=2, H=3)
+    check_grads(lambda p, xs, carry: rnn.run(cell, p, xs, carry, mask=mask)[0], (p, xs, carry),
+                order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GATED)
+def test_vmap_over_parameters_equals_a_loop(name):
+    cell, _, xs, mask, carry = problem(name)
+    ps = [problem(name, seed=s)[1] for s in range(3)]
+    grad = jax.grad(lambda p: jnp.sum(rnn.run(cell, p, xs, carry, mask=mask)[0] ** 2))
+    batched = jax.vmap(grad)(jax.tree.map(lambda *a: jnp.stack(a), *ps))
+    for i, p in enumerate(ps):
+        assert_trees_close(jax.tree.map(lambda a: a[i], batched), grad(p), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", slow_unless(lambda name: name == "gru", [(n,) for n in GATED]))
+def test_padding_with_nan_never_reaches_the_gradient(name):
+    cell, p, xs, mask, carry = problem(name)
+    xs = jnp.where(mask[..., None], xs, jnp.nan)
+    g = jax.grad(lambda p: jnp.sum(rnn.run(cell, p, xs, carry, mask=mask)[0] ** 2))(p)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GATED)
+def test_float32_agrees_with_the_float64_reference(name):
+    cell, p, xs, mask, carry = problem(name, T=30, B=4, H=16, D=8)
+    f = lambda c, p, xs, carry: jnp.sum(jnp.tanh(rnn.run(c, p, xs, carry, mask=mask)[0]))
+    g64 = jax.grad(f, argnums=1)(plain(cell), p, xs, carry)
+    to32 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32), t)
+    g32 = jax.grad(f, argnums=1)(cell, to32(p), to32(xs), to32(carry))
+    assert_trees_close(g32, g64, rtol=1e-4, what="float32 hoisted vs float64 plain")
