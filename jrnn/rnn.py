@@ -47,8 +47,9 @@ class Cell(NamedTuple):
     """A recurrent cell as pure functions (see `jrnn.cells` for the contract and the cells).
 
     `scan`, optional, is a cell's own whole-sequence loop, `(params, us, carry, *, mask, reverse,
-    unroll) -> (hs, carry)`, equal to scanning `step` but faster (the Elman cell's hoists its
-    weight gradient, `jrnn.elman_scan`); `run` uses it unless `remat` is asked for.
+    unroll) -> (hs, carry)`, equal to scanning `step` but faster (the built-in cells hoist their
+    weight gradient out of the backward loop: `jrnn.elman_scan` for Elman, `jrnn.hoisted` for
+    LSTM and GRU); `run` uses it unless `remat` is asked for.
     `name` names the cell in errors; `params`, optional, is the params type (or tuple of types)
     the cell takes, so that params of another cell are refused with a message naming both.
     A Cell is hashable (its fields are functions, a string and types), so a model holding one
