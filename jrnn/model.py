@@ -344,7 +344,8 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
       remat: the readout and loss run inside a scan that keeps only sqrt(T) carries for the
         backward pass (`rnn.checkpointed_scan`): memory grows like sqrt(T) instead of T, for one
         extra forward pass and per-step projections and readouts. Not with k1/k2 (the TBPTT
-        windows already bound what the backward pass keeps).
+        windows already bound what the backward pass keeps). Both k1/k2 and remat run the stack
+        step by step, so a bidirectional model takes neither (ValueError): its loss is full BPTT.
       dropout: rate between layers (needs `key`). Its keep-masks are drawn once for the chunk
         (`dropout_keep`), so with the same key the plain, `remat` and TBPTT losses drop the same
         units at the same steps: equal values, and equal gradients where the truncation is none.

@@ -66,7 +66,12 @@ def test_bidirectional_model_equals_the_composition_by_hand_in_value_and_gradien
         hand_last = jnp.stack([jnp.concatenate([hs[-1, :H], hs[0, H:]]) for hs, _ in hand]) @ p.w_hy + p.b_y[None]
         return (logits, final, last, loss), (hand_logits, [f for _, f in hand], hand_last, hand_loss)
 
-    (logits, final, last, loss), (hand_logits, hand_final, hand_last, hand_loss) = jax.jit(both)(p, carry)
+    @jax.jit   # one program: both sides' values and gradients
+    def run(p, c):
+        grad = lambda i: jax.grad(lambda p, c: both(p, c)[i][3], argnums=(0, 1))(p, c)
+        return both(p, c), grad(0), grad(1)
+
+    ((logits, final, last, loss), (hand_logits, hand_final, hand_last, hand_loss)), g, g_hand = run(p, carry)
     for b, n in enumerate(LENGTHS):
         np.testing.assert_allclose(logits[:n, b], hand_logits[b], rtol=RTOL)   # the length-aware property
         assert np.all(np.asarray(logits[n:, b]) == np.asarray(p.b_y))          # padding: zero states
@@ -74,14 +79,13 @@ def test_bidirectional_model_equals_the_composition_by_hand_in_value_and_gradien
             assert_trees_close(jax.tree.map(lambda a: a[b], tuple(layer)), (cf, cb), rtol=RTOL)
     np.testing.assert_allclose(last, hand_last, rtol=RTOL)
     np.testing.assert_allclose(float(loss), float(hand_loss), rtol=RTOL)
-    grad = lambda i: jax.jit(jax.grad(lambda p, c: both(p, c)[i][3], argnums=(0, 1)))(p, carry)
-    g, g_hand = grad(0), grad(1)
     assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(g))             # NaN padding never leaks
     assert_trees_close(g, g_hand, rtol=RTOL)
 
 
-def test_dropout_and_compute_dtype_work_on_a_bidirectional_model():
-    model, p, x, y, carry = _problem("lstm", seed=2)
+@pytest.mark.parametrize("name", ["elman", pytest.param("lstm", marks=pytest.mark.slow)])
+def test_dropout_remat_states_and_compute_dtype_work_on_a_bidirectional_model(name):
+    model, p, x, y, carry = _problem(name, seed=2)
     key = jax.random.key(4)
     rate = 0.3
     # dropout between layers drops units of the [T, B, 2H] concat, as rnn.stack draws them
@@ -91,7 +95,10 @@ def test_dropout_and_compute_dtype_work_on_a_bidirectional_model():
     h1, _ = rnn.bidirectional(model.cell, *p.layers[1], rnn.dropped(h0, keep, rate), mask=MASK, carry=carry[1])
     got, _ = model.hidden(p, x, carry, mask=MASK, dropout=rate, key=key)
     np.testing.assert_allclose(got, h1, rtol=RTOL)
-    assert not np.allclose(got, model.hidden(p, x, carry, mask=MASK)[0])
+    plain, _ = model.hidden(p, x, carry, mask=MASK)
+    assert not np.allclose(got, plain)
+    # per-layer rematerialised scans (hidden's remat, not the fused causal loss): the same states
+    np.testing.assert_allclose(model.hidden(p, x, carry, mask=MASK, remat=True)[0], plain, rtol=RTOL)
     # bf16 compute: logits in the params' dtype, close to float64's
     lo16, _ = model.apply(p, x, carry, mask=MASK, compute_dtype=jnp.bfloat16)
     assert lo16.dtype == jnp.float64

@@ -30,7 +30,7 @@ def _problem(name, seed=0):
 VARIANTS = ({}, {"remat": True}, {"k1": T, "k2": T}, {"k1": 2, "k2": T}, {"k1": 2, "k2": 3})
 
 
-@pytest.mark.parametrize("name", ["lstm", pytest.param("elman", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", ["elman", pytest.param("lstm", marks=pytest.mark.slow),
                                   pytest.param("gru", marks=pytest.mark.slow)])
 def test_remat_and_untruncated_tbptt_equal_the_plain_dropout_loss_and_gradient(name):
     model, p, x, y, carry = _problem(name, seed=1)
@@ -98,7 +98,7 @@ def test_truncated_tbptt_with_dropout_equals_the_hand_written_surrogate(name):
 
 
 def test_the_plain_path_draws_as_before_and_keys_and_rate_zero_behave():
-    model, p, x, y, carry = _problem("gru", seed=3)
+    model, p, x, y, carry = _problem("elman", seed=3)
     key = jax.random.key(7)
     # rnn.stack's stream: split(key, layers)[i] -> bernoulli over [T, ..., H] (as before this change)
     h1, _ = rnn.run(model.cell, p.layers[0], x, carry[0])
