@@ -2,6 +2,7 @@
 
     python -m experiments.report            # rewrite README.md between its report markers
     python -m experiments.report --check    # exit 1 if README.md's tables differ from the runs
+    python -m experiments.report --only bench_lstm,bench_gru   # just these tables
 
 Every results table of the README lives between `<!-- report:begin NAME -->` and
 `<!-- report:end NAME -->` and is replaced as a whole, never edited by hand. A row's numbers come
@@ -349,8 +350,9 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
 MARKER = re.compile(r"<!-- report:(begin|end) ([\w-]+) -->")
 
 
-def render(readme: str, runs: Path) -> tuple[str, list[str]]:
-    """README text with every marked region replaced; (new text, problems)."""
+def render(readme: str, runs: Path, only=None) -> tuple[str, list[str]]:
+    """README text with every marked region replaced (only those named in `only`, if given; the
+    others keep their text); (new text, problems)."""
     out, problems, pos, open_name = [], [], 0, None
     for m in MARKER.finditer(readme):
         kind, name = m.groups()
@@ -362,9 +364,12 @@ def render(readme: str, runs: Path) -> tuple[str, list[str]]:
         else:
             if open_name != name:
                 raise ValueError(f"report:end {name} without a matching report:begin {name}")
-            lines, bad = build(name, runs)
-            problems += bad
-            out.append("\n" + "\n".join(lines) + "\n")
+            if only is None or name in only:
+                lines, bad = build(name, runs)
+                problems += bad
+                out.append("\n" + "\n".join(lines) + "\n")
+            else:
+                out.append(readme[pos:m.start()])
             out.append(m.group(0))
             open_name = None
         pos = m.end()
@@ -380,13 +385,22 @@ def main(argv=None):
     ap.add_argument("--readme", type=Path, default=Path("README.md"), help="file to rewrite (default: README.md)")
     ap.add_argument("--runs", type=Path, default=Path("runs"), help="folder of the runs (default: runs)")
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is out of date")
+    ap.add_argument("--only", type=lambda s: [n.strip() for n in s.split(",") if n.strip()], default=None,
+                    help="comma-separated table names to regenerate (e.g. bench_lstm,bench_gru); the "
+                         "other tables keep their text")
     args = ap.parse_args(argv)
     if not args.readme.is_file():
         raise ValueError(f"no {args.readme}: run from the repository root or pass --readme")
     text = args.readme.read_text()
     if not MARKER.search(text):
         raise ValueError(f"{args.readme} has no <!-- report:begin NAME --> markers: nothing to regenerate")
-    new, problems = render(text, args.runs)
+    if args.only is not None:
+        names = set(n for kind, n in MARKER.findall(text) if kind == "begin")
+        unknown = [n for n in args.only if n not in names]
+        if unknown or not args.only:
+            raise ValueError(f"--only names no table of {args.readme}: {unknown or args.only}; "
+                             f"its tables: {', '.join(sorted(names))}")
+    new, problems = render(text, args.runs, None if args.only is None else set(args.only))
     for p in problems:
         print(f"not yet regenerated: {p}")
     if args.check:

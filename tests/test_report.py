@@ -182,3 +182,15 @@ def test_a_budgeted_lstm_bench_lists_what_it_left_out_and_a_full_run_is_not_it(t
     # an LSTM run in the GRU folder is another command: flagged, its numbers not shown twice
     gru = text[text.index("report:begin bench_gru"):]
     assert report.NOT_YET in gru and "900" not in gru
+
+
+def test_only_rewrites_the_named_tables_and_keeps_the_others_verbatim(tmp_path):
+    runs = tmp_path / "runs"
+    p = readme(tmp_path, "experiments", "bench_lstm", "cells")
+    report.main(["--readme", str(p), "--runs", str(runs), "--only", "bench_lstm"])
+    text = p.read_text()
+    assert "OLD experiments TABLE 1.234" in text and "OLD cells TABLE 1.234" in text
+    assert "OLD bench_lstm TABLE" not in text and "not yet regenerated" in text
+    with pytest.raises(ValueError, match="--only names no table"):
+        report.main(["--readme", str(p), "--runs", str(runs), "--only", "bench_gru"])   # not in this file
+    assert p.read_text() == text
