@@ -12,8 +12,10 @@ tangent is the linear recurrence
 with the `h_{t-1} dW` term for all t computed by one matmul before a scan that is linear in dh
 only. JAX transposes that for reverse mode: the backward loop keeps just dz_t W^T, and dL/dW
 becomes one [H, T*B] x [T*B, H] matmul after it (`python -m experiments.bench` measures it).
-Because the rule is an ordinary JAX function (a `custom_jvp`, not a `custom_vjp`), forward mode,
-`vmap` and higher derivatives keep working. Tests compare it with the plain scan and `jrnn.bptt`.
+The machinery (time, masks, direction, the custom JVP) is `jrnn.hoisted`, shared with the LSTM
+and GRU; this module holds the Elman step's part of it. Because the rule is an ordinary JAX
+function (a `custom_jvp`, not a `custom_vjp`), forward mode, `vmap` and higher derivatives keep
+working. Tests compare it with the plain scan and `jrnn.bptt`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jrnn import rnn
+from jrnn import hoisted
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
 
@@ -35,52 +37,18 @@ DERIVATIVES = {
 }
 
 
-def _select(m, new, old):
-    return new if m is None else jax.lax.select(m, new, old)
-
-
-def _carries(w, us, h0, mask, activation, reverse, unroll):
-    """Carry after every step `[T, ..., H]` and the final carry (frozen where mask is 0)."""
-    act = ACTIVATIONS[activation]
-
-    def body(h, x):
-        u, m = x
-        h = _select(m, act(u + h @ w), h)
-        return h, h
-
-    return jax.lax.scan(body, h0, (us, mask), reverse=reverse, unroll=unroll)
-
-
-def _previous(cs, h0, reverse):
-    """The carry entering each step: h0 then cs shifted by one in the direction of travel."""
-    if reverse:
-        return jnp.concatenate([cs[1:], h0[None]])
-    return jnp.concatenate([h0[None], cs[:-1]])
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
-def _recurrence(w, us, h0, mask, activation, reverse, unroll):
-    h_T, cs = _carries(w, us, h0, mask, activation, reverse, unroll)
-    return (cs if mask is None else jnp.where(mask, cs, 0.0)), h_T
-
-
-@_recurrence.defjvp
-def _recurrence_jvp(activation, reverse, unroll, primals, tangents):
-    w, us, h0, mask = primals
-    dw, dus, dh0, _ = tangents
-    h_T, cs = _carries(w, us, h0, mask, activation, reverse, unroll)
-    a = DERIVATIVES[activation](cs)
-    drive = dus + _previous(cs, h0, reverse) @ dw     # every step's dW term in one matmul
-
-    def body(dh, x):
-        a_t, d_t, m = x
-        dh = _select(m, a_t * (d_t + dh @ w), dh)
-        return dh, dh
-
-    dh_T, dcs = jax.lax.scan(body, dh0, (a, drive, mask), reverse=reverse, unroll=unroll)
-    if mask is not None:
-        cs, dcs = jnp.where(mask, cs, 0.0), jnp.where(mask, dcs, 0.0)
-    return (cs, h_T), (dcs, dh_T)
+@functools.lru_cache(maxsize=None)
+def linearization(activation: str) -> hoisted.Linearization:
+    """The Elman step h' = act(u + h W) for `jrnn.hoisted`: nothing saved beyond the states,
+    coefficient a_t = act'(z_t) read off h_t, tangent dh' = a_t (du_t + h_{t-1} dW + dh W).
+    Cached, so each activation's is one hashable value (one compiled program per activation)."""
+    act, slope = ACTIVATIONS[activation], DERIVATIVES[activation]
+    forward = lambda w, b, h, u: (act(u + h @ w), None)
+    coefficients = lambda saved, prev, new: (slope(new), None)
+    drive = lambda a, _, du, da: du + da          # (the coefficient waits for the loop: see hoisted.run)
+    tangent = lambda a, dh, y, s: a * (s + y)
+    same = lambda h: h
+    return hoisted.Linearization(forward, same, same, coefficients, drive, tangent)
 
 
 def run(w_hh, us, h0, *, mask=None, activation: str = "tanh", reverse: bool = False, unroll: int | None = None):
@@ -99,9 +67,4 @@ def run(w_hh, us, h0, *, mask=None, activation: str = "tanh", reverse: bool = Fa
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
-    if mask is not None:
-        # broadcast once to [T, ..., H], so the loops' bodies hold no mask-only work for JAX to
-        # split into a loop of its own when it differentiates them
-        mask = jnp.broadcast_to(jnp.asarray(mask, bool)[..., None], us.shape)
-        us = jnp.where(mask, us, 0.0)  # "double where": padding never feeds NaN/inf into grads
-    return _recurrence(w_hh, us, h0, mask, activation, reverse, rnn.resolve_unroll(unroll, us.shape[0]))
+    return hoisted.run(linearization(activation), w_hh, None, us, h0, mask=mask, reverse=reverse, unroll=unroll)

@@ -56,10 +56,11 @@ class Linearization(NamedTuple):
 
 
 def _select(m, new, old):
-    """`new` where m (a real step), `old` across padding; m is `[..., 1]`-broadcastable."""
+    """`new` where m (a real step), `old` across padding; m has the carry leaves' shape."""
     if m is None:
         return new
-    return jax.tree.map(lambda a, b: jnp.where(m, a, b), new, old)
+    # lax.select, not jnp.where: the latter is a nested jitted call inside the loop body
+    return jax.tree.map(lambda a, b: jax.lax.select(m, a, b), new, old)
 
 
 def _entering(cs, c0, reverse):
@@ -134,7 +135,9 @@ def run(lin: Linearization, w, b, us, c0, *, mask=None, reverse: bool = False, u
       (hs `[T, ..., H]`, final carry), equal to a `lax.scan` of the cell's step.
     """
     if mask is not None:
-        # broadcast once to [T, ..., 1]: the loops' selects then need no reshaping
         mask = jnp.asarray(mask, bool)[..., None]
         us = jnp.where(mask, us, 0.0)  # "double where": padding never feeds NaN/inf into grads
+        # broadcast once to the carry's [T, ..., H], so the loops' bodies hold no mask-only work
+        # for JAX to split into a loop of its own when it differentiates them
+        mask = jnp.broadcast_to(mask, mask.shape[:-1] + jax.tree.leaves(c0)[0].shape[-1:])
     return _recurrence(lin, w, b, us, c0, mask, bool(reverse), rnn.resolve_unroll(unroll, us.shape[0]))
