@@ -210,6 +210,12 @@ def carries(model: Model, layers: tuple, batch, carry) -> tuple:
 def _compute(params, layers, compute_dtype):
     if compute_dtype is None:
         return params, layers
+    try:
+        floating = jnp.issubdtype(compute_dtype, jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise TypeError(f"compute_dtype must be a float dtype (e.g. jnp.bfloat16) or None, got {compute_dtype!r}")
     cast = lambda t: jax.tree.map(lambda a: a.astype(compute_dtype), t)
     return cast(params), cast(layers)
 
@@ -378,6 +384,7 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
         c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
         if jnp.issubdtype(inputs.dtype, jnp.floating):
             inputs = inputs.astype(compute_dtype)
+    inputs = rnn.float_inputs(inputs, layers, c0)
     T = inputs.shape[0]
     m = jnp.ones((T, *batch), bool) if mask is None else check_mask(mask, (T, *batch))
     out_dtype = jnp.result_type(params.w_hy)

@@ -167,6 +167,43 @@ def zero_padding(inputs, mask):
     return jnp.where(mask.reshape(mask.shape + (1,) * (inputs.ndim - mask.ndim)), inputs, 0.0)
 
 
+def float_inputs(inputs, params, carry=None):
+    """Float features in the dtype the cells compute in (the params' float dtype, or the given
+    carry's), where they would otherwise promote it: float64 features (numpy's default, kept
+    under x64) into float32 params, or float32 into bfloat16 ones, would make each step's carry
+    wider than the one entering it (a scan-type error deep in JAX). Others are returned as given."""
+    if not hasattr(inputs, "dtype") or not jnp.issubdtype(inputs.dtype, jnp.floating):
+        return inputs
+    dts = [a.dtype for a in jax.tree.leaves((params, carry))
+           if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)]
+    if not dts:
+        return inputs
+    dt = jnp.result_type(*dts)
+    return inputs if jnp.promote_types(inputs.dtype, dt) == dt else jnp.asarray(inputs).astype(dt)
+
+
+def check_carry(cell, params, carry, batch_shape):
+    """The cell's zero carry for `batch_shape` if `carry` is None, else `carry` checked against
+    it: the same pytree (a tuple or list for a NamedTuple carry such as `LSTMState(h, c)` is
+    converted; numpy arrays too) with the same leaf shapes, or a TypeError/ValueError naming the
+    carry before anything is traced."""
+    zero = cell.zeros(params, tuple(batch_shape))
+    if carry is None:
+        return zero
+    if isinstance(zero, tuple) and isinstance(carry, (list, tuple)) and type(carry) is not type(zero) \
+            and len(carry) == len(zero):
+        carry = type(zero)(*carry) if hasattr(zero, "_fields") else type(zero)(carry)
+    if jax.tree.structure(carry) != jax.tree.structure(zero):
+        raise TypeError(f"carry of the {cell.name} cell must look like its zeros, {jax.tree.structure(zero)}, "
+                        f"got {type(carry).__name__} {jax.tree.structure(carry)}")
+    carry = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jnp.asarray(a), carry)
+    for g, z in zip(jax.tree.leaves(carry), jax.tree.leaves(zero)):
+        if tuple(g.shape) != tuple(z.shape):
+            raise ValueError(f"carry of the {cell.name} cell must have shape {tuple(z.shape)} ([..., H]) for "
+                             f"these inputs, got {tuple(g.shape)}")
+    return carry
+
+
 def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int | None = None,
         remat: bool = False, method: str = "sequential"):
     """Run any `jrnn.cells.Cell` over time-major inputs.
@@ -194,10 +231,10 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
     inputs = jnp.asarray(inputs)
     if inputs.ndim == 0 or inputs.shape[0] == 0:
         raise ValueError(f"empty sequence: inputs have shape {inputs.shape}")
+    inputs = float_inputs(inputs, params, carry)
     inputs = zero_padding(inputs, mask)
     us = cell.project(params, inputs)
-    if carry is None:
-        carry = cell.zeros(params, us.shape[1:-1])
+    carry = check_carry(cell, params, carry, us.shape[1:-1])
     if mask is not None:
         mask = jnp.asarray(mask, bool)
         if mask.shape != us.shape[:-1]:
@@ -282,10 +319,28 @@ def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float
 
 def check_dropout(dropout, key) -> None:
     """A rate in [0, 1) (NaN refused), and a PRNG key when it is > 0."""
+    number = isinstance(dropout, (int, float, np.integer, np.floating)) or (
+        isinstance(dropout, (np.ndarray, jax.Array)) and dropout.ndim == 0
+        and jnp.issubdtype(dropout.dtype, jnp.floating))
+    if isinstance(dropout, (bool, np.bool_)) or not number:
+        raise TypeError(f"dropout must be a number in [0, 1), got {type(dropout).__name__} {dropout!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if dropout > 0.0 and key is None:
         raise ValueError("dropout needs a PRNG key (pass key=...; use dropout=0 at evaluation)")
+    if dropout > 0.0 and not _is_key(key):
+        raise TypeError(f"dropout's key must be one PRNG key (jax.random.key(seed), or a legacy "
+                        f"jax.random.PRNGKey(seed)), got {type(key).__name__} of shape {np.shape(key)}")
+
+
+def _is_key(key) -> bool:
+    """One PRNG key: a typed key array of shape (), or a legacy uint32 [2] key."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return key.shape == ()
+    return dtype == jnp.uint32 and key.shape == (2,)
 
 
 def dropout_keep(key, rate, n_layers: int, layer: int, shape) -> jax.Array:
@@ -298,4 +353,5 @@ def dropout_keep(key, rate, n_layers: int, layer: int, shape) -> jax.Array:
 
 def dropped(hs, keep, rate):
     """Inverted dropout: kept units scaled by 1 / (1 - rate), so evaluation needs no rescaling."""
-    return jnp.where(keep, hs / (1.0 - rate), 0.0)
+    # the scale in hs's dtype: a numpy float64 rate would otherwise promote float32/bfloat16 states
+    return jnp.where(keep, hs / jnp.asarray(1.0 - rate, hs.dtype), 0.0)

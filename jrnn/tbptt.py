@@ -87,6 +87,7 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
         c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
         if jnp.issubdtype(inputs.dtype, jnp.floating):
             inputs = inputs.astype(compute_dtype)
+    inputs = rnn.float_inputs(inputs, layers, c0)
     m = jnp.ones((T, *batch), bool) if mask is None else model_lib.check_mask(mask, (T, *batch))
     if jnp.issubdtype(inputs.dtype, jnp.floating):  # "double where": NaN padding never reaches a gradient
         inputs = jnp.where(m[..., None], inputs, 0.0)

@@ -171,3 +171,25 @@ def test_carries_and_checkpoints_of_a_bidirectional_model(tmp_path):
     one_way = jrnn.model.make(cells.LSTM, input_size=D, hidden_size=H, output_size=V, layers=2).init(jax.random.key(0))
     with pytest.raises(ValueError):
         jrnn.checkpoint.load_latest(tmp_path, {"params": one_way, "carry": final})
+
+
+def test_float64_features_into_float32_params_with_masks_run_in_float32():
+    """Bidirectional apply_last and loss with padding, on float64 features (numpy's
+    default under x64) and float32 params: float32 results equal to features cast by hand (was
+    a lax.select dtype error inside the backward direction's scan)."""
+    model, p, x, y, _ = _problem("elman")
+    p = jax.tree.map(lambda a: a.astype(jnp.float32), p)
+    x32 = x.astype(np.float32)
+    for f in (lambda m, q, a: m.apply_last(q, a, mask=MASK)[0], lambda m, q, a: m.loss(q, a, y, mask=MASK)[0]):
+        got = f(model, p, x)
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(got, f(model, p, x32))
+
+
+def test_lm_model_takes_numpy_false_and_refuses_non_bools():
+    assert not lm.model("gru", vocab_size=V, hidden_size=H, bidirectional=np.False_).bidirectional
+    with pytest.raises(ValueError, match="language model cannot be bidirectional"):
+        lm.model("gru", vocab_size=V, hidden_size=H, bidirectional=np.True_)
+    for b in (0, 1, "yes", None):
+        with pytest.raises(TypeError, match="bidirectional must be a bool"):
+            lm.model("gru", vocab_size=V, hidden_size=H, bidirectional=b)

@@ -123,3 +123,32 @@ def test_bad_dropout_arguments_are_refused_before_tracing():
                 model.loss(p, x, y, dropout=rate, key=jax.random.key(0), **kw)
     with pytest.raises(ValueError, match="TBPTT .* takes no remat"):
         model.loss(p, x, y, k1=2, k2=3, remat=True)
+
+
+def test_a_numpy_float64_rate_keeps_the_states_dtype_and_equals_the_python_float():
+    """dropout=np.float64(r) drops as dropout=r does on every path, float32 params included
+    (its 1 / (1 - r) scale promoted float32 states to float64: a scan carry-type error)."""
+    model, p, x, y, _ = _problem("elman")
+    p = jax.tree.map(lambda a: a.astype(jnp.float32), p)
+    key = jax.random.key(3)
+    hidden = lambda rate: model.hidden(p, x, dropout=rate, key=key)[0]      # rnn.stack's path
+    assert hidden(np.float64(RATE)).dtype == jnp.float32
+    np.testing.assert_array_equal(hidden(np.float64(RATE)), hidden(RATE))
+    # the per-step path of TBPTT windows and the remat loss
+    got = model.loss(p, x, y, dropout=np.float64(RATE), key=key, k1=2, k2=3)[0]
+    assert got.dtype == jnp.float32
+    assert float(got) == float(model.loss(p, x, y, dropout=RATE, key=key, k1=2, k2=3)[0])
+
+
+def test_a_dropout_rate_or_key_of_the_wrong_kind_is_a_type_error_naming_it():
+    model, p, x, y, _ = _problem("elman")
+    for rate in ("0.3", True, None):
+        with pytest.raises(TypeError, match="dropout must be a number"):
+            model.loss(p, x, y, dropout=rate, key=jax.random.key(0))
+    # one typed key or one legacy uint32 [2] key; an int, a float array, a batch of keys are refused
+    for key in (0, jnp.zeros(2), jnp.zeros(3, jnp.uint32), jax.random.split(jax.random.key(0), 2)):
+        for kw in ({}, {"k1": 2, "k2": 3}):
+            with pytest.raises(TypeError, match="dropout's key must be one PRNG key"):
+                model.loss(p, x, y, dropout=RATE, key=key, **kw)
+    assert float(model.loss(p, x, y, dropout=RATE, key=jax.random.PRNGKey(0))[0]) == \
+        float(model.loss(p, x, y, dropout=RATE, key=jax.random.wrap_key_data(jax.random.PRNGKey(0)))[0])

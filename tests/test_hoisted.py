@@ -120,3 +120,39 @@ def test_float32_agrees_with_the_float64_reference(name):
     to32 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32), t)
     g32 = jax.grad(f, argnums=1)(cell, to32(p), to32(xs), to32(carry))
     assert_trees_close(g32, g64, rtol=1e-4, what="float32 hoisted vs float64 plain")
+
+
+@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+def test_run_takes_a_carry_as_a_tuple_and_refuses_a_wrong_one_before_tracing(name):
+    """A carry given as a tuple/list (an LSTM's `LSTMState(h, c)` as `(h, c)`) is the same carry
+    on the cell's own scan and on the plain one; a carry of another structure or shape is a
+    TypeError/ValueError naming the carry (was an AttributeError, a `@` TypeError or a scan-type
+    error deep in JAX, on the plain path)."""
+    cell, p, xs, mask, carry = problem(name, T=3, B=2)
+    want = rnn.run(cell, p, xs, carry, mask=mask)
+    given = list(carry) if isinstance(carry, tuple) else None
+    for c in (cell, plain(cell)):
+        if given is not None:
+            assert_trees_close(rnn.run(c, p, xs, given, mask=mask), want, rtol=1e-13)
+            assert_trees_close(rnn.run(c, p, xs, tuple(given), mask=mask), want, rtol=1e-13)
+        else:
+            with pytest.raises(TypeError, match=f"carry of the {name} cell must look like"):
+                rnn.run(c, p, xs, (carry,), mask=mask)
+        with pytest.raises(ValueError, match=rf"carry of the {name} cell must have shape \(2, 5\)"):
+            rnn.run(c, p, xs, jax.tree.map(lambda a: a[:1], carry), mask=mask)
+        with pytest.raises(ValueError, match=rf"must have shape \(2, 5\) .*got \(2, 6\)"):
+            rnn.run(c, p, xs, jax.tree.map(lambda a: jnp.zeros((2, 6)), carry), mask=mask)
+
+
+@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+def test_wider_float_features_run_in_the_params_dtype(name):
+    """Float64 features (numpy's default, kept under x64) into float32 params, and float32 into
+    bfloat16 params, run in the params' dtype, equal to features cast by hand, on the cell's own
+    scan and the plain one (was a scan carry-type error)."""
+    cell, p, xs, mask, _ = problem(name, T=3, B=2)
+    for dt, wide in ((jnp.float32, jnp.float64), (jnp.bfloat16, jnp.float32)):
+        q = jax.tree.map(lambda a: a.astype(dt), p)
+        for c in (cell, plain(cell)):
+            hs, final = rnn.run(c, q, xs.astype(wide), mask=mask)
+            assert hs.dtype == dt and all(a.dtype == dt for a in jax.tree.leaves(final))
+            assert_trees_close((hs, final), rnn.run(c, q, xs.astype(dt), mask=mask), rtol=0)

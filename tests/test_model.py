@@ -260,3 +260,16 @@ def test_windows_never_reach_before_the_chunk():
     assert times.shape == (5, 3) and bool((times[:, in_block.any(0)] <= 6).all())
     # losses of block b are only its own steps; padding before step 0 has no loss
     assert in_block.sum() == 7
+
+
+def test_a_compute_dtype_that_is_not_a_float_dtype_is_a_type_error_before_tracing():
+    """compute_dtype=jnp.int32 (or a string that names no float dtype) is refused on every loss
+    path (was a scan carry-type error deep in JAX); a float dtype's name is taken."""
+    model = lm.model("gru", vocab_size=5, hidden_size=4, layers=2)
+    p = model.init(jax.random.key(0))
+    x = np.zeros((3, 2), np.int32)
+    for dt in (jnp.int32, "int8", "nope"):
+        for kw in ({}, {"remat": True}, {"k1": 1, "k2": 2}):
+            with pytest.raises(TypeError, match="compute_dtype must be a float dtype"):
+                model.loss(p, x, x, compute_dtype=dt, **kw)
+    assert model.apply(p, x, compute_dtype="bfloat16")[0].dtype == jnp.float32
