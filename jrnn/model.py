@@ -264,23 +264,25 @@ def apply(model: Model, params, inputs, carry=None, **kw):
 
 def apply_last(model: Model, params, inputs, carry=None, *, mask=None, **kw):
     """Many-to-one: logits `[..., V]` of the top layer's output at each sequence's last real
-    step (its last mask-1 step; t = 0 with `reverse`), and the final carry. Bidirectional: the
-    forward output at the last real step concatenated with the backward output at the first
-    real step (t = 0 for right padding), where each direction has read the whole sequence."""
+    step (its last mask-1 step; with `reverse`, its first), and the final carry. Bidirectional:
+    the forward output at the last real step concatenated with the backward output at the first
+    real step, where each direction has read the whole sequence. Left padding and holes in the
+    mask are read the same way."""
     hs, final = hidden(model, params, inputs, carry, mask=mask, **kw)
-    if kw.get("reverse"):
-        last = hs[0]
-    elif mask is None:
-        last = hs[-1]
+    if mask is None:
+        at_first, at_last = hs[0], hs[-1]
     else:
-        n = jnp.sum(jnp.asarray(mask, jnp.int32), axis=0)                     # [...] real steps
-        idx = jnp.maximum(n - 1, 0)
-        last = jnp.take_along_axis(hs, idx[None, ..., None], axis=0)[0]
+        # the first and last mask-1 steps, wherever the padding is (right, left, holes); a
+        # sequence with no real step reads its zero output at t = 0 / T-1
+        m = jnp.asarray(mask, bool)
+        first = jnp.argmax(m, axis=0)                                         # [...]
+        last_t = m.shape[0] - 1 - jnp.argmax(jnp.flip(m, 0), axis=0)          # [...]
+        at = lambda t: jnp.take_along_axis(hs, t[None, ..., None], axis=0)[0]
+        at_first, at_last = at(first), at(last_t)
+    last = at_first if kw.get("reverse") else at_last
     if model.bidirectional:
-        first = 0 if mask is None else jnp.argmax(jnp.asarray(mask, bool), axis=0)   # [...] first real step
         H = model.hidden_size
-        at_first = hs[0] if mask is None else jnp.take_along_axis(hs, first[None, ..., None], axis=0)[0]
-        last = jnp.concatenate([last[..., :H], at_first[..., H:]], -1)
+        last = jnp.concatenate([at_last[..., :H], at_first[..., H:]], -1)
     p, _ = _compute(params, (), kw.get("compute_dtype"))
     return readout(p, last).astype(jnp.result_type(params.w_hy)), final
 

@@ -232,13 +232,14 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
     if inputs.ndim == 0 or inputs.shape[0] == 0:
         raise ValueError(f"empty sequence: inputs have shape {inputs.shape}")
     inputs = float_inputs(inputs, params, carry)
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        steps = inputs.shape if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[:-1]
+        if mask.shape != steps:   # checked before the padding is zeroed (a broadcast error there)
+            raise ValueError(f"mask must have shape {steps} ([T, ...]), got {mask.shape}")
     inputs = zero_padding(inputs, mask)
     us = cell.project(params, inputs)
     carry = check_carry(cell, params, carry, us.shape[1:-1])
-    if mask is not None:
-        mask = jnp.asarray(mask, bool)
-        if mask.shape != us.shape[:-1]:
-            raise ValueError(f"mask must have shape {us.shape[:-1]} ([T, ...]), got {mask.shape}")
     unroll = resolve_unroll(unroll, us.shape[0])
     if method == "auto":
         lead = us.shape[1:-1]

@@ -193,3 +193,19 @@ def test_lm_model_takes_numpy_false_and_refuses_non_bools():
     for b in (0, 1, "yes", None):
         with pytest.raises(TypeError, match="bidirectional must be a bool"):
             lm.model("gru", vocab_size=V, hidden_size=H, bidirectional=b)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_apply_last_reads_the_real_steps_under_left_padding_and_holes(bidirectional):
+    """apply_last over a masked sequence equals apply_last over its real steps alone, wherever
+    the padding sits (left, holes, both ends), forward and with `reverse` (was: the step at
+    index (number of real steps) - 1, a padded step or the wrong one, and t = 0 with reverse)."""
+    model = jrnn.model.make(cells.ELMAN, input_size=D, hidden_size=H, output_size=V, bidirectional=bidirectional)
+    p = model.init(jax.random.key(1), jnp.float64)
+    x = np.random.RandomState(2).randn(5, 4, D)
+    mask = np.array([[0, 1, 1, 0, 0], [1, 0, 1, 0, 1], [1, 1, 0, 1, 1], [0, 0, 0, 1, 1]]).T.astype(bool)  # [T, B]
+    for kw in ({},) if bidirectional else ({}, {"reverse": True}):
+        got = model.apply_last(p, x, mask=mask, **kw)[0]
+        for b in range(4):
+            want = model.apply_last(p, x[mask[:, b], b], **kw)[0]
+            np.testing.assert_allclose(got[b], want, rtol=1e-12, atol=1e-14)

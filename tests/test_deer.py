@@ -141,7 +141,9 @@ def test_lstm_tuple_carry_states_and_gradients_equal_the_sequential_scan(method)
 
 def test_carries_with_different_leading_shapes_are_refused():
     p = cells.LSTM.init(jax.random.key(0), 3, 4, jnp.float64)
-    with pytest.raises(ValueError, match="leading shape"):
+    # rnn.run checks the carry against the cell's zeros before dispatching (jrnn.parallel's own
+    # "leading shape" check stays for direct callers of parallel.solve)
+    with pytest.raises(ValueError, match=r"carry of the lstm cell must have shape \(2, 4\)"):
         jrnn.rnn.run(cells.LSTM, p, np.ones((5, 2, 3)), cells.LSTMState(jnp.zeros((2, 4)), jnp.zeros((3, 4))),
                      method="deer")
 

@@ -273,3 +273,15 @@ def test_a_compute_dtype_that_is_not_a_float_dtype_is_a_type_error_before_tracin
             with pytest.raises(TypeError, match="compute_dtype must be a float dtype"):
                 model.loss(p, x, x, compute_dtype=dt, **kw)
     assert model.apply(p, x, compute_dtype="bfloat16")[0].dtype == jnp.float32
+
+
+def test_a_transposed_mask_over_features_is_a_value_error_naming_the_mask():
+    """mask [B, T] for features [T, B, D]: a ValueError naming the mask's shape on every path
+    (was a broadcasting error inside the padding's `where` on apply / the plain loss)."""
+    model = jrnn.model.make(cells.GRU, input_size=3, hidden_size=4, output_size=2)
+    p = model.init(jax.random.key(0))
+    x, y, mask = np.zeros((5, 4, 3), np.float32), np.zeros((5, 4), np.int32), np.ones((4, 5))
+    for call in (lambda: model.apply(p, x, mask=mask), lambda: model.apply_last(p, x, mask=mask),
+                 lambda: model.loss(p, x, y, mask=mask), lambda: model.loss(p, x, y, mask=mask, remat=True)):
+        with pytest.raises(ValueError, match=r"mask must have shape \(5, 4\) \(\[T, \.\.\.\]\), got \(4, 5\)"):
+            call()
