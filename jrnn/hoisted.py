@@ -1,11 +1,11 @@
-"""Any gated cell's recurrence with its weight gradient hoisted out of the backward loop.
+"""Any cell's recurrence with its weight gradient hoisted out of the backward loop.
 
 A cell step is `carry' = core(carry, u_t, a_t)` with the recurrent term `a_t = h_{t-1} W (+ b)`
 ([..., H] x [H, G*H]). Differentiating a plain `lax.scan` of it gives a backward loop that, at
 every step, re-derives the gates' derivatives, multiplies by W^T, and accumulates dL/dW +=
 h_{t-1}^T da_t, one [H, B] x [B, G*H] outer product per step into a loop-carried sum.
 
-Here the recurrence has a custom JVP in three parts (the trick of `jrnn.elman_scan`, for any cell):
+Here the recurrence has a custom JVP in three parts:
 
 1. the forward scan also keeps what the derivative needs (an LSTM's gate activations, a GRU's
    r, z, n and h W_n + b_n), so no gate is evaluated twice;
@@ -17,7 +17,9 @@ Here the recurrence has a custom JVP in three parts (the trick of `jrnn.elman_sc
 JAX transposes part 3 for reverse mode: the backward loop keeps one `dz_t W^T` per step, and
 dL/dW becomes one [G*H, T*B] x [T*B, H] matmul after it. Because the rule is an ordinary JAX
 function (a `custom_jvp`, not a `custom_vjp`), forward mode, `vmap` and higher derivatives keep
-working. A cell opts in with a `Linearization` (below); `jrnn.cells` gives the LSTM's and GRU's.
+working. A cell opts in with a `Linearization` (below): `jrnn.cells` gives the LSTM's and
+GRU's, `jrnn.elman_scan` the Elman step's. Tests (`tests/test_hoisted.py`,
+`tests/test_elman_scan.py`) compare each with the plain scan of its step.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ class Linearization(NamedTuple):
                                                    arrays (prev/new: the carries entering / leaving
                                                    each step): k for the tangent scan, e for drive
       drive(k, e, du, da) -> s                     the tangent's inputs at each step, linear in
-                                                   (du [T, ..., G*H], da = h_{t-1} dW + db), whole
-                                                   arrays, [T, ..., H]-sized
+                                                   (du [T, ..., G*H], da = h_{t-1} dW + db), on
+                                                   whole arrays (the gated cells' are [T, ..., H])
       tangent(k_t, dcarry, y, s_t) -> dcarry'      one tangent step, linear in (dcarry, y, s_t),
                                                    y = h(dcarry) W
     """
