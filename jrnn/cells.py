@@ -47,6 +47,7 @@ def _blocks(key, D, H, n, dtype):
     return w_i, w_h
 
 
+@jax.custom_jvp
 def sigmoid(x):
     """The logistic function as (1 + tanh(x / 2)) / 2, derivative y (1 - y) from the output.
 
@@ -55,17 +56,12 @@ def sigmoid(x):
     scan, jax 0.10.2, 2-core Xeon); the tanh form is as exact. Positive x loses nothing; for
     x < -40 it returns 0 where 1/(1+e^-x) returns a number below 4e-18.
     """
-    return _sigmoid(x)
-
-
-@jax.custom_jvp
-def _sigmoid(x):
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
-@_sigmoid.defjvp
+@sigmoid.defjvp
 def _sigmoid_jvp(primals, tangents):
-    y = _sigmoid(primals[0])
+    y = sigmoid(primals[0])
     return y, y * (1.0 - y) * tangents[0]
 
 
