@@ -336,6 +336,7 @@ def check_mask(mask, shape):
         return None
     if tuple(jnp.shape(mask)) != tuple(shape):
         raise ValueError(f"mask must have shape {tuple(shape)} ([T, ...]), got {tuple(jnp.shape(mask))}")
+    losses._check_mask(mask)   # 0/1 only, as the plain loss reads it
     return jnp.asarray(mask, bool)
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks, parallel
+from jrnn import checks, losses, parallel
 
 Step = Callable[[Any, Any, Any], tuple]
 
@@ -193,6 +193,8 @@ def check_carry(cell, params, carry, batch_shape):
     if isinstance(zero, tuple) and isinstance(carry, (list, tuple)) and type(carry) is not type(zero) \
             and len(carry) == len(zero):
         carry = type(zero)(*carry) if hasattr(zero, "_fields") else type(zero)(carry)
+    elif isinstance(zero, jax.Array) and isinstance(carry, list):
+        carry = jnp.asarray(carry, zero.dtype)   # nested lists of numbers, as jrnn.model takes them
     if jax.tree.structure(carry) != jax.tree.structure(zero):
         raise TypeError(f"carry of the {cell.name} cell must look like its zeros, {jax.tree.structure(zero)}, "
                         f"got {type(carry).__name__} {jax.tree.structure(carry)}")
@@ -233,6 +235,7 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
         raise ValueError(f"empty sequence: inputs have shape {inputs.shape}")
     inputs = float_inputs(inputs, params, carry)
     if mask is not None:
+        losses._check_mask(mask)   # 0/1 only, as the losses read it: 0.5 or NaN is not a step
         mask = jnp.asarray(mask, bool)
         steps = inputs.shape if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[:-1]
         if mask.shape != steps:   # checked before the padding is zeroed (a broadcast error there)

@@ -138,6 +138,7 @@ def test_run_takes_a_carry_as_a_tuple_and_refuses_a_wrong_one_before_tracing(nam
         else:
             with pytest.raises(TypeError, match=f"carry of the {name} cell must look like"):
                 rnn.run(c, p, xs, (carry,), mask=mask)
+            assert_trees_close(rnn.run(c, p, xs, np.asarray(carry).tolist(), mask=mask), want, rtol=1e-13)
         with pytest.raises(ValueError, match=rf"carry of the {name} cell must have shape \(2, 5\)"):
             rnn.run(c, p, xs, jax.tree.map(lambda a: a[:1], carry), mask=mask)
         with pytest.raises(ValueError, match=rf"must have shape \(2, 5\) .*got \(2, 6\)"):

@@ -285,3 +285,22 @@ def test_a_transposed_mask_over_features_is_a_value_error_naming_the_mask():
                  lambda: model.loss(p, x, y, mask=mask), lambda: model.loss(p, x, y, mask=mask, remat=True)):
         with pytest.raises(ValueError, match=r"mask must have shape \(5, 4\) \(\[T, \.\.\.\]\), got \(4, 5\)"):
             call()
+
+
+def test_a_mask_of_other_values_than_0_1_is_refused_on_every_path_before_the_forward():
+    """A mask holding 0.5, NaN or -1 is a ValueError from apply, apply_last, rnn.run and every
+    loss (the plain loss refused it after the forward pass; apply, rnn.run, the remat loss and
+    TBPTT read 0.5 and NaN as real steps silently); float 0/1 masks are taken."""
+    model = lm.model("gru", vocab_size=5, hidden_size=4, layers=2)
+    p = model.init(jax.random.key(0))
+    x = np.zeros((3, 2), np.int32)
+    for bad in (0.5, np.nan, -1.0):
+        mask = np.array([[1.0, bad]] * 3)
+        for call in (lambda: model.apply(p, x, mask=mask), lambda: model.apply_last(p, x, mask=mask),
+                     lambda: jrnn.rnn.run(cells.GRU, p.layers[0], x, mask=mask),
+                     lambda: model.loss(p, x, x, mask=mask, remat=True),
+                     lambda: model.loss(p, x, x, mask=mask, k1=1, k2=2)):
+            with pytest.raises(ValueError, match="mask must hold only 0/1"):
+                call()
+    ok = np.array([[1.0, 0.0]] * 3)
+    np.testing.assert_array_equal(model.apply(p, x, mask=ok)[0], model.apply(p, x, mask=ok.astype(bool))[0])
