@@ -204,7 +204,7 @@ def carries(model: Model, layers: tuple, batch, carry) -> tuple:
             isinstance(carry, tuple) and hasattr(carry, "_fields")):
         raise TypeError(f"carry must be a tuple with one carry per layer ({len(layers)}), as "
                         f"jrnn.model.zeros returns, got {type(carry).__name__}")
-    return tuple(_as_layer_carry(i, c, z) for i, (c, z) in enumerate(zip(carry, zero)))
+    return tuple(rnn.widen_carry(_as_layer_carry(i, c, z), z) for i, (c, z) in enumerate(zip(carry, zero)))
 
 
 def _compute(params, layers, compute_dtype):

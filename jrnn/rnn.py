@@ -203,7 +203,17 @@ def check_carry(cell, params, carry, batch_shape):
         if tuple(g.shape) != tuple(z.shape):
             raise ValueError(f"carry of the {cell.name} cell must have shape {tuple(z.shape)} ([..., H]) for "
                              f"these inputs, got {tuple(g.shape)}")
-    return carry
+    return widen_carry(carry, zero)
+
+
+def widen_carry(carry, zero):
+    """Each carry leaf in the dtype its step returns: a narrower one (a bfloat16 or integer
+    carry into float32 params) would come out of the first step wider than it went in (a scan
+    carry-type error); a wider one (float64 into float32 params) already computes as given."""
+    def widen(g, z):
+        dt = jnp.promote_types(g.dtype, z.dtype)
+        return g if dt == g.dtype else g.astype(dt)
+    return jax.tree.map(widen, carry, zero)
 
 
 def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int | None = None,

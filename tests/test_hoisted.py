@@ -157,3 +157,16 @@ def test_wider_float_features_run_in_the_params_dtype(name):
             hs, final = rnn.run(c, q, xs.astype(wide), mask=mask)
             assert hs.dtype == dt and all(a.dtype == dt for a in jax.tree.leaves(final))
             assert_trees_close((hs, final), rnn.run(c, q, xs.astype(dt), mask=mask), rtol=0)
+
+
+@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+def test_a_narrower_carry_runs_in_the_params_dtype(name):
+    """A bfloat16 (or integer) carry into float32 params equals the same carry cast to float32
+    by hand, on the cell's own scan and the plain one (was a scan carry-type error)."""
+    cell, p, xs, mask, carry = problem(name, T=3, B=2)
+    p, xs = jax.tree.map(lambda a: a.astype(jnp.float32), (p, xs))
+    narrow = jax.tree.map(lambda a: a.astype(jnp.bfloat16), carry)
+    for c in (cell, plain(cell)):
+        want = rnn.run(c, p, xs, jax.tree.map(lambda a: a.astype(jnp.float32), narrow), mask=mask)
+        assert_trees_close(rnn.run(c, p, xs, narrow, mask=mask), want, rtol=0)
+        assert rnn.run(c, p, xs, jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.int32), carry))[0].dtype == jnp.float32

@@ -304,3 +304,17 @@ def test_a_mask_of_other_values_than_0_1_is_refused_on_every_path_before_the_for
                 call()
     ok = np.array([[1.0, 0.0]] * 3)
     np.testing.assert_array_equal(model.apply(p, x, mask=ok)[0], model.apply(p, x, mask=ok.astype(bool))[0])
+
+
+def test_a_bfloat16_carry_into_float32_params_works_on_the_per_step_loss_paths():
+    """The remat loss and TBPTT step the cells themselves (not through rnn.run): a bfloat16
+    carry into float32 params runs as the same carry cast by hand (was a scan carry-type error)."""
+    model = lm.model("lstm", vocab_size=5, hidden_size=4)
+    p = model.init(jax.random.key(0))
+    x = np.array([[0, 1], [2, 3], [4, 0]])
+    c = jax.tree.map(lambda a: a + 0.5, model.zeros(p, (2,)))
+    narrow = jax.tree.map(lambda a: a.astype(jnp.bfloat16), c)
+    for kw in ({"remat": True}, {"k1": 1, "k2": 2}):
+        got = model.loss(p, x, x, narrow, **kw)
+        assert got[0].dtype == jnp.float32
+        assert_trees_close(got, model.loss(p, x, x, jax.tree.map(lambda a: a.astype(jnp.float32), narrow), **kw), rtol=0)
