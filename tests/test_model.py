@@ -272,7 +272,7 @@ def test_a_compute_dtype_that_is_not_a_float_dtype_is_a_type_error_before_tracin
         for kw in ({}, {"remat": True}, {"k1": 1, "k2": 2}):
             with pytest.raises(TypeError, match="compute_dtype must be a float dtype"):
                 model.loss(p, x, x, compute_dtype=dt, **kw)
-    assert model.apply(p, x, compute_dtype="bfloat16")[0].dtype == jnp.float32
+    assert jrnn.model._compute(p, p.layers, "bfloat16")[0].w_hy.dtype == jnp.bfloat16
 
 
 def test_a_transposed_mask_over_features_is_a_value_error_naming_the_mask():
@@ -306,7 +306,8 @@ def test_a_mask_of_other_values_than_0_1_is_refused_on_every_path_before_the_for
     np.testing.assert_array_equal(model.apply(p, x, mask=ok)[0], model.apply(p, x, mask=ok.astype(bool))[0])
 
 
-def test_a_bfloat16_carry_into_float32_params_works_on_the_per_step_loss_paths():
+@pytest.mark.parametrize("kw", [{"k1": 1, "k2": 2}, pytest.param({"remat": True}, marks=pytest.mark.slow)])
+def test_a_bfloat16_carry_into_float32_params_works_on_the_per_step_loss_paths(kw):
     """The remat loss and TBPTT step the cells themselves (not through rnn.run): a bfloat16
     carry into float32 params runs as the same carry cast by hand (was a scan carry-type error)."""
     model = lm.model("lstm", vocab_size=5, hidden_size=4)
@@ -314,7 +315,6 @@ def test_a_bfloat16_carry_into_float32_params_works_on_the_per_step_loss_paths()
     x = np.array([[0, 1], [2, 3], [4, 0]])
     c = jax.tree.map(lambda a: a + 0.5, model.zeros(p, (2,)))
     narrow = jax.tree.map(lambda a: a.astype(jnp.bfloat16), c)
-    for kw in ({"remat": True}, {"k1": 1, "k2": 2}):
-        got = model.loss(p, x, x, narrow, **kw)
-        assert got[0].dtype == jnp.float32
-        assert_trees_close(got, model.loss(p, x, x, jax.tree.map(lambda a: a.astype(jnp.float32), narrow), **kw), rtol=0)
+    got = model.loss(p, x, x, narrow, **kw)
+    assert got[0].dtype == jnp.float32
+    assert_trees_close(got, model.loss(p, x, x, jax.tree.map(lambda a: a.astype(jnp.float32), narrow), **kw), rtol=0)
