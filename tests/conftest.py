@@ -26,3 +26,21 @@ def data_dir(monkeypatch):
         pytest.skip("no corpus: set JRNN_DATA_DIR to a folder with tinyshakespeare.txt and kafka.txt")
     monkeypatch.setenv("JRNN_DATA_DIR", os.path.abspath(d))
     return os.path.abspath(d)
+
+
+@pytest.fixture
+def backend_compiles():
+    """A list that collects one entry per XLA backend compile while the test runs.
+
+    Counting compiles says "no recompilation" directly; a jitted function's `_cache_size()` can
+    read 0 after a long test session (seen in the full suite) even though it was just called."""
+    from jax._src import dispatch   # the event name only: jax.monitoring is the public hook
+    seen = []
+
+    def listener(event, duration_secs, **kw):
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            seen.append(duration_secs)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield seen
+    jax.monitoring.unregister_event_duration_listener(listener)
