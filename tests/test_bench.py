@@ -111,6 +111,7 @@ def test_rows_reach_results_json_as_they_are_measured(tmp_path, monkeypatch, cap
     assert all(r["compile_s"] > 0 and r["train_us"] > 0 for r in saved["rows"])
 
 
+@pytest.mark.slow
 def test_time_budget_stops_cleanly_and_keeps_what_was_measured(tmp_path):
     class AfterOneMeasurement(bench.Budget):
         def __init__(self):

@@ -83,7 +83,8 @@ def test_bidirectional_model_equals_the_composition_by_hand_in_value_and_gradien
     assert_trees_close(g, g_hand, rtol=RTOL)
 
 
-@pytest.mark.parametrize("name", ["elman", pytest.param("lstm", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["elman", "lstm"])
 def test_dropout_remat_states_and_compute_dtype_work_on_a_bidirectional_model(name):
     model, p, x, y, carry = _problem(name, seed=2)
     key = jax.random.key(4)

@@ -30,6 +30,7 @@ def test_parts_in_one_process_and_the_report_tables(tmp_path, monkeypatch):
     assert md.count("| 16 | 2 | 2 |") == len(deer["rows"]) == 2
 
 
+@pytest.mark.slow
 def test_a_part_that_runs_over_is_stopped_and_its_output_kept(tmp_path):
     code = "import time\nprint('measured', flush=True)\ntime.sleep(60)\nprint('never')"
     with open(tmp_path / "log", "w") as log:

@@ -35,8 +35,8 @@ def slow_unless(fast, cases):
 
 
 @pytest.mark.parametrize("T,sizes,activation,dense", slow_unless(
-    lambda T, sizes, activation, dense: (activation == "tanh" or T == 13) and not dense
-    or (T == 13 and activation == "tanh"),
+    lambda T, sizes, activation, dense: not dense and (T == 13 or sizes == SIZES[0])
+    and (activation == "tanh" or T == 13 and sizes == SIZES[0]) or (T == 13 and activation == "tanh"),
     list(itertools.product([1, 2, 13], SIZES, ["tanh", "sigmoid", "relu"], [False, True]))))
 def test_grad_matches_bptt_reference_many_to_many(T, sizes, activation, dense):
     params, x, y, h0 = make_problem(T * 7 + sizes[1], T, *sizes, dense=dense, activation=activation)
@@ -82,7 +82,7 @@ def test_tbptt_cases_reach_the_window_code():
 
 
 # default suite: k1 < k2 from step 0, k1 = k2 with a ragged last block, k1 < k2 < T, k2 = T, shortcut
-TBPTT_FAST = {(5, 1, 6), (13, 4, 4), (25, 2, 3), (25, 7, 25), (25, 25, 25)}
+TBPTT_FAST = {(13, 4, 4), (25, 7, 25), (25, 25, 25)}   # the full suite runs every case
 
 
 @pytest.mark.parametrize("T,k1,k2", slow_unless(lambda *c: c in TBPTT_FAST, TBPTT_CASES))

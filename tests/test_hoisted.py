@@ -72,7 +72,8 @@ def test_token_ids_and_unbatched_inputs_equal_the_plain_scan(name):
     assert_trees_close(jax.grad(f, argnums=1)(cell, p), jax.grad(f, argnums=1)(plain(cell), p), rtol=RTOL)
 
 
-@pytest.mark.parametrize("name", slow_unless(lambda name: name == "gru", [(n,) for n in GATED]))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GATED)
 def test_forward_mode_and_second_order_equal_the_plain_scan(name):
     cell, p, xs, mask, carry = problem(name, T=5, B=2, H=3)
     weights = jnp.asarray(np.random.RandomState(2).randn(5, 2, 3))
@@ -145,7 +146,8 @@ def test_run_takes_a_carry_as_a_tuple_and_refuses_a_wrong_one_before_tracing(nam
             rnn.run(c, p, xs, jax.tree.map(lambda a: jnp.zeros((2, 6)), carry), mask=mask)
 
 
-@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["lstm", pytest.param("elman", marks=pytest.mark.slow),
+                                  pytest.param("gru", marks=pytest.mark.slow)])
 def test_wider_float_features_run_in_the_params_dtype(name):
     """Float64 features (numpy's default, kept under x64) into float32 params, and float32 into
     bfloat16 params, run in the params' dtype, equal to features cast by hand, on the cell's own

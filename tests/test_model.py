@@ -149,6 +149,7 @@ def test_tbptt_refuses_targets_shorter_or_longer_than_inputs(k1, k2):
             elman.sequence_loss(elman.init(jax.random.key(0), vocab_size=V, hidden_size=3), x, bad, k1=k1, k2=k2)
 
 
+@pytest.mark.slow
 def test_model_is_a_hashable_static_value_and_jit_vmap_grad_work():
     a = lm.model("lstm", vocab_size=7, hidden_size=4, layers=2)
     b = lm.model("lstm", vocab_size=7, hidden_size=4, layers=2)

@@ -80,7 +80,7 @@ def _greedy(model, params, prime, n):
     return seq[len(prime):]
 
 
-@pytest.mark.parametrize("temperature", [1e-40, pytest.param(1e-300, marks=pytest.mark.slow),
+@pytest.mark.parametrize("temperature", [pytest.param(1e-40, marks=pytest.mark.slow), pytest.param(1e-300, marks=pytest.mark.slow),
                                          pytest.param(5e-324, marks=pytest.mark.slow)])
 def test_temperature_that_overflows_the_logits_is_greedy_decoding(temperature):
     # logits / 1e-40 overflow float32 (and 1e-300, 5e-324 round to 0 in float32): the old code
