@@ -176,24 +176,6 @@ def zeros(model: Model, params, batch_shape=()) -> tuple:
     return tuple(_layer_zeros(model, p, tuple(batch_shape)) for p in layer_params(model, params))
 
 
-def _as_layer_carry(i, given, zero):
-    """One layer's carry, converted from lists/numpy where that is unambiguous, shape-checked."""
-    if isinstance(zero, jax.Array) and not isinstance(given, jax.Array):
-        if isinstance(given, (list, tuple, np.ndarray, float, int)) or np.isscalar(given):
-            given = jnp.asarray(given, zero.dtype)
-    elif isinstance(zero, tuple) and isinstance(given, (list, tuple)) and len(given) == len(zero):
-        given = type(zero)(*(_as_layer_carry(i, g, z) for g, z in zip(given, zero)))
-    if jax.tree.structure(given) != jax.tree.structure(zero):
-        raise TypeError(f"carry of layer {i} must look like {jax.tree.structure(zero)} (see jrnn.model.zeros), "
-                        f"got {type(given).__name__}")
-    for g, z in zip(jax.tree.leaves(given), jax.tree.leaves(zero)):
-        if not hasattr(g, "shape"):
-            raise TypeError(f"carry of layer {i} must hold arrays, got {type(g).__name__}")
-        if tuple(g.shape) != tuple(z.shape):
-            raise ValueError(f"carry of layer {i} must have shape {tuple(z.shape)} for these inputs, got {tuple(g.shape)}")
-    return given
-
-
 def carries(model: Model, layers: tuple, batch, carry) -> tuple:
     """The initial carry for inputs of batch shape `batch`: zeros if None, else `carry` checked
     (a tuple or list with one carry per layer; arrays may be given as lists or numpy)."""
@@ -204,7 +186,7 @@ def carries(model: Model, layers: tuple, batch, carry) -> tuple:
             isinstance(carry, tuple) and hasattr(carry, "_fields")):
         raise TypeError(f"carry must be a tuple with one carry per layer ({len(layers)}), as "
                         f"jrnn.model.zeros returns, got {type(carry).__name__}")
-    return tuple(rnn.widen_carry(_as_layer_carry(i, c, z), z) for i, (c, z) in enumerate(zip(carry, zero)))
+    return tuple(rnn.conform_carry(c, z, f"carry of layer {i}") for i, (c, z) in enumerate(zip(carry, zero)))
 
 
 def _compute(params, layers, compute_dtype):

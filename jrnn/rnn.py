@@ -183,27 +183,39 @@ def float_inputs(inputs, params, carry=None):
 
 
 def check_carry(cell, params, carry, batch_shape):
-    """The cell's zero carry for `batch_shape` if `carry` is None, else `carry` checked against
-    it: the same pytree (a tuple or list for a NamedTuple carry such as `LSTMState(h, c)` is
-    converted; numpy arrays too) with the same leaf shapes, or a TypeError/ValueError naming the
-    carry before anything is traced."""
+    """The cell's zero carry for `batch_shape` if `carry` is None, else `carry` conformed to it
+    (`conform_carry`), or a TypeError/ValueError naming the carry before anything is traced."""
     zero = cell.zeros(params, tuple(batch_shape))
-    if carry is None:
-        return zero
-    if isinstance(zero, tuple) and isinstance(carry, (list, tuple)) and type(carry) is not type(zero) \
-            and len(carry) == len(zero):
-        carry = type(zero)(*carry) if hasattr(zero, "_fields") else type(zero)(carry)
-    elif isinstance(zero, jax.Array) and isinstance(carry, list):
-        carry = jnp.asarray(carry, zero.dtype)   # nested lists of numbers, as jrnn.model takes them
-    if jax.tree.structure(carry) != jax.tree.structure(zero):
-        raise TypeError(f"carry of the {cell.name} cell must look like its zeros, {jax.tree.structure(zero)}, "
-                        f"got {type(carry).__name__} {jax.tree.structure(carry)}")
-    carry = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jnp.asarray(a), carry)
-    for g, z in zip(jax.tree.leaves(carry), jax.tree.leaves(zero)):
+    return zero if carry is None else conform_carry(carry, zero, f"carry of the {cell.name} cell")
+
+
+def conform_carry(given, zero, what: str):
+    """`given` as a carry shaped like `zero`: a tuple or list where `zero` is a NamedTuple (an
+    LSTM's `(h, c)`, a bidirectional layer's pair) is converted, as are lists, numpy arrays and
+    numbers (not tuples) where `zero` has an array (into its dtype); then the pytree and every leaf shape must
+    match, else a TypeError/ValueError that starts with `what`. Leaves narrower than `zero`'s are
+    widened (`widen_carry`). The one carry check of `run` and of `jrnn.model`."""
+    def convert(g, z):
+        if isinstance(z, jax.Array) and not isinstance(g, jax.Array):
+            # not a tuple: where an array is expected, a tuple is a pytree of the wrong kind
+            if isinstance(g, (list, np.ndarray, float, int)) or np.isscalar(g):
+                return jnp.asarray(g, z.dtype)
+        elif isinstance(z, tuple) and isinstance(g, (list, tuple)) and len(g) == len(z):
+            parts = [convert(a, b) for a, b in zip(g, z)]
+            return type(z)(*parts) if hasattr(z, "_fields") else type(z)(parts)
+        return g
+
+    given = convert(given, zero)
+    if jax.tree.structure(given) != jax.tree.structure(zero):
+        raise TypeError(f"{what} must look like {jax.tree.structure(zero)} (its zero carry), got "
+                        f"{type(given).__name__} {jax.tree.structure(given)}")
+    for g, z in zip(jax.tree.leaves(given), jax.tree.leaves(zero)):
+        if not hasattr(g, "shape"):
+            raise TypeError(f"{what} must hold arrays, got {type(g).__name__}")
         if tuple(g.shape) != tuple(z.shape):
-            raise ValueError(f"carry of the {cell.name} cell must have shape {tuple(z.shape)} ([..., H]) for "
-                             f"these inputs, got {tuple(g.shape)}")
-    return widen_carry(carry, zero)
+            raise ValueError(f"{what} must have shape {tuple(z.shape)} for these inputs, "
+                             f"got {tuple(g.shape)}")
+    return widen_carry(given, zero)
 
 
 def widen_carry(carry, zero):
