@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.experimental import checkify
 
-from jrnn import checks
+from jrnn import checks, hoisted
 
 LossFn = Callable[..., tuple]
 
@@ -269,8 +269,12 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
             return jax.device_put(x, NamedSharding(mesh, P(*spec)))
         return put
 
-    step = (make_multi_step if multi_step else make_step)(loss_fn, optimizer, precision=precision, **kw)
+    unsplit = (make_multi_step if multi_step else make_step)(loss_fn, optimizer, precision=precision, **kw)
     leaf_axis = batch_axis + 1 if multi_step else batch_axis
+
+    def step(*args):   # traced (on its first call) knowing that the batch is split over devices
+        with hoisted.batch_split():
+            return unsplit(*args)
 
     def sharded_step(params, opt_state, batch, carry=None):
         params, opt_state = jax.device_put((params, opt_state), replicated)

@@ -172,3 +172,21 @@ def test_a_narrower_carry_runs_in_the_params_dtype(name):
         want = rnn.run(c, p, xs, jax.tree.map(lambda a: a.astype(jnp.float32), narrow), mask=mask)
         assert_trees_close(rnn.run(c, p, xs, narrow, mask=mask), want, rtol=0)
         assert rnn.run(c, p, xs, jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.int32), carry))[0].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ["gru", "elman"])
+def test_batch_split_keeps_rows_apart_with_the_same_gradient(name):
+    """Under `hoisted.batch_split` (a data-parallel step) the weight gradient is one [T, B]
+    contraction instead of a merged [T*B] matmul: same numbers either way."""
+    from jrnn import hoisted
+    cell, p, xs, mask, carry = problem(name)
+    weights = jnp.asarray(np.random.RandomState(1).randn(*xs.shape[:2], 5))
+    rows = f"tensor<{xs.shape[0] * xs.shape[1]}x5xf64>"     # [T*B, H]
+    merged_fn = jax.jit(jax.grad(loss_of(cell, mask, False, weights)))
+    assert rows in merged_fn.lower(p, xs, carry).as_text()
+    merged = merged_fn(p, xs, carry)
+    with hoisted.batch_split():
+        split_fn = jax.jit(jax.grad(loss_of(cell, mask, False, weights)))
+        assert rows not in split_fn.lower(p, xs, carry).as_text()
+        split = split_fn(p, xs, carry)
+    assert_trees_close(split, merged, rtol=RTOL, what="d loss / params, rows split vs merged")
