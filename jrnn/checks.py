@@ -1,4 +1,4 @@
-"""Argument checks shared by jrnn's modules: integer arguments (`integer`), and range checks of
+"""Argument checks shared by jrnn's modules: integer and bool arguments (`integer`, `boolean`), and range checks of
 token ids and labels that also hold inside jrnn's jitted training steps (`traced_ids_in_range`).
 
 Eager calls check concrete ids on the host (`jrnn.rnn.check_input_array`,
@@ -28,6 +28,14 @@ def integer(name: str, value, *, minimum: int | None = 1) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def boolean(name: str, value) -> bool:
+    """`value` as a Python bool (numpy bools accepted), or a TypeError naming `name`: 1 or "no"
+    would otherwise pass as a truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 def traced_ids_in_range(ids, n: int, what: str) -> None:

@@ -13,9 +13,7 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
-
-from jrnn import cells, model as model_lib
+from jrnn import cells, checks, model as model_lib
 from jrnn.model import Params as LMParams, param_count  # noqa: F401  (re-exported)
 
 
@@ -28,9 +26,7 @@ def model(cell="lstm", *, vocab_size: int, hidden_size: int, layers: int = 1,
     sampling needs a per-step model). A bidirectional tagger over a vocabulary is
     `jrnn.model.make(cells.get(cell), ..., bidirectional=True)`.
     """
-    if not isinstance(bidirectional, (bool, np.bool_)):
-        raise TypeError(f"bidirectional must be a bool, got {type(bidirectional).__name__}")
-    if bidirectional:
+    if checks.boolean("bidirectional", bidirectional):
         raise ValueError("a language model cannot be bidirectional: it predicts token t+1 from tokens <= t, "
                          "and the backward direction would read token t+1 itself; for tagging (one label per "
                          "token) use jrnn.model.make(jrnn.cells.get(cell), ..., bidirectional=True)")

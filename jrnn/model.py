@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import losses, rnn
+from jrnn import checks, losses, rnn
 from jrnn.rnn import Directions  # noqa: F401  (a bidirectional layer's params and carry)
 
 
@@ -89,10 +89,9 @@ def make(cell: rnn.Cell, *, input_size: int, hidden_size: int, output_size: int,
     """A `Model`, sizes validated."""
     if not isinstance(cell, rnn.Cell):
         raise TypeError(f"cell must be a jrnn.rnn.Cell (see jrnn.cells.get), got {type(cell).__name__}")
-    if not isinstance(bidirectional, (bool, np.bool_)):
-        raise TypeError(f"bidirectional must be a bool, got {type(bidirectional).__name__}")
     return Model(cell, rnn.positive_int("input_size", input_size), rnn.positive_int("hidden_size", hidden_size),
-                 rnn.positive_int("output_size", output_size), rnn.positive_int("layers", layers), bool(bidirectional))
+                 rnn.positive_int("output_size", output_size), rnn.positive_int("layers", layers),
+                 checks.boolean("bidirectional", bidirectional))
 
 
 def init(model: Model, key, dtype=jnp.float32) -> Params:
@@ -202,6 +201,19 @@ def _compute(params, layers, compute_dtype):
     return cast(params), cast(layers)
 
 
+def _prepared(model, params, layers, inputs, carry, batch, compute_dtype):
+    """What every path over the layers starts from: (params, layers, initial carries, inputs),
+    cast to `compute_dtype` where given (float inputs only; token ids stay ids)."""
+    c0 = carries(model, layers, batch, carry)
+    p, layers = _compute(params, layers, compute_dtype)
+    inputs = jnp.asarray(inputs)
+    if compute_dtype is not None:
+        c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
+        if jnp.issubdtype(inputs.dtype, jnp.floating):
+            inputs = inputs.astype(compute_dtype)
+    return p, layers, c0, inputs
+
+
 def readout(params, hs) -> jax.Array:
     """Logits `[..., V]` from states `[..., H]`."""
     return hs @ params.w_hy + params.b_y.reshape((1,) * (hs.ndim - 1) + params.b_y.shape)
@@ -227,12 +239,7 @@ def hidden(model: Model, params, inputs, carry=None, *, mask=None, reverse: bool
     if model.bidirectional and reverse:
         raise ValueError("reverse does not apply to a bidirectional model: it reads both directions already")
     rnn.check_input_array(model.input_size, inputs)
-    c0 = carries(model, layers, batch_shape(model, inputs), carry)
-    _, layers = _compute(params, layers, compute_dtype)
-    if compute_dtype is not None:
-        c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
-        if jnp.issubdtype(jnp.result_type(inputs), jnp.floating):
-            inputs = jnp.asarray(inputs).astype(compute_dtype)
+    _, layers, c0, inputs = _prepared(model, params, layers, inputs, carry, batch_shape(model, inputs), compute_dtype)
     return rnn.stack(model.cell, layers, inputs, c0, mask=mask, dropout=dropout, key=key, unroll=unroll,
                      reverse=reverse, remat=remat, method=method, bidirectional=model.bidirectional)
 
@@ -362,13 +369,7 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
         return losses.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), final
     check_causal(model, "the remat loss (a fused per-step scan)")
     losses._check_labels(targets, model.output_size)
-    c0 = carries(model, layers, batch, carry)
-    p, layers = _compute(params, layers, compute_dtype)
-    inputs = jnp.asarray(inputs)
-    if compute_dtype is not None:
-        c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
-        if jnp.issubdtype(inputs.dtype, jnp.floating):
-            inputs = inputs.astype(compute_dtype)
+    p, layers, c0, inputs = _prepared(model, params, layers, inputs, carry, batch, compute_dtype)
     inputs = rnn.float_inputs(inputs, layers, c0)
     T = inputs.shape[0]
     m = jnp.ones((T, *batch), bool) if mask is None else check_mask(mask, (T, *batch))

@@ -80,13 +80,7 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
         return model_lib.sequence_loss(model, params, inputs, targets, carry, mask=mask, reduction=reduction,
                                        unroll=unroll, dropout=dropout, key=key, compute_dtype=compute_dtype)
     losses._check_labels(targets, model.output_size)
-    c0 = model_lib.carries(model, layers, batch, carry)
-    p, layers = model_lib._compute(params, layers, compute_dtype)
-    inputs = jnp.asarray(inputs)
-    if compute_dtype is not None:
-        c0 = jax.tree.map(lambda a: a.astype(compute_dtype), c0)
-        if jnp.issubdtype(inputs.dtype, jnp.floating):
-            inputs = inputs.astype(compute_dtype)
+    p, layers, c0, inputs = model_lib._prepared(model, params, layers, inputs, carry, batch, compute_dtype)
     inputs = rnn.float_inputs(inputs, layers, c0)
     m = jnp.ones((T, *batch), bool) if mask is None else model_lib.check_mask(mask, (T, *batch))
     if jnp.issubdtype(inputs.dtype, jnp.floating):  # "double where": NaN padding never reaches a gradient

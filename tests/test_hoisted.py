@@ -175,18 +175,19 @@ def test_a_narrower_carry_runs_in_the_params_dtype(name):
 
 
 @pytest.mark.parametrize("name", ["gru", "elman"])
-def test_batch_split_keeps_rows_apart_with_the_same_gradient(name):
-    """Under `hoisted.batch_split` (a data-parallel step) the weight gradient is one [T, B]
-    contraction instead of a merged [T*B] matmul: same numbers either way."""
+def test_batch_split_merges_rows_batch_major_with_the_same_gradient(name):
+    """Under `hoisted.batch_split` (a data-parallel step) the weight gradient's rows merge as
+    [B, T] (a device-split B stays split), else as [T, B]: same numbers either way."""
     from jrnn import hoisted
     cell, p, xs, mask, carry = problem(name)
-    weights = jnp.asarray(np.random.RandomState(1).randn(*xs.shape[:2], 5))
-    rows = f"tensor<{xs.shape[0] * xs.shape[1]}x5xf64>"     # [T*B, H]
+    T, B = xs.shape[:2]
+    weights = jnp.asarray(np.random.RandomState(1).randn(T, B, 5))
+    batch_major = f"tensor<{B}x{T}x5xf64>"     # h moved to [B, T, H] before the merge
     merged_fn = jax.jit(jax.grad(loss_of(cell, mask, False, weights)))
-    assert rows in merged_fn.lower(p, xs, carry).as_text()
+    assert batch_major not in merged_fn.lower(p, xs, carry).as_text()
     merged = merged_fn(p, xs, carry)
     with hoisted.batch_split():
         split_fn = jax.jit(jax.grad(loss_of(cell, mask, False, weights)))
-        assert rows not in split_fn.lower(p, xs, carry).as_text()
+        assert batch_major in split_fn.lower(p, xs, carry).as_text()
         split = split_fn(p, xs, carry)
-    assert_trees_close(split, merged, rtol=RTOL, what="d loss / params, rows split vs merged")
+    assert_trees_close(split, merged, rtol=RTOL, what="d loss / params, rows [B, T] vs [T, B]")
