@@ -7,9 +7,10 @@ h_{t-1}^T da_t, one [H, B] x [B, G*H] outer product per step into a loop-carried
 
 Here the recurrence has a custom JVP in three parts:
 
-1. the forward scan also keeps what the derivative needs (an LSTM's gate activations, a GRU's
-   r, z, n and h W_n + b_n), so no gate is evaluated twice;
-2. outside any loop, on whole `[T, ...]` arrays: the per-step derivative coefficients, and every
+1. the forward scan also keeps what the derivative needs (an LSTM's per-step derivative
+   coefficients, computed in the loop; a GRU's r, z, n and h W_n + b_n), so no gate is
+   evaluated twice;
+2. outside any loop, on whole `[T, ...]` arrays: the GRU's derivative coefficients, and every
    step's input-and-weight term `du_t`, `h_{t-1} dW + db` (one [T*B, H] x [H, G*H] matmul);
 3. a tangent scan that is linear in the carry's tangent, with one product `dh W` per step and
    only `[..., H]`-sized inputs and outputs per step.
@@ -47,7 +48,8 @@ class Linearization(NamedTuple):
                                                    each step): k for the tangent scan, e for drive
       drive(k, e, du, da) -> s                     the tangent's inputs at each step, linear in
                                                    (du [T, ..., G*H], da = h_{t-1} dW + db), on
-                                                   whole arrays (the gated cells' are [T, ..., H])
+                                                   whole arrays (the LSTM's is du + da itself, the
+                                                   GRU's [T, ..., H])
       tangent(k_t, dcarry, y, s_t) -> dcarry'      one tangent step, linear in (dcarry, y, s_t),
                                                    y = h(dcarry) W
     """
