@@ -158,9 +158,10 @@ def check_causal(model: Model, what: str) -> None:
 
 
 def batch_shape(model: Model, inputs) -> tuple:
-    """The `...` of inputs `[T, ...]` (ids) or `[T, ..., D]` (features)."""
-    shape = jnp.shape(inputs)
-    return tuple(shape[1:]) if jnp.issubdtype(jnp.result_type(inputs), jnp.integer) else tuple(shape[1:-1])
+    """The `...` of inputs `[T, ...]` (ids) or `[T, ..., D]` (features); nested lists are read
+    as numpy reads them, as `rnn.check_input_array` does (JAX's result_type refuses a list)."""
+    x = inputs if hasattr(inputs, "dtype") else np.asarray(inputs)
+    return tuple(x.shape[1:]) if jnp.issubdtype(x.dtype, jnp.integer) else tuple(x.shape[1:-1])
 
 
 def _layer_zeros(model: Model, p, batch):
@@ -314,17 +315,20 @@ def _freeze(m, new, old):
 
 
 def check_targets(inputs, targets, batch):
-    """Targets must be integer ids of the inputs' `[T, ...]` shape: neither shorter nor longer."""
-    T = jnp.shape(inputs)[0]
-    if tuple(jnp.shape(targets)) != (T, *batch):
-        raise ValueError(f"targets must have the inputs' shape [T, ...] = {(T, *batch)}, got {tuple(jnp.shape(targets))}")
+    """Targets must be integer ids of the inputs' `[T, ...]` shape: neither shorter nor longer.
+    Returns them as an array (nested lists as numpy reads them: the loss's gather takes no list)."""
+    targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
+    T = np.shape(inputs)[0]
+    if tuple(targets.shape) != (T, *batch):
+        raise ValueError(f"targets must have the inputs' shape [T, ...] = {(T, *batch)}, got {tuple(targets.shape)}")
+    return targets
 
 
 def check_mask(mask, shape):
     if mask is None:
         return None
-    if tuple(jnp.shape(mask)) != tuple(shape):
-        raise ValueError(f"mask must have shape {tuple(shape)} ([T, ...]), got {tuple(jnp.shape(mask))}")
+    if tuple(np.shape(mask)) != tuple(shape):
+        raise ValueError(f"mask must have shape {tuple(shape)} ([T, ...]), got {tuple(np.shape(mask))}")
     losses._check_mask(mask)   # 0/1 only, as the plain loss reads it
     return jnp.asarray(mask, bool)
 
@@ -362,7 +366,7 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
     layers = layer_params(model, params)
     rnn.check_input_array(model.input_size, inputs)
     batch = batch_shape(model, inputs)
-    check_targets(inputs, targets, batch)
+    targets = check_targets(inputs, targets, batch)
     if not remat:
         logits, final = apply(model, params, inputs, carry, mask=mask, unroll=unroll, dropout=dropout, key=key,
                               compute_dtype=compute_dtype)

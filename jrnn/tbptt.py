@@ -74,8 +74,8 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
     layers = model_lib.layer_params(model, params)
     rnn.check_input_array(model.input_size, inputs)
     batch = model_lib.batch_shape(model, inputs)
-    model_lib.check_targets(inputs, targets, batch)
-    T = jnp.shape(inputs)[0]
+    targets = model_lib.check_targets(inputs, targets, batch)
+    T = np.shape(inputs)[0]
     if k1 >= T and k2 >= T:  # one window over the whole chunk: plain BPTT
         return model_lib.sequence_loss(model, params, inputs, targets, carry, mask=mask, reduction=reduction,
                                        unroll=unroll, dropout=dropout, key=key, compute_dtype=compute_dtype)

@@ -319,3 +319,18 @@ def test_a_bfloat16_carry_into_float32_params_works_on_the_per_step_loss_paths(k
     got = model.loss(p, x, x, narrow, **kw)
     assert got[0].dtype == jnp.float32
     assert_trees_close(got, model.loss(p, x, x, jax.tree.map(lambda a: a.astype(jnp.float32), narrow), **kw), rtol=0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"remat": True}, {"k1": 2, "k2": 2}])
+def test_nested_lists_of_ids_and_targets_give_the_numpy_arrays_loss(kw):
+    """rnn.check_input_array reads a nested list as numpy does; the loss paths did not (batch_shape
+    and the loss's gather raised JAX's "Cannot determine dtype of [[...]]")."""
+    lm_ = lm.model("lstm", vocab_size=7, hidden_size=4, layers=2)
+    p = lm_.init(jax.random.key(0), jnp.float64)
+    rng = np.random.RandomState(0)
+    ids, y = rng.randint(0, 7, (5, 3)), rng.randint(0, 7, (5, 3))
+    want = lm_.loss(p, ids, y, **kw)
+    assert_trees_close(lm_.loss(p, ids.tolist(), y.tolist(), **kw), want, rtol=0)
+    assert_trees_close(lm_.hidden(p, ids[:, 0].tolist()), lm_.hidden(p, ids[:, 0]), rtol=0)
+    with pytest.raises(ValueError, match="targets must have the inputs' shape"):
+        lm_.loss(p, ids.tolist(), y[:-1].tolist(), **kw)
