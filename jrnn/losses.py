@@ -39,7 +39,8 @@ def reduce(values, mask=None, reduction: str = "mean"):
     total = jnp.sum(values)
     if reduction == "sum":
         return total
-    count = values.size if mask is None else jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1.0)
+    # no real step (all padding, or an empty batch [T, 0]): the mean is 0, never 0 / 0 = NaN
+    count = max(values.size, 1) if mask is None else jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1.0)
     return total / count
 
 

@@ -101,3 +101,19 @@ def test_binary_targets_outside_zero_one_are_refused(targets):
 def test_scalar_logits_are_a_named_error():
     with pytest.raises(ValueError, match="logits must be"):
         losses.softmax_cross_entropy(jnp.array(1.0), jnp.array(0))
+
+
+def test_an_empty_batch_has_mean_loss_zero_like_an_all_padding_batch_not_nan():
+    """Mean over no real step is 0 with a mask (all padding); without one an empty batch [T, 0]
+    gave 0 / 0 = NaN, in the loss and in every gradient of a language model."""
+    import jrnn
+    logits = jnp.zeros((4, 0, 5))
+    labels = np.zeros((4, 0), int)
+    assert float(losses.softmax_cross_entropy(logits, labels)) == 0.0
+    assert float(losses.softmax_cross_entropy(logits, labels, mask=np.ones((4, 0)))) == 0.0
+    assert float(losses.sigmoid_binary_cross_entropy(jnp.zeros((3, 0)), np.zeros((3, 0)))) == 0.0
+    model = jrnn.lm.model("lstm", vocab_size=5, hidden_size=3)
+    p = model.init(jax.random.key(0))
+    loss, grads = jax.value_and_grad(lambda p: model.loss(p, labels, labels)[0])(p)
+    assert float(loss) == 0.0
+    assert all(bool(jnp.all(g == 0)) for g in jax.tree.leaves(grads))
