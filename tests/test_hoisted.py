@@ -191,3 +191,58 @@ def test_batch_split_merges_rows_batch_major_with_the_same_gradient(name):
         assert batch_major in split_fn.lower(p, xs, carry).as_text()
         split = split_fn(p, xs, carry)
     assert_trees_close(split, merged, rtol=RTOL, what="d loss / params, rows [B, T] vs [T, B]")
+
+
+@pytest.mark.parametrize("batch", [(), (2, 3)])
+def test_batch_split_gives_the_plain_scans_lstm_derivatives_for_any_batch_rank(batch):
+    """The LSTM (whose tangent now reads `A * (dh W + du + da)`) under `hoisted.batch_split`, with
+    unbatched [T, D] and two batch dims [T, B1, B2, D] (the rows moved to [B1, B2, T] before the
+    merge): reverse mode, forward mode and vmap over a batch dim equal the plain scan's."""
+    from jrnn import hoisted
+    cell, p, _, _, _ = problem("lstm", T=4, H=3)
+    rng = np.random.RandomState(5)
+    xs = jnp.asarray(rng.randn(4, *batch, 4))
+    carry = jax.tree.map(lambda z: jnp.asarray(0.3 * rng.randn(*z.shape)), cell.zeros(p, batch))
+    mask = jnp.asarray(rng.rand(4, *batch) < 0.7) if batch else None
+    f = lambda c: lambda p, xs, carry: jnp.sum(jnp.sin(rnn.run(c, p, xs, carry, mask=mask, reverse=True)[0]))
+    tangent = jax.tree.map(lambda a: jnp.full_like(a, 0.1), p)
+    want_g = jax.grad(f(plain(cell)), argnums=(0, 1, 2))(p, xs, carry)
+    want_t = jax.jvp(lambda p: f(plain(cell))(p, xs, carry), (p,), (tangent,))
+    with hoisted.batch_split():
+        g = jax.jit(jax.grad(f(cell), argnums=(0, 1, 2)))(p, xs, carry)
+        t = jax.jvp(lambda p: f(cell)(p, xs, carry), (p,), (tangent,))
+    assert_trees_close(g, want_g, rtol=RTOL, what="grad under batch_split")
+    assert_trees_close(t, want_t, rtol=RTOL, what="jvp under batch_split")
+    if batch:
+        per = lambda c: jax.vmap(jax.grad(lambda p, x, h: jnp.sum(jnp.sin(rnn.run(c, p, x, h)[0]))),
+                                 in_axes=(None, 1, 0))(p, xs, carry)
+        want = per(plain(cell))
+        with hoisted.batch_split():
+            assert_trees_close(per(cell), want, rtol=RTOL, what="vmap of grad under batch_split")
+
+
+def test_batch_split_is_undone_on_exceptions_and_nests_and_the_data_parallel_step_traces_under_it(monkeypatch):
+    """The ContextVar is reset however the block ends (nested blocks too), and
+    `make_data_parallel_step` traces its step under it while `make_step` does not."""
+    import jrnn
+    from jrnn import hoisted
+    assert hoisted._MERGE_ROWS.get() is True
+    with pytest.raises(KeyError):
+        with hoisted.batch_split():
+            with hoisted.batch_split():
+                assert hoisted._MERGE_ROWS.get() is False
+            assert hoisted._MERGE_ROWS.get() is False
+            raise KeyError("inside")
+    assert hoisted._MERGE_ROWS.get() is True
+    seen = []
+    affine = hoisted._affine
+    monkeypatch.setattr(hoisted, "_affine", lambda *a: seen.append(hoisted._MERGE_ROWS.get()) or affine(*a))
+    model = jrnn.lm.model("lstm", vocab_size=5, hidden_size=3)
+    p, opt = model.init(jax.random.key(0)), jrnn.optim.sgd(0.1)
+    loss = lambda p, batch, carry: model.loss(p, batch[0], batch[1], carry)
+    ids = np.random.RandomState(0).randint(0, 5, (4, 2))
+    mesh = jrnn.train.batch_mesh(2, jax.devices()[:1])
+    jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh)(p, opt.init(p), (ids, ids))
+    assert seen == [False] and hoisted._MERGE_ROWS.get() is True
+    jrnn.make_step(loss, opt)(p, opt.init(p), (ids, ids))
+    assert seen == [False, True]
