@@ -83,7 +83,13 @@ _MERGE_ROWS = contextvars.ContextVar("jrnn_hoisted_merge_rows", default=True)
 @contextlib.contextmanager
 def batch_split():
     """Trace recurrences for a batch split over devices (`jrnn.train.make_data_parallel_step`):
-    the weight-gradient matmul merges its rows batch-major, so each device keeps its own."""
+    the weight-gradient matmul merges its rows batch-major, so each device keeps its own.
+
+    It acts when a function is *traced*, in this thread: a function jitted and already traced
+    outside the block (your own `jax.jit` loss, say) keeps that trace inside it and vice versa,
+    and a thread started inside the block traces outside it (Python threads do not inherit
+    context variables). Either form gives the same numbers up to the order of the weight
+    gradient's sum; only the speed differs."""
     token = _MERGE_ROWS.set(False)
     try:
         yield
