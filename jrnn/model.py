@@ -237,6 +237,7 @@ def hidden(model: Model, params, inputs, carry=None, *, mask=None, reverse: bool
       method: how each layer runs over time (`jrnn.rnn.run`: "sequential", or parallel-in-time).
     """
     layers = layer_params(model, params)
+    reverse = checks.boolean("reverse", reverse)   # "False" would run the layers backwards
     if model.bidirectional and reverse:
         raise ValueError("reverse does not apply to a bidirectional model: it reads both directions already")
     rnn.check_input_array(model.input_size, inputs)
@@ -354,6 +355,7 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
         (With `remat` the masks are one byte per unit and step of layers > 0: still O(T).)
     """
     rnn.check_dropout(dropout, key)
+    remat = checks.boolean("remat", remat)
     if k1 is not None or k2 is not None:
         check_causal(model, "TBPTT (k1, k2)")
         if remat:

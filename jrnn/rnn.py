@@ -250,6 +250,7 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
       (hs `[T, ..., H]`, final carry).
     """
     parallel.check_method(method)
+    reverse, remat = checks.boolean("reverse", reverse), checks.boolean("remat", remat)   # "False" is truthy
     if remat and method not in ("sequential", "auto"):
         raise ValueError(f"remat applies to the sequential scan only, not to method={method!r}")
     inputs = jnp.asarray(inputs)
@@ -330,7 +331,8 @@ def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float
     each layer's params (and carry) are a (forward, backward) pair, run and concatenated by
     `bidirectional`, so layer l > 0 reads `[T, ..., 2H]`."""
     check_dropout(dropout, key)
-    if bidirectional and reverse:
+    reverse, remat = checks.boolean("reverse", reverse), checks.boolean("remat", remat)
+    if checks.boolean("bidirectional", bidirectional) and reverse:
         raise ValueError("reverse does not apply to a bidirectional stack: it reads both directions already")
     layer = _bidirectional_layer if bidirectional else run
     carries = (None,) * len(layer_params) if carries is None else carries

@@ -334,3 +334,23 @@ def test_nested_lists_of_ids_and_targets_give_the_numpy_arrays_loss(kw):
     assert_trees_close(lm_.hidden(p, ids[:, 0].tolist()), lm_.hidden(p, ids[:, 0]), rtol=0)
     with pytest.raises(ValueError, match="targets must have the inputs' shape"):
         lm_.loss(p, ids.tolist(), y[:-1].tolist(), **kw)
+
+
+def test_reverse_and_remat_take_bools_only_like_bidirectional():
+    """reverse="False" ran the layers backwards (a truthy string) and remat=1 passed; now a
+    TypeError naming the argument on every entry point, as `bidirectional` gets. numpy bools
+    are bools."""
+    model = lm.model("gru", vocab_size=5, hidden_size=3, layers=2)
+    p = model.init(jax.random.key(0))
+    ids = np.random.RandomState(0).randint(0, 5, (4, 2))
+    layer = jrnn.model.layer_params(model, p)[0]
+    for bad in ("False", 1, 0, None):
+        for name, call in [("reverse", lambda v: model.hidden(p, ids, reverse=v)),
+                           ("reverse", lambda v: jrnn.rnn.run(cells.GRU, layer, ids, reverse=v)),
+                           ("reverse", lambda v: jrnn.rnn.stack(cells.GRU, (layer,), ids, reverse=v)),
+                           ("remat", lambda v: model.loss(p, ids, ids, remat=v)),
+                           ("remat", lambda v: jrnn.rnn.run(cells.GRU, layer, ids, remat=v))]:
+            with pytest.raises(TypeError, match=f"{name} must be a bool, got {type(bad).__name__}"):
+                call(bad)
+    assert_trees_close(model.hidden(p, ids, reverse=np.True_), model.hidden(p, ids, reverse=True), rtol=0)
+    assert_trees_close(model.loss(p, ids, ids, remat=np.False_), model.loss(p, ids, ids), rtol=0)
