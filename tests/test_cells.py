@@ -67,7 +67,7 @@ def test_two_layer_stack_equals_two_single_layers_composed(name):
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("reverse", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_padding_never_changes_real_steps_and_reverse_is_length_aware(name, reverse):
     c = cells.get(name)
     params = _init(name)
@@ -82,7 +82,7 @@ def test_padding_never_changes_real_steps_and_reverse_is_length_aware(name, reve
         assert float(jnp.abs(hs[n:, b]).max(initial=0.0)) == 0.0
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
+@pytest.mark.parametrize("name", [n if n == "lstm" else pytest.param(n, marks=pytest.mark.slow) for n in CELL_NAMES])
 def test_gradients_stay_finite_with_nan_in_the_padding(name):
     c = cells.get(name)
     params = _init(name)

@@ -86,8 +86,7 @@ def _hand_tbptt(model, p, x, y, mask, c0, key, k1, k2):
     return total
 
 
-@pytest.mark.parametrize("name", ["elman", pytest.param("lstm", marks=pytest.mark.slow),
-                                  pytest.param("gru", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) for n in ["elman", "lstm", "gru"]])
 def test_truncated_tbptt_with_dropout_equals_the_hand_written_surrogate(name):
     model, p, x, y, carry = _problem(name, seed=2)
     key = jax.random.key(5)

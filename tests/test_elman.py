@@ -141,7 +141,7 @@ def test_reverse_equals_flipped_forward(params, rng):
     np.testing.assert_allclose(h_r, h_f, rtol=1e-12)
 
 
-@pytest.mark.parametrize("unroll", [2, 5, 16])
+@pytest.mark.parametrize("unroll", [2, pytest.param(5, marks=pytest.mark.slow), pytest.param(16, marks=pytest.mark.slow)])
 def test_unroll_and_remat_do_not_change_results(params, rng, unroll):
     x = rng.randint(0, 9, size=13)
     base = elman.apply(params, x)

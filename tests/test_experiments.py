@@ -54,6 +54,7 @@ def test_minchar_smoke(data_dir, tmp_path):
     assert len(r["samples"]) == 1 and len(r["samples"][0]["text"]) == minchar.SAMPLE_LEN
 
 
+@pytest.mark.slow   # sentiment's entry point also runs in test_cli (flags) and test_experiments' --help
 def test_sentiment_smoke(tmp_path):
     m = sentiment.main(["--epochs", "50", "--seeds", "2", "--baseline-epochs", "0", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
@@ -235,8 +236,8 @@ def _run(args, **env):
                           env={**os.environ, **env}, timeout=120)
 
 
-@pytest.mark.parametrize("name", ["minchar", "sentiment", "charlm", "binary_addition", "sequences", "many_to_many",
-                                  "memory"])
+@pytest.mark.parametrize("name", ["minchar", "charlm"] + [pytest.param(n, marks=pytest.mark.slow) for n in
+                                  ["sentiment", "binary_addition", "sequences", "many_to_many", "memory"]])
 def test_help_explains_every_flag(name):
     p = _run([f"experiments.{name}", "--help"])
     assert p.returncode == 0 and "--seed" in p.stdout and "--out" in p.stdout

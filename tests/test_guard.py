@@ -84,7 +84,7 @@ def test_data_parallel_step_names_out_of_range_ids(params, multi_step):
         step(params, opt.init(params), batch, jnp.zeros((2, H)))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", [pytest.param("lstm", marks=pytest.mark.slow), "gru"])
 def test_every_cell_checks_ids_in_the_step(cell):
     model = jrnn.lm.model(cell, vocab_size=V, hidden_size=H)
     p = model.init(jax.random.key(0))
@@ -114,6 +114,7 @@ def test_plain_jit_of_a_model_still_works_with_traced_ids(params):
     np.testing.assert_allclose(loss, remat, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_steps_called_inside_the_callers_scan_and_vmap_train_as_the_plain_step(params):
     # experiments.sentiment calls a multi-step inside lax.scan under vmap: the checked step's
     # error flags are traced values there, so it must run the plain step, not fail to read them

@@ -123,7 +123,7 @@ def test_float32_agrees_with_the_float64_reference(name):
     assert_trees_close(g32, g64, rtol=1e-4, what="float32 hoisted vs float64 plain")
 
 
-@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+@pytest.mark.parametrize("name", [pytest.param("elman", marks=pytest.mark.slow), "lstm", "gru"])
 def test_run_takes_a_carry_as_a_tuple_and_refuses_a_wrong_one_before_tracing(name):
     """A carry given as a tuple/list (an LSTM's `LSTMState(h, c)` as `(h, c)`) is the same carry
     on the cell's own scan and on the plain one; a carry of another structure or shape is a
@@ -146,8 +146,7 @@ def test_run_takes_a_carry_as_a_tuple_and_refuses_a_wrong_one_before_tracing(nam
             rnn.run(c, p, xs, jax.tree.map(lambda a: jnp.zeros((2, 6)), carry), mask=mask)
 
 
-@pytest.mark.parametrize("name", ["lstm", pytest.param("elman", marks=pytest.mark.slow),
-                                  pytest.param("gru", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) for n in ["lstm", "elman", "gru"]])
 def test_wider_float_features_run_in_the_params_dtype(name):
     """Float64 features (numpy's default, kept under x64) into float32 params, and float32 into
     bfloat16 params, run in the params' dtype, equal to features cast by hand, on the cell's own
@@ -161,7 +160,7 @@ def test_wider_float_features_run_in_the_params_dtype(name):
             assert_trees_close((hs, final), rnn.run(c, q, xs.astype(dt), mask=mask), rtol=0)
 
 
-@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["elman", "lstm", pytest.param("gru", marks=pytest.mark.slow)])
 def test_a_narrower_carry_runs_in_the_params_dtype(name):
     """A bfloat16 (or integer) carry into float32 params equals the same carry cast to float32
     by hand, on the cell's own scan and the plain one (was a scan carry-type error)."""
@@ -193,7 +192,7 @@ def test_batch_split_merges_rows_batch_major_with_the_same_gradient(name):
     assert_trees_close(split, merged, rtol=RTOL, what="d loss / params, rows [B, T] vs [T, B]")
 
 
-@pytest.mark.parametrize("batch", [(), (2, 3)])
+@pytest.mark.parametrize("batch", [(), pytest.param((2, 3), marks=pytest.mark.slow)])
 def test_batch_split_gives_the_plain_scans_lstm_derivatives_for_any_batch_rank(batch):
     """The LSTM (whose tangent now reads `A * (dh W + du + da)`) under `hoisted.batch_split`, with
     unbatched [T, D] and two batch dims [T, B1, B2, D] (the rows moved to [B1, B2, T] before the

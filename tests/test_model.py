@@ -44,8 +44,14 @@ MASKS = {"none": None, "left": np.r_[np.zeros(3), np.ones(8)], "right": np.r_[np
          "holes": np.r_[1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1]}
 
 
-@pytest.mark.parametrize("name", CELL_NAMES)
-@pytest.mark.parametrize("k1,k2", [(11, 11), (1, 3), (2, 5), (3, 3), (4, 10)])
+# the default suite runs one k1 < k2 < T window per cell (every mask each); the full suite runs
+# every window, k1 = k2 and k1 = k2 = T included, for every cell
+TBPTT_FAST = {(1, 3, "elman"), (2, 5, "gru"), (4, 10, "lstm")}
+
+
+@pytest.mark.parametrize("k1,k2,name", [
+    pytest.param(k1, k2, name, marks=() if (k1, k2, name) in TBPTT_FAST else pytest.mark.slow)
+    for k1, k2 in [(11, 11), (1, 3), (2, 5), (3, 3), (4, 10)] for name in CELL_NAMES])
 def test_grad_equals_numpy_tbptt_for_every_cell_window_and_mask(name, k1, k2):
     model, p, x, y, carry = _problem(name, 11, seed=k1 + 7 * k2)
     # one compile per window layout; the mask is an argument (all ones = no padding)
@@ -116,7 +122,7 @@ def test_masked_tbptt_matches_the_untruncated_masked_loss_and_state():
     np.testing.assert_allclose(h_T[1], elman.hidden(params, x[:7, 1])[1], rtol=1e-12)
 
 
-@pytest.mark.parametrize("k", [np.int64(2), np.int32(2)])
+@pytest.mark.parametrize("k", [np.int64(2), pytest.param(np.int32(2), marks=pytest.mark.slow)])
 def test_tbptt_accepts_numpy_integers(k):
     model, p, x, y, _ = _problem("gru", 8)
     a = model.loss(p, x, y, k1=k, k2=k)[0]
@@ -321,7 +327,8 @@ def test_a_bfloat16_carry_into_float32_params_works_on_the_per_step_loss_paths(k
     assert_trees_close(got, model.loss(p, x, x, jax.tree.map(lambda a: a.astype(jnp.float32), narrow), **kw), rtol=0)
 
 
-@pytest.mark.parametrize("kw", [{}, {"remat": True}, {"k1": 2, "k2": 2}])
+@pytest.mark.parametrize("kw", [{}, pytest.param({"remat": True}, marks=pytest.mark.slow),
+                                pytest.param({"k1": 2, "k2": 2}, marks=pytest.mark.slow)])
 def test_nested_lists_of_ids_and_targets_give_the_numpy_arrays_loss(kw):
     """rnn.check_input_array reads a nested list as numpy does; the loss paths did not (batch_shape
     and the loss's gather raised JAX's "Cannot determine dtype of [[...]]")."""

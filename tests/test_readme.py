@@ -1,7 +1,8 @@
 """Every ```python block of README.md runs as written, in a fresh interpreter, from an empty folder.
 
 A block may opt out only with a first line `# readme-test: skip (<why it cannot run here>)`, e.g.
-a GPU-only example; the reason is required.
+a GPU-only example; the reason is required. A first line `# readme-test: slow` runs the block in
+the full suite only.
 """
 
 import os
@@ -13,6 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = re.compile(r"#\s*readme-test:\s*skip\b(.*)")
+SLOW = re.compile(r"#\s*readme-test:\s*slow\b")   # runs in the full suite only
 
 
 def python_blocks(text):
@@ -31,7 +33,9 @@ def test_the_readme_has_python_blocks_and_the_extractor_finds_them():
     assert python_blocks(text) == [(3, "x = 1\n"), (10, "y = 2\n")]
 
 
-@pytest.mark.parametrize("line, code", BLOCKS, ids=[f"README.md:{n}" for n, _ in BLOCKS])
+@pytest.mark.parametrize("line, code", [
+    pytest.param(n, c, marks=pytest.mark.slow if SLOW.match(c.lstrip().splitlines()[0] if c.strip() else "") else ())
+    for n, c in BLOCKS], ids=[f"README.md:{n}" for n, _ in BLOCKS])
 def test_readme_python_block_runs(line, code, tmp_path):
     first = code.lstrip().splitlines()[0] if code.strip() else ""
     skip = SKIP.match(first)

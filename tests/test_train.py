@@ -127,9 +127,9 @@ def test_bad_learning_rates_raise(make, lr):
         make(lr)
 
 
-@pytest.mark.parametrize("opt", [optim.sgd(0.05), optim.karpathy_adagrad(0.1), optim.adam(1e-2),
-                                 optim.rprop(1e-2), optim.seed_rprop(0.01),
-                                 optim.with_clipping(optax.sgd(0.05), clip_value=1.0, clip_norm=5.0)])
+@pytest.mark.parametrize("opt", [optim.sgd(0.05), optim.karpathy_adagrad(0.1), optim.rprop(1e-2)] + [
+    pytest.param(o, marks=pytest.mark.slow) for o in [optim.adam(1e-2), optim.seed_rprop(0.01),
+                                                      optim.with_clipping(optax.sgd(0.05), clip_value=1.0, clip_norm=5.0)]])
 def test_every_optimizer_lowers_the_loss(setup, opt):
     params, text = setup
     x, y = jnp.asarray(text[:25]), jnp.asarray(text[1:26])
