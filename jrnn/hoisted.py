@@ -111,11 +111,10 @@ def _affine(h, w, b):
     merged [T, B]), while [B, T] rows split along B; the K-step data-parallel step at that size
     measured 810 -> 744 ms (LSTM) and 634 -> 597 ms (GRU) against unmerged rows.
     """
-    if _MERGE_ROWS.get():
-        a = (h.reshape(-1, h.shape[-1]) @ w).reshape(h.shape[:-1] + w.shape[-1:])
-    else:
-        hb = jnp.moveaxis(h, 0, -2)                                   # [B..., T, H]
-        a = jnp.moveaxis((hb.reshape(-1, h.shape[-1]) @ w).reshape(hb.shape[:-1] + w.shape[-1:]), -2, 0)
+    merge = _MERGE_ROWS.get()
+    rows = h if merge else jnp.moveaxis(h, 0, -2)                     # [T, B..., H] or [B..., T, H]
+    a = (rows.reshape(-1, h.shape[-1]) @ w).reshape(rows.shape[:-1] + w.shape[-1:])
+    a = a if merge else jnp.moveaxis(a, -2, 0)
     return a if b is None else a + b.reshape((1,) * (a.ndim - 1) + b.shape)
 
 
