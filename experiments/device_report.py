@@ -2,24 +2,27 @@
 
     PYTHONPATH=. python -m experiments.device_report [--out runs/device_report]
 
-Within 8 minutes on one H100, printing as it goes, it runs five parts, each in its own process
+Within 8 minutes on one H100, printing as it goes, it runs seven parts, each in its own process
 with its own time limit (so one slow part cannot eat the window; a part that runs over is
 stopped and the report says so, keeping what it measured):
 
-  env     GPU, driver, jax, jaxlib, CUDA, flax, torch, optax, numpy, python
-  tests   pytest on the GPU-relevant files (gradients, elman_scan, deer, train), not slow ones
-  bench   `experiments.bench --gpu-quick`: six configs, jrnn default / best, Flax, PyTorch
-  deer    DEER and quasi-DEER (and ELK where jrnn.parallel has it) against the sequential scan,
-          T in {16k, 65k}, H in {8, 32, 64}, B in {1, 16}: times, Newton iterations, fallbacks
-  charlm  `experiments.charlm --full` for 3 epochs: validation per epoch and wall time
+  env         GPU, driver, jax, jaxlib, CUDA, flax, torch, optax, numpy, python
+  tests       pytest on the GPU-relevant files (hoisted LSTM/GRU recurrences, DEER/ELK), not slow ones
+  bench       `experiments.bench --gpu-quick`: six configs, jrnn default / best, Flax, PyTorch (Elman)
+  bench_lstm  the same for the LSTM (PyTorch: cuDNN's nn.LSTM)
+  bench_gru   the same for the GRU (PyTorch: cuDNN's nn.GRU)
+  deer        DEER, quasi-DEER, ELK and quasi-ELK against the sequential scan,
+              T in {16k, 65k}, H in {8, 32, 64}, B in {1, 16}: times, Newton iterations, fallbacks
+  charlm      `experiments.charlm --full` for 3 epochs: validation per epoch and wall time
 
 It needs no pip: the python that has jax (CUDA), flax, optax, torch, tqdm, matplotlib, pytest and
 hypothesis, run from the repo root with PYTHONPATH=. (the corpus from $JRNN_DATA_DIR or --data).
 It writes 8 files at most, at most one folder deep, under --out: report.md (the tables),
-report.json (everything), tests.log, deer.json, bench/{results.json,loss.png},
-charlm/{results.json,validation_loss.png}. `--smoke` runs the same code paths on a CPU with tiny sizes
-(about a minute on an idle 2-core CPU; its limits are generous for a loaded one); the test
-suite runs it (slow) and its parts in one process (default).
+report.json (everything), tests.log, deer.json, {bench,bench_lstm,bench_gru,charlm}/results.json
+(the plots are dropped: the device machine returns 8 files, and report.md holds every table).
+`--smoke` runs the same code paths on a CPU with tiny sizes (about two minutes on an idle 2-core
+CPU; its limits are generous for a loaded one); the test suite runs it (slow) and its parts in
+one process (default).
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ from experiments import common
 ROOT = Path(__file__).resolve().parent.parent
 
 # hyperparameters: each part's limit in seconds on the device (sum + process starts < 8 min)
-PARTS = ("env", "tests", "bench", "deer", "charlm")
-LIMIT_S = {"env": 20, "tests": 80, "bench": 195, "deer": 100, "charlm": 70}
-SMOKE_LIMIT_S = {"env": 120, "tests": 180, "bench": 180, "deer": 180, "charlm": 180}   # a loaded CPU
-BENCH_SOFT_S = 180         # the bench starts no new measurement after this (its own budget)
-DEER_SOFT_S = 85
-GPU_TESTS = ["tests/test_deer.py", "tests/test_elman_scan.py", "tests/test_gradients.py", "tests/test_train.py"]
+PARTS = ("env", "tests", "bench", "bench_lstm", "bench_gru", "deer", "charlm")
+LIMIT_S = {"env": 15, "tests": 55, "bench": 95, "bench_lstm": 95, "bench_gru": 95, "deer": 70, "charlm": 50}
+SMOKE_LIMIT_S = {name: 180 for name in PARTS}   # a loaded CPU
+BENCH_SOFT_S = 75          # each bench part starts no new measurement after this (its own budget)
+DEER_SOFT_S = 55
+BENCH_CELLS = {"bench": "elman", "bench_lstm": "lstm", "bench_gru": "gru"}
+GPU_TESTS = ["tests/test_hoisted.py", "tests/test_deer.py"]
 SMOKE_TESTS = ["tests/test_unroll.py::test_default_unroll_is_1_on_cpu_8_on_gpu_and_never_more_than_t"]
 DEER_CONFIGS = [(T, H, B) for T in (16384, 65536) for H in (8, 32, 64) for B in (1, 16)]
 SMOKE_DEER_CONFIGS = [(64, 4, 2)]
@@ -86,13 +90,21 @@ def part_env(out: Path, smoke: bool) -> dict:
     return env
 
 
-def part_bench(out: Path, smoke: bool) -> dict:
+def part_bench(out: Path, smoke: bool, cell: str = "elman") -> dict:
     from experiments import bench
-    argv = ["--gpu-quick", "--time-budget", str(BENCH_SOFT_S), "--quiet", "--out", str(out / "bench")]
+    folder = out / ("bench" if cell == "elman" else f"bench_{cell}")
+    argv = ["--gpu-quick", "--cell", cell, "--time-budget", str(BENCH_SOFT_S), "--quiet", "--out", str(folder)]
     if smoke:
         argv += SMOKE_BENCH
     bench.main(argv)
-    return json.loads((out / "bench" / "results.json").read_text())
+    _drop_plots(folder)
+    return json.loads((folder / "results.json").read_text())
+
+
+def _drop_plots(folder: Path) -> None:
+    """The device machine returns 8 files: report.md holds the tables, so the plots stay behind."""
+    for png in folder.glob("*.png"):
+        png.unlink()
 
 
 def part_deer(out: Path, smoke: bool) -> dict:
@@ -127,6 +139,7 @@ def part_charlm(out: Path, smoke: bool, data=None) -> dict:
     charlm.main(argv)
     result = json.loads((out / "charlm" / "results.json").read_text())
     result["process_wall_s"] = time.perf_counter() - t0
+    _drop_plots(out / "charlm")
     return result
 
 
@@ -188,8 +201,9 @@ def run_part(name, out: Path, smoke: bool, data=None) -> dict:
     if part_file.exists():
         result["result"] = json.loads(part_file.read_text())
         part_file.unlink()
-    elif name == "bench" and (out / "bench" / "results.json").exists():   # cut short: its rows so far
-        result["result"] = json.loads((out / "bench" / "results.json").read_text())
+    elif name in BENCH_CELLS and (out / name / "results.json").exists():   # cut short: its rows so far
+        result["result"] = json.loads((out / name / "results.json").read_text())
+        _drop_plots(out / name)
     elif name == "deer" and (out / "deer.json").exists():
         result["result"] = json.loads((out / "deer.json").read_text())
     return result
@@ -206,9 +220,12 @@ def markdown(report: dict) -> str:
     for name, p in report["parts"].items():
         note = "stopped at its time limit" if p.get("timed_out") else p.get("summary", "")
         lines.append(f"| {name} | {p['seconds']:.0f} | {p['rc']} | {note} |")
-    b = report["parts"].get("bench", {}).get("result")
-    if b:
-        lines += ["", f"## bench --gpu-quick (precision {b['config'].get('precision')})", "", bench.ROW_HEADER]
+    for name, cell in BENCH_CELLS.items():
+        b = report["parts"].get(name, {}).get("result")
+        if not b:
+            continue
+        lines += ["", f"## bench --gpu-quick --cell {cell} (precision {b['config'].get('precision')})", "",
+                  bench.ROW_HEADER]
         lines += [bench.row_line(r) for r in b.get("rows", [])]
         ratios = b.get("metrics", {}).get("jrnn_speedup_vs_best_peer", {})
         lines += ["", "best peer / best jrnn: " + ", ".join(f"({k}) {v:.2f}x" for k, v in ratios.items() if v)]
@@ -242,8 +259,12 @@ def main(argv=None):
     if unknown or not parts:
         raise ValueError(f"--parts: unknown part(s) {unknown or args.parts!r}; choose from {', '.join(PARTS)}")
     if args.part is not None:   # inside a part's own process
-        fn = {"env": part_env, "bench": part_bench, "deer": part_deer, "charlm": part_charlm}[args.part]
-        result = fn(args.out, args.smoke, args.data) if args.part == "charlm" else fn(args.out, args.smoke)
+        if args.part in BENCH_CELLS:
+            result = part_bench(args.out, args.smoke, BENCH_CELLS[args.part])
+        elif args.part == "charlm":
+            result = part_charlm(args.out, args.smoke, args.data)
+        else:
+            result = {"env": part_env, "deer": part_deer}[args.part](args.out, args.smoke)
         _write_json(args.out / f".{args.part}.json", result)
         return result
     if (args.out / "report.json").exists() and not args.overwrite:

@@ -59,11 +59,14 @@ def test_smoke_run_writes_the_whole_report(tmp_path, data_dir):
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8 and all(len(p.relative_to(out).parts) <= 2 for p in files), files
     assert report["parts"]["tests"]["summary"].startswith("1 passed")
-    bench_rows = report["parts"]["bench"]["result"]["rows"]
-    assert [r["impl"].split()[0] for r in bench_rows] == ["jrnn", "jrnn", "flax", "torch"]
+    for name, cell in device_report.BENCH_CELLS.items():
+        bench_rows = report["parts"][name]["result"]["rows"]
+        assert [r["impl"].split()[0] for r in bench_rows] == ["jrnn", "jrnn", "flax", "torch"], name
+        assert {r["cell"] for r in bench_rows} == {cell}
     assert report["parts"]["charlm"]["result"]["history"][0]["val_nats"] > 0
     md = (out / "report.md").read_text()
-    assert "## bench --gpu-quick" in md and "## charlm --full" in md and "quasi_deer" in md
+    assert all(f"## bench --gpu-quick --cell {c} " in md for c in ("elman", "lstm", "gru"))
+    assert "## charlm --full" in md and "quasi_elk" in md
 
 
 def test_gpu_limits_fit_the_8_minute_window():
