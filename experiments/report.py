@@ -237,6 +237,29 @@ WHOLE = {  # tables that are one run's rows: (run, command, expected config, lin
 }
 
 
+DEVICE = ("device_report", "PYTHONPATH=. python -m experiments.device_report")   # run folder, command
+
+
+def device_lines(runs: Path) -> tuple[list[str], list[str]]:
+    """The device report's tables (`runs/device_report/report.json`, copied back from the GPU
+    machine), its headings one level down; a `--smoke` report is not a device's."""
+    from experiments import device_report
+    run, command = DEVICE
+    path = runs / run / "report.json"
+    try:
+        r = json.loads(path.read_text())
+        if r.get("smoke"):
+            raise ValueError("a --smoke report (tiny sizes on a CPU)")
+        md = device_report.markdown(r).splitlines()[1:]      # without its "# Device report" title
+        lines = [f"**{ln[3:]}**" if ln.startswith("## ") else ln for ln in md]
+        return ([f"`{command}` on the device machine, {r['wall_s']:.0f} s (the table below names the card "
+                 "and versions; µs per training step, ms per call for DEER):", *lines], [])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        why = f"{path}: {e.__class__.__name__}: {e}"
+        return [f"{NOT_YET}: {why}. Run `{command}` on a GPU machine, copy its --out folder to {runs / run}, "
+                "then `python -m experiments.report`."], [f"{run}: {why}"]
+
+
 # ---- building ---------------------------------------------------------------------------------
 
 def load(runs: Path, run: str, expect: dict):
@@ -331,6 +354,8 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
             return [row.label, f"`{row.command}`", *parts, mark or "–"]
         return table_of_rows(runs, MINCHAR_MODES, ["mode", "command", "median", "min-max over 5 seeds", "std",
                                                    "per seed (0-4)", "run on, 1-min load average"], cells)
+    if name == "device":
+        return device_lines(runs)
     if name in WHOLE:
         run, command, expect, fmt = WHOLE[name]
         r, why = load(runs, run, expect)
@@ -344,7 +369,7 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
             except (KeyError, TypeError, ValueError) as e:
                 why = f"{runs / run / 'results.json'} lacks {e!r} (written by an older version?)"
         return [f"{NOT_YET}: {why}. Run `{command}`, then `python -m experiments.report`."], [f"{run}: {why}"]
-    raise ValueError(f"unknown report table {name!r}; known: experiments, cells, cells_tbptt, minchar_modes, {', '.join(WHOLE)}")
+    raise ValueError(f"unknown report table {name!r}; known: experiments, cells, cells_tbptt, minchar_modes, device, {', '.join(WHOLE)}")
 
 
 MARKER = re.compile(r"<!-- report:(begin|end) ([\w-]+) -->")

@@ -193,3 +193,27 @@ def test_only_rewrites_the_named_tables_and_keeps_the_others_verbatim(tmp_path):
     with pytest.raises(ValueError, match="--only names no table"):
         report.main(["--readme", str(p), "--runs", str(runs), "--only", "bench_gru"])   # not in this file
     assert p.read_text() == text
+
+
+def test_the_device_table_comes_from_a_device_reports_json_and_refuses_a_smoke_run(tmp_path):
+    """`report --only device` renders runs/device_report/report.json (headings one level down);
+    a missing or `--smoke` report is flagged, never filled in."""
+    path = readme(tmp_path, "device")
+    runs = tmp_path / "runs"
+    (runs / "device_report").mkdir(parents=True)
+    deer_row = {"T": 16384, "H": 8, "B": 1, "method": "deer", "compile_s": 5.9, "forward_ms": 0.8, "train_ms": 1.1,
+                "forward_speedup": 20.5, "train_speedup": 33.1, "iterations": 5, "fell_back": False, "residual": 1e-7}
+    rep = {"smoke": False, "wall_s": 461.0, "parts": {
+        "deer": {"rc": 0, "seconds": 64.0, "timed_out": False, "result": {"rows": [deer_row], "not_measured": [[65536, 8, 1]]}},
+        "env": {"rc": 0, "seconds": 8.0, "timed_out": False, "result": {"jax": "9.9.9", "devices": ["Test GPU"]}}}}
+    (runs / "device_report" / "report.json").write_text(json.dumps(rep))
+    assert report.main(["--readme", str(path), "--runs", str(runs), "--only", "device"]) == 0
+    text = path.read_text()
+    assert "OLD device TABLE" not in text and "| jax | 9.9.9 |" in text and "['Test GPU']" in text
+    assert "| 16384 | 8 | 1 | deer | 5.9 | 0.8 | 1.1 | 20.50x, 33.10x | 5 |" in text
+    assert "\n## " not in text and "**parallel-in-time vs sequential scan (Elman)**" in text
+    assert text.index("| env | 8 |") < text.index("| deer | 64 |")       # the parts in run order
+    rep["smoke"] = True
+    (runs / "device_report" / "report.json").write_text(json.dumps(rep))
+    report.main(["--readme", str(path), "--runs", str(runs), "--only", "device"])
+    assert report.NOT_YET in path.read_text() and "--smoke" in path.read_text()
