@@ -170,40 +170,60 @@ def _stream(cmd, limit_s, log=None, prefix=""):
     Reads whatever bytes are there rather than whole lines: pytest's progress dots end their
     line only at 100 %, and a blocking readline held the limit back until then (the first H100
     run's tests part ran 81 s against a 55 s limit)."""
+    import codecs
     import selectors
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
                PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline, timed_out, pending = t0 + limit_s, False, ""
+    deadline, timed_out, pending = t0 + limit_s, False, []      # pending: the unfinished line's pieces
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")   # a character may straddle two reads
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
 
-    def emit(text, final=False):
-        nonlocal pending
+    def emit(text):
         if log is not None:
             log.write(text)
             log.flush()
-        *lines, pending = (pending + text).split("\n")
-        if final and pending:
-            lines, pending = lines + [pending], ""
+        if "\n" not in text:       # no line ends here: keep the piece (a long line stays linear)
+            pending.append(text)
+            return
+        *lines, rest = ("".join(pending) + text).split("\n")
+        pending[:] = [rest]
         for line in lines:
             print(prefix + line, flush=True)
 
-    while True:
+    def read(timeout) -> bool:
+        """Echo what is there within timeout; False at the end of the output."""
+        if not sel.select(timeout=timeout):
+            return True
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if chunk:
+            emit(decoder.decode(chunk))
+        return bool(chunk)
+
+    still_open = True
+    while still_open:
         left = deadline - time.perf_counter()
         if left <= 0:
             timed_out = True
             proc.kill()
             break
-        if sel.select(timeout=min(left, 1.0)):
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            emit(chunk.decode("utf-8", "replace"))
-    emit("", final=True)
+        still_open = read(min(left, 1.0))
+    if timed_out:   # what it printed before the kill is still in the pipe (bounded: a child's child may hold it)
+        drain_until = time.perf_counter() + 2.0
+        while still_open and time.perf_counter() < drain_until:
+            still_open = read(0.1)
+    emit(decoder.decode(b"", final=True))
+    if "".join(pending):       # its last line, without a newline
+        print(prefix + "".join(pending), flush=True)
     sel.close()
-    rc = proc.wait()
+    try:            # its output closed is not its end: the limit holds until it exits
+        rc = proc.wait(timeout=max(deadline - time.perf_counter(), 0) if not timed_out else None)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        rc = proc.wait()
     proc.stdout.close()
     return rc, time.perf_counter() - t0, timed_out
 
@@ -222,18 +242,28 @@ def run_part(name, out: Path, smoke: bool, data=None) -> dict:
     cmd = [sys.executable, "-m", "experiments.device_report", "--part", name, "--out", str(out)]
     cmd += ["--smoke"] if smoke else []
     cmd += ["--data", data] if data else []
+    started = time.time()
     rc, secs, timed_out = _stream(cmd, limit, prefix=f"[{name}] ")
     result = {"rc": rc, "seconds": secs, "timed_out": timed_out}
+
+    def written(path: Path) -> bool:    # by this part: an --overwrite'n folder holds the last run's files
+        return path.exists() and path.stat().st_mtime >= started - 1.0
+
     part_file = out / f".{name}.json"
-    if part_file.exists():
+    if written(part_file):
         result["result"] = json.loads(part_file.read_text())
         part_file.unlink()
-    elif name in BENCH_CELLS and (out / name / "results.json").exists():   # cut short: its rows so far
+    elif name in BENCH_CELLS and written(out / name / "results.json"):   # cut short: its rows so far
         result["result"] = json.loads((out / name / "results.json").read_text())
         _drop_plots(out / name)
-    elif name == "deer" and (out / "deer.json").exists():
+    elif name == "deer" and written(out / "deer.json"):
         result["result"] = json.loads((out / "deer.json").read_text())
     return result
+
+
+def _cell(value) -> str:
+    """One markdown table cell: a `|` or a line break (nvidia-smi prints a line per GPU) would split the row."""
+    return "; ".join(str(value).splitlines()).replace("|", "\\|")
 
 
 def markdown(report: dict) -> str:
@@ -242,20 +272,21 @@ def markdown(report: dict) -> str:
     lines = ["# Device report", ""]
     env = report["parts"].get("env", {}).get("result", {})
     if env:
-        lines += ["| what | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(env.items())] + [""]
+        lines += ["| what | value |", "|---|---|"] + [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(env.items())] + [""]
     lines += ["| part | seconds | exit | note |", "|---|---|---|---|"]
-    for name, p in sorted(report["parts"].items(), key=lambda kv: PARTS.index(kv[0])):   # run order
+    order = {name: i for i, name in enumerate(PARTS)}   # run order; a part of an older report's PARTS last
+    for name, p in sorted(report["parts"].items(), key=lambda kv: (order.get(kv[0], len(PARTS)), kv[0])):
         note = "stopped at its time limit" if p.get("timed_out") else p.get("summary", "")
-        lines.append(f"| {name} | {p['seconds']:.0f} | {p['rc']} | {note} |")
+        lines.append(f"| {_cell(name)} | {p['seconds']:.0f} | {p['rc']} | {_cell(note)} |")
     for name, cell in BENCH_CELLS.items():
         b = report["parts"].get(name, {}).get("result")
         if not b:
             continue
-        lines += ["", f"## bench --gpu-quick --cell {cell} (precision {b['config'].get('precision')})", "",
+        lines += ["", f"## bench --gpu-quick --cell {cell} (precision {b.get('config', {}).get('precision')})", "",
                   bench.ROW_HEADER]
         lines += [bench.row_line(r) for r in b.get("rows", [])]
         ratios = b.get("metrics", {}).get("jrnn_speedup_vs_best_peer", {})
-        lines += ["", "best peer / best jrnn: " + ", ".join(f"({k}) {v:.2f}x" for k, v in ratios.items() if v)]
+        lines += ["", "best peer / best jrnn: " + (", ".join(f"({k}) {v:.2f}x" for k, v in ratios.items() if v) or "none measured")]
         if b.get("not_measured"):
             lines += ["", f"not (fully) measured (time budget): {b['not_measured']}"]
     d = report["parts"].get("deer", {}).get("result")
@@ -284,7 +315,10 @@ def main(argv=None):
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
-        raise ValueError(f"--parts: unknown part(s) {unknown or args.parts!r}; choose from {', '.join(PARTS)}")
+        raise ValueError(f"--parts: {'unknown part(s) ' + str(unknown) if unknown else 'names no part'} "
+                         f"({args.parts!r}); choose from {', '.join(PARTS)}")
+    if len(set(parts)) < len(parts):     # a second run would overwrite the first's row and files
+        raise ValueError(f"--parts names a part twice ({args.parts!r}): each runs once")
     if args.part is not None:   # inside a part's own process
         if args.part in BENCH_CELLS:
             result = part_bench(args.out, args.smoke, BENCH_CELLS[args.part])

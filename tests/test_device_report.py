@@ -48,9 +48,102 @@ def test_a_part_that_prints_without_a_newline_is_still_stopped_at_its_limit(tmp_
     assert (tmp_path / "log").read_text() == ".."
 
 
+def test_a_character_split_across_two_reads_is_echoed_and_logged_whole(tmp_path, capsys):
+    """os.read may end inside a UTF-8 character (µs, tqdm's bars): decoding each chunk on its
+    own turned 'é€' into four replacement characters."""
+    code = ("import os, time\nb = 'é€'.encode()\nos.write(1, b[:1]); time.sleep(0.5)\n"
+            "os.write(1, b[1:4]); time.sleep(0.5)\nos.write(1, b[4:] + b'\\n')")
+    with open(tmp_path / "log", "w", encoding="utf-8") as log:
+        rc, _, timed_out = device_report._stream([sys.executable, "-c", code], 20, log, "[p] ")
+    assert rc == 0 and not timed_out
+    assert (tmp_path / "log").read_text(encoding="utf-8") == "é€\n"
+    assert "[p] é€\n" in capsys.readouterr().out
+
+
+def test_a_child_that_closes_its_output_but_keeps_running_is_stopped_at_its_limit():
+    """The end of its output is not its end: waiting for it without a limit let it run on."""
+    code = "import os, time\nos.close(1); os.close(2)\ntime.sleep(60)"
+    rc, secs, timed_out = device_report._stream([sys.executable, "-c", code], 2)
+    assert timed_out and rc != 0 and secs < 30
+
+
+def test_a_long_line_without_a_newline_is_read_in_linear_time(capsys):
+    """The unfinished line was re-joined at every 64 KiB read: 100 MB without a newline took
+    over 30 s (quadratic); its pieces are now joined once, at its end."""
+    n = 48 * 2 ** 20
+    code = f"import os\nfor _ in range({n // 65536}): os.write(1, b'x' * 65536)"
+    rc, secs, timed_out = device_report._stream([sys.executable, "-c", code], 60)
+    assert rc == 0 and not timed_out and secs < 10
+    assert capsys.readouterr().out == "x" * n + "\n"
+
+
+def test_what_a_part_printed_before_its_kill_is_kept(tmp_path, monkeypatch):
+    """The output still in the pipe when the limit strikes is read after the kill (the clock is
+    stepped past the limit before the first read, so nothing was read before it)."""
+    import time as real_time
+    calls = []
+
+    def perf_counter():     # t0 at the first call; at the second, the child has printed: the limit is past
+        calls.append(1)
+        if len(calls) == 2:
+            real_time.sleep(3)
+        return real_time.perf_counter() + (0 if len(calls) == 1 else 1e6)
+
+    monkeypatch.setattr(device_report, "time", type("T", (), {"perf_counter": staticmethod(perf_counter)}))
+    code = "import time\nprint('measured', flush=True)\ntime.sleep(60)"
+    with open(tmp_path / "log", "w") as log:
+        rc, _, timed_out = device_report._stream([sys.executable, "-c", code], 30, log)
+    assert timed_out and rc != 0
+    assert (tmp_path / "log").read_text() == "measured\n"
+
+
+def test_a_part_cut_short_reports_only_what_it_wrote_not_the_last_runs_files(tmp_path, monkeypatch):
+    """After --overwrite the folder still holds the last run's bench_lstm/results.json and
+    deer.json: a part stopped before writing its own must not pass those off as its rows."""
+    import os
+    old = {"config": {}, "rows": [{"impl": "from the last run"}]}
+    for rel in ("bench_lstm/results.json", "deer.json", ".env.json"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text(json.dumps(old))
+        os.utime(tmp_path / rel, (1e9, 1e9))           # written long before this part started
+    monkeypatch.setattr(device_report, "_stream", lambda cmd, limit, log=None, prefix="": (-9, 1.0, True))
+    for name in ("bench_lstm", "deer", "env"):
+        assert "result" not in device_report.run_part(name, tmp_path, smoke=True), name
+
+    def writes_rows(cmd, limit, log=None, prefix=""):    # a part that measured one row, then ran over
+        (tmp_path / "bench_lstm" / "results.json").write_text(json.dumps({"config": {}, "rows": [{"impl": "now"}]}))
+        return -9, 1.0, True
+    monkeypatch.setattr(device_report, "_stream", writes_rows)
+    assert device_report.run_part("bench_lstm", tmp_path, smoke=True)["result"]["rows"] == [{"impl": "now"}]
+
+
+def test_markdown_of_an_older_or_partial_report(tmp_path):
+    """A part of an older PARTS list goes last (PARTS.index raised ValueError); a part with no
+    result, a bench with no rows or config, and cells holding `|` or line breaks (nvidia-smi
+    prints a line per GPU) keep the tables whole."""
+    def part(**kw):
+        return {"rc": 0, "seconds": 1.0, "timed_out": False, **kw}
+    md = device_report.markdown({"parts": {
+        "bench_old": part(), "charlm": part(), "env": part(result={"nvidia_smi": "H100, 550\nH100, 550"}),
+        "tests": part(summary="E   assert a | b"), "bench_gru": part(result={"rows": []})}})
+    import re
+    tables = [t.splitlines() for t in md.split("\n\n") if t.startswith("| ")]
+    env_rows, part_rows = tables[0][2:], tables[1][2:]
+    assert [r.split(" | ")[0][2:] for r in part_rows] == ["env", "tests", "bench_gru", "charlm", "bench_old"]
+    assert "| nvidia_smi | H100, 550; H100, 550 |" in env_rows and "| tests | 1 | 0 | E   assert a \\| b |" in part_rows
+    cells = [len(re.findall(r"(?<!\\)\|", r)) - 1 for r in env_rows + part_rows]   # unescaped bars
+    assert cells == [2] * len(env_rows) + [4] * len(part_rows)
+    assert "best peer / best jrnn: none measured" in md
+
+
 def test_bad_arguments_and_an_existing_report_are_refused(tmp_path):
     with pytest.raises(ValueError, match="--parts"):
         device_report.main(["--parts", "env,nonsense", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="names no part"):
+        device_report.main(["--parts", " , ", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="twice"):     # it ran twice, the second overwriting the first
+        device_report.main(["--parts", "env,tests,env", "--out", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
     (tmp_path / "report.json").write_text("{}")
     with pytest.raises(ValueError, match="--overwrite"):
         device_report.main(["--parts", "env", "--out", str(tmp_path)])
