@@ -248,13 +248,16 @@ def device_lines(runs: Path) -> tuple[list[str], list[str]]:
     path = runs / run / "report.json"
     try:
         r = json.loads(path.read_text())
+        if not isinstance(r, dict) or not isinstance(r.get("parts"), dict) \
+                or not all(isinstance(p, dict) for p in r["parts"].values()):
+            raise ValueError("not a device report (an object whose 'parts' maps each part to an object)")
         if r.get("smoke"):
             raise ValueError("a --smoke report (tiny sizes on a CPU)")
         md = device_report.markdown(r).splitlines()[1:]      # without its "# Device report" title
         lines = [f"**{ln[3:]}**" if ln.startswith("## ") else ln for ln in md]
         return ([f"`{command}` on the device machine, {r['wall_s']:.0f} s (the table below names the card "
                  "and versions; µs per training step, ms per call for DEER):", *lines], [])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:   # any malformed part
         why = f"{path}: {e.__class__.__name__}: {e}"
         return [f"{NOT_YET}: {why}. Run `{command}` on a GPU machine, copy its --out folder to {runs / run}, "
                 "then `python -m experiments.report`."], [f"{run}: {why}"]

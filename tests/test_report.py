@@ -217,3 +217,21 @@ def test_the_device_table_comes_from_a_device_reports_json_and_refuses_a_smoke_r
     (runs / "device_report" / "report.json").write_text(json.dumps(rep))
     report.main(["--readme", str(path), "--runs", str(runs), "--only", "device"])
     assert report.NOT_YET in path.read_text() and "--smoke" in path.read_text()
+
+
+@pytest.mark.parametrize("content, why", [
+    ('{"smoke": false, "parts": {"env": ', "JSONDecodeError"),          # copied back cut short
+    ("[1, 2]", "not a device report"), ("null", "not a device report"),
+    ('{"smoke": false, "wall_s": 1, "parts": []}', "not a device report"),
+    ('{"smoke": false, "wall_s": 1, "parts": {"env": [1]}}', "not a device report"),
+    ('{"smoke": false, "wall_s": 1, "parts": {"bench": {"rc": 0, "seconds": 1, "result": [1]}}}', "AttributeError"),
+    ('{"smoke": false, "parts": {}}', "wall_s")])
+def test_a_malformed_device_report_is_flagged_not_a_crash(tmp_path, content, why):
+    """A report.json that is not a device report's object (a list, null, parts as a list) raised
+    AttributeError out of `report`, losing every other table's rewrite; it is now flagged."""
+    path = readme(tmp_path, "device")
+    (tmp_path / "runs" / "device_report").mkdir(parents=True)
+    (tmp_path / "runs" / "device_report" / "report.json").write_text(content)
+    assert report.main(["--readme", str(path), "--runs", str(tmp_path / "runs"), "--only", "device"]) == 0
+    text = path.read_text()
+    assert report.NOT_YET in text and why in text and "OLD device TABLE" not in text
