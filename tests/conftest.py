@@ -1,7 +1,10 @@
 """Strict test environment: float64 for the gradient proofs, rank promotion raises, warnings
 are errors (pyproject), as Equinox's conftest does."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -9,6 +12,14 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Many tests compile the same program again (same sizes, a new closure): a persistent compilation
+# cache for this session compiles each once (default suite 285-308 s -> 256 s on the 2-core CPU).
+# It lives in a fresh folder, removed at exit, so no run reads another's executables.
+_XLA_CACHE = tempfile.mkdtemp(prefix="jrnn-tests-xla-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 

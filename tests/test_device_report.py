@@ -60,6 +60,7 @@ def test_a_character_split_across_two_reads_is_echoed_and_logged_whole(tmp_path,
     assert "[p] é€\n" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_child_that_closes_its_output_but_keeps_running_is_stopped_at_its_limit():
     """The end of its output is not its end: waiting for it without a limit let it run on."""
     code = "import os, time\nos.close(1); os.close(2)\ntime.sleep(60)"
@@ -77,6 +78,7 @@ def test_a_long_line_without_a_newline_is_read_in_linear_time(capsys):
     assert capsys.readouterr().out == "x" * n + "\n"
 
 
+@pytest.mark.slow
 def test_what_a_part_printed_before_its_kill_is_kept(tmp_path, monkeypatch):
     """The output still in the pipe when the limit strikes is read after the kill (the clock is
     stepped past the limit before the first read, so nothing was read before it)."""
