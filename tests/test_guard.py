@@ -215,7 +215,7 @@ def test_charlm_refuses_an_overflowing_learning_rate_before_training(tmp_path):
     assert not (run / "results.json").exists() and not jrnn.checkpoint.list_checkpoints(run / "checkpoints")
 
 
-def test_charlm_records_skipped_steps_and_saves_only_finite_checkpoints(tmp_path):
+def test_charlm_records_skipped_steps_and_saves_only_finite_checkpoints(tmp_path, data_dir):
     from experiments import charlm
     charlm.main(CHARLM_TINY + ["--out", str(tmp_path / "run")])
     results = json.loads((tmp_path / "run" / "results.json").read_text())
