@@ -13,7 +13,8 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Many tests compile the same program again (same sizes, a new closure): a persistent compilation
-# cache for this session compiles each once (default suite 285-308 s -> 256 s on the 2-core CPU).
+# cache for this session compiles each once (the default suite, same selection, 2-core CPU: 285
+# and 308 s in two runs without it, 256 s in one run with it).
 # It lives in a fresh folder, removed at exit, so no run reads another's executables.
 _XLA_CACHE = tempfile.mkdtemp(prefix="jrnn-tests-xla-")
 atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
