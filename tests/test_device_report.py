@@ -30,22 +30,18 @@ def test_parts_in_one_process_and_the_report_tables(tmp_path, monkeypatch):
     assert md.count("| 16 | 2 | 2 |") == len(deer["rows"]) == 2
 
 
-@pytest.mark.slow
-def test_a_part_that_runs_over_is_stopped_and_its_output_kept(tmp_path):
-    code = "import time\nprint('measured', flush=True)\ntime.sleep(60)\nprint('never')"
+@pytest.mark.parametrize("code,printed", [
+    # a line, then nothing: stopped at the limit with the line kept
+    pytest.param("import time\nprint('measured', flush=True)\ntime.sleep(60)\nprint('never')", "measured\n",
+                 marks=pytest.mark.slow),
+    # pytest's progress dots end their line only at 100 %: the limit must not wait for it
+    ("import sys, time\nsys.stdout.write('..'); sys.stdout.flush()\ntime.sleep(60)", ".."),
+])
+def test_a_part_that_runs_over_is_stopped_and_its_output_kept(tmp_path, code, printed):
     with open(tmp_path / "log", "w") as log:
         rc, secs, timed_out = device_report._stream([sys.executable, "-c", code], 3, log)
     assert timed_out and rc != 0 and secs < 30
-    assert (tmp_path / "log").read_text() == "measured\n"
-
-
-def test_a_part_that_prints_without_a_newline_is_still_stopped_at_its_limit(tmp_path):
-    """pytest's progress dots end their line only at 100 %: the limit must not wait for it."""
-    code = "import sys, time\nsys.stdout.write('..'); sys.stdout.flush()\ntime.sleep(60)"
-    with open(tmp_path / "log", "w") as log:
-        rc, secs, timed_out = device_report._stream([sys.executable, "-c", code], 3, log)
-    assert timed_out and rc != 0 and secs < 30
-    assert (tmp_path / "log").read_text() == ".."
+    assert (tmp_path / "log").read_text() == printed
 
 
 def test_a_character_split_across_two_reads_is_echoed_and_logged_whole(tmp_path, capsys):
