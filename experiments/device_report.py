@@ -102,9 +102,10 @@ def part_env(out: Path, smoke: bool) -> dict:
     return env
 
 
-def part_bench(out: Path, smoke: bool, cell: str = "elman") -> dict:
+def part_bench(out: Path, smoke: bool, name: str = "bench") -> dict:
+    """One bench part (a key of BENCH_CELLS): its cell's GPU selection, into out/<name>."""
     from experiments import bench
-    folder = out / ("bench" if cell == "elman" else f"bench_{cell}")
+    folder, cell = out / name, BENCH_CELLS[name]
     argv = ["--gpu-quick", "--cell", cell, "--time-budget", str(BENCH_SOFT_S), "--quiet", "--out", str(folder),
             "--configs", SMOKE_BENCH_CONFIGS if smoke else BENCH_CONFIGS[cell]]
     argv += ["--only", BENCH_ONLY[cell]] if BENCH_ONLY[cell] else []
@@ -215,8 +216,9 @@ def _stream(cmd, limit_s, log=None, prefix=""):
         while still_open and time.perf_counter() < drain_until:
             still_open = read(0.1)
     emit(decoder.decode(b"", final=True))
-    if "".join(pending):       # its last line, without a newline
-        print(prefix + "".join(pending), flush=True)
+    last = "".join(pending)
+    if last:                   # its last line, without a newline
+        print(prefix + last, flush=True)
     sel.close()
     try:            # its output closed is not its end: the limit holds until it exits
         rc = proc.wait(timeout=max(deadline - time.perf_counter(), 0) if not timed_out else None)
@@ -321,7 +323,7 @@ def main(argv=None):
         raise ValueError(f"--parts names a part twice ({args.parts!r}): each runs once")
     if args.part is not None:   # inside a part's own process
         if args.part in BENCH_CELLS:
-            result = part_bench(args.out, args.smoke, BENCH_CELLS[args.part])
+            result = part_bench(args.out, args.smoke, args.part)
         elif args.part == "charlm":
             result = part_charlm(args.out, args.smoke, args.data)
         else:

@@ -33,11 +33,16 @@ def test_the_readme_has_python_blocks_and_the_extractor_finds_them():
     assert python_blocks(text) == [(3, "x = 1\n"), (10, "y = 2\n")]
 
 
+def first_line(code):
+    """A block's first non-blank line, where its `# readme-test:` marker stands."""
+    return code.lstrip().splitlines()[0] if code.strip() else ""
+
+
 @pytest.mark.parametrize("line, code", [
-    pytest.param(n, c, marks=pytest.mark.slow if SLOW.match(c.lstrip().splitlines()[0] if c.strip() else "") else ())
+    pytest.param(n, c, marks=pytest.mark.slow if SLOW.match(first_line(c)) else ())
     for n, c in BLOCKS], ids=[f"README.md:{n}" for n, _ in BLOCKS])
 def test_readme_python_block_runs(line, code, tmp_path):
-    first = code.lstrip().splitlines()[0] if code.strip() else ""
+    first = first_line(code)
     skip = SKIP.match(first)
     if skip:
         reason = skip.group(1).strip(" ():-")
