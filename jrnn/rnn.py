@@ -69,6 +69,14 @@ def positive_int(name, value) -> int:
     return checks.integer(name, value)
 
 
+def check_time_axis(shape) -> None:
+    """Inputs are `[T, ...]` with T >= 1: a scalar (a numpy integer, say) has no time axis."""
+    if len(shape) == 0:
+        raise ValueError("inputs must be a sequence [T, ...] (token ids) or [T, ..., D] (features), got a scalar")
+    if shape[0] == 0:
+        raise ValueError(f"empty sequence: inputs have shape {tuple(shape)}; need at least one time step")
+
+
 def check_input_array(input_size: int, inputs) -> None:
     """Inputs must be a non-empty `[T, ...]` of token ids in [0, D) or float features `[T, ..., D]`.
 
@@ -81,8 +89,7 @@ def check_input_array(input_size: int, inputs) -> None:
     x = inputs
     if not hasattr(x, "dtype"):
         x = np.asarray(x)
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"empty sequence: inputs have shape {x.shape}; need at least one time step")
+    check_time_axis(x.shape)
     if jnp.issubdtype(x.dtype, jnp.integer):
         checks.traced_ids_in_range(x, D, "token ids")   # raised by jrnn's training steps
         if not isinstance(x, jax.core.Tracer) and x.size:
@@ -254,8 +261,7 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
     if remat and method not in ("sequential", "auto"):
         raise ValueError(f"remat applies to the sequential scan only, not to method={method!r}")
     inputs = jnp.asarray(inputs)
-    if inputs.ndim == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"empty sequence: inputs have shape {inputs.shape}")
+    check_time_axis(inputs.shape)
     inputs = float_inputs(inputs, params, carry)
     if mask is not None:
         losses._check_mask(mask)   # 0/1 only, as the losses read it: 0.5 or NaN is not a step

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jrnn
 from jrnn import elman, initializers
 from jrnn.testing import assert_trees_close
 
@@ -166,6 +167,11 @@ def test_out_of_range_token_ids_raise(params, bad):
 def test_empty_sequence_and_bad_shapes_raise(params):
     with pytest.raises(ValueError, match="empty sequence"):
         elman.apply(params, np.zeros((0,), np.int32))
+    for scalar in (np.int64(3), 3):       # no time axis: named as such, not as an empty sequence
+        with pytest.raises(ValueError, match="got a scalar"):
+            elman.apply(params, scalar)
+        with pytest.raises(ValueError, match="got a scalar"):
+            jrnn.rnn.run(jrnn.cells.ELMAN, params, scalar)
     with pytest.raises(ValueError, match=r"must have shape \(3, 6\) for these inputs"):
         elman.apply(params, np.zeros((4, 3), np.int32), jnp.zeros(6))
     with pytest.raises(ValueError, match="last dim 9"):
