@@ -35,7 +35,10 @@ from jrnn.rnn import Cell
 def _gather_or_matmul(w, b, xs):
     rnn.check_input_array(w.shape[0], xs)
     xs = jnp.asarray(xs)
-    u = jnp.take(w, xs, axis=0) if jnp.issubdtype(xs.dtype, jnp.integer) else xs @ w
+    if jnp.issubdtype(xs.dtype, jnp.integer):
+        u = hoisted.per_device(hoisted.take_rows, xs, w, row_dims=0)
+    else:
+        u = hoisted.per_device(hoisted.merged, xs, w, row_dims=1, unsplit=jnp.matmul)
     return u + b.reshape((1,) * (u.ndim - 1) + b.shape)
 
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks, losses, rnn
+from jrnn import checks, hoisted, losses, rnn
 from jrnn.rnn import Directions  # noqa: F401  (a bidirectional layer's params and carry)
 
 
@@ -217,7 +217,8 @@ def _prepared(model, params, layers, inputs, carry, batch, compute_dtype):
 
 def readout(params, hs) -> jax.Array:
     """Logits `[..., V]` from states `[..., H]`."""
-    return hs @ params.w_hy + params.b_y.reshape((1,) * (hs.ndim - 1) + params.b_y.shape)
+    logits = hoisted.per_device(hoisted.merged, hs, params.w_hy, row_dims=1, unsplit=jnp.matmul)
+    return logits + params.b_y.reshape((1,) * (logits.ndim - 1) + params.b_y.shape)
 
 
 def hidden(model: Model, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int | None = None,

@@ -269,12 +269,17 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
             return jax.device_put(x, NamedSharding(mesh, P(*spec)))
         return put
 
-    unsplit = (make_multi_step if multi_step else make_step)(loss_fn, optimizer, precision=precision, **kw)
+    check_ids = kw.pop("check_ids", True)
+    unsplit = (make_multi_step if multi_step else make_step)(loss_fn, optimizer, precision=precision,
+                                                             check_ids=False, **kw)
+    ids_check = _ids_check(loss_fn, multi_step) if check_ids else None
     leaf_axis = batch_axis + 1 if multi_step else batch_axis
 
-    def step(*args):   # traced (on its first call) knowing that the batch is split over devices
-        with hoisted.batch_split():
-            return unsplit(*args)
+    def step(params, opt_state, batch, carry=None):
+        if ids_check is not None:
+            ids_check(params, batch, carry)
+        with hoisted.batch_split(mesh):  # traced (on its first call) knowing the batch is split
+            return unsplit(params, opt_state, batch, carry)
 
     def sharded_step(params, opt_state, batch, carry=None):
         params, opt_state = jax.device_put((params, opt_state), replicated)
@@ -285,6 +290,25 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
     if jax.process_count() == 1:
         return sharded_step
     return _across_processes(step, mesh, leaf_axis, carry_axis)
+
+
+def _ids_check(loss_fn: LossFn, multi_step: bool):
+    """`check(params, batch, carry)`: the id range checks of `loss_fn` (`jrnn.checks`) alone, as
+    their own jitted program, raising as `make_step` does. Nothing reads the loss, so XLA drops
+    it: what runs is a min and a max over each id array.
+
+    The data-parallel step calls it first and traces its own program without `checkify`, whose
+    rule for a `shard_map` (`jrnn.hoisted.batch_split`) returns one error per device, which
+    its rule for a scan (the K-step) then cannot carry (jax 0.10.2: "select cases must have
+    the same shapes")."""
+    def ids(params, batch, carry):
+        if multi_step:   # every batch of the stack, each with the carry passed in: ids do not depend on it
+            jax.lax.map(lambda b: loss_fn(params, b, carry)[0], batch)
+        else:
+            loss_fn(params, batch, carry)
+        return jnp.zeros(())
+
+    return _jit(ids, False, True)
 
 
 # ---- several processes (jax.distributed) ------------------------------------------------------

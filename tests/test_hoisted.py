@@ -173,30 +173,33 @@ def test_a_narrower_carry_runs_in_the_params_dtype(name):
         assert rnn.run(c, p, xs, jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.int32), carry))[0].dtype == jnp.float32
 
 
+def one_device_mesh():
+    """A mesh of one device: `batch_split` takes its shard_map path (B divides), as with many."""
+    return jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+
+
 @pytest.mark.parametrize("name", ["gru", "elman"])
-def test_batch_split_merges_rows_batch_major_with_the_same_gradient(name):
-    """Under `hoisted.batch_split` (a data-parallel step) the weight gradient's rows merge as
-    [B, T] (a device-split B stays split), else as [T, B]: same numbers either way."""
+def test_batch_split_merges_each_devices_rows_in_a_shard_map_with_the_same_gradient(name):
+    """Under `hoisted.batch_split` (a data-parallel step) the weight gradient's rows merge per
+    device, inside a shard_map, else over all T*B rows: same numbers either way."""
     from jrnn import hoisted
     cell, p, xs, mask, carry = problem(name)
     T, B = xs.shape[:2]
     weights = jnp.asarray(np.random.RandomState(1).randn(T, B, 5))
-    batch_major = f"tensor<{B}x{T}x5xf64>"     # h moved to [B, T, H] before the merge
-    merged_fn = jax.jit(jax.grad(loss_of(cell, mask, False, weights)))
-    assert batch_major not in merged_fn.lower(p, xs, carry).as_text()
-    merged = merged_fn(p, xs, carry)
-    with hoisted.batch_split():
-        split_fn = jax.jit(jax.grad(loss_of(cell, mask, False, weights)))
-        assert batch_major in split_fn.lower(p, xs, carry).as_text()
-        split = split_fn(p, xs, carry)
-    assert_trees_close(split, merged, rtol=RTOL, what="d loss / params, rows [B, T] vs [T, B]")
+    grad_fn = lambda: jax.grad(loss_of(cell, mask, False, weights))   # a new function: traced anew
+    assert "shard_map" not in str(jax.make_jaxpr(grad_fn())(p, xs, carry))
+    merged = jax.jit(grad_fn())(p, xs, carry)
+    with hoisted.batch_split(one_device_mesh()):
+        assert "shard_map" in str(jax.make_jaxpr(grad_fn())(p, xs, carry))
+        split = jax.jit(grad_fn())(p, xs, carry)
+    assert_trees_close(split, merged, rtol=RTOL, what="d loss / params, rows merged per device vs over all")
 
 
 @pytest.mark.parametrize("batch", [(), pytest.param((2, 3), marks=pytest.mark.slow)])
 def test_batch_split_gives_the_plain_scans_lstm_derivatives_for_any_batch_rank(batch):
     """The LSTM (whose tangent now reads `A * (dh W + du + da)`) under `hoisted.batch_split`, with
-    unbatched [T, D] and two batch dims [T, B1, B2, D] (the rows moved to [B1, B2, T] before the
-    merge): reverse mode, forward mode and vmap over a batch dim equal the plain scan's."""
+    unbatched [T, D] and two batch dims [T, B1, B2, D] (each device's rows merged in a
+    shard_map): reverse mode, forward mode and vmap over a batch dim equal the plain scan's."""
     from jrnn import hoisted
     cell, p, _, _, _ = problem("lstm", T=4, H=3)
     rng = np.random.RandomState(5)
@@ -207,7 +210,7 @@ def test_batch_split_gives_the_plain_scans_lstm_derivatives_for_any_batch_rank(b
     tangent = jax.tree.map(lambda a: jnp.full_like(a, 0.1), p)
     want_g = jax.grad(f(plain(cell)), argnums=(0, 1, 2))(p, xs, carry)
     want_t = jax.jvp(lambda p: f(plain(cell))(p, xs, carry), (p,), (tangent,))
-    with hoisted.batch_split():
+    with hoisted.batch_split(one_device_mesh()):
         g = jax.jit(jax.grad(f(cell), argnums=(0, 1, 2)))(p, xs, carry)
         t = jax.jvp(lambda p: f(cell)(p, xs, carry), (p,), (tangent,))
     assert_trees_close(g, want_g, rtol=RTOL, what="grad under batch_split")
@@ -216,7 +219,7 @@ def test_batch_split_gives_the_plain_scans_lstm_derivatives_for_any_batch_rank(b
         per = lambda c: jax.vmap(jax.grad(lambda p, x, h: jnp.sum(jnp.sin(rnn.run(c, p, x, h)[0]))),
                                  in_axes=(None, 1, 0))(p, xs, carry)
         want = per(plain(cell))
-        with hoisted.batch_split():
+        with hoisted.batch_split(one_device_mesh()):
             assert_trees_close(per(cell), want, rtol=RTOL, what="vmap of grad under batch_split")
 
 
@@ -225,23 +228,24 @@ def test_batch_split_is_undone_on_exceptions_and_nests_and_the_data_parallel_ste
     `make_data_parallel_step` traces its step under it while `make_step` does not."""
     import jrnn
     from jrnn import hoisted
-    assert hoisted._MERGE_ROWS.get() is True
+    outer, inner = one_device_mesh(), jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    assert hoisted._SPLIT_MESH.get() is None
     with pytest.raises(KeyError):
-        with hoisted.batch_split():
-            with hoisted.batch_split():
-                assert hoisted._MERGE_ROWS.get() is False
-            assert hoisted._MERGE_ROWS.get() is False
+        with hoisted.batch_split(outer):
+            with hoisted.batch_split(inner):
+                assert hoisted._SPLIT_MESH.get() is inner
+            assert hoisted._SPLIT_MESH.get() is outer
             raise KeyError("inside")
-    assert hoisted._MERGE_ROWS.get() is True
+    assert hoisted._SPLIT_MESH.get() is None
     seen = []
     affine = hoisted._affine
-    monkeypatch.setattr(hoisted, "_affine", lambda *a: seen.append(hoisted._MERGE_ROWS.get()) or affine(*a))
+    monkeypatch.setattr(hoisted, "_affine", lambda *a: seen.append(hoisted._SPLIT_MESH.get()) or affine(*a))
     model = jrnn.lm.model("lstm", vocab_size=5, hidden_size=3)
     p, opt = model.init(jax.random.key(0)), jrnn.optim.sgd(0.1)
     loss = lambda p, batch, carry: model.loss(p, batch[0], batch[1], carry)
     ids = np.random.RandomState(0).randint(0, 5, (4, 2))
     mesh = jrnn.train.batch_mesh(2, jax.devices()[:1])
     jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh)(p, opt.init(p), (ids, ids))
-    assert seen == [False] and hoisted._MERGE_ROWS.get() is True
+    assert seen == [mesh] and hoisted._SPLIT_MESH.get() is None
     jrnn.make_step(loss, opt)(p, opt.init(p), (ids, ids))
-    assert seen == [False, True]
+    assert seen == [mesh, None]
