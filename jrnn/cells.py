@@ -34,12 +34,7 @@ from jrnn.rnn import Cell
 
 def _gather_or_matmul(w, b, xs):
     rnn.check_input_array(w.shape[0], xs)
-    xs = jnp.asarray(xs)
-    if jnp.issubdtype(xs.dtype, jnp.integer):
-        u = hoisted.per_device(hoisted.take_rows, xs, w, row_dims=0)
-    else:
-        u = hoisted.per_device(hoisted.merged, xs, w, row_dims=1, unsplit=jnp.matmul)
-    return u + b.reshape((1,) * (u.ndim - 1) + b.shape)
+    return hoisted.project(w, b, xs)
 
 
 def _blocks(key, D, H, n, dtype):

@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jrnn import checks, elman_scan, initializers, rnn
+from jrnn import checks, elman_scan, hoisted, initializers, rnn
 from jrnn import model as model_lib
 
 ACTIVATIONS = elman_scan.ACTIVATIONS
@@ -102,20 +102,10 @@ def check_inputs(params: ElmanParams, inputs) -> None:
     check_input_array(params.w_xh.shape[0], inputs)
 
 
-def _add_bias(x, b):
-    """x [..., N] + b [N], broadcast explicitly (works under jax_numpy_rank_promotion="raise")."""
-    return x + b.reshape((1,) * (x.ndim - 1) + b.shape)
-
-
 def project(params: ElmanParams, inputs) -> jax.Array:
     """Input projection for all steps at once: `[T, ...]` ids or `[T, ..., D]` -> `[T, ..., H]`."""
     check_inputs(params, inputs)
-    inputs = jnp.asarray(inputs)
-    if jnp.issubdtype(inputs.dtype, jnp.integer):
-        u = jnp.take(params.w_xh, inputs, axis=0)  # row gather == W_xh^T onehot(x)
-    else:
-        u = inputs @ params.w_xh
-    return _add_bias(u, params.b_h)
+    return hoisted.project(params.w_xh, params.b_h, inputs)
 
 
 def step(params: ElmanParams, h, u, *, activation: str = "tanh"):
@@ -197,8 +187,8 @@ def cell_init(key, input_size, hidden_size, dtype=jnp.float32) -> ElmanCellParam
 
 
 def readout(params: ElmanParams, h) -> jax.Array:
-    """Logits `[..., V]` from states `[..., H]`."""
-    return _add_bias(h @ params.w_hy, params.b_y)
+    """Logits `[..., V]` from states `[..., H]` (`jrnn.model.readout`)."""
+    return model_lib.readout(params, h)
 
 
 def apply(params: ElmanParams, inputs, h0=None, **kw):

@@ -21,6 +21,10 @@ function (a `custom_jvp`, not a `custom_vjp`), forward mode, `vmap` and higher d
 working. A cell opts in with a `Linearization` (below): `jrnn.cells` gives the LSTM's and
 GRU's, `jrnn.elman_scan` the Elman step's. Tests (`tests/test_hoisted.py`,
 `tests/test_elman_scan.py`) compare each with the plain scan of its step.
+
+The products over all T*B rows around the loops (that weight gradient's affine term, every
+model's input projection `project`, `jrnn.model.readout`) go through `per_device`: under
+`batch_split(mesh)`, as in a data-parallel step, each device computes on its own rows.
 """
 
 from __future__ import annotations
@@ -126,6 +130,17 @@ def per_device(f, x, w, *, row_dims: int, unsplit=None):
     from jax.sharding import PartitionSpec as P
     rows = P(None, "data")
     return jax.shard_map(f, mesh=mesh, in_specs=(rows, P()), out_specs=rows)(x, w)
+
+
+def project(w, b, xs):
+    """Every step's input projection at once: rows of w [D, N] for token ids [T, ...], or
+    features [T, ..., D] @ w; plus b [N]. Per device under `batch_split`."""
+    xs = jnp.asarray(xs)
+    if jnp.issubdtype(xs.dtype, jnp.integer):   # row gather == onehot(x) W
+        u = per_device(take_rows, xs, w, row_dims=0)
+    else:
+        u = per_device(merged, xs, w, row_dims=1, unsplit=jnp.matmul)
+    return u + b.reshape((1,) * (u.ndim - 1) + b.shape)
 
 
 def _affine(h, w, b):

@@ -233,7 +233,8 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
     Every batch leaf is sharded along `batch_axis` (1 for time-major `[T, B, ...]`), the carry
     along `carry_axis` (`[B, H]`), params and optimizer state are replicated. XLA inserts the
     gradient all-reduce, so the result equals the single-device step (up to summation order).
-    B must be divisible by the number of devices. With `multi_step=True` it wraps
+    B must be divisible by the number of devices. With `check_ids` (default), token ids and labels
+    out of range are refused before the step runs (`_ids_check`). With `multi_step=True` it wraps
     `make_multi_step` instead: batch leaves are stacked `[K, ...]` and `batch_axis` counts
     within one batch, as for `make_step`. `precision` as for `make_step`.
 
