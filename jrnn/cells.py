@@ -32,11 +32,6 @@ from jrnn import elman, hoisted, rnn
 from jrnn.rnn import Cell
 
 
-def _gather_or_matmul(w, b, xs):
-    rnn.check_input_array(w.shape[0], xs)
-    return hoisted.project(w, b, xs)
-
-
 def _blocks(key, D, H, n, dtype):
     """Glorot input blocks and orthogonal recurrent blocks, one per gate."""
     ki, kh = jax.random.split(key)
@@ -98,7 +93,7 @@ def lstm_init(key, input_size, hidden_size, dtype=jnp.float32) -> LSTMParams:
 
 
 def lstm_project(params: LSTMParams, xs):
-    return _gather_or_matmul(params.w_i, params.b, xs)
+    return hoisted.project(params.w_i, params.b, xs)
 
 
 def _lstm_gates(z):
@@ -174,7 +169,7 @@ def gru_init(key, input_size, hidden_size, dtype=jnp.float32) -> GRUParams:
 
 
 def gru_project(params: GRUParams, xs):
-    return _gather_or_matmul(params.w_i, params.b_i, xs)
+    return hoisted.project(params.w_i, params.b_i, xs)
 
 
 def _gru_forward(w, b, h, u):

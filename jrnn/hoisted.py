@@ -134,7 +134,9 @@ def per_device(f, x, w, *, row_dims: int, unsplit=None):
 
 def project(w, b, xs):
     """Every step's input projection at once: rows of w [D, N] for token ids [T, ...], or
-    features [T, ..., D] @ w; plus b [N]. Per device under `batch_split`."""
+    features [T, ..., D] @ w; plus b [N]. Per device under `batch_split`. Inputs are checked first
+    (`jrnn.rnn.check_input_array`: no time axis, empty, ids outside [0, D), wrong feature size)."""
+    rnn.check_input_array(w.shape[0], xs)
     xs = jnp.asarray(xs)
     if jnp.issubdtype(xs.dtype, jnp.integer):   # row gather == onehot(x) W
         u = per_device(take_rows, xs, w, row_dims=0)
