@@ -3,7 +3,8 @@ token ids and labels that also hold inside jrnn's jitted training steps (`traced
 
 Eager calls check concrete ids on the host (`jrnn.rnn.check_input_array`,
 `jrnn.losses._check_labels`). Under `jit` the values are unknown while tracing, and JAX's gather
-would not fail: `jnp.take` reads id -1 as V-1 and an id >= V as NaN. So a traced id array gets a
+would not fail (jrnn's gather, `jrnn.hoisted.take_rows`, gives a NaN row for an id outside [0, V),
+-1 included, where `jnp.take` would read -1 as V-1). So a traced id array gets a
 `checkify.debug_check` instead: it costs nothing (it is dropped) in a plain `jax.jit`, and is
 live inside a `checkify`-ed function, which `jrnn.train.make_step` and friends are by default;
 they raise the check's error after the call, naming the range and the offending min/max.

@@ -108,8 +108,12 @@ def merged(x, w):
 
 
 def take_rows(ids, w):
-    """Rows of w [V, N] for ids [T, ...], gathered over the flattened ids."""
-    return jnp.take(w, ids.reshape(-1), axis=0).reshape(ids.shape + w.shape[1:])
+    """Rows of w [V, N] for ids [T, ...], gathered over the flattened ids. An id outside [0, V)
+    gives a NaN row, -1 included (`jnp.take` alone would read it as V-1): under a plain `jax.jit`,
+    where jrnn's id checks cannot raise, the loss is NaN rather than quietly wrong."""
+    flat = ids.reshape(-1)
+    flat = jnp.where(flat < 0, w.shape[0], flat)   # past the end: the gather's fill value
+    return jnp.take(w, flat, axis=0).reshape(ids.shape + w.shape[1:])
 
 
 def per_device(f, x, w, *, row_dims: int, unsplit=None):

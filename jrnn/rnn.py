@@ -80,8 +80,8 @@ def check_time_axis(shape) -> None:
 def check_input_array(input_size: int, inputs) -> None:
     """Inputs must be a non-empty `[T, ...]` of token ids in [0, D) or float features `[T, ..., D]`.
 
-    Token ids are range-checked because JAX's gather would read id -1 as D-1 and an id >= D as
-    NaN. Concrete values are checked here; traced ids get a check that jrnn's training steps run
+    Token ids are range-checked because a gather cannot fail: under a plain `jit` an id outside
+    [0, D) gives a NaN row (`jrnn.hoisted.take_rows`). Concrete values are checked here; traced ids get a check that jrnn's training steps run
     and raise after the call (`jrnn.checks`). Float
     inputs need at least 2 dims: a 1-D float array would otherwise be read as T steps.
     """

@@ -99,11 +99,11 @@ def test_every_cell_checks_ids_in_the_step(cell):
         step(p, opt.init(p), (x.at[0].set(-1)[:, None], y[:, None]), None)
 
 
-def test_check_ids_false_keeps_the_unchecked_step(params):
+def test_check_ids_false_keeps_the_unchecked_step_where_id_minus_one_is_a_nan_row_the_guard_skips(params):
     opt = optim.sgd(0.1)
     step = jrnn.make_step(lm_loss, opt, check_ids=False)
     _, _, m, _ = step(params, opt.init(params), _corrupt(_batch(), 0, 3, -1), jnp.zeros(H))
-    assert int(m["skipped"]) == 0        # what jnp.take does with -1: reads row V-1
+    assert int(m["skipped"]) == 1        # no error raised; id -1 reads a NaN row, not row V-1
 
 
 def test_plain_jit_of_a_model_still_works_with_traced_ids(params):
@@ -224,3 +224,14 @@ def test_charlm_records_skipped_steps_and_saves_only_finite_checkpoints(tmp_path
     assert ckpts
     with np.load(ckpts[-1]) as z:
         assert all(np.all(np.isfinite(z[k])) for k in z.files if k.startswith("leaf_") and z[k].dtype.kind == "f")
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm"])
+def test_an_id_out_of_range_under_plain_jit_projects_to_nan_not_to_another_row(cell):
+    """jnp.take alone reads id -1 as row V-1: a finite, wrong input that no guard can see."""
+    model = jrnn.lm.model(cell, vocab_size=V, hidden_size=H)
+    layer = model.init(jax.random.key(0)).layers[0]
+    project = jax.jit(lambda ids: model.cell.project(layer, ids))
+    u = np.asarray(project(jnp.asarray([[0], [-1], [V], [V - 1]])))
+    assert np.isnan(u[1]).all() and np.isnan(u[2]).all()
+    assert np.isfinite(u[0]).all() and np.isfinite(u[3]).all()
