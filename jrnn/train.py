@@ -171,8 +171,14 @@ def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     def multi_step(params, opt_state, batches, carry=None):
         def body(state, batch):
             p, s, c = state
-            p, s, m, c = _update(loss_fn, optimizer, guard_nonfinite, p, s, batch, c)
-            return (p, s, c), m
+            p, s, m, new_c = _update(loss_fn, optimizer, guard_nonfinite, p, s, batch, c)
+            if jax.tree.structure(new_c) != jax.tree.structure(c):
+                # else lax.scan's "carry input and carry output must have the same pytree structure"
+                raise ValueError(
+                    f"make_multi_step threads the carry through its K steps, so loss_fn must return it as it "
+                    f"takes it: given {jax.tree.structure(c)}, it returned {jax.tree.structure(new_c)}. Pass "
+                    f"the first carry explicitly (a jrnn model's: model.zeros(params, (B,))), not None")
+            return (p, s, new_c), m
 
         (params, opt_state, carry), metrics = jax.lax.scan(body, (params, opt_state, carry), batches)
         return params, opt_state, metrics, carry
@@ -263,6 +269,9 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
 
     def along(axis):
         def put(x):
+            if jnp.ndim(x) <= axis:
+                raise ValueError(f"a batch leaf of shape {jnp.shape(x)} has no batch axis {axis} to split over "
+                                 f"{n} devices")
             if x.shape[axis] % n:
                 raise ValueError(f"batch dimension {x.shape[axis]} is not divisible by {n} devices")
             spec = [None] * x.ndim

@@ -110,6 +110,29 @@ def test_multi_step_equals_repeated_single_steps(setup):
     np.testing.assert_allclose(h2, h1, rtol=1e-12)
 
 
+@pytest.mark.parametrize("data_parallel", [False, True])
+def test_multi_step_without_a_first_carry_names_the_carry_instead_of_a_scan_error(setup, data_parallel):
+    """lm_loss returns h_T for h = None: the K-step cannot thread None into an array."""
+    params, text = setup
+    opt = optim.sgd(0.1)
+    make = jrnn.train.make_data_parallel_step if data_parallel else jrnn.make_multi_step
+    step = make(lm_loss, opt, multi_step=True) if data_parallel else make(lm_loss, opt)
+    xs = jnp.asarray(text[:100].reshape(4, 25, 1))
+    with pytest.raises(ValueError, match=r"threads the carry through its K steps.*PyTreeDef\(None\)"):
+        step(params, opt.init(params), (xs, xs), None)
+    _, _, m, _ = step(params, opt.init(params), (xs, xs), jnp.zeros((1, 10)))   # with one: trains
+    assert m["loss"].shape == (4,) and np.all(np.isfinite(m["loss"]))
+
+
+@pytest.mark.parametrize("leaf", [np.int64(3), np.arange(5)], ids=["numpy scalar", "1-D"])
+def test_data_parallel_step_refuses_a_batch_leaf_without_its_batch_axis(setup, leaf):
+    params, _ = setup
+    opt = optim.sgd(0.1)
+    step = jrnn.train.make_data_parallel_step(lm_loss, opt)
+    with pytest.raises(ValueError, match="has no batch axis 1 to split"):
+        step(params, opt.init(params), (leaf, leaf), None)
+
+
 def test_seed_rprop_follows_the_seed_rule():
     g1, g2 = jnp.array([1.0, -2.0, 0.5]), jnp.array([3.0, 1.0, -1.0])
     opt = optim.seed_rprop(0.01)
