@@ -5,6 +5,7 @@ offers: reverse, forward, second order, under vmap, with masks and in reverse di
 import itertools
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -249,3 +250,28 @@ def test_batch_split_is_undone_on_exceptions_and_nests_and_the_data_parallel_ste
     assert seen == [mesh] and hoisted._SPLIT_MESH.get() is None
     jrnn.make_step(loss, opt)(p, opt.init(p), (ids, ids))
     assert seen == [mesh, None]
+
+
+def _scan_carry_shapes(jaxpr):
+    """The carry shapes of every scan in a closed jaxpr, nested ones included."""
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            k, n = eqn.params["num_consts"], eqn.params["num_carry"]
+            shapes.append([v.aval.shape for v in eqn.invars[k:k + n]])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            shapes += _scan_carry_shapes(sub)
+    return shapes
+
+
+def test_the_lstms_forward_loop_writes_its_coefficients_over_its_inputs_and_the_gru_stacks_its_own():
+    """Under differentiation the LSTM's per-step coefficients (shaped like u_t, [B, 4H]) go over
+    us in place, a [T, B, 4H] loop carry; the GRU's (r, z, n, h W_n: [B, H] each) are stacked;
+    a plain forward pass carries no buffer. Values and gradients: the tests above."""
+    for name, over_us in (("lstm", True), ("gru", False)):
+        cell, p, xs, mask, carry = problem(name)
+        T, B, G = xs.shape[0], xs.shape[1], p.w_h.shape[1]
+        fwd = lambda p: jnp.sum(rnn.run(cell, p, xs, carry, mask=mask)[0])
+        carried = lambda f: [s for c in _scan_carry_shapes(jax.make_jaxpr(f)(p).jaxpr) for s in c]
+        assert ((T, B, G) in carried(jax.grad(fwd))) == over_us, name
+        assert (T, B, G) not in carried(fwd), name
