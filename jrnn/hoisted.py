@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -232,14 +233,18 @@ def _recurrence_jvp(lin, reverse, unroll, primals, tangents):
     # dh @ w written against w^T, materialized outside the loop: the backward loop (JAX's
     # transpose of this one) then multiplies dz @ w^T in the layout XLA's CPU dots are fastest
     # at. Against w itself, each step's dot contracts w's rows in place: at B = 32, H = 256,
-    # 1,024 steps on one core, 144 ms against 111 ms (the K-step data-parallel LSTM step at
-    # (64, 256, 1024, 65): 650-668 -> 625-647 ms). Forward mode pays the other way round.
-    wt = w.T
+    # 1,024 steps on one core, 144 ms against 111 ms. The K-step LSTM step (2-core CPU,
+    # interleaved): (64, 256, 1024, 65) data-parallel 650-668 -> 625-647 ms, (16, 128, 1024, 65)
+    # 64-66 -> 56-58 ms. A single row (B = 1, a matrix-vector product) keeps w: at
+    # (1, 100, 25, 80) w^T took 425-455 us per step against 380-390. Forward mode pays the
+    # other way round.
+    rows = math.prod(jax.tree.leaves(c0)[0].shape[:-1])
+    wt = w.T if rows > 1 else None
 
     def body(dc, x):
         k_t, s_t, m = x
         dh = lin.h(dc)
-        y = jax.lax.dot_general(dh, wt, (((dh.ndim - 1,), (1,)), ((), ())))   # dh @ w
+        y = dh @ w if wt is None else jax.lax.dot_general(dh, wt, (((dh.ndim - 1,), (1,)), ((), ())))
         new = lin.tangent(k_t, dc, y, s_t)
         new = _select(m, new, dc)
         return new, lin.out(new)
