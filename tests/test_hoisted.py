@@ -275,3 +275,20 @@ def test_the_lstms_forward_loop_writes_its_coefficients_over_its_inputs_and_the_
         carried = lambda f: [s for c in _scan_carry_shapes(jax.make_jaxpr(f)(p).jaxpr) for s in c]
         assert ((T, B, G) in carried(jax.grad(fwd))) == over_us, name
         assert (T, B, G) not in carried(fwd), name
+
+
+@pytest.mark.parametrize("D,T,B", [(5, 4, 3), (40, 4, 3)])
+def test_project_adds_the_bias_to_the_table_or_to_the_rows_with_the_same_values_and_gradients(D, T, B):
+    """`hoisted.project` adds b to the [D, N] table when D < T*B, else to the gathered rows:
+    both equal onehot(ids) @ w + b, and so do their gradients (float64)."""
+    from jrnn import hoisted
+    rng = np.random.RandomState(0)
+    w, b = jnp.asarray(rng.randn(D, 6)), jnp.asarray(rng.randn(6))
+    ids = jnp.asarray(rng.randint(0, D, (T, B)))
+    weights = jnp.asarray(rng.randn(T, B, 6))
+    f = lambda w, b: jnp.sum(jnp.sin(hoisted.project(w, b, ids)) * weights)
+    ref = lambda w, b: jnp.sum(jnp.sin(jax.nn.one_hot(ids, D, dtype=w.dtype) @ w + b[None, None]) * weights)
+    np.testing.assert_allclose(hoisted.project(w, b, ids), jax.nn.one_hot(ids, D, dtype=w.dtype) @ w + b[None, None],
+                               rtol=1e-14)
+    assert_trees_close(jax.grad(f, argnums=(0, 1))(w, b), jax.grad(ref, argnums=(0, 1))(w, b), rtol=1e-12,
+                       what="d / (w, b)")
