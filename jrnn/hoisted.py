@@ -183,7 +183,7 @@ def _affine(h, w, b):
 def _forward(lin, w, b, us, c0, mask, reverse, unroll, *, keep_saved=True):
     """(final carry, carries after every step [T, ...], saved [T, ...] or None if not keep_saved).
 
-    Where a cell's `saved` is a tuple whose first value is shaped like u_t (the LSTM's gate
+    Where the first leaf of a cell's `saved` is shaped like u_t (the LSTM's gate
     coefficients, [..., 4H]), the loop writes it over us[t], just read, instead of stacking it
     in a new [T, ..., G*H] array: its cache lines are at hand, and no zero-filled stack is
     allocated. The K-step data-parallel LSTM step at (64, 256, 1024, 65): that write 15.7 ->
@@ -191,9 +191,10 @@ def _forward(lin, w, b, us, c0, mask, reverse, unroll, *, keep_saved=True):
     CPU). us is dead after this loop in `_recurrence_jvp`; a plain forward pass
     (`keep_saved=False`) scans without the buffer and XLA drops what it would have saved.
     """
-    saved_shape = jax.eval_shape(lambda c, u: lin.forward(w, b, c, u)[1], c0, us[0])
-    over_us = keep_saved and (isinstance(saved_shape, tuple) and len(saved_shape) > 0
-               and (saved_shape[0].shape, saved_shape[0].dtype) == (us.shape[1:], us.dtype))
+    # saved is any pytree (a tuple, a NamedTuple, nested): its first leaf, if shaped like u_t,
+    # goes over us, the rest are stacked, and the tree is rebuilt as the cell returned it
+    leaves, tree = jax.tree.flatten(jax.eval_shape(lambda c, u: lin.forward(w, b, c, u)[1], c0, us[0]))
+    over_us = keep_saved and bool(leaves) and (leaves[0].shape, leaves[0].dtype) == (us.shape[1:], us.dtype)
     if not over_us:
         def body(c, x):
             u, m = x
@@ -208,13 +209,14 @@ def _forward(lin, w, b, us, c0, mask, reverse, unroll, *, keep_saved=True):
         c, buf = carry
         t, m = x
         new, saved = lin.forward(w, b, c, jax.lax.dynamic_index_in_dim(buf, t, keepdims=False))
-        buf = jax.lax.dynamic_update_index_in_dim(buf, saved[0], t, 0)
+        first, *rest = jax.tree.leaves(saved)
+        buf = jax.lax.dynamic_update_index_in_dim(buf, first, t, 0)
         new = _select(m, new, c)
-        return (new, buf), (new, saved[1:])
+        return (new, buf), (new, rest)
 
     (final, first), (cs, rest) = jax.lax.scan(body_over_us, (c0, us), (jnp.arange(us.shape[0]), mask),
                                               reverse=reverse, unroll=unroll)
-    return final, cs, (first, *rest)
+    return final, cs, jax.tree.unflatten(tree, [first, *rest])
 
 
 def _outputs(lin, cs, mask):

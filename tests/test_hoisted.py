@@ -3,6 +3,7 @@ backward loop) equals a plain lax.scan of the cell's step in value and in every 
 offers: reverse, forward, second order, under vmap, with masks and in reverse direction."""
 
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.extend
@@ -292,3 +293,40 @@ def test_project_adds_the_bias_to_the_table_or_to_the_rows_with_the_same_values_
                                rtol=1e-14)
     assert_trees_close(jax.grad(f, argnums=(0, 1))(w, b), jax.grad(ref, argnums=(0, 1))(w, b), rtol=1e-12,
                        what="d / (w, b)")
+
+
+class _Coefficients(NamedTuple):
+    A: jax.Array
+    f: jax.Array
+    kc: jax.Array
+
+
+def _lstm_with_saved(pack, unpack):
+    """The LSTM's linearization with its saved (A [..., 4H], f, kc) repacked by the user's cell."""
+    lin = cells.LSTM_LINEARIZATION
+
+    def forward(w, b, c, u):
+        new, saved = lin.forward(w, b, c, u)
+        return new, pack(*saved)
+    return lin._replace(forward=forward, coefficients=lambda saved, prev, new: (unpack(saved), None))
+
+
+@pytest.mark.parametrize("pack,unpack", [
+    (_Coefficients, lambda s: (s.A, s.f, s.kc)),                                   # a NamedTuple
+    (lambda A, f, kc: ((A, f), kc), lambda s: (*s[0], s[1])),                      # a nested tuple
+    (lambda A, f, kc: {"A": A, "f": f, "kc": kc}, lambda s: (s["A"], s["f"], s["kc"])),   # a dict
+], ids=["namedtuple", "nested", "dict"])
+def test_a_user_linearizations_saved_pytree_reaches_its_coefficients_as_it_returned_it(pack, unpack):
+    """Whatever pytree `forward` saves (its first leaf shaped like u_t or not) comes back to
+    `coefficients` with its own structure, and the gradient equals the LSTM's own (float64)."""
+    from jrnn import hoisted
+    rng = np.random.RandomState(0)
+    T, B, H = 5, 3, 4
+    w, us = jnp.asarray(0.5 * rng.randn(H, 4 * H)), jnp.asarray(rng.randn(T, B, 4 * H))
+    c0 = cells.LSTMState(jnp.asarray(rng.randn(B, H)), jnp.asarray(rng.randn(B, H)))
+
+    def loss(lin, w, us):
+        hs, final = hoisted.run(lin, w, None, us, c0, reverse=True)
+        return jnp.sum(jnp.sin(hs)) + jnp.sum(final.c ** 3)
+    g = jax.grad(loss, argnums=(1, 2))(_lstm_with_saved(pack, unpack), w, us)
+    assert_trees_close(g, jax.grad(loss, argnums=(1, 2))(cells.LSTM_LINEARIZATION, w, us), rtol=1e-12)
