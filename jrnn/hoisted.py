@@ -113,7 +113,11 @@ def take_rows(ids, w):
     gives a NaN row, -1 included (`jnp.take` alone would read it as V-1): under a plain `jax.jit`,
     where jrnn's id checks cannot raise, the loss is NaN rather than quietly wrong."""
     flat = ids.reshape(-1)
-    flat = jnp.where(flat < 0, w.shape[0], flat)   # past the end: the gather's fill value
+    # every id outside [0, V) -> V, past the end: the gather's fill value. Both ends are tested
+    # here, on the ids' own width: the gather narrows int64 indices to int32, so 2**32 + 1 would
+    # otherwise read row 1. Narrow ids widen to int32 first, so that V fits.
+    flat = flat.astype(jnp.promote_types(flat.dtype, jnp.int32))
+    flat = jnp.where((flat >= 0) & (flat < w.shape[0]), flat, w.shape[0])
     # Rows as [N, 1, K] slices (the row axis kept, then reshaped away), not `jnp.take`'s collapsed
     # [N, K]: the gradient's scatter-add then reads the cotangent where it lies. With the axis
     # collapsed, XLA's CPU backend first copied all T*B rows into another layout (20.8 ms of an

@@ -330,3 +330,20 @@ def test_a_user_linearizations_saved_pytree_reaches_its_coefficients_as_it_retur
         return jnp.sum(jnp.sin(hs)) + jnp.sum(final.c ** 3)
     g = jax.grad(loss, argnums=(1, 2))(_lstm_with_saved(pack, unpack), w, us)
     assert_trees_close(g, jax.grad(loss, argnums=(1, 2))(cells.LSTM_LINEARIZATION, w, us), rtol=1e-12)
+
+
+def test_take_rows_gives_nan_rows_for_every_id_outside_the_table_under_jit_wide_and_narrow_ids():
+    """An id outside [0, V) is a NaN row under `jax.jit` (where jrnn's id checks cannot raise),
+    however far out: int64 ids 2**32 + 1 or -2**40 must not wrap into the table when the gather
+    narrows its indices to int32, and int8 ids with -1 against a 200-row table (V does not fit int8)."""
+    from jrnn import hoisted
+    w = jnp.arange(400.0).reshape(200, 2)
+    take = jax.jit(hoisted.take_rows)
+    ids = np.array([1, 2 ** 32 + 1, 2 ** 40, -2 ** 40, 2 ** 31, -1, 200, 199], np.int64)
+    rows = np.asarray(take(jnp.asarray(ids), w))
+    np.testing.assert_array_equal(np.isnan(rows).all(-1), [False, True, True, True, True, True, True, False])
+    np.testing.assert_array_equal(rows[[0, 7]], np.asarray(w)[[1, 199]])
+    narrow = np.asarray(take(jnp.asarray(np.array([[3], [-1], [127]], np.int8)), w))
+    assert narrow.shape == (3, 1, 2)
+    np.testing.assert_array_equal(np.isnan(narrow[:, 0]).all(-1), [False, True, False])
+    np.testing.assert_array_equal(narrow[[0, 2], 0], np.asarray(w)[[3, 127]])
