@@ -197,8 +197,9 @@ def _forward(lin, w, b, us, c0, mask, reverse, unroll, *, keep_saved=True):
     """
     # saved is any pytree (a tuple, a NamedTuple, nested): its first leaf, if shaped like u_t,
     # goes over us, the rest are stacked, and the tree is rebuilt as the cell returned it
-    leaves, tree = jax.tree.flatten(jax.eval_shape(lambda c, u: lin.forward(w, b, c, u)[1], c0, us[0]))
-    over_us = keep_saved and bool(leaves) and (leaves[0].shape, leaves[0].dtype) == (us.shape[1:], us.dtype)
+    leaves, tree = ([], None) if not keep_saved else \
+        jax.tree.flatten(jax.eval_shape(lambda c, u: lin.forward(w, b, c, u)[1], c0, us[0]))
+    over_us = bool(leaves) and (leaves[0].shape, leaves[0].dtype) == (us.shape[1:], us.dtype)
     if not over_us:
         def body(c, x):
             u, m = x
