@@ -46,3 +46,20 @@ def traced_ids_in_range(ids, n: int, what: str) -> None:
     lo, hi = jnp.min(ids), jnp.max(ids)
     checkify.debug_check((lo >= 0) & (hi < n), f"{what} must lie in [0, {n}), got min {{lo}}, max {{hi}}",
                          lo=lo, hi=hi)
+
+
+def host_ints_fit(tree) -> None:
+    """64-bit numpy integers in `tree` must fit the 32 bits JAX gives them while
+    `jax_enable_x64` is off: JAX narrows them on the way into a jitted step by wrapping, so a
+    token id of 2**32 + 1 would arrive as 1, in range, and train on the wrong row. Checked on the
+    host, before the step; jax arrays (already converted) and Python ints (JAX refuses those
+    that overflow) are left alone."""
+    if jax.config.jax_enable_x64:
+        return
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, (np.ndarray, np.integer)) and x.dtype.kind in "iu" and x.dtype.itemsize > 4 and x.size:
+            info = np.iinfo(np.int32 if x.dtype.kind == "i" else np.uint32)
+            lo, hi = np.min(x), np.max(x)
+            if lo < info.min or hi > info.max:
+                raise ValueError(f"{x.dtype} values {lo}..{hi} do not fit {info.dtype}, which JAX narrows them "
+                                 f"to (wrapping) while jax_enable_x64 is off; token ids must lie in [0, V)")

@@ -106,6 +106,7 @@ def _jit(fn, donate: bool, check_ids: bool):
     checked = jax.jit(checkify.checkify(fn, errors=checkify.user_checks), donate_argnums=donate_argnums)
 
     def call(*args, **kw):
+        checks.host_ints_fit((args[2:], kw))   # batch and carry, before JAX narrows them at the jit boundary
         err, out = checked(*args, **kw)
         # `err.throw()` alone costs ~20 us of Python per call (3-6 % of a small step on a CPU);
         # reading the error flags first costs one small device-to-host read. Without the private
@@ -292,6 +293,8 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
             return unsplit(params, opt_state, batch, carry)
 
     def sharded_step(params, opt_state, batch, carry=None):
+        if check_ids:
+            checks.host_ints_fit((batch, carry))   # before device_put narrows them
         params, opt_state = jax.device_put((params, opt_state), replicated)
         batch = jax.tree.map(along(leaf_axis), batch)
         carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
@@ -407,6 +410,7 @@ def _across_processes(step, mesh, leaf_axis, carry_axis):
         except Exception as e:  # a peer that died before this call
             _reraise_peer_failure(e)
             raise
+        checks.host_ints_fit((batch, carry))   # before they are narrowed into global arrays
         batch = jax.tree.map(along(leaf_axis), batch)
         carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
         try:

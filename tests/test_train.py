@@ -226,3 +226,25 @@ def test_data_parallel_step_takes_precision_and_bad_precisions_are_refused():
                 build(loss, opt, precision=bad)
         with pytest.raises(ValueError, match="precision"):
             jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh, precision=bad)
+
+
+@pytest.mark.parametrize("make", ["step", "multi_step", "data_parallel"])
+def test_int64_ids_that_jax_would_wrap_to_int32_are_refused_before_the_step(make):
+    """With jax_enable_x64 off, JAX narrows int64 inputs to int32 by wrapping: id 2**32 + 1 would
+    arrive as 1, in range, and train on row 1. The steps refuse it on the host first; int64 ids
+    that fit still train."""
+    with jax.enable_x64(False):
+        params = elman.init(jax.random.key(1), vocab_size=8, hidden_size=10, scheme="normal", scale=0.1)
+        opt = optim.sgd(0.1)
+        build = {"step": jrnn.make_step, "multi_step": jrnn.make_multi_step,
+                 "data_parallel": jrnn.train.make_data_parallel_step}[make]
+        step = build(lm_loss, opt)
+        shape = (2, 5, 1) if make == "multi_step" else (5, 1)
+        good = np.ones(shape, np.int64)
+        bad = good.copy()
+        bad.flat[3] = 2 ** 32 + 1
+        h = jnp.zeros((1, 10), jnp.float32)
+        with pytest.raises(ValueError, match=r"int64 values 1\.\.4294967297 do not fit int32"):
+            step(params, opt.init(params), (bad, good), h)
+        _, _, m, _ = step(params, opt.init(params), (good, good), h)
+        assert np.all(np.isfinite(m["loss"])) and not np.any(m["skipped"])
