@@ -1,23 +1,34 @@
 """Regenerate README.md's results tables from the runs' results.json files.
 
-    python -m experiments.report            # rewrite README.md between its report markers
-    python -m experiments.report --check    # exit 1 if README.md's tables differ from the runs
+    python -m experiments.report                 # regenerate the tables whose runs are here, keep the rest
+    python -m experiments.report --check         # write nothing; exit 1 if a table with its runs here is stale
     python -m experiments.report --only bench_lstm,bench_gru   # just these tables
+    python -m experiments.report --placeholders  # every table, a missing run's row marked "not yet regenerated"
 
 Every results table of the README lives between `<!-- report:begin NAME -->` and
 `<!-- report:end NAME -->` and is replaced as a whole, never edited by hand. A row's numbers come
-from `runs/<dir>/results.json` of the command printed in the row; a run that is missing, or whose
-recorded config is not that command's, becomes a row marked "not yet regenerated" instead of a
-number. Under each table: the machine, CPU count and versions each row was measured with, read
-from the results file's `environment`.
+from `runs/<dir>/results.json` of the command printed in the row. A table is regenerated only
+when every run it needs is here and usable; a table with a run that is missing, unreadable or
+from another command (its recorded config is not the row's command's) is kept byte for byte as
+it is, and the command says which file and why. `--placeholders` regenerates those tables too,
+each such row marked "not yet regenerated" instead of a number. Under each table: the machine,
+CPU count and versions each row was measured with, read from the results file's `environment`.
+
+`--check` compares the tables it can regenerate with the file and names the stale ones (exit 1);
+the tables it cannot regenerate are listed as not checked, and when not one table could be
+checked it exits 1 too (a check of nothing passes nothing). With `--placeholders` it checks every
+table as `--placeholders` would write it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -124,7 +135,6 @@ def memory(r):
 
 
 def minchar_mode_row(r):
-    import statistics
     finals = r["metrics"]["final_smooth_loss_per_seed"]
     std = statistics.pstdev(finals) if len(finals) > 1 else 0.0
     return (f"**{r['metrics']['median_final_smooth_loss']:.2f}** | {_range(finals, '{:.2f}')} | {std:.2f} | "
@@ -243,47 +253,103 @@ DEVICE = ("device_report", "PYTHONPATH=. python -m experiments.device_report")  
 def device_lines(runs: Path) -> tuple[list[str], list[str]]:
     """The device report's tables (`runs/device_report/report.json`, copied back from the GPU
     machine), its headings one level down; a `--smoke` report is not a device's."""
-    from experiments import device_report
+    from experiments import device_report   # here: it imports jax, which no other table needs
     run, command = DEVICE
     path = runs / run / "report.json"
-    try:
-        r = json.loads(path.read_text())
-        if not isinstance(r, dict) or not isinstance(r.get("parts"), dict) \
-                or not all(isinstance(p, dict) for p in r["parts"].values()):
-            raise ValueError("not a device report (an object whose 'parts' maps each part to an object)")
-        if r.get("smoke"):
-            raise ValueError("a --smoke report (tiny sizes on a CPU)")
-        md = device_report.markdown(r).splitlines()[1:]      # without its "# Device report" title
-        lines = [f"**{ln[3:]}**" if ln.startswith("## ") else ln for ln in md]
-        return ([f"`{command}` on the device machine, {r['wall_s']:.0f} s (the table below names the card "
-                 "and versions; µs per training step, ms per call for DEER):", *lines], [])
-    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:   # any malformed part
-        why = f"{path}: {e.__class__.__name__}: {e}"
-        return [f"{NOT_YET}: {why}. Run `{command}` on a GPU machine, copy its --out folder to {runs / run}, "
-                "then `python -m experiments.report`."], [f"{run}: {why}"]
+    r, why = read_json(path)
+    if why is None:
+        try:
+            if not isinstance(r, dict) or not isinstance(r.get("parts"), dict) \
+                    or not all(isinstance(p, dict) for p in r["parts"].values()):
+                raise ValueError("not a device report (an object whose 'parts' maps each part to an object)")
+            if r.get("smoke"):
+                raise ValueError("a --smoke report (tiny sizes on a CPU)")
+            md = device_report.markdown(r).splitlines()[1:]      # without its "# Device report" title
+            lines = [f"**{ln[3:]}**" if ln.startswith("## ") else ln for ln in md]
+            return ([f"`{command}` on the device machine, {r['wall_s']:.0f} s (the table below names the card "
+                     "and versions; µs per training step, ms per call for DEER):", *lines], [])
+        except MALFORMED as e:   # any malformed part
+            why = f"{path}: {e.__class__.__name__}: {e}"
+    return [f"{NOT_YET}: {why}. Run `{command}` on a GPU machine, copy its --out folder to {runs / run}, "
+            "then `python -m experiments.report`."], [f"{run}: {why}"]
 
 
 # ---- building ---------------------------------------------------------------------------------
 
-def load(runs: Path, run: str, expect: dict):
-    """(results, None) or (None, why the run cannot be used)."""
-    path = runs / run / "results.json"
-    if not path.is_file():
+# what a results file whose values are not what the formatters expect raises (a list for an
+# object, null for a number, a missing key, an empty list): the run is skipped, never the report
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError, StopIteration, ZeroDivisionError,
+             OverflowError)
+
+
+class Malformed(ValueError):
+    """A results file's part that is not what the report reads (its message says which)."""
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def read_json(path: Path):
+    """(the parsed JSON, None) or (None, why: naming `path` and what is wrong with it)."""
+    if not path.exists():
         return None, f"no {path}"
+    if not path.is_file():
+        return None, f"{path} is not a file"
     try:
-        r = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        return None, f"{path} unreadable ({e.__class__.__name__})"
-    config = r.get("config", {})
+        raw = path.read_bytes()
+    except OSError as e:
+        return None, f"{path} cannot be read ({e.strerror or e})"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+    if not text.strip():
+        return None, f"{path} is empty"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as e:
+        cut = (e.pos >= len(text.rstrip())          # it ends where a value, a comma or a string's end was due
+               or e.msg.startswith("Unterminated string") and "\n" not in text[e.pos:])
+        cut = " (cut short?)" if cut else ""
+        return None, f"{path} is not valid JSON{cut}: {e.msg} at line {e.lineno} column {e.colno}"
+    except RecursionError:
+        return None, f"{path} is nested too deeply to read"
+
+
+def load(runs: Path, run: str, expect: dict):
+    """(results, None) or (None, why the run cannot be used, naming its file)."""
+    path = runs / run / "results.json"
+    r, why = read_json(path)
+    if why is not None:
+        return None, why
+    if not isinstance(r, dict):
+        return None, f"{path} holds {_kind(r)}, not a results object"
+    config = r.get("config")
+    if not isinstance(config, dict):
+        return None, (f"{path} has no 'config'" if "config" not in r
+                      else f"{path}: 'config' is {_kind(config)}, not an object")
     wrong = {k: config.get(k, "missing") for k, v in expect.items() if config.get(k, "missing") != v}
     if wrong:
         return None, f"{path} is from another command (config {wrong})"
     return r, None
 
 
+def unusable(path: Path, e: Exception) -> str:
+    """Why a results file that loaded cannot be formatted (a key or value not as written now)."""
+    if isinstance(e, KeyError):
+        return f"{path} lacks {e.args[0]!r} (written by an older version?)"
+    if isinstance(e, Malformed):
+        return f"{path}: {e}"
+    return f"{path} holds a value of the wrong kind ({e.__class__.__name__}: {e})"
+
+
 def describe(env: dict, extra_versions: dict | None = None) -> str:
     """One line: machine, CPU count and versions of a results file's environment."""
     versions = {k: env[k] for k in ("jax", "jaxlib", "optax", "numpy") if env.get(k)}
+    if extra_versions is not None and not isinstance(extra_versions, dict):
+        raise Malformed(f"'versions' is {_kind(extra_versions)}, not an object")
     versions.update(extra_versions or {})
     cpu = env.get("cpu_model")
     s = (f"{env.get('machine', '?')}{' ' + cpu if cpu else ''}, {env.get('cpus', '?')} CPUs, "
@@ -300,12 +366,16 @@ class Footnotes:
         self.envs = []
 
     def mark(self, r) -> str:
+        """The row's footnote mark; a malformed environment raises (one of MALFORMED) before any is noted."""
         env = r.get("environment", {})
+        if not isinstance(env, dict):
+            raise Malformed(f"'environment' is {_kind(env)}, not an object")
         d = describe(env, r.get("versions"))
+        load = env.get("load_avg_1min")   # timings from a busy machine are slower: say how busy it was
+        load = f", load {load:.1f}" if load is not None else ""
         if d not in self.envs:
             self.envs.append(d)
-        load = env.get("load_avg_1min")   # timings from a busy machine are slower: say how busy it was
-        return f"[{self.envs.index(d) + 1}]" + (f", load {load:.1f}" if load is not None else "")
+        return f"[{self.envs.index(d) + 1}]" + load
 
     def lines(self):
         return [f"[{i + 1}] {d}" + ("  " if i + 1 < len(self.envs) else "") for i, d in enumerate(self.envs)]
@@ -319,10 +389,11 @@ def table_of_rows(runs: Path, rows, header: list[str], cells) -> tuple[list[str]
         r, why = load(runs, row.run, row.expect)
         if r is not None:
             try:
-                lines.append("| " + " | ".join(cells(row, row.measured(r), notes.mark(r))) + " |")
+                measured = row.measured(r)
+                lines.append("| " + " | ".join(cells(row, measured, notes.mark(r))) + " |")
                 continue
-            except (KeyError, TypeError, ValueError, StopIteration) as e:
-                why = f"{runs / row.run / 'results.json'} lacks {e!r} (written by an older version?)"
+            except MALFORMED as e:
+                why = unusable(runs / row.run / "results.json", e)
         problems.append(f"{row.run}: {why}")
         lines.append("| " + " | ".join(cells(row, f"{NOT_YET}: {why}; run the command, then "
                                                   "`python -m experiments.report`", None)) + " |")
@@ -367,79 +438,201 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
                 notes = Footnotes()
                 mark = notes.mark(r)
                 unit = ("ms per call, compiling excluded" if name == "deer" else "µs per training step unless noted")
-                return ([f"`{command}` {mark}, {r['wall_time_s']:.0f} s ({unit}):", "",
-                         *fmt(r), "", *notes.lines()], [])
-            except (KeyError, TypeError, ValueError) as e:
-                why = f"{runs / run / 'results.json'} lacks {e!r} (written by an older version?)"
+                head = f"`{command}` {mark}, {r['wall_time_s']:.0f} s ({unit}):"
+                return [head, "", *fmt(r), "", *notes.lines()], []
+            except MALFORMED as e:
+                why = unusable(runs / run / "results.json", e)
         return [f"{NOT_YET}: {why}. Run `{command}`, then `python -m experiments.report`."], [f"{run}: {why}"]
-    raise ValueError(f"unknown report table {name!r}; known: experiments, cells, cells_tbptt, minchar_modes, device, {', '.join(WHOLE)}")
+    raise ValueError(f"unknown report table {name!r}; known: {', '.join(TABLES)}")
+
+
+TABLES = ("experiments", "cells", "cells_tbptt", "minchar_modes", "device", *WHOLE)
 
 
 MARKER = re.compile(r"<!-- report:(begin|end) ([\w-]+) -->")
 
 
-def render(readme: str, runs: Path, only=None) -> tuple[str, list[str]]:
-    """README text with every marked region replaced (only those named in `only`, if given; the
-    others keep their text); (new text, problems)."""
-    out, problems, pos, open_name = [], [], 0, None
-    for m in MARKER.finditer(readme):
+def regions(text: str) -> list[tuple[str, int, int]]:
+    """(name, start, end) of the text between each pair of report markers; ValueError if the
+    markers do not pair up or name a table this module does not build."""
+    spans, open_name, start = [], None, 0
+    for m in MARKER.finditer(text):
         kind, name = m.groups()
         if kind == "begin":
             if open_name is not None:
                 raise ValueError(f"report:begin {name} inside report:begin {open_name} (missing its end marker)")
-            out.append(readme[pos:m.end()])
-            open_name = name
+            open_name, start = name, m.end()
         else:
             if open_name != name:
                 raise ValueError(f"report:end {name} without a matching report:begin {name}")
-            if only is None or name in only:
-                lines, bad = build(name, runs)
-                problems += bad
-                out.append("\n" + "\n".join(lines) + "\n")
-            else:
-                out.append(readme[pos:m.start()])
-            out.append(m.group(0))
+            spans.append((name, start, m.start()))
             open_name = None
-        pos = m.end()
     if open_name is not None:
         raise ValueError(f"report:begin {open_name} has no report:end {open_name}")
+    unknown = sorted({name for name, _, _ in spans} - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown report table {unknown[0]!r}; known: {', '.join(TABLES)}")
+    return spans
+
+
+class Outcome(NamedTuple):
+    """What became of one marked table: regenerated (else kept as it was), whether its text
+    changed (or, kept, would change under --placeholders), and each run it could not use."""
+    name: str
+    regenerated: bool
+    changed: bool
+    problems: list
+
+
+def render(readme: str, runs: Path, only=None, placeholders: bool = False) -> tuple[str, list[Outcome]]:
+    """README text with the marked tables regenerated: those named in `only` (all, if None)
+    whose runs are all here and usable, or with `placeholders` every one of them; every other
+    table keeps its text byte for byte. (new text, an Outcome per table considered)."""
+    out, outcomes, pos = [], [], 0
+    for name, start, end in regions(readme):
+        if only is not None and name not in only:
+            continue
+        lines, problems = build(name, runs)
+        new = "\n" + "\n".join(lines) + "\n"
+        regenerate = placeholders or not problems
+        outcomes.append(Outcome(name, regenerate, new != readme[start:end], problems))
+        if regenerate:
+            out += [readme[pos:start], new]
+            pos = end
     out.append(readme[pos:])
-    return "".join(out), problems
+    return "".join(out), outcomes
+
+
+def runs_of(name: str) -> list[str]:
+    """The run folders (under --runs) table `name` is built from."""
+    rows = {"experiments": EXPERIMENTS, "cells": CELLS, "cells_tbptt": CELLS_TBPTT, "minchar_modes": MINCHAR_MODES}
+    if name in rows:
+        return list(dict.fromkeys(row.run for row in rows[name]))
+    return [DEVICE[0]] if name == "device" else [WHOLE[name][0]]
+
+
+def explain(o: Outcome, runs: Path) -> list[str]:
+    """Lines saying which of the table's runs are not here, and each file that is here but
+    unusable (naming the file and what is wrong with it)."""
+    absent = [p.split(": ", 1)[0] for p in o.problems if p.split(": ", 1)[1].startswith("no ")]
+    lines = []
+    if absent:
+        total = len(runs_of(o.name))
+        lines.append(f"    {'its run' if total == 1 else f'{len(absent)} of its {total} runs'} not in {runs}: "
+                     + ", ".join(absent))
+    lines += [f"    skipped {p.split(': ', 1)[1]}" for p in o.problems if not p.split(": ", 1)[1].startswith("no ")]
+    return lines
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace `path`'s content at once (a temporary file beside it, renamed over it), keeping its
+    permissions; through a symlink, its target is rewritten."""
+    path = path.resolve()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")   # no user file's name
+    try:
+        os.fchmod(fd, os.stat(path).st_mode & 0o7777)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not any(names):
+        raise argparse.ArgumentTypeError(f"names no table, got {text!r}; e.g. --only bench_lstm,bench_gru")
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"an empty name in {text!r}; e.g. --only bench_lstm,bench_gru")
+    unknown = [n for n in names if n not in TABLES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown table(s) {unknown}; the tables: {', '.join(TABLES)}")
+    return names
+
+
+def _path(text: str) -> Path:
+    if not text.strip():   # Path("") is ".": the current folder
+        raise argparse.ArgumentTypeError(f"must name a path, got {text!r}")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot hold a NUL byte, got {text!r}")
+    return Path(text)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--readme", type=Path, default=Path("README.md"), help="file to rewrite (default: README.md)")
-    ap.add_argument("--runs", type=Path, default=Path("runs"), help="folder of the runs (default: runs)")
-    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is out of date")
-    ap.add_argument("--only", type=lambda s: [n.strip() for n in s.split(",") if n.strip()], default=None,
+    ap.add_argument("--readme", type=_path, default=Path("README.md"), help="file to rewrite (default: README.md)")
+    ap.add_argument("--runs", type=_path, default=None, help="folder of the runs (default: runs)")
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 if a table whose runs are here differs from the file, or if "
+                         "no table could be checked")
+    ap.add_argument("--only", type=_names, default=None,
                     help="comma-separated table names to regenerate (e.g. bench_lstm,bench_gru); the "
                          "other tables keep their text")
+    ap.add_argument("--placeholders", action="store_true",
+                    help="also regenerate the tables with a run missing or unusable, marking its row "
+                         f"{NOT_YET!r} (without it those tables keep their text)")
     args = ap.parse_args(argv)
-    if not args.readme.is_file():
-        raise ValueError(f"no {args.readme}: run from the repository root or pass --readme")
-    text = args.readme.read_text()
+    readme = args.readme
+    if not readme.exists():
+        ap.error(f"argument --readme: no file {readme}: run from the repository root or pass --readme")
+    if not readme.is_file():
+        ap.error(f"argument --readme: {readme} is not a file")
+    try:
+        text = readme.read_bytes().decode("utf-8")   # bytes as they are: "\r\n" stays "\r\n" outside the tables
+    except OSError as e:
+        ap.error(f"argument --readme: cannot read {readme}: {e.strerror or e}")
+    except UnicodeDecodeError as e:
+        ap.error(f"argument --readme: {readme} is not UTF-8 text (byte at offset {e.start}): not a README")
     if not MARKER.search(text):
-        raise ValueError(f"{args.readme} has no <!-- report:begin NAME --> markers: nothing to regenerate")
+        ap.error(f"argument --readme: {readme} has no <!-- report:begin NAME --> markers: nothing to regenerate")
+    if args.runs is None:
+        runs = Path("runs")
+    else:
+        runs = args.runs
+        if not runs.is_dir():
+            ap.error(f"argument --runs: {runs} {'is not a folder' if runs.exists() else 'does not exist'}")
+    try:
+        names = {name for name, _, _ in regions(text)}
+    except ValueError as e:
+        raise ValueError(f"{readme}: {e}") from None
     if args.only is not None:
-        names = set(n for kind, n in MARKER.findall(text) if kind == "begin")
-        unknown = [n for n in args.only if n not in names]
-        if unknown or not args.only:
-            raise ValueError(f"--only names no table of {args.readme}: {unknown or args.only}; "
-                             f"its tables: {', '.join(sorted(names))}")
-    new, problems = render(text, args.runs, None if args.only is None else set(args.only))
-    for p in problems:
-        print(f"not yet regenerated: {p}")
+        absent = [n for n in args.only if n not in names]
+        if absent:
+            ap.error(f"argument --only: {readme} has no table {', '.join(absent)}; its tables: "
+                     f"{', '.join(sorted(names))}")
+    if not runs.is_dir():
+        print(f"no folder {runs}: no table's runs are here")
+    new, outcomes = render(text, runs, None if args.only is None else set(args.only), args.placeholders)
+    for o in outcomes:
+        if o.regenerated:
+            verb = "up to date" if not o.changed else ("out of date" if args.check else "regenerated")
+            marked = f" ({len(o.problems)} row(s) marked not yet regenerated)" if o.problems else ""
+            print(f"{verb}: {o.name}{marked}")
+        else:
+            print(f"{'not checked' if args.check else 'kept as it is'}: {o.name}")
+        for line in explain(o, runs):
+            print(line)
+    done = [o for o in outcomes if o.regenerated]
+    stale = [o.name for o in done if o.changed]
+    kept = len(outcomes) - len(done)
     if args.check:
-        print(f"{args.readme}: {'up to date' if new == text else 'out of date'}")
-        return 0 if new == text else 1
+        if stale:
+            print(f"{readme}: out of date: {', '.join(stale)} (`python -m experiments.report` rewrites "
+                  f"{'it' if len(stale) == 1 else 'them'})")
+            return 1
+        if not done:
+            print(f"{readme}: nothing checked: not one table has all its runs in {runs}")
+            return 1
+        print(f"{readme}: up to date ({len(done)} table(s) checked, {kept} not checked)")
+        return 0
     if new != text:
-        tmp = args.readme.with_suffix(args.readme.suffix + ".tmp")
-        tmp.write_text(new)
-        tmp.replace(args.readme)
-    print(f"{args.readme}: {'rewritten' if new != text else 'unchanged'} "
-          f"({len(problems)} row(s) marked not yet regenerated)")
+        _write(readme, new)
+    hint = "; --placeholders marks their missing rows instead" if kept else ""
+    print(f"{readme}: {'rewritten' if new != text else 'unchanged'} ({len(stale)} table(s) with new text, "
+          f"{kept} kept as {'it was' if kept == 1 else 'they were'}{hint})")
     return 0
 
 

@@ -40,7 +40,7 @@ def test_rows_come_from_the_results_files_and_name_the_machine(tmp_path):
                                                                  "plain_grad_s": 0.5, "remat_grad_s": 0.55},
                     {"T": 16000, "plain": 689.0, "remat": 7.0}]})
     p = readme(tmp_path, "experiments")
-    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    assert report.main(["--readme", str(p), "--runs", str(runs), "--placeholders"]) == 0
     text = p.read_text()
     assert text.startswith("# title\n\nintro text\n<!-- report:begin experiments -->\n")
     assert text.endswith("<!-- report:end experiments -->\n\nclosing text\n") and "OLD" not in text
@@ -60,7 +60,7 @@ def test_missing_and_foreign_runs_are_flagged_never_filled_in(tmp_path, capsys):
     # a --full run written into runs/charlm: not the row's command, so its numbers must not appear
     write(runs, "charlm", {"mode": "full", "epochs": 10}, {"cost_after": [9.876]})
     p = readme(tmp_path, "experiments", "cells", "minchar_modes", "bench", "deer")
-    report.main(["--readme", str(p), "--runs", str(runs)])
+    report.main(["--readme", str(p), "--runs", str(runs), "--placeholders"])
     text = p.read_text()
     charlm = next(line for line in text.splitlines() if line.startswith("| `charlm` (main)"))
     assert report.NOT_YET in charlm and "another command" in charlm and "9.876" not in text
@@ -72,14 +72,14 @@ def test_missing_and_foreign_runs_are_flagged_never_filled_in(tmp_path, capsys):
     assert text.count(f"{report.NOT_YET}: no ") == rows - 1 + 2
     assert "(no run measured yet)" in text
     out = capsys.readouterr().out
-    assert out.count("not yet regenerated: ") == rows + 2
+    assert out.count("row(s) marked not yet regenerated") == 5 and "skipped " in out and "another command" in out
 
 
 def test_a_results_file_missing_a_metric_is_flagged(tmp_path):
     runs = tmp_path / "runs"
     write(runs, "sequences", {"steps": 3000, "seed": 0}, {"solved_of_5": {"default": {"sgd": 5}}})
     p = readme(tmp_path, "experiments")
-    report.main(["--readme", str(p), "--runs", str(runs)])
+    report.main(["--readme", str(p), "--runs", str(runs), "--placeholders"])
     line = next(line for line in p.read_text().splitlines() if line.startswith("| `sequences`"))
     assert report.NOT_YET in line and "lacks" in line
 
@@ -103,13 +103,15 @@ def test_bench_table_pivots_every_implementation(tmp_path):
 
 def test_rewriting_is_idempotent_and_check_reports_staleness(tmp_path):
     runs = tmp_path / "runs"
+    runs.mkdir()
     p = readme(tmp_path, "experiments")
-    assert report.main(["--readme", str(p), "--runs", str(runs), "--check"]) == 1   # "OLD" table: stale
-    assert "OLD" in p.read_text()                                                   # --check writes nothing
-    report.main(["--readme", str(p), "--runs", str(runs)])
+    placeholders = ["--readme", str(p), "--runs", str(runs), "--placeholders"]
+    assert report.main([*placeholders, "--check"]) == 1     # "OLD" table: stale
+    assert "OLD" in p.read_text()                           # --check writes nothing
+    report.main(placeholders)
     once = p.read_text()
-    assert report.main(["--readme", str(p), "--runs", str(runs), "--check"]) == 0
-    report.main(["--readme", str(p), "--runs", str(runs)])
+    assert report.main([*placeholders, "--check"]) == 0
+    report.main(placeholders)
     assert p.read_text() == once
 
 
@@ -117,7 +119,6 @@ def test_rewriting_is_idempotent_and_check_reports_staleness(tmp_path):
     ("<!-- report:begin experiments -->\n", "no report:end"),
     ("<!-- report:end experiments -->\n", "without a matching"),
     ("<!-- report:begin nosuch -->\n<!-- report:end nosuch -->\n", "unknown report table"),
-    ("no markers at all\n", "no <!-- report:begin"),
 ])
 def test_broken_markers_are_refused(tmp_path, text, match):
     p = tmp_path / "README.md"
@@ -156,7 +157,7 @@ def test_cells_tbptt_rows_tell_gradients_apart_and_deer_lists_what_the_budget_le
                  "forward_speedup": 0.00346, "train_speedup": 0.00694, "iterations": 5, "fell_back": False}],
           not_measured=[[16000, 8, 1]])
     p = readme(tmp_path, "cells_tbptt", "deer")
-    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    assert report.main(["--readme", str(p), "--runs", str(runs), "--placeholders"]) == 0
     lines = p.read_text().splitlines()
     row = next(line for line in lines if line.startswith("| lstm, TBPTT(16, 32)"))
     assert "--k1 16 --k2 32" in row and "| 99,739 | 2.900 | 4.184 | 120 | 12 s |" in row
@@ -178,20 +179,27 @@ def test_a_budgeted_cell_bench_is_another_command_and_a_full_run_fills_the_table
     text = p.read_text()
     assert "`python -m experiments.bench --quick --cell lstm` [1]" in text
     assert "| 1, 100, 25, 80 | 900 | 1,800 | **2.00x** |" in text
-    # a budgeted GRU run is another command than the table's: flagged, its numbers not shown
+    # a budgeted GRU run is another command than the table's: its table kept, its numbers not shown
     gru = text[text.index("report:begin bench_gru"):]
+    assert "OLD bench_gru TABLE 1.234" in gru and "900" not in gru
+    report.main(["--readme", str(p), "--runs", str(runs), "--placeholders"])
+    gru = p.read_text()[p.read_text().index("report:begin bench_gru"):]
     assert report.NOT_YET in gru and "900" not in gru and "time_budget_s" in gru
 
 
-def test_only_rewrites_the_named_tables_and_keeps_the_others_verbatim(tmp_path):
+def test_only_rewrites_the_named_tables_and_keeps_the_others_verbatim(tmp_path, capsys):
     runs = tmp_path / "runs"
+    runs.mkdir()
     p = readme(tmp_path, "experiments", "bench_lstm", "cells")
-    report.main(["--readme", str(p), "--runs", str(runs), "--only", "bench_lstm"])
+    report.main(["--readme", str(p), "--runs", str(runs), "--only", "bench_lstm", "--placeholders"])
     text = p.read_text()
     assert "OLD experiments TABLE 1.234" in text and "OLD cells TABLE 1.234" in text
     assert "OLD bench_lstm TABLE" not in text and "not yet regenerated" in text
-    with pytest.raises(ValueError, match="--only names no table"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
         report.main(["--readme", str(p), "--runs", str(runs), "--only", "bench_gru"])   # not in this file
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --only:" in err and "has no table bench_gru" in err
     assert p.read_text() == text
 
 
@@ -216,22 +224,193 @@ def test_the_device_table_comes_from_a_device_reports_json_and_refuses_a_smoke_r
     rep["smoke"] = True
     (runs / "device_report" / "report.json").write_text(json.dumps(rep))
     report.main(["--readme", str(path), "--runs", str(runs), "--only", "device"])
+    assert path.read_text() == text                      # a smoke report is no device's: the table kept
+    report.main(["--readme", str(path), "--runs", str(runs), "--only", "device", "--placeholders"])
     assert report.NOT_YET in path.read_text() and "--smoke" in path.read_text()
 
 
 @pytest.mark.parametrize("content, why", [
-    ('{"smoke": false, "parts": {"env": ', "JSONDecodeError"),          # copied back cut short
+    ('{"smoke": false, "parts": {"env": ', "is not valid JSON (cut short?)"),          # copied back cut short
     ("[1, 2]", "not a device report"), ("null", "not a device report"),
     ('{"smoke": false, "wall_s": 1, "parts": []}', "not a device report"),
     ('{"smoke": false, "wall_s": 1, "parts": {"env": [1]}}', "not a device report"),
     ('{"smoke": false, "wall_s": 1, "parts": {"bench": {"rc": 0, "seconds": 1, "result": [1]}}}', "AttributeError"),
     ('{"smoke": false, "parts": {}}', "wall_s")])
-def test_a_malformed_device_report_is_flagged_not_a_crash(tmp_path, content, why):
+def test_a_malformed_device_report_is_flagged_not_a_crash(tmp_path, content, why, capsys):
     """A report.json that is not a device report's object (a list, null, parts as a list) raised
-    AttributeError out of `report`, losing every other table's rewrite; it is now flagged."""
+    AttributeError out of `report`, losing every other table's rewrite; it is now named, with
+    what is wrong, and its table kept (or marked, under --placeholders)."""
     path = readme(tmp_path, "device")
+    before = path.read_bytes()
     (tmp_path / "runs" / "device_report").mkdir(parents=True)
     (tmp_path / "runs" / "device_report" / "report.json").write_text(content)
-    assert report.main(["--readme", str(path), "--runs", str(tmp_path / "runs"), "--only", "device"]) == 0
+    argv = ["--readme", str(path), "--runs", str(tmp_path / "runs"), "--only", "device"]
+    assert report.main(argv) == 0
+    out = capsys.readouterr().out
+    assert path.read_bytes() == before and f"skipped {tmp_path / 'runs' / 'device_report' / 'report.json'}" in out
+    assert why in out and "kept as it is: device" in out
+    assert report.main([*argv, "--placeholders"]) == 0
     text = path.read_text()
     assert report.NOT_YET in text and why in text and "OLD device TABLE" not in text
+
+
+# ---- no destructive default: a table is regenerated only from its own runs -----------------------
+
+BENCH_CONFIG = {"quick": True, "precision": "float32"}
+BENCH_ROWS = [{"config": [1, 100, 25, 80], "impl": "jrnn", "train_us": 292.4},
+              {"config": [1, 100, 25, 80], "impl": "flax", "train_us": 326.0}]
+BENCH_METRICS = {"jrnn_speedup_vs_best_peer": {"1,100,25,80": 1.115}}
+
+
+def region(text, name):
+    return text[text.index(f"<!-- report:begin {name} -->"):text.index(f"<!-- report:end {name} -->")]
+
+
+def test_with_no_flags_a_table_whose_runs_are_not_here_is_kept_byte_for_byte(tmp_path, capsys):
+    """`python -m experiments.report` on a machine without the runs replaced every table's
+    numbers with "not yet regenerated" (176 README lines) and exited 0."""
+    runs = tmp_path / "runs"
+    write(runs, "bench", BENCH_CONFIG, BENCH_METRICS, rows=BENCH_ROWS)
+    write(runs, "charlm", {"mode": "recipe", "seeds": [0, 1, 2], "epochs": 10},     # 1 of experiments' 8 runs
+          {"cost_before": [4.18], "cost_after": [2.56, 2.57, 2.55], "median_cost_after": 2.56})
+    p = readme(tmp_path, "experiments", "bench", "device")
+    before = p.read_bytes()
+    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    after = p.read_bytes()
+    for name in ("experiments", "device"):
+        assert region(after.decode(), name) == region(before.decode(), name)
+    assert "OLD bench TABLE" not in region(after.decode(), "bench") and "| 1, 100, 25, 80 | 292 | 326 |" in after.decode()
+    assert report.NOT_YET not in after.decode()
+    # everything outside the bench table is the old file's bytes
+    b0, b1 = before.index(b"<!-- report:begin bench -->"), before.index(b"<!-- report:end bench -->")
+    a0, a1 = after.index(b"<!-- report:begin bench -->"), after.index(b"<!-- report:end bench -->")
+    assert before[:b0] == after[:a0] and before[b1:] == after[a1:]
+    out = capsys.readouterr().out
+    assert "regenerated: bench\n" in out and "kept as it is: experiments\n" in out and "kept as it is: device\n" in out
+    assert f"7 of its 8 runs not in {runs}: charlm_full, minchar," in out
+    assert f"its run not in {runs}: device_report" in out
+    assert "1 table(s) with new text, 2 kept as they were" in out
+
+
+def test_check_names_the_stale_tables_it_can_regenerate_and_lists_those_it_cannot(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write(runs, "bench", BENCH_CONFIG, BENCH_METRICS, rows=BENCH_ROWS)
+    p = readme(tmp_path, "experiments", "bench")
+    before = p.read_bytes()
+    check = ["--readme", str(p), "--runs", str(runs), "--check"]
+    assert report.main(check) == 1 and p.read_bytes() == before          # --check writes nothing
+    out = capsys.readouterr().out
+    assert "out of date: bench\n" in out and "not checked: experiments\n" in out and "out of date: bench (" in out
+    assert report.main(check[:-1]) == 0
+    assert report.main(check) == 0
+    out = capsys.readouterr().out
+    assert "up to date: bench\n" in out and "not checked: experiments\n" in out
+    assert "up to date (1 table(s) checked, 1 not checked)" in out
+
+
+def test_check_with_no_table_checkable_fails_instead_of_passing_on_nothing(tmp_path, capsys):
+    """With none of the tables' runs here, every table is "not checked": exit 1, said so, so a
+    check of nothing cannot pass forever."""
+    (tmp_path / "runs").mkdir()
+    p = readme(tmp_path, "experiments", "bench")
+    assert report.main(["--readme", str(p), "--runs", str(tmp_path / "runs"), "--check"]) == 1
+    assert "nothing checked: not one table has all its runs in" in capsys.readouterr().out
+    # --placeholders checks every table as it would write it
+    assert report.main(["--readme", str(p), "--runs", str(tmp_path / "runs"), "--check", "--placeholders"]) == 1
+    assert "out of date: experiments, bench" in capsys.readouterr().out
+
+
+GOOD_BENCH = {"experiment": "bench", "config": BENCH_CONFIG, "metrics": BENCH_METRICS, "rows": BENCH_ROWS,
+              "wall_time_s": 3.0, "environment": ENV}
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"[]", "holds a list, not a results object"),
+    (b"null", "holds null, not a results object"),
+    (b'{"config": null}', "'config' is null, not an object"),
+    (b'{"metrics": {}}', "has no 'config'"),
+    (b"\xff\xfe{}", "is not UTF-8 text (byte 0xff at offset 0)"),
+    (json.dumps(GOOD_BENCH).encode()[:60], "is not valid JSON (cut short?)"),
+    (b"", "is empty"),
+    (json.dumps({k: v for k, v in GOOD_BENCH.items() if k != "rows"}).encode(), "lacks 'rows'"),
+    (json.dumps({**GOOD_BENCH, "environment": None}).encode(), "'environment' is null"),
+    (json.dumps({**GOOD_BENCH, "metrics": []}).encode(), "holds a value of the wrong kind (TypeError"),
+    (json.dumps({**GOOD_BENCH, "rows": [None]}).encode(), "holds a value of the wrong kind (TypeError"),
+    (None, "is not a file"),            # results.json a folder
+])
+def test_a_malformed_results_file_is_named_skipped_and_the_other_tables_regenerated(tmp_path, capsys, content, what):
+    """One bad results.json ([], null, {"config": null}, invalid UTF-8, cut short, a key missing)
+    raised an AttributeError traceback, or an error not naming the file, and aborted every table."""
+    runs = tmp_path / "runs"
+    write(runs, "bench_lstm", {**BENCH_CONFIG, "cell": "lstm", "time_budget_s": None}, BENCH_METRICS, rows=BENCH_ROWS)
+    path = runs / "bench" / "results.json"
+    path.parent.mkdir(parents=True)
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    p = readme(tmp_path, "bench", "bench_lstm")
+    before = p.read_text()
+    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {path} {what}" in out or f"skipped {path}: {what}" in out, out
+    assert "kept as it is: bench\n" in out and "regenerated: bench_lstm\n" in out
+    text = p.read_text()
+    assert region(text, "bench") == region(before, "bench")                 # kept, not blanked
+    assert "`python -m experiments.bench --quick --cell lstm` [1]" in region(text, "bench_lstm")
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda d: d / "nothere.md", "no file"),
+    (lambda d: d, "is not a file"),
+    (lambda d: (d / "notes.md").write_text("# notes\n\n| a | b |\n|---|---|\n") and d / "notes.md", "has no <!-- report:begin"),
+    (lambda d: (d / "bin.md").write_bytes(b"\xff<!-- report:begin bench -->") and d / "bin.md", "is not UTF-8 text"),
+])
+def test_a_readme_that_is_missing_a_folder_or_not_a_marked_readme_is_refused(tmp_path, capsys, make, says):
+    path = make(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        report.main(["--readme", str(path), "--runs", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --readme:" in err and says in err, err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--only", ""], "--only"), (["--only", ","], "--only"), (["--only", "bench,,deer"], "--only"),
+    (["--only", "nosuch"], "--only"), (["--only", "deer"], "--only"),     # a table this README lacks
+    (["--runs", ""], "--runs"), (["--runs", "   "], "--runs"), (["--runs", "RUNS_FILE"], "--runs"),
+    (["--runs", "no such folder"], "--runs"), (["--readme", ""], "--readme"),
+])
+def test_hostile_flags_are_argparse_errors_before_any_work(tmp_path, capsys, argv, flag):
+    (tmp_path / "RUNS_FILE").write_text("a file")
+    argv = [str(tmp_path / a) if a in ("RUNS_FILE", "no such folder") else a for a in argv]
+    p = readme(tmp_path, "bench")
+    before = p.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        report.main(["--readme", str(p), "--runs", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}:" in err, err
+    assert p.read_bytes() == before
+
+
+def test_a_rewrite_keeps_line_endings_permissions_symlinks_and_a_users_tmp_file(tmp_path):
+    """The rewrite went through a fixed README.md.tmp (a user's file of that name was replaced and
+    then gone), read with universal newlines (every \\r\\n of the file became \\n) and left the
+    file with the default permissions."""
+    folder = tmp_path / "my docs"
+    runs = folder / "my runs"
+    write(runs, "bench", BENCH_CONFIG, BENCH_METRICS, rows=BENCH_ROWS)
+    p = readme(folder, "bench", before="# title\r\n\r\nintro text\r\n")
+    p.chmod(0o640)
+    (folder / "README.md.tmp").write_text("mine")
+    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    data = p.read_bytes()
+    assert data.startswith(b"# title\r\n\r\nintro text\r\n") and b"| 1, 100, 25, 80 | 292 | 326 |" in data
+    assert (p.stat().st_mode & 0o777) == 0o640 and (folder / "README.md.tmp").read_text() == "mine"
+    assert sorted(x.name for x in folder.iterdir()) == ["README.md", "README.md.tmp", "my runs"]
+    link = folder / "LINK.md"
+    link.symlink_to(p.name)
+    p.write_bytes(data.replace(b"| 292 |", b"| 1 |"))
+    assert report.main(["--readme", str(link), "--runs", str(runs)]) == 0
+    assert link.is_symlink() and p.read_bytes() == data
