@@ -96,3 +96,88 @@ def test_launcher_refuses_a_bad_port_count_or_experiment_naming_the_flag(argv, c
     err = capsys.readouterr().err
     assert ("--port" in err if "--port" in argv else "experiment" in err if argv[-1] in ("nonsense", "--full", "charlm.py", "../x")
             else "--cpu-devices" in err if "--cpu-devices" in argv else "-n" in err), err
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Fail loudly if the launcher gets as far as starting processes; else record what it would start."""
+    calls = []
+
+    def launched(*a):
+        calls.append(a)
+        return 0
+    monkeypatch.setattr(launch, "launch", launched)
+    return calls
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["-n", str(10**6), "--", "charlm"], "-n"), (["-n", "nan", "--", "charlm"], "-n"), (["-n", "", "--", "charlm"], "-n"),
+    (["-n", " ", "--", "charlm"], "-n"), (["-n", "1e3", "--", "charlm"], "-n"),
+    (["-n", "2", "--cpu-devices", str(10**9), "--", "charlm"], "--cpu-devices"),
+    (["-n", "2", "--cpu-devices", "-1", "--", "charlm"], "--cpu-devices"),
+    (["-n", "2", "--port", "", "--", "charlm"], "--port"), (["-n", "2", "--port", "nan", "--", "charlm"], "--port"),
+])
+def test_launcher_refuses_hostile_numbers_naming_the_flag_before_starting_anything(argv, flag, capsys, no_launch):
+    # -n 1000000 started a million Python processes, --cpu-devices 10**9 asked XLA for a billion devices in each
+    with pytest.raises(SystemExit) as e:
+        launch.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}" in err, err
+    assert no_launch == []
+
+
+def test_launcher_refuses_a_port_in_use(capsys, no_launch):
+    # every process's coordinator then failed to bind, after starting JAX
+    import socket
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        with pytest.raises(SystemExit) as e:
+            launch.main(["-n", "2", "--port", str(s.getsockname()[1]), "--", "charlm"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --port:" in err and "cannot be used here" in err
+    assert no_launch == []
+
+
+def test_launcher_refuses_an_experiment_that_cannot_run_as_several_processes(capsys, no_launch):
+    # each process started JAX, then died of "unrecognized arguments: --coordinator ..."
+    with pytest.raises(SystemExit) as e:
+        launch.main(["-n", "2", "--", "sequences", "--steps", "10"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "experiments.sequences does not run as several processes" in err and "charlm" in err
+    assert launch.distributed_experiments() == ["charlm"] and no_launch == []
+
+
+@pytest.mark.parametrize("flag", ["--coordinator=127.0.0.1:1234", "--num-processes=3", "--process-id=0", "--num", "--proc"])
+def test_launcher_refuses_its_own_flags_in_any_spelling(flag, capsys, no_launch):
+    with pytest.raises(SystemExit) as e:
+        launch.main(["-n", "2", "--", "charlm", "--full", flag])
+    assert e.value.code == 2 and "the launcher sets --coordinator" in capsys.readouterr().err
+    assert no_launch == []
+
+
+def test_a_second_launch_into_the_same_folder_is_refused_unless_asked_to_replace(tmp_path, capsys, no_launch,
+                                                                                 monkeypatch):
+    """charlm's second run into an --out replaced the first run's results.json without a word."""
+    out = tmp_path / "my runs" / "two procs"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text("the first run's")
+    for argv in (["--out", str(out)], [f"--out={out}"], ["--ou", str(out)]):
+        with pytest.raises(SystemExit) as e:
+            launch.main(["-n", "2", "--", "charlm", "--full", *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "holds results.json of an earlier run" in err and "--overwrite" in err, err
+    assert no_launch == [] and (out / "results.json").read_text() == "the first run's"
+    assert launch.main(["-n", "2", "--overwrite", "--", "charlm", "--full", "--out", str(out)]) == 0
+    assert launch.main(["-n", "2", "--", "charlm", "--full", "--resume", "--out", str(out)]) == 0
+    assert no_launch[0] == (2, "charlm", ["--full", "--out", str(out)], None, None)   # the path one argument
+    monkeypatch.chdir(tmp_path)                       # the experiment's default --out: runs/charlm
+    (tmp_path / "runs" / "charlm").mkdir(parents=True)
+    (tmp_path / "runs" / "charlm" / "results.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        launch.main(["-n", "2", "--", "charlm", "--full"])
+    assert "--out runs/charlm (the experiment's) holds results.json" in capsys.readouterr().err
+    (tmp_path / "a file").write_text("mine")
+    with pytest.raises(SystemExit):
+        launch.main(["-n", "2", "--", "charlm", "--full", "--out", "a file"])
+    assert "exists and is not a folder" in capsys.readouterr().err and len(no_launch) == 2
