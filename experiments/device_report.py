@@ -22,6 +22,8 @@ hypothesis, run from the repo root with PYTHONPATH=. (the corpus from $JRNN_DATA
 It writes 8 files at most, at most one folder deep, under --out: report.md (the tables),
 report.json (everything), tests.log, deer.json, {bench,bench_lstm,bench_gru,charlm}/results.json
 (the plots are dropped: the device machine returns 8 files, and report.md holds every table).
+It refuses an --out that holds any of those files already (another report, or an experiment's
+runs: `--out runs` would replace runs/bench/results.json) unless --overwrite.
 `--smoke` runs the same code paths on a CPU with tiny sizes (about two minutes on an idle 2-core
 CPU; its limits are generous for a loaded one); the test suite runs it (slow) and its parts in
 one process (default).
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -66,6 +69,8 @@ SMOKE_DEER_CONFIGS = [(64, 4, 2)]
 CHARLM_EPOCHS = 3
 SMOKE_CHARLM = ["--chars", "12000", "--hidden", "8", "--batch", "2", "--seq-len", "16", "--sample-len", "10"]
 SMOKE_BENCH_CONFIGS = "2,8,5,7"
+# what a run writes under --out (at most 8 files, at most one folder deep)
+WRITES = ("report.md", "report.json", "tests.log", "deer.json", *(f"{d}/results.json" for d in (*BENCH_CELLS, "charlm")))
 
 
 # ---- the parts (each runs in its own process: `--part NAME`) ------------------------------------
@@ -109,15 +114,18 @@ def part_bench(out: Path, smoke: bool, name: str = "bench") -> dict:
     argv = ["--gpu-quick", "--cell", cell, "--time-budget", str(BENCH_SOFT_S), "--quiet", "--out", str(folder),
             "--configs", SMOKE_BENCH_CONFIGS if smoke else BENCH_CONFIGS[cell]]
     argv += ["--only", BENCH_ONLY[cell]] if BENCH_ONLY[cell] else []
+    started = time.time()
     bench.main(argv)
-    _drop_plots(folder)
+    _drop_plots(folder, started)
     return json.loads((folder / "results.json").read_text())
 
 
-def _drop_plots(folder: Path) -> None:
-    """The device machine returns 8 files: report.md holds the tables, so the plots stay behind."""
+def _drop_plots(folder: Path, since: float) -> None:
+    """The device machine returns 8 files: report.md holds the tables, so the plots this part
+    wrote (since `since`, a time.time()) stay behind; a plot already there before is not its to delete."""
     for png in folder.glob("*.png"):
-        png.unlink()
+        if png.stat().st_mtime >= since - 1.0:      # a coarse file clock may stamp it a little early
+            png.unlink()
 
 
 def part_deer(out: Path, smoke: bool) -> dict:
@@ -149,11 +157,11 @@ def part_charlm(out: Path, smoke: bool, data=None) -> dict:
     argv = ["--full", "--epochs", "1" if smoke else str(CHARLM_EPOCHS), "--quiet", "--out", str(out / "charlm")]
     argv += SMOKE_CHARLM if smoke else []
     argv += ["--data", data] if data else []
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     charlm.main(argv)
     result = json.loads((out / "charlm" / "results.json").read_text())
     result["process_wall_s"] = time.perf_counter() - t0
-    _drop_plots(out / "charlm")
+    _drop_plots(out / "charlm", started)
     return result
 
 
@@ -257,7 +265,7 @@ def run_part(name, out: Path, smoke: bool, data=None) -> dict:
         part_file.unlink()
     elif name in BENCH_CELLS and written(out / name / "results.json"):   # cut short: its rows so far
         result["result"] = json.loads((out / name / "results.json").read_text())
-        _drop_plots(out / name)
+        _drop_plots(out / name, started)
     elif name == "deer" and written(out / "deer.json"):
         result["result"] = json.loads((out / "deer.json").read_text())
     return result
@@ -305,22 +313,41 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def part_list(text: str) -> list[str]:
+    """--parts: comma-separated names of PARTS, each once (argparse names the flag otherwise)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise argparse.ArgumentTypeError(f"names no part ({text!r}); choose from {', '.join(PARTS)}")
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {unknown} in {text!r}; choose from {', '.join(PARTS)}")
+    if len(set(parts)) < len(parts):     # a second run would overwrite the first's row and files
+        raise argparse.ArgumentTypeError(f"names a part twice ({text!r}): each runs once")
+    return parts
+
+
+def data_file(text: str) -> str:
+    """--data: a file that is there now (the charlm part, last, would fail on it minutes later)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a file, got {text!r}; leave --data out to use $JRNN_DATA_DIR")
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no file {text}")
+    return os.path.abspath(text)      # the parts run from the repo root
+
+
 def main(argv=None):
     ap = common.parser("device_report", __doc__)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on any backend (the test suite's run)")
-    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument("--parts", type=part_list, default=",".join(PARTS),
+                    help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--part", choices=PARTS, default=None, help=argparse.SUPPRESS)   # a part's own process
-    ap.add_argument("--data", default=None, help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
-    ap.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
+    ap.add_argument("--data", type=data_file, default=None,
+                    help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the files of a report (or of runs) already in --out")
     args = ap.parse_args(argv)
     args.out = args.out.resolve()       # the parts run from the repo root
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown or not parts:
-        raise ValueError(f"--parts: {'unknown part(s) ' + str(unknown) if unknown else 'names no part'} "
-                         f"({args.parts!r}); choose from {', '.join(PARTS)}")
-    if len(set(parts)) < len(parts):     # a second run would overwrite the first's row and files
-        raise ValueError(f"--parts names a part twice ({args.parts!r}): each runs once")
+    parts = args.parts
     if args.part is not None:   # inside a part's own process
         if args.part in BENCH_CELLS:
             result = part_bench(args.out, args.smoke, args.part)
@@ -330,9 +357,15 @@ def main(argv=None):
             result = {"env": part_env, "deer": part_deer}[args.part](args.out, args.smoke)
         _write_json(args.out / f".{args.part}.json", result)
         return result
-    if (args.out / "report.json").exists() and not args.overwrite:
-        raise ValueError(f"--out {args.out} holds a report already: pass --overwrite to replace it, or another --out")
-    report = {"smoke": args.smoke, "parts": {}, "command": "python -m experiments.device_report " + " ".join(argv or [])}
+    there = [rel for rel in WRITES if os.path.lexists(args.out / rel)]
+    folders = [rel for rel in there if (args.out / rel).is_dir()]
+    if folders:
+        raise ValueError(f"--out {args.out} holds a folder where the report writes a file: {', '.join(folders)}")
+    if there and not args.overwrite:   # another report's, or an experiment's run (--out runs: runs/bench/...)
+        raise ValueError(f"--out {args.out} holds {', '.join(there)} already, which this run would replace: "
+                         "pass --overwrite to replace them, or another --out")
+    report = {"smoke": args.smoke, "parts": {},
+              "command": "python -m experiments.device_report " + shlex.join(sys.argv[1:] if argv is None else argv)}
     t0 = time.perf_counter()
     for name in parts:
         report["parts"][name] = run_part(name, args.out, args.smoke, args.data)

@@ -249,3 +249,39 @@ def test_results_are_written_whatever_sits_at_results_json_tmp(tmp_path):
     path = common.save_results(tmp_path, "x", {"a": 1}, {"m": 2.0}, 1.0)
     assert path.name == "results.json" and __import__("json").loads(path.read_text())["metrics"] == {"m": 2.0}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.json.tmp"]
+
+
+def _in(folder, *args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=folder, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT})
+
+
+def test_report_with_no_flags_on_a_machine_without_the_runs_changes_nothing(tmp_path):
+    """`python -m experiments.report` replaced every table with "not yet regenerated" and exited 0;
+    a malformed results file stopped it with an AttributeError traceback."""
+    readme = tmp_path / "README.md"
+    readme.write_bytes(b"# t\r\n<!-- report:begin bench -->\nmeasured 1.234\n<!-- report:end bench -->\n"
+                       b"<!-- report:begin bench_lstm -->\nmeasured 5.678\n<!-- report:end bench_lstm -->\n")
+    before = readme.read_bytes()
+    p = _in(tmp_path, "experiments.report")
+    assert p.returncode == 0 and readme.read_bytes() == before, p.stdout + p.stderr
+    assert "kept as it is: bench\n" in p.stdout and "0 table(s) with new text, 2 kept" in p.stdout
+    (tmp_path / "runs" / "bench").mkdir(parents=True)
+    (tmp_path / "runs" / "bench" / "results.json").write_text("[]")
+    p = _in(tmp_path, "experiments.report")
+    assert p.returncode == 0 and readme.read_bytes() == before and "Traceback" not in p.stderr, p.stderr
+    assert f"skipped {os.path.join('runs', 'bench', 'results.json')} holds a list" in p.stdout
+    p = _in(tmp_path, "experiments.report", "--check")
+    assert p.returncode == 1 and "nothing checked" in p.stdout
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["experiments.report", "--readme", "nothere.md"], "argument --readme: no file nothere.md"),
+    (["experiments.report", "--only", ""], "argument --only: names no table"),
+    (["experiments.launch", "-n", "2", "--", "sequences"], "does not run as several processes"),
+    (["experiments.launch", "-n", "99999", "--", "charlm"], "argument -n/--num-processes: must be at most"),
+])
+def test_report_and_launch_refuse_bad_flags_with_one_error_line_and_exit_2(tmp_path, argv, says):
+    p = _in(tmp_path, *argv)
+    assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert list(tmp_path.iterdir()) == []      # nothing written, no runs/ folder made

@@ -134,13 +134,14 @@ def test_markdown_of_an_older_or_partial_report(tmp_path):
     assert "best peer / best jrnn: none measured" in md
 
 
-def test_bad_arguments_and_an_existing_report_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="--parts"):
-        device_report.main(["--parts", "env,nonsense", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="names no part"):
-        device_report.main(["--parts", " , ", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="twice"):     # it ran twice, the second overwriting the first
-        device_report.main(["--parts", "env,tests,env", "--out", str(tmp_path)])
+def test_bad_arguments_and_an_existing_report_are_refused(tmp_path, capsys):
+    for parts, says in [("env,nonsense", "unknown part(s) ['nonsense']"), (" , ", "names no part"),
+                        ("", "names no part"), ("env,,tests", "unknown part(s) ['']"),
+                        ("env,tests,env", "twice")]:    # it ran twice, the second overwriting the first
+        with pytest.raises(SystemExit) as e:
+            device_report.main(["--parts", parts, "--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "argument --parts:" in err and says in err, (parts, err)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "report.json").write_text("{}")
     with pytest.raises(ValueError, match="--overwrite"):
@@ -177,3 +178,72 @@ def test_gpu_limits_fit_the_8_minute_window():
     assert device_report.DEER_SOFT_S < device_report.LIMIT_S["deer"]
     assert len(device_report.DEER_CONFIGS) == 12 and {c[0] for c in device_report.DEER_CONFIGS} == {16384, 65536}
     assert set(device_report.BENCH_CONFIGS) == set(device_report.BENCH_ONLY) == set(device_report.BENCH_CELLS.values())
+
+
+@pytest.fixture
+def no_parts(monkeypatch):
+    """Fail loudly if a part starts."""
+    monkeypatch.setattr(device_report, "run_part", lambda *a, **k: pytest.fail("a part ran"))
+
+
+@pytest.mark.parametrize("rel", ["bench/results.json", "charlm/results.json", "deer.json", "tests.log", "report.md"])
+def test_an_out_holding_any_file_the_report_writes_is_refused_unless_overwrite(tmp_path, no_parts, rel):
+    """Only report.json was looked for: `--out runs` replaced runs/bench/results.json and the
+    charlm run's (the README's measurements) and deleted runs/bench/*.png."""
+    (tmp_path / rel).parent.mkdir(exist_ok=True)
+    (tmp_path / rel).write_text("an earlier run's")
+    (tmp_path / "bench").mkdir(exist_ok=True)
+    (tmp_path / "bench" / "ratio.png").write_bytes(b"png")
+    with pytest.raises(ValueError, match=f"holds {rel} already.*--overwrite"):
+        device_report.main(["--parts", "bench", "--out", str(tmp_path)])
+    assert (tmp_path / rel).read_text() == "an earlier run's" and (tmp_path / "bench" / "ratio.png").exists()
+
+
+def test_a_folder_where_the_report_writes_a_file_is_refused_even_with_overwrite(tmp_path, no_parts):
+    (tmp_path / "report.json").mkdir()
+    with pytest.raises(ValueError, match="holds a folder where the report writes a file: report.json"):
+        device_report.main(["--parts", "env", "--out", str(tmp_path), "--overwrite"])
+
+
+def test_a_part_drops_only_the_plots_it_wrote(tmp_path, monkeypatch):
+    """Every *.png of out/<part> was deleted, a plot already there (not this run's) too."""
+    import os
+    folder = tmp_path / "bench_lstm"
+    folder.mkdir()
+    (folder / "mine.png").write_bytes(b"png")
+    os.utime(folder / "mine.png", (1e9, 1e9))
+
+    def writes(cmd, limit, log=None, prefix=""):     # a part that measured, plotted, and ran over
+        (folder / "results.json").write_text(json.dumps({"config": {}, "rows": [{"impl": "now"}]}))
+        (folder / "ratio.png").write_bytes(b"png")
+        return -9, 1.0, True
+    monkeypatch.setattr(device_report, "_stream", writes)
+    assert device_report.run_part("bench_lstm", tmp_path, smoke=True)["result"]["rows"] == [{"impl": "now"}]
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.png", "results.json"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--data", ""], "--data"), (["--data", "no such corpus.txt"], "--data"), (["--data", "."], "--data"),
+    (["--out", ""], "--out"), (["--seed", "-1"], "--seed"), (["--seed", "nan"], "--seed"),
+    (["--parts", "env", "--parts", "nonsense"], "--parts"),
+])
+def test_hostile_flags_are_argparse_errors_before_any_part(tmp_path, argv, flag, capsys, no_parts):
+    # --data that is not there failed in the charlm part, the last one, minutes into a device run
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as e:
+        device_report.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {flag}:" in err, err
+
+
+def test_an_out_and_data_with_spaces_reach_each_part_as_one_argument(tmp_path, monkeypatch):
+    out = tmp_path / "device runs" / "first try"
+    corpus = tmp_path / "my corpus.txt"
+    corpus.write_text("abc")
+    cmds = []
+    monkeypatch.setattr(device_report, "_stream", lambda cmd, limit, log=None, prefix="": cmds.append(cmd) or (0, 1.0, False))
+    report = device_report.main(["--parts", "env,charlm", "--out", str(out), "--data", str(corpus)])
+    assert [c[c.index("--out") + 1] for c in cmds] == [str(out)] * 2 and cmds[1][cmds[1].index("--data") + 1] == str(corpus)
+    assert (out / "report.json").is_file() and list(report["parts"]) == ["env", "charlm"]
+    assert f"'{out}'" in report["command"]                         # quoted: the command can be run again as shown
