@@ -32,6 +32,10 @@ then the median over repeats of microseconds per training step (forward+backward
 per forward alone, and per timestep; the ratio is the best peer's time over jrnn's best,
 measured in this run.
 
+The plot, speedup.png (deer_speedup.png with --deer), has one group of bars per config, named
+on its axis, and one bar per ratio (today the best peer's over jrnn's best), on a log axis from a
+dashed 1x line; the run ends by printing `plot:` and `results:` with their paths.
+
 Requires the `bench` extra (flax, torch): `pip install -e '.[bench]'` (`pip install
 torch==2.13.0` takes a CPU build). `--only jrnn` needs neither.
 """
@@ -384,6 +388,70 @@ def deer_line(r):
             f"{r['train_ms']:.1f} | {ratio} | {it} |")
 
 
+# ---- plots ------------------------------------------------------------------------------------
+
+# the series of speedup.png this bench computes: per config, the fastest peer's train-step time
+# over the fastest jrnn row's (`run_config`'s ratio, results.json's jrnn_speedup_vs_best_peer)
+BEST_PEER_SERIES = "fastest peer (Flax, PyTorch) ÷ fastest jrnn, train-step time (above 1×: jrnn faster)"
+
+
+def config_label(cfg):
+    """A config as the plot's axis names it: "B=1 H=100\nT=25 V=80"."""
+    B, H, T, V = cfg
+    return f"B={B} H={H}\nT={T} V={V}"
+
+
+def speedup_series(configs, rows, ratios):
+    """{BEST_PEER_SERIES: one value per config}: the ratio this run measured, or why there is none."""
+    values = []
+    for cfg in configs:
+        ratio = ratios.get(",".join(map(str, cfg)))
+        mine = [r for r in rows if tuple(r["config"]) == tuple(cfg)]
+        if ratio is not None:
+            values.append(ratio)
+        elif not mine:
+            values.append("not measured")
+        elif all(r["impl"].startswith("jrnn") for r in mine):
+            values.append("no peer measured")
+        else:
+            values.append("no jrnn row")
+    return {BEST_PEER_SERIES: values}
+
+
+def _where(env):
+    """The device in words: "NVIDIA H100 80GB HBM3 (gpu)", or "cpu" alone where that is all it says."""
+    return env["backend"] if env["device"].lower() == env["backend"] else f"{env['device']} ({env['backend']})"
+
+
+def plot_speedups(out, configs, series, *, cell, precision, env, filename="speedup.png"):
+    """speedup.png: one group of bars per config (named on the axis), one bar per named series of
+    ratios (`{name: value per config}`, see `common.plot_ratios`), from a dashed 1× line."""
+    title = (f"jrnn training step ({cell} LM) vs Flax and PyTorch: speed-up\n"
+             f"{_where(env)}, {precision} matmuls, median time per step")
+    return common.plot_ratios(out, [config_label(c) for c in configs], series, title=title, filename=filename,
+                              xlabel="configuration: B batch, H hidden, T timesteps, V vocabulary",
+                              ylabel="speed-up, ×")
+
+
+def plot_deer(out, configs, rows, env, filename="deer_speedup.png"):
+    """deer_speedup.png: per (T, H, B), each parallel method's sequential / parallel time of
+    forward + backward (skipped and unmeasured configs say so on the axis)."""
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "sequential"] or parallel_methods()
+    by_key = {(r["T"], r["H"], r["B"], r["method"]): r for r in rows}
+    series = {}
+    for m in methods:
+        values = []
+        for T, H, B in configs:
+            r = by_key.get((T, H, B, m))
+            values.append(None if r is None else "skipped: > 1 GiB" if "skipped" in r else r["train_speedup"])
+        series[m] = values
+    title = (f"Elman layer, forward + backward: parallel-in-time methods vs the sequential scan\n"
+             f"{_where(env)}, median time per call; above 1×: the method is faster")
+    return common.plot_ratios(out, [f"T={T} H={H}\nB={B}" for T, H, B in configs], series, title=title,
+                              filename=filename, xlabel="configuration: T timesteps, H hidden, B batch",
+                              ylabel="scan time ÷ method time, ×")
+
+
 # ---- driver -----------------------------------------------------------------------------------
 
 class Budget:
@@ -531,15 +599,15 @@ def main(argv=None):
                              on_row=lambda r: print(deer_line(r), flush=True))
         measured = {(r["T"], r["H"], r["B"]) for r in rows}
         not_measured = [list(c) for c in configs if tuple(c) not in measured]
+        plot = plot_deer(out, configs, rows, common.environment())
         common.save_results(out, "bench_deer", {"configs": configs, "quick": args.quick,
                                                 "time_budget_s": budget.seconds},
-                            {}, t.s, rows=rows, not_measured=not_measured, complete=not not_measured)
-        done = [r for r in rows if r["method"] == "deer" and "skipped" not in r]
-        common.plot_curves(out, {"deer fwd+bwd speedup": (np.arange(len(done)), [r["train_speedup"] for r in done])},
-                           xlabel="config index", ylabel="speedup vs sequential", title="DEER vs sequential scan")
+                            {}, t.s, rows=rows, not_measured=not_measured, complete=not not_measured,
+                            plot=plot.name)
+        common.print_saved(out, plot)
         return rows
     if args.cell != "elman" and args.out.name == "bench":   # the default folder holds the Elman bench
-        cell_out = args.out.parent / f"bench_{args.cell}"
+        cell_out = out_folder(args)
         try:
             args.out = common.out_dir(cell_out)
         except argparse.ArgumentTypeError as e:
@@ -565,10 +633,11 @@ def main(argv=None):
     config = {"configs": configs, "repeats": repeats, "quick": args.quick, "gpu_quick": args.gpu_quick,
               "cell": args.cell, "precision": args.precision, "time_budget_s": budget.seconds}
 
-    def save(done, final=False):
+    def save(done, final=False, plot=None):
         # complete only once the run has ended with nothing skipped: a run killed mid-way says so
         common.save_results(args.out, "bench", config, {"jrnn_speedup_vs_best_peer": ratios}, budget.elapsed(),
-                            rows=all_rows + done, versions=vs, not_measured=skipped, complete=final and not skipped)
+                            rows=all_rows + done, versions=vs, not_measured=skipped, complete=final and not skipped,
+                            plot=plot)
 
     bar = common.progress(len(configs), "bench", args.quiet)
     for cfg in configs:
@@ -590,13 +659,12 @@ def main(argv=None):
             print(f"| {', '.join(map(str, cfg))} | best peer / best jrnn: {ratio:.2f}x | | | | | |", flush=True)
         bar.update(1)
     bar.close()
-    save([], final=True)
+    plot = plot_speedups(args.out, configs, speedup_series(configs, all_rows, ratios), cell=args.cell,
+                         precision=args.precision, env=env)
+    save([], final=True, plot=plot.name)
     if skipped:
         print(f"time budget of {budget.seconds:.0f} s spent: not (fully) measured: {skipped}", flush=True)
-    labels = list(ratios)
-    common.plot_curves(args.out, {"best peer / jrnn": (np.arange(len(labels)), [ratios[k] or 0 for k in labels])},
-                       xlabel="config index", ylabel="speedup", title="jrnn train-step speedup vs best peer")
-    print(f"results: {args.out / 'results.json'}")
+    common.print_saved(args.out, plot)
     return all_rows
 
 

@@ -150,8 +150,12 @@ def main(argv=None):
                       batched_eval_every=BATCHED_EVAL_EVERY, batched_max_steps=3000)
     plot = None
     if curves:
-        plot = common.plot_curves(args.out, curves, xlabel="iteration", ylabel="exhaustive accuracy (16,384 pairs)",
-                                  title="8-bit binary addition, iamtrask's recipe", filename="accuracy.png")
+        percent = {k: (xs, [100 * a for a in acc]) for k, (xs, acc) in curves.items()}
+        plot = common.plot_curves(args.out, percent, xlabel="iteration (one random pair each)",
+                                  ylabel=f"sums right, % of all {ALL_A.size:,} pairs",
+                                  title=f"8-bit binary addition: sigmoid RNN H={HIDDEN}, iamtrask's recipe "
+                                        f"(SGD lr {LEARNING_RATE:g})",
+                                  refs={"every pair right": 100.0}, logy=False, filename="accuracy.png")
     common.save_results(args.out, "binary_addition", config, metrics, t.s, curves=curves,
                         plot=plot.name if plot else None)
     if curves:
@@ -161,8 +165,7 @@ def main(argv=None):
     if "batched_steps_to_100pct" in metrics:
         for s, n, ts in zip(seeds, metrics["batched_steps_to_100pct"], metrics["batched_train_seconds"]):
             print(f"batched seed {s}: 100 % after {n} steps of {BATCH} pairs, {ts:.3f} s of training")
-    print(f"plot: {plot}" if plot else "plot: none (the batched recipe alone has no curve)")
-    print(f"results: {args.out / 'results.json'}")
+    common.print_saved(args.out, plot, "the batched recipe alone has no curve")
     return metrics
 
 

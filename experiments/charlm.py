@@ -378,7 +378,7 @@ def main(argv=None):
                       "val_fraction": VAL_FRACTION, "train_chars": len(ids) - int(len(ids) * VAL_FRACTION),
                       "k1": args.k1, "k2": args.k2, "epochs": args.epochs, "seed": args.seed, "max_minutes": args.max_minutes}
             curves = {"validation": ([r["step"] for r in history], [r["val_nats"] for r in history])}
-            xlabel, ylabel = "step", "validation nats/char"
+            xlabel, ylabel = "optimizer step", "validation loss, nats per char"
         else:
             results = [run_seed_mode(s, ids, vocab.size, args.epochs, args.quiet, common.step_precision(args), args.cell)
                        for s in range(args.seed, args.seed + args.seeds)]
@@ -397,7 +397,7 @@ def main(argv=None):
                       "seeds": list(range(args.seed, args.seed + args.seeds))}
             runs = {"costs": [c for _, c in results]}
             curves = {f"seed {args.seed + i}": (np.arange(len(c)), c) for i, (_, c) in enumerate(results)}
-            xlabel, ylabel = "epoch", "cost (mean NLL per char, first 10k chars)"
+            xlabel, ylabel = "epoch (0: before training)", "cost, nats per char (first 10k chars)"
     toks, _ = jrnn.generate(model, params, jax.random.key(args.seed), prime, args.sample_len, temperature=args.temperature)
     sample = args.prime + vocab.decode(toks)
     print(f"---- sample (temperature {args.temperature})\n{sample}\n----")
@@ -409,8 +409,12 @@ def main(argv=None):
     plot = args.out / ("validation_loss.png" if args.full else "cost.png")
     if jax.process_index() == 0:  # one writer per run
         config["processes"] = jax.process_count()
+        recipe = (f"{args.layers}-layer {args.cell} H={args.hidden}, Adam lr {args.lr:g}, batch {args.batch} "
+                  f"x {args.seq_len} chars" + (f", TBPTT k1={args.k1} k2={args.k2}" if args.k1 else "") if args.full else
+                  f"{args.cell} H={SEED_HIDDEN}, SGD lr {SEED_LR:g}, {SEED_SEQ_LEN}-char chunks, truncated BPTT k={SEED_K}")
         plot = common.plot_curves(args.out, curves, xlabel=xlabel, ylabel=ylabel,
-                                  title="char-level LM, tinyshakespeare", filename=plot.name)
+                                  title=f"char-level LM on tinyshakespeare\n{recipe}",
+                                  refs={f"a uniform guess: ln {vocab.size}": np.log(vocab.size)}, filename=plot.name)
         common.save_results(args.out, "charlm", config, metrics, t.s, sample=sample, plot=plot.name, **runs)
     if args.full:
         print(f"validation: {metrics['val_nats']:.4f} nats/char = {metrics['val_bits']:.4f} bits/char, wall {t.s:.0f} s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import os
 import platform
 import sys
@@ -344,79 +345,243 @@ def save_results(out: Path, name: str, config: dict, metrics: dict, wall_s: floa
     return path
 
 
-def print_saved(out: Path, plot: Path) -> None:
-    """The closing lines of every experiment: where its plot and results are."""
-    print(f"plot: {plot}")
+def print_saved(out: Path, plot: Path | None, why_no_plot: str = "nothing to draw") -> None:
+    """The closing lines of every experiment: where its plot and results are (`plot: none (why)`
+    when this run has no plot)."""
+    print(f"plot: {plot}" if plot is not None else f"plot: none ({why_no_plot})")
     print(f"results: {out / 'results.json'}")
 
 
-def plot_curves(out: Path, curves: dict, *, xlabel: str, ylabel: str, title: str,
-                filename: str = "loss.png") -> Path:
-    """One PNG with a line per curve: curves = {label: (xs, ys)}."""
+# ---- plots: read by a person, so every axis says what it shows and in which unit -------------
+
+PLOT_STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
+              "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12}
+PLOT_DPI = 120
+FEW_POINTS = 30    # curves with at most this many points get a marker on each (a line alone hides them)
+LOG_DECADES = 2    # a positive axis whose values span this many powers of 10 or more is drawn log
+
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def spans_decades(arrays, decades: float = LOG_DECADES) -> bool:
+    """True when every finite value is positive and max / min >= 10**decades (a log axis reads better)."""
+    vals = np.concatenate([np.ravel(np.asarray(a, float)) for a in arrays]) if len(arrays) else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    return bool(vals.size) and vals.min() > 0 and vals.max() / vals.min() >= 10 ** decades
+
+
+def _plain_log_ticks(axis) -> None:
+    """A log axis labelled 0.01, 2, 300 rather than 10^-2, 2x10^0, 3x10^2 where the values allow."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    lo, hi = sorted(axis.get_view_interval())
+    if lo > 0 and lo >= 1e-3 and hi <= 1e6:
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # minor labels where the powers of ten alone would be too few to read a value off: all of
+        # them inside one decade, 2 and 5 over up to three, none beyond (they would crowd the axis)
+        decades = np.log10(hi) - np.log10(lo)
+        if np.floor(np.log10(hi)) == np.floor(np.log10(lo)):
+            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        elif decades <= 3:
+            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        else:
+            axis.set_minor_formatter(NullFormatter())
+
+
+def _integer_ticks_if_integral(axis, values) -> None:
+    """Whole-number data (epochs, steps, lengths) gets whole-number ticks, never 0.2 of an epoch."""
+    from matplotlib.ticker import MaxNLocator
+    vals = np.concatenate([np.ravel(np.asarray(v, float)) for v in values]) if len(values) else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    if vals.size and np.all(vals == np.round(vals)):
+        axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+
+
+def _save(fig, out: Path, filename: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, (xs, ys) in curves.items():
-        ax.plot(np.asarray(xs), np.asarray(ys), label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    if len(curves) > 1:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
     path = out / filename
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    # "tight" keeps a legend placed outside the axes inside the image
+    fig.savefig(path, dpi=PLOT_DPI, bbox_inches="tight", pad_inches=0.15)
+    _pyplot().close(fig)
     return path
+
+
+def curves_figure(curves: dict, *, xlabel: str, ylabel: str, title: str, logy: bool | None = None,
+                  logx: bool = False, refs: dict | None = None):
+    """The figure of `plot_curves` (unsaved): one line per curve, curves = {label: (xs, ys)};
+    `logy=None` draws the y axis log when the curves span LOG_DECADES powers of ten; `refs`
+    = {label: y} draws each as a dashed grey line (chance level, say), named in the legend."""
+    if not curves:
+        raise ValueError("plot_curves: curves is empty; pass {label: (xs, ys)} with at least one curve")
+    refs = refs or {}
+    plt = _pyplot()
+    with plt.rc_context(PLOT_STYLE):
+        fig, ax = plt.subplots(figsize=(7.5, 4.2))
+        few = max(len(np.ravel(xs)) for xs, _ in curves.values()) <= FEW_POINTS
+        for label, (xs, ys) in curves.items():
+            ax.plot(np.asarray(xs), np.asarray(ys, float), label=label,
+                    **({"marker": "o", "markersize": 4} if few else {}))
+        for (label, y), dash in zip(refs.items(), ("--", ":", "-.")):
+            ax.axhline(y, color="0.35", linestyle=dash, linewidth=1.0, label=label)
+        if logy is None:
+            logy = spans_decades([ys for _, ys in curves.values()])
+        ax.set_yscale("log" if logy else "linear")
+        ax.set_xscale("log" if logx else "linear")
+        ax.set(xlabel=xlabel, ylabel=ylabel + (" (log scale)" if logy else ""), title=title)
+        if not logx:
+            _integer_ticks_if_integral(ax.xaxis, [xs for xs, _ in curves.values()])
+        if len(curves) + len(refs) > 1:   # beside the axes: it never covers a curve
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+        ax.grid(alpha=0.3, which="both" if logy else "major")
+        for axis, log in ((ax.xaxis, logx), (ax.yaxis, logy)):
+            if log:
+                _plain_log_ticks(axis)
+        fig.tight_layout()
+    return fig
+
+
+def plot_curves(out: Path, curves: dict, *, xlabel: str, ylabel: str, title: str, filename: str,
+                logy: bool | None = None, logx: bool = False, refs: dict | None = None) -> Path:
+    """One PNG named `filename` (say what it shows: `smooth_loss.png`, not `loss.png`) with a
+    line per curve, curves = {label: (xs, ys)}; see `curves_figure`."""
+    fig = curves_figure(curves, xlabel=xlabel, ylabel=ylabel, title=title, logy=logy, logx=logx, refs=refs)
+    return _save(fig, out, filename)
 
 
 def plot_panels(out: Path, panels: dict, *, xlabel: str, ylabel: str, title: str, filename: str,
-                logx: bool = False, logy: bool = False, style=None, floor: float | None = None) -> Path:
+                logx: bool = False, logy: bool = False, style=None, floor: float | None = None,
+                xticks=None) -> Path:
     """Small multiples: one axes per panel, panels = {panel title: {label: (xs, ys)}}, one shared
     legend below them. `style(label)` gives each label's matplotlib keywords (the same label
-    looks the same in every panel); `floor` clips ys from below so a log axis keeps zeros."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    looks the same in every panel); `floor` clips ys from below so a log axis keeps zeros;
+    `xticks` puts the x ticks at those values (the lengths measured, say)."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+    with plt.rc_context(PLOT_STYLE):
+        n = len(panels)
+        cols = min(n, 3)
+        rows = -(-n // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(max(4.2 * cols, 6.0), 3.4 * rows + 0.9), squeeze=False,
+                                 sharex=True)
+        handles = {}
+        for ax, (name, curves) in zip(axes.flat, panels.items()):
+            for label, (xs, ys) in curves.items():
+                ys = np.asarray(ys, float)
+                if floor is not None:
+                    ys = np.where(np.isfinite(ys), np.maximum(ys, floor), ys)
+                (line,) = ax.plot(np.asarray(xs), ys, label=label, **(style(label) if style else {}))
+                handles.setdefault(label, line)
+            ax.set_title(name, fontsize=PLOT_STYLE["axes.titlesize"] - 1)
+            ax.set_xscale("log" if logx else "linear")
+            ax.set_yscale("log" if logy else "linear")
+            ax.grid(alpha=0.3, which="both" if logy else "major")
+            if xticks is not None:
+                ax.set_xticks(list(xticks), [f"{v:g}" for v in xticks])
+                ax.xaxis.set_minor_formatter(NullFormatter())
+        for ax in axes.flat[n:]:
+            ax.axis("off")
+        for ax in axes.flat[max(0, n - cols):n]:
+            ax.set_xlabel(xlabel)
+            ax.xaxis.set_tick_params(which="both", labelbottom=True)   # sharex hid them above
+        for ax in axes[:, 0]:
+            ax.set_ylabel(ylabel)
+        for ax in axes.flat[:n]:
+            if logy:
+                _plain_log_ticks(ax.yaxis)
+            if logx and xticks is None:
+                _plain_log_ticks(ax.xaxis)
+        fig.suptitle(title)
+        if n < rows * cols:   # the legend takes the first empty panel
+            axes.flat[n].legend(list(handles.values()), list(handles), loc="center", frameon=False)
+            fig.tight_layout()
+        else:                 # below the panels, outside every axes
+            fig.tight_layout()
+            fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       ncol=min(len(handles), 3), frameon=False)
+    return _save(fig, out, filename)
 
-    out.mkdir(parents=True, exist_ok=True)
-    n = len(panels)
-    cols = min(n, 3)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows + 0.9), squeeze=False, sharex=True)
-    handles = {}
-    for ax, (name, curves) in zip(axes.flat, panels.items()):
-        for label, (xs, ys) in curves.items():
-            ys = np.asarray(ys, float)
-            if floor is not None:
-                ys = np.where(np.isfinite(ys), np.maximum(ys, floor), ys)
-            (line,) = ax.plot(np.asarray(xs), ys, label=label, **(style(label) if style else {}))
-            handles.setdefault(label, line)
-        ax.set_title(name, fontsize=10)
-        ax.set_xscale("log" if logx else "linear")
-        ax.set_yscale("log" if logy else "linear")
-        ax.grid(alpha=0.3, which="both" if logy else "major")
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    for ax in axes.flat[max(0, n - cols):n]:
-        ax.set_xlabel(xlabel)
-        ax.xaxis.set_tick_params(labelbottom=True)
-    for ax in axes[:, 0]:
-        ax.set_ylabel(ylabel)
-    fig.suptitle(title)
-    if n < rows * cols:   # the legend takes the first empty panel
-        axes.flat[n].legend(list(handles.values()), list(handles), loc="center", fontsize=9, frameon=False)
+
+def _is_ratio(v) -> bool:
+    """A value `ratios_figure` draws as a bar: a finite positive number (not None, a reason, or a bool)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _ratio_ticks(lo: float, hi: float) -> list:
+    """1-2-5 ticks (0.5, 1, 2, 5, 10, ...) inside [lo, hi]; powers of ten alone when those crowd."""
+    ticks = [m * 10.0 ** e for e in range(-6, 7) for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo <= t <= hi]
+    if len(inside) > 9:
+        inside = [t for t in inside if np.log10(t) == round(np.log10(t))]
+    return inside
+
+
+def ratios_figure(labels: list, series: dict, *, title: str, xlabel: str = "configuration",
+                  ylabel: str = "speed-up, ×", missing: str = "not measured"):
+    """The figure of `plot_ratios` (unsaved): grouped bars of ratios on a log axis, each bar drawn
+    from the dashed 1× line (so 2× and 0.5× look equally far from it) and labelled with its value.
+
+    labels: one per group (a configuration: "B=1 H=100\\nT=25 V=80"); series: {name: values},
+    one value per label: a ratio, a str saying why there is none, or None (or a value no ratio
+    can be: 0, NaN) drawn as the text `missing`. Series names go in the legend, below the plot.
+    """
+    if not labels:
+        raise ValueError("plot_ratios: labels is empty; pass one label per configuration")
+    if not series:
+        raise ValueError("plot_ratios: series is empty; pass {name: [ratio per label]}")
+    for name, values in series.items():
+        if len(values) != len(labels):
+            raise ValueError(f"plot_ratios: series {name!r} has {len(values)} values for {len(labels)} labels; "
+                             f"pass one value (a ratio, None or a reason) per label")
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import NullFormatter
+    drawn = [float(v) for vs in series.values() for v in vs if _is_ratio(v)]
+    lo, hi = min(drawn + [1.0]) / 1.6, max(drawn + [1.0]) * 1.6    # room for the value labels
+    k, n = len(series), len(labels)
+    width = 0.8 / k
+    digits = ".3g" if k <= 2 else ".2g"    # narrower labels where bars stand side by side
+    handles = []
+    with plt.rc_context(PLOT_STYLE):
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + n * (0.45 + 0.3 * k)), 4.6))
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        for j, (name, values) in enumerate(series.items()):
+            xs = np.arange(n) + (j - (k - 1) / 2) * width
+            color = f"C{j}"
+            for x, v in zip(xs, values):
+                if _is_ratio(v):
+                    v = float(v)
+                    ax.bar(x, v - 1.0, bottom=1.0, width=width * 0.9, color=color)
+                    ax.annotate(f"{v:{digits}}×", (x, v), xytext=(0, 3 if v >= 1 else -3), textcoords="offset points",
+                                ha="center", va="bottom" if v >= 1 else "top", fontsize=8)
+                else:   # halfway up the axes, whatever its range
+                    ax.text(x, 0.5, v if isinstance(v, str) else missing, rotation=90, ha="center", va="center",
+                            fontsize=8, color="0.4", transform=ax.get_xaxis_transform())
+            handles.append(Patch(color=color, label=name))    # one legend entry per series
+        handles.append(ax.axhline(1.0, color="k", linestyle="--", linewidth=1.0, label="1×: as fast"))
+        ax.set_xticks(np.arange(n), labels)
+        ax.set_xlim(-0.6, n - 0.4)
+        ticks = _ratio_ticks(lo, hi)
+        ax.set_yticks(ticks, [f"{t:g}×" for t in ticks])
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel=xlabel, ylabel=ylabel + " (log scale)", title=title)
+        ax.grid(alpha=0.3, axis="y", which="major")
         fig.tight_layout()
-    else:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 3),
-                   fontsize=9, frameon=False)
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
-    path = out / filename
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+        short = all(len(h.get_label()) <= 24 for h in handles)     # method names side by side, sentences stacked
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 5) if short else 1,
+                   frameon=False)
+    return fig
+
+
+def plot_ratios(out: Path, labels: list, series: dict, *, title: str, filename: str, xlabel: str = "configuration",
+                ylabel: str = "speed-up, ×", missing: str = "not measured") -> Path:
+    """One PNG named `filename` of ratios per configuration (see `ratios_figure`)."""
+    fig = ratios_figure(labels, series, title=title, xlabel=xlabel, ylabel=ylabel, missing=missing)
+    return _save(fig, out, filename)
 
 
 def _plain(x):

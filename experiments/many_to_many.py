@@ -92,8 +92,11 @@ def main(argv=None):
                "steps_per_s": args.steps / t.s}
     config = {"vocab": VOCAB, "hidden": HIDDEN, "length": LENGTH, "init_scale": INIT_SCALE, "optimizer": "sgd",
               "lr": LEARNING_RATE, "batch": BATCH, "n_train": N_TRAIN, "steps": args.steps, "seed": args.seed}
-    plot = common.plot_curves(args.out, {"train": (np.arange(len(losses)), losses)}, xlabel="step",
-                              ylabel="summed loss per sequence", title="many-to-many RNN: echo the previous token",
+    plot = common.plot_curves(args.out, {"train": (np.arange(len(losses)), losses)},
+                              xlabel=f"SGD step (batch of {BATCH} sequences)",
+                              ylabel=f"loss, nats summed over the {LENGTH} steps",
+                              title=f"many-to-many Elman RNN (H={HIDDEN}): echo the previous token\n"
+                                    f"{N_TRAIN} random sequences of {LENGTH} tokens, vocabulary {VOCAB}, SGD lr {LEARNING_RATE:g}",
                               filename="train_loss.png")
     common.save_results(args.out, "many_to_many", config, metrics, t.s, losses=losses[:: max(1, args.steps // 500)],
                         plot=plot.name)

@@ -62,11 +62,14 @@ def main(argv=None):
     r4 = next(r for r in rows if r["T"] == timed_T)
     print(f"T={timed_T} gradient time: plain {r4['plain_grad_s']:.3f} s, remat {r4['remat_grad_s']:.3f} s")
     # log-log: the plain scan's line has slope 1, remat's about 1/2 (it keeps sqrt(T) states)
-    plot = common.plot_panels(args.out, {f"B={BATCH}, H={HIDDEN}, V={VOCAB}": {
-                                  k: (lengths, [r[k] for r in rows]) for k in ("plain", "remat")}},
-                              xlabel="T", ylabel="temp MiB (loss + grad)", logx=True, logy=True,
+    names = {"plain": "plain scan (keeps all T states)", "remat": "remat=True (keeps about sqrt(T) states)"}
+    plot = common.plot_panels(args.out, {f"Elman LM, B={BATCH}, H={HIDDEN}, V={VOCAB}": {
+                                  names[k]: (lengths, [r[k] for r in rows]) for k in ("plain", "remat")}},
+                              xlabel="sequence length T, timesteps (log scale)",
+                              ylabel="XLA temp buffers, MiB (log scale)", logx=True, logy=True, xticks=lengths,
                               style=lambda label: {"marker": "o"},
-                              title="memory of loss + gradient vs sequence length", filename="memory.png")
+                              title=f"memory of loss + gradient vs sequence length ({jax.default_backend()})",
+                              filename="memory.png")
     config = {"batch": BATCH, "hidden": HIDDEN, "vocab": VOCAB, "lengths": lengths, "timed_T": timed_T,
               "seed": args.seed}
     common.save_results(args.out, "memory", config, {"rows": rows}, t.s, plot=plot.name)

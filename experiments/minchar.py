@@ -279,8 +279,11 @@ def main(argv=None):
               "data": args.data, "baseline_steps": args.baseline_steps, "resume": args.resume}
     xs = np.arange(args.steps)[:: max(1, args.steps // 500)]
     plot = common.plot_curves(args.out, {f"seed {r['seed']}": (xs, r["curve"]) for r in runs},
-                              xlabel="iteration", ylabel="smooth loss (sum over 25 chars)",
-                              title="min-char-rnn on kafka.txt" + (" (as written: b_y frozen at 0)" if args.as_written else ""),
+                              xlabel=f"iteration (one {SEQ_LEN}-char chunk each)",
+                              ylabel=f"smooth loss, nats per {SEQ_LEN} chars",
+                              title=f"min-char-rnn on kafka.txt: {args.cell} H={HIDDEN}, Adagrad lr {LEARNING_RATE:g}"
+                                    + ("\n(as written: b_y frozen at 0)" if args.as_written else ""),
+                              refs={f"a uniform guess: {SEQ_LEN} ln {vocab.size}": SEQ_LEN * np.log(vocab.size)},
                               filename="smooth_loss.png")
     common.save_results(args.out, "minchar", config, metrics, sum(r["wall_s"] for r in runs), runs=runs,
                         samples=samples, plot=plot.name)

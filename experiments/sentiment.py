@@ -218,9 +218,12 @@ def main(argv=None):
               "runs_trained_incl_padding": n_runs, "baseline_epochs": args.baseline_epochs,
               "epochs_per_call": EPOCHS_PER_CALL}
     xs = np.arange(1, args.epochs + 1)
+    model_name = f"{'bidirectional ' if args.bidirectional else ''}{args.cell} RNN, H={HIDDEN}"
     plot = common.plot_curves(args.out, {f"seed {s}": (xs, losses[i]) for i, s in enumerate(seeds)},
-                              xlabel="epoch", ylabel="mean train loss", title="sentiment classifier, per-sentence SGD",
-                              filename="train_loss.png")
+                              xlabel="epoch", ylabel="mean train loss, nats per sentence",
+                              title=f"sentiment classifier ({model_name}), per-sentence SGD lr {LEARNING_RATE:g}\n"
+                                    f"on the {len(TRAIN)} training sentences",
+                              refs={"a 50/50 guess: ln 2": np.log(2)}, filename="train_loss.png")
     common.save_results(args.out, "sentiment", config, metrics, wall, plot=plot.name)
     for s, a, b in zip(seeds, test_acc, train_acc):
         print(f"seed {s}: test accuracy {a:.2f} ({int(round(a * 20))}/20), train accuracy {b:.3f}")

@@ -92,7 +92,7 @@ def plot_tasks(out, results, steps):
         panels[name] = {f"{r['optimizer']}, {r['init']} init": (r["curve_steps"], r["curve"]) for r in runs}
     style = lambda label: {"color": colors[label.split(",")[0]], "linestyle": dashes[label.split(", ")[1][:-5]],
                            "linewidth": 1.4}
-    return common.plot_panels(out, panels, xlabel="step", ylabel="summed loss (0 drawn at 1e-8)", logx=True, logy=True, floor=1e-8,
+    return common.plot_panels(out, panels, xlabel="step", ylabel="summed loss, nats (0 drawn at 1e-8)", logx=True, logy=True, floor=1e-8,
                               style=style, filename="loss_by_task.png",
                               title=f"toy sequence tasks: loss per optimizer and init, {steps} full-batch steps "
                                     f"(solved: loss < {SOLVED_LOSS}, every step right)")

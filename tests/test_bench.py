@@ -149,3 +149,109 @@ def test_gpu_selection_has_the_six_configs_and_four_implementations(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["impl"] for r in rows] == names[:2] and all(r["forward_us"] is None for r in rows)
     assert saved["config"]["gpu_quick"] and saved["config"]["time_budget_s"] == bench.GPU_QUICK_BUDGET_S
+
+
+# ---- what the bench tells a reader: speedup.png, and the plot: / results: lines ------------------
+
+def _fake_run_config(ratios):
+    """run_config measuring nothing: one jrnn row and (where the ratio is not None) one peer row
+    per config, the peer's time `ratio` times jrnn's, so the bench's ratio is `ratio`."""
+    def run_config(cfg, impls, repeats, **kw):
+        ratio = ratios[tuple(cfg)]
+        row = lambda impl, us: {"config": list(cfg), "cell": "elman", "impl": impl, "compile_s": 1.0,
+                                "forward_compile_s": 1.0, "train_us": us, "forward_us": None,
+                                "train_us_per_timestep": us / cfg[2], "steps_per_call": 1, "loss_initial": 1.0,
+                                "loss_after_first_call": 0.9, "loss_after_one_step": 0.9}
+        rows = [row("jrnn", 100.0)] + ([] if ratio is None else [row("flax", 100.0 * ratio)])
+        for r in rows:
+            kw["on_row"](r)
+        return rows, ratio
+    return run_config
+
+
+def test_bench_prints_plot_and_results_and_saves_speedup_png_with_each_config_named(tmp_path, monkeypatch, capsys):
+    """The bench's plot was loss.png, "config index" on the x axis, no plot: line. Now: speedup.png,
+    named in results.json and printed with results.json's path (timing itself faked: fast)."""
+    ratios = {(1, 100, 25, 80): 4.5, (32, 256, 128, 65): 0.3, (1, 64, 1024, 65): None}
+    monkeypatch.setattr(bench, "run_config", _fake_run_config(ratios))
+    monkeypatch.setattr(bench, "versions", lambda: {"jax": "x"})
+    drawn = {}
+    real = bench.common.plot_ratios
+
+    def spy(out, labels, series, **kw):
+        drawn.update(labels=labels, series=series, **kw)
+        return real(out, labels, series, **kw)
+
+    monkeypatch.setattr(bench.common, "plot_ratios", spy)
+    bench.main(["--configs", "1,100,25,80;32,256,128,65;1,64,1024,65", "--quiet", "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert f"plot: {tmp_path / 'speedup.png'}" in lines and f"results: {tmp_path / 'results.json'}" in lines
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["plot"] == "speedup.png" and saved["complete"] is True
+    assert [p.name for p in tmp_path.glob("*.png")] == ["speedup.png"]
+    assert (tmp_path / "speedup.png").stat().st_size > 5000
+    assert drawn["labels"] == ["B=1 H=100\nT=25 V=80", "B=32 H=256\nT=128 V=65", "B=1 H=64\nT=1024 V=65"]
+    assert drawn["series"] == {bench.BEST_PEER_SERIES: [4.5, 0.3, "no peer measured"]}
+    assert drawn["filename"] == "speedup.png" and "speed-up" in drawn["ylabel"]
+
+
+def test_speedup_series_says_why_a_config_has_no_ratio():
+    rows = [{"config": [1, 2, 3, 4], "impl": "jrnn"}, {"config": [5, 6, 7, 8], "impl": "flax"}]
+    configs = [(1, 2, 3, 4), (5, 6, 7, 8), (9, 9, 9, 9), (2, 2, 2, 2)]
+    ratios = {"1,2,3,4": None, "5,6,7,8": None, "2,2,2,2": 2.5}
+    assert bench.speedup_series(configs, rows, ratios) == {
+        bench.BEST_PEER_SERIES: ["no peer measured", "no jrnn row", "not measured", 2.5]}
+
+
+def test_deer_run_prints_plot_and_results_and_names_each_config(tmp_path, capsys):
+    """--deer printed neither line and plotted train speed-ups against "config index"; a budget
+    spent at once measures nothing, and the plot still names every config (as not measured)."""
+    out = tmp_path / "deer"
+    rows = bench.main(["--deer", "--time-budget", "1e-9", "--quiet", "--out", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    assert rows == []
+    assert f"plot: {out / 'deer_speedup.png'}" in lines and f"results: {out / 'results.json'}" in lines
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["plot"] == "deer_speedup.png" and (out / "deer_speedup.png").stat().st_size > 5000
+
+
+def test_deer_plot_has_a_series_per_method_and_says_which_configs_were_skipped(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(bench.common, "plot_ratios", lambda out, labels, series, **kw: drawn.update(
+        labels=labels, series=series, **kw) or out / kw["filename"])
+    rows = [{"T": 8, "H": 2, "B": 1, "method": "sequential"},
+            {"T": 8, "H": 2, "B": 1, "method": "deer", "train_speedup": 0.5},
+            {"T": 8, "H": 2, "B": 1, "method": "elk", "train_speedup": 2.0},
+            {"T": 16, "H": 2, "B": 1, "method": "sequential"},
+            {"T": 16, "H": 2, "B": 1, "method": "deer", "skipped": "Jacobians > 1 GiB"}]
+    bench.plot_deer(tmp_path, [(8, 2, 1), (16, 2, 1)], rows, {"backend": "cpu", "device": "cpu"})
+    assert drawn["labels"] == ["T=8 H=2\nB=1", "T=16 H=2\nB=1"]
+    assert drawn["series"] == {"deer": [0.5, "skipped: > 1 GiB"], "elk": [2.0, None]}
+
+
+def test_ratio_plot_names_configs_on_a_log_speedup_axis_with_a_dashed_1x_line_and_a_legend_per_series():
+    labels = [bench.config_label(c) for c in [(1, 100, 25, 80), (32, 256, 128, 65), (1, 64, 1024, 65)]]
+    series = {bench.BEST_PEER_SERIES: [4.5, 0.3, None], "jrnn default ÷ peer default": [1.0, 20.0, "no peer measured"]}
+    fig = bench.common.ratios_figure(labels, series, title="t")
+    import matplotlib.pyplot as plt   # after the figure: ratios_figure chose the Agg backend
+    try:
+        (ax,) = fig.axes
+        fig.canvas.draw()
+        assert [t.get_text() for t in ax.get_xticklabels()] == labels
+        assert ax.get_yscale() == "log" and ax.get_ylabel().startswith("speed-up, ×")
+        lo, hi = ax.get_ylim()
+        assert lo < 0.3 and hi > 20.0                                  # every bar and its label inside
+        assert all(t.get_text().endswith("×") for t in ax.get_yticklabels() if t.get_text())
+        assert any(tuple(l.get_ydata()) == (1.0, 1.0) and l.get_linestyle() == "--" for l in ax.get_lines())
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == [*series, "1×: as fast"]
+        assert len({tuple(h.get_facecolor()) for h in legend.legend_handles[:2]}) == 2   # one colour per series
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())          # never over a bar
+        texts = [t.get_text() for t in ax.texts]
+        assert {"4.5×", "0.3×", "20×", "1×", "not measured", "no peer measured"} <= set(texts)
+    finally:
+        plt.close(fig)
+    for bad, match in [(([], series), "labels is empty"), ((labels, {}), "series is empty"),
+                       ((labels, {"a": [1.0]}), "'a' has 1 values for 3 labels")]:
+        with pytest.raises(ValueError, match=match):
+            bench.common.ratios_figure(*bad, title="t")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jrnn
-from experiments import baselines, binary_addition, charlm, many_to_many, memory, minchar, sentiment, sequences
+from experiments import baselines, binary_addition, charlm, common, many_to_many, memory, minchar, sentiment, sequences
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,14 +25,23 @@ def outputs(out):
     return r
 
 
+def printed(capsys, out):
+    """The closing lines every experiment prints: `plot: <path>` and `results: <path>` (the
+    files results.json names and `outputs` checks)."""
+    r = json.loads((out / "results.json").read_text())
+    lines = capsys.readouterr().out.splitlines()
+    assert f"plot: {out / r['plot']}" in lines and f"results: {out / 'results.json'}" in lines, lines[-5:]
+
+
 def test_minchar_resets_state_at_wraparound():
     ps, resets = minchar.positions(8, 80)  # 80 chars: chunks at 0, 25, 50, then wrap (50+26 > 80? no: 76 <= 80)
     assert list(ps) == [0, 25, 50, 0, 25, 50, 0, 25] and list(resets) == [True, False, False, True, False, False, True, False]
 
 
-def test_minchar_smoke(data_dir, tmp_path):
+def test_minchar_smoke(data_dir, tmp_path, capsys):
     m = minchar.main(["--steps", "200", "--baseline-steps", "0", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    printed(capsys, tmp_path)
     # the first loss is the seed lossFun's on the same initial weights and chunk (float32 vs
     # float64: 5e-8 here; the chunk one character later differs by 3e-6)
     text = jrnn.data.load_text("kafka")
@@ -55,9 +64,10 @@ def test_minchar_smoke(data_dir, tmp_path):
 
 
 @pytest.mark.slow   # sentiment's entry point also runs in test_cli (flags) and test_experiments' --help
-def test_sentiment_smoke(tmp_path):
+def test_sentiment_smoke(tmp_path, capsys):
     m = sentiment.main(["--epochs", "50", "--seeds", "2", "--baseline-epochs", "0", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    printed(capsys, tmp_path)
     c = r["config"]
     assert (c["epochs"], c["seeds"], c["hidden"], c["lr"], c["baseline_epochs"]) == (50, [0, 1], 64, 0.02, 0)
     assert max(m["final_train_loss"]) < np.log(2) and len(r["metrics"]["test_accuracy"]) == 2
@@ -98,9 +108,10 @@ def test_sentiment_vocabulary_is_sorted_and_covers_the_test_set():
     assert len(sentiment.TRAIN) == 58 and len(sentiment.TEST) == 20
 
 
-def test_charlm_seed_mode_smoke(data_dir, tmp_path):
+def test_charlm_seed_mode_smoke(data_dir, tmp_path, capsys):
     m = charlm.main(["--epochs", "1", "--chars", "2000", "--sample-len", "50", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    printed(capsys, tmp_path)
     # the default recipe's settings, not --full's argparse defaults (hidden 512, Adam 2e-3, batch 64, ...)
     c = r["config"]
     assert (c["mode"], c["hidden"], c["seq_len"], c["optimizer"], c["lr"], c["batch"], c["tbptt_k"], c["cell"]) == \
@@ -114,10 +125,11 @@ def test_charlm_seed_mode_smoke(data_dir, tmp_path):
     assert len(r["sample"]) == 51
 
 
-def test_charlm_full_mode_smoke(data_dir, tmp_path):
+def test_charlm_full_mode_smoke(data_dir, tmp_path, capsys):
     m = charlm.main(["--full", "--epochs", "2", "--chars", "40000", "--hidden", "32", "--batch", "8",
                      "--seq-len", "16", "--sample-len", "20", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    printed(capsys, tmp_path)
     c = r["config"]
     assert (c["mode"], c["hidden"], c["batch"], c["seq_len"], c["optimizer"], c["lr"], c["cell"]) == \
         ("full", 32, 8, 16, "adam", 2e-3, "elman")
@@ -157,11 +169,12 @@ def test_charlm_full_mode_takes_any_cell_and_depth(data_dir, tmp_path):
     assert m["val_nats"] < np.log(65)
 
 
-def test_binary_addition_seed_recipe_adds_every_pair_after_3000_steps(tmp_path):
+def test_binary_addition_seed_recipe_adds_every_pair_after_3000_steps(tmp_path, capsys):
     """Measured on seeds 0-7: all 16,384 sums right first at iterations 1300-2100 (seed 0: 1900),
     so 3,000 of iamtrask's 10,000 iterations must reach 100 % (at 300 they are at 0-0.4 %)."""
     m = binary_addition.main(["--steps", "3000", "--seeds", "1", "--recipe", "iamtrask", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    printed(capsys, tmp_path)
     c = r["config"]
     assert (c["recipe"], c["steps"], c["lr"], c["hidden"], c["seeds"]) == ("iamtrask", 3000, 0.1, 16, [0])
     assert not any(k.startswith("batched") for k in c)      # the batched recipe did not run
@@ -188,9 +201,10 @@ def test_binary_addition_encoding_is_exact():
 
 
 @pytest.mark.slow
-def test_sequences_smoke(tmp_path):
+def test_sequences_smoke(tmp_path, capsys):
     m = sequences.main(["--steps", "200", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    printed(capsys, tmp_path)
     assert r["config"]["steps"] == 200 and r["config"]["inits"] == ["default", "uniform01"]
     assert r["runs"][0]["curve_steps"][-1] == 200 and r["runs"][0]["curve_steps"][0] == 1
     assert len(r["runs"]) == 30
@@ -200,9 +214,10 @@ def test_sequences_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_many_to_many_smoke(tmp_path):
+def test_many_to_many_smoke(tmp_path, capsys):
     m = many_to_many.main(["--steps", "100", "--quiet", "--out", str(tmp_path)])
     r = outputs(tmp_path)
+    printed(capsys, tmp_path)
     assert (r["config"]["steps"], r["config"]["hidden"], r["config"]["batch"]) == (100, 32, 32)
     assert m["final_loss"] < m["first_loss"]
     assert m["grad_vs_bptt_rel_error_start"] < 1e-10 and m["grad_vs_bptt_rel_error_end"] < 1e-10
@@ -215,7 +230,9 @@ def test_memory_smoke(tmp_path, capsys):
     assert r["plot"] == "memory.png" and r["config"]["lengths"] == [16, 64] and r["config"]["timed_T"] == 64
     assert [row["T"] for row in rows] == [16, 64] and rows[1]["plain"] > rows[0]["plain"]
     out = capsys.readouterr()
-    assert f"results: {tmp_path / 'results.json'}" in out.out and "memory" in out.err   # results line, bar
+    assert "memory" in out.err                                                           # the progress bar
+    lines = out.out.splitlines()
+    assert f"plot: {tmp_path / 'memory.png'}" in lines and f"results: {tmp_path / 'results.json'}" in lines
 
 
 def test_charlm_rejects_full_only_flags_in_the_default_recipe(tmp_path):
@@ -258,3 +275,64 @@ def test_bad_arguments_fail_before_training(tmp_path):
 def test_prime_outside_the_vocabulary_fails_before_training(data_dir, tmp_path):
     p = _run(["experiments.charlm", "--prime", "\u00e9", "--out", str(tmp_path)])
     assert p.returncode == 2 and "not in the vocabulary" in p.stderr and not (tmp_path / "results.json").exists()
+
+
+# ---- the plots a person reads ------------------------------------------------------------------
+
+def _drawn(fig):
+    """(axes, close): the figure drawn, so tick labels and extents are final."""
+    import matplotlib.pyplot as plt   # after the figure: the plotting code chose the Agg backend
+    fig.canvas.draw()
+    return fig.axes[0], lambda: plt.close(fig)
+
+
+def test_curves_of_few_whole_number_points_mark_each_point_and_tick_whole_numbers():
+    """charlm's recipe mode plots a cost per epoch (0 and 1): the axis read 0.0, 0.2, ... 1.0 of an
+    epoch, and a line alone hid that there are two measurements."""
+    fig = common.curves_figure({"seed 0": (np.arange(2), [4.18, 3.98])}, xlabel="epoch", ylabel="cost", title="t")
+    ax, close = _drawn(fig)
+    try:
+        assert ax.get_lines()[0].get_marker() == "o"
+        lo, hi = ax.get_xlim()
+        assert [t for t in ax.get_xticks() if lo <= t <= hi] == [0, 1]
+        assert ax.get_yscale() == "linear" and ax.get_legend() is None   # one curve, nothing to tell apart
+    finally:
+        close()
+
+
+def test_curves_spanning_decades_get_a_log_axis_in_plain_numbers_and_a_legend_beside_the_axes():
+    xs = np.arange(100)
+    ys = 20 * np.exp(-xs / 15)                                   # 20 down to 0.03: three decades
+    fig = common.curves_figure({"seed 0": (xs, ys), "seed 1": (xs, 2 * ys)}, xlabel="step", ylabel="loss, nats",
+                               title="t", refs={"chance: ln 2": np.log(2)})
+    ax, close = _drawn(fig)
+    try:
+        assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss, nats (log scale)"
+        labels = {t.get_text() for t in ax.get_yticklabels()}
+        assert {"0.1", "1", "10"} <= labels and not any("10^" in t or "$" in t for t in labels)
+        assert ax.get_lines()[0].get_marker() in ("None", None, "")            # 100 points: a line
+        ref = ax.get_lines()[-1]
+        assert tuple(ref.get_ydata()) == (np.log(2),) * 2 and ref.get_linestyle() == "--"
+        legend = ax.get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == ["seed 0", "seed 1", "chance: ln 2"]
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())   # never over a curve
+    finally:
+        close()
+
+
+def test_plot_curves_needs_a_filename_and_a_curve(tmp_path):
+    """No default name: the bench's speed-ups were saved as loss.png."""
+    kw = dict(xlabel="x", ylabel="y", title="t")
+    with pytest.raises(TypeError, match="filename"):
+        common.plot_curves(tmp_path, {"a": ([0, 1], [1, 2])}, **kw)
+    with pytest.raises(ValueError, match="curves is empty"):
+        common.plot_curves(tmp_path, {}, filename="a.png", **kw)
+    assert not list(tmp_path.iterdir())
+
+
+def test_print_saved_says_where_the_plot_and_results_are_or_why_there_is_no_plot(tmp_path, capsys):
+    common.print_saved(tmp_path, tmp_path / "accuracy.png")
+    common.print_saved(tmp_path, None, "the batched recipe alone has no curve")
+    assert capsys.readouterr().out.splitlines() == [
+        f"plot: {tmp_path / 'accuracy.png'}", f"results: {tmp_path / 'results.json'}",
+        "plot: none (the batched recipe alone has no curve)", f"results: {tmp_path / 'results.json'}"]
