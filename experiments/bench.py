@@ -566,8 +566,18 @@ def config_list(text):
     return configs
 
 
+def out_folder(args):
+    """Where the run writes: --out, but beside the default runs/bench (which holds the Elman bench)
+    runs/bench_deer for --deer and runs/bench_<cell> for --cell lstm or gru."""
+    if args.out.name == "bench" and args.deer:
+        return args.out.parent / "bench_deer"
+    if args.out.name == "bench" and args.cell != "elman":
+        return args.out.parent / f"bench_{args.cell}"
+    return args.out
+
+
 def main(argv=None):
-    ap = common.parser("bench", __doc__)
+    ap = common.parser("bench", __doc__, plots=("speedup.png", "deer_speedup.png"), folder=out_folder)
     ap.add_argument("--cell", choices=CELLS, default="elman", help="recurrent cell of the benchmarked LM")
     ap.add_argument("--quick", action="store_true", help="CPU configs, fewer repeats (about 3 minutes on 2 cores)")
     ap.add_argument("--gpu-quick", action="store_true",
@@ -587,7 +597,7 @@ def main(argv=None):
     configs = args.configs
     budget = Budget(GPU_QUICK_BUDGET_S if args.gpu_quick and args.time_budget is None else args.time_budget)
     if args.deer:
-        out = args.out.parent / "bench_deer" if args.out.name == "bench" else args.out
+        out = out_folder(args)
         try:   # checked before measuring, as --out itself was
             common.out_dir(out)
         except argparse.ArgumentTypeError as e:

@@ -120,7 +120,7 @@ def train_batched_recipe(seed, max_steps=3000):
 
 
 def main(argv=None):
-    ap = common.parser("binary_addition", __doc__, steps=10_000)
+    ap = common.parser("binary_addition", __doc__, steps=10_000, plots=("accuracy.png",))
     ap.add_argument("--seeds", type=common.positive_int, default=5, help="independent runs")
     ap.add_argument("--recipe", choices=["iamtrask", "batched", "both"], default="both",
                     help="iamtrask: one pair per SGD step, as the source; batched: 64 pairs per Adam step")

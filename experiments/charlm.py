@@ -298,11 +298,11 @@ def _same_checkpoint_everywhere(ckpt_dir, step):
 MAX_SAMPLE_LEN = 100_000   # more failed after training, before results.json (10**10 overflowed the jitted sampler)
 
 FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
-             "overwrite", "max_bad_steps", "k1", "k2")
+             "max_bad_steps", "k1", "k2")   # not --overwrite: it replaces a default-recipe run too
 
 
 def main(argv=None):
-    ap = common.parser("charlm", __doc__, epochs=10)
+    ap = common.parser("charlm", __doc__, epochs=10, plots=("cost.png", "validation_loss.png"))
     ap.add_argument("--seeds", type=common.positive_int, default=1,
                     help="default recipe: independent runs with random seeds seed..seed+n-1 (median reported)")
     ap.add_argument("--full", action="store_true", help="train on the whole corpus with minibatches")

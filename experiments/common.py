@@ -125,14 +125,85 @@ def writable_folder(path: Path) -> None:
         raise ValueError(f"cannot write in {path}: {e.strerror or e}") from None
 
 
-def parser(name: str, doc: str, *, steps: int | None = None, epochs: int | None = None) -> argparse.ArgumentParser:
+RESULTS = "results.json"
+CHECKPOINTS = "checkpoints"   # the folder under --out where charlm and minchar keep their checkpoints
+
+
+def earlier_run(files, *, overwrite: bool = False, resume: bool = False, checkpoints: Path | None = None,
+                where: str | None = None) -> None:
+    """Refuse, before any work, a run that would replace another run's outputs: ValueError naming
+    the folder, the files and the fix, where `files` (the paths this run writes) hold any already.
+
+    `overwrite` (--overwrite) lets the run replace them. `checkpoints`: the folder of the
+    experiment's checkpoints (None: it keeps none); `resume` (--resume) continuing the run whose
+    checkpoints are there is allowed, but a --resume with none there would start over and replace
+    the files, so it is refused. `where` names the folder in the message (default "--out
+    <folder>"). A path that is a folder is refused even with --overwrite: no file can go there.
+    """
+    files = [Path(f) for f in files]
+    for f in files:
+        if f.is_dir():
+            raise ValueError(f"{f} is a folder; results cannot be written there")
+    there = [f for f in files if os.path.lexists(f)]   # a dangling symlink too: the run would replace it
+    if not there or overwrite:
+        return
+    held = checkpoints is not None and _holds_checkpoints(checkpoints)
+    if resume and held:
+        return
+    folder = there[0].parent
+    what = f"{where or f'--out {folder}'} holds {', '.join(f.name for f in there)} of an earlier run"
+    if resume:
+        raise ValueError(f"--resume: {what} but no checkpoints under {checkpoints} to continue, so this run would "
+                         "start over and replace it: pass --overwrite to replace that run, or --out to write elsewhere")
+    raise ValueError(f"{what}, which this run would replace: pass --overwrite to replace that run, "
+                     + ("--resume to continue it, " if held else "") + "or --out to write elsewhere")
+
+
+def _holds_checkpoints(folder: Path) -> bool:
+    """Whether `folder` or a folder below it (minchar's seed_<n>) holds a checkpoint file."""
+    return Path(folder).is_dir() and any(p.is_file() for p in Path(folder).rglob("ckpt_*.npz"))
+
+
+class ExperimentParser(argparse.ArgumentParser):
+    """An experiment's parser (`parser`): after every flag is parsed, `parse_args` refuses an --out
+    holding another run's results.json or plots (`earlier_run`), one line and exit code 2, before
+    anything is loaded, compiled or trained."""
+
+    def __init__(self, *a, plots=(), folder=None, own_check: bool = False, **kw):
+        super().__init__(*a, **kw)
+        self.plots = tuple(plots)    # the plot files a run writes beside results.json
+        self.folder = folder         # args -> the folder a run writes in, where that is not --out
+        self.own_check = own_check   # the experiment checks the files it writes itself (device_report)
+        self.checkpoints = None      # the folder under --out holding the run's checkpoints (add_checkpoint_flags)
+
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, namespace)
+        if not self.own_check:
+            folder = Path(self.folder(ns)) if self.folder is not None else ns.out
+            try:
+                earlier_run([folder / name for name in (RESULTS, *self.plots)], overwrite=ns.overwrite,
+                            resume=getattr(ns, "resume", False),
+                            checkpoints=None if self.checkpoints is None else ns.out / self.checkpoints,
+                            where=None if folder == ns.out else f"{folder} (where this run writes)")
+            except ValueError as e:
+                self.exit(2, f"{self.prog}: error: {e}\n")   # one line: the flags parsed, the usage is no help
+        return ns
+
+
+def parser(name: str, doc: str, *, steps: int | None = None, epochs: int | None = None, plots=(),
+           folder=None, own_check: bool = False) -> ExperimentParser:
     """An argparse parser with the flags every experiment takes.
 
     Every numeric flag takes one of the types above, so a bad value is one line naming the flag
-    and exit code 2 before anything is compiled; --out is created and tested for writing.
+    and exit code 2 before anything is compiled; --out is created and tested for writing, and
+    refused when it holds another run's results.json or one of `plots` (the file names of the
+    plots the experiment writes there) unless --overwrite (or --resume, see `add_checkpoint_flags`).
+    `folder(args)`: the folder the run writes in where that is not --out (bench --cell lstm writes
+    beside runs/bench, in runs/bench_lstm). `own_check`: the experiment refuses its files itself.
     """
-    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ExperimentParser(prog=f"python -m experiments.{name}", description=doc,
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter, plots=plots, folder=folder,
+                         own_check=own_check)
     if steps is not None:
         p.add_argument("--steps", type=positive_int, default=steps, help="training iterations")
     if epochs is not None:
@@ -140,6 +211,9 @@ def parser(name: str, doc: str, *, steps: int | None = None, epochs: int | None 
     p.add_argument("--seed", type=seed, default=0, help="PRNG seed (first seed when --seeds > 1)")
     # a str default: argparse passes it through out_dir too, after every other flag parsed
     p.add_argument("--out", type=out_dir, default=str(Path("runs") / name), help="folder for results.json and the plot")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (the files it wrote, and its checkpoints where the experiment "
+                        "keeps them); without it a run refuses an --out that holds another run's")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -234,10 +308,12 @@ def positive(args, *names):
 
 
 def add_checkpoint_flags(ap, every_help: str):
+    """--checkpoint-every and --resume, for an experiment that keeps its checkpoints under
+    --out/checkpoints (`parser` gives every experiment --overwrite, which replaces them too)."""
     ap.add_argument("--checkpoint-every", type=non_negative_int, default=0, help=every_help)
-    ap.add_argument("--resume", action="store_true", help="continue the run whose checkpoints are under --out")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="start a new run even if --out holds another run's checkpoints (deletes them)")
+    ap.add_argument("--resume", action="store_true",
+                    help=f"continue the run whose checkpoints are under --out/{CHECKPOINTS}")
+    ap.checkpoints = CHECKPOINTS
 
 
 def find_resume(directory, args, template, **load_kw):

@@ -336,15 +336,13 @@ def data_file(text: str) -> str:
 
 
 def main(argv=None):
-    ap = common.parser("device_report", __doc__)
+    ap = common.parser("device_report", __doc__, own_check=True)   # WRITES, refused below
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on any backend (the test suite's run)")
     ap.add_argument("--parts", type=part_list, default=",".join(PARTS),
                     help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--part", choices=PARTS, default=None, help=argparse.SUPPRESS)   # a part's own process
     ap.add_argument("--data", type=data_file, default=None,
                     help="path to tinyshakespeare.txt (else $JRNN_DATA_DIR or download)")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace the files of a report (or of runs) already in --out")
     args = ap.parse_args(argv)
     args.out = args.out.resolve()       # the parts run from the repo root
     parts = args.parts

@@ -12,8 +12,10 @@ cluster's launcher (SLURM's srun, mpirun) instead: the experiments read the task
 Before starting anything it refuses what would fail or destroy: an experiment that does not
 run as several processes (only those with `--coordinator`: charlm), a --port already in use,
 and an --out (the experiment's; default runs/<experiment>) that holds an earlier run's
-results.json, which this run would replace: pass --overwrite (before --) to replace it, or
-another --out (the experiment's own --overwrite or --resume count as asking to replace it too).
+results.json, which this run would replace: pass --overwrite (before --; the launcher passes it
+on as the experiment's --overwrite) to replace it, or another --out (the experiment's own
+--overwrite or --resume count as asking to replace it too). Each process then checks its --out
+in full (`common.earlier_run`: its plots too) before it joins the others.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
                     default=None, help="CPU devices per process (default: cores / N)")
     ap.add_argument("--port", type=_port, default=None, help="coordinator port (default: a free one)")
     ap.add_argument("--overwrite", action="store_true",
-                    help="let the run replace the results.json already in the experiment's --out")
+                    help="replace the run in the experiment's --out (passed on as the experiment's --overwrite)")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- <experiment> [its flags]")
     a = ap.parse_args(argv)
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
@@ -203,7 +205,9 @@ def main(argv=None) -> int:
     if out is not None and (out / "results.json").exists() and not (a.overwrite or replaces):
         ap.error(f"--out {out} (the experiment's) holds results.json of an earlier run, which this run would "
                  "replace: pass --overwrite before -- to replace it, or another --out")
-    return launch(a.num_processes, name, command[1:], a.cpu_devices, a.port)
+    # the experiment refuses the folder itself unless told: the launcher's --overwrite is its --overwrite
+    forward = ["--overwrite"] if a.overwrite and not replaces else []
+    return launch(a.num_processes, name, command[1:] + forward, a.cpu_devices, a.port)
 
 
 if __name__ == "__main__":

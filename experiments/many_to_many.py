@@ -62,7 +62,7 @@ def accuracy(params, x, y):
 
 
 def main(argv=None):
-    ap = common.parser("many_to_many", __doc__, steps=3000)
+    ap = common.parser("many_to_many", __doc__, steps=3000, plots=("train_loss.png",))
     args = ap.parse_args(argv)
     common.check_seed_range(args, 2)   # the test set is drawn with seed + 1
     if args.steps % STEPS_PER_CALL:

@@ -31,7 +31,7 @@ def grad_fn(params, T, remat):
 
 
 def main(argv=None):
-    ap = common.parser("memory", __doc__)
+    ap = common.parser("memory", __doc__, plots=("memory.png",))
     ap.add_argument("--lengths", type=common.positive_int, nargs="+", default=list(LENGTHS), help="sequence lengths T")
     args = ap.parse_args(argv)
     lengths = sorted(set(args.lengths))

@@ -218,7 +218,7 @@ def checkpoint_config(seed, as_written=False, cell="elman", precision="float32")
 
 
 def main(argv=None):
-    ap = common.parser("minchar", __doc__, steps=4000)
+    ap = common.parser("minchar", __doc__, steps=4000, plots=("smooth_loss.png",))
     ap.add_argument("--seeds", type=common.positive_int, default=1, help="independent runs (seeds seed..seed+n-1)")
     ap.add_argument("--data", default=None, help="path to kafka.txt (else $JRNN_DATA_DIR or download)")
     ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="recurrent cell (seed: elman)")

@@ -181,7 +181,7 @@ def train(seeds, epochs, quiet=True, devices=None, cell="elman", bidirectional=F
 
 
 def main(argv=None):
-    ap = common.parser("sentiment", __doc__, epochs=1000)
+    ap = common.parser("sentiment", __doc__, epochs=1000, plots=("train_loss.png",))
     ap.add_argument("--seeds", type=common.positive_int, default=5, help="independent runs, trained together under vmap")
     ap.add_argument("--devices", type=common.positive_int, default=None,
                     help="devices to split the seeds over (default: all; on CPU one per core)")

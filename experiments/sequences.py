@@ -99,7 +99,7 @@ def plot_tasks(out, results, steps):
 
 
 def main(argv=None):
-    ap = common.parser("sequences", __doc__, steps=3000)
+    ap = common.parser("sequences", __doc__, steps=3000, plots=("loss_by_task.png",))
     args = ap.parse_args(argv)
     results = []
     bar = common.progress(len(TASKS) * len(OPTIMIZERS) * len(INITS), "sequences", args.quiet)

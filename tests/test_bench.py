@@ -134,8 +134,8 @@ def test_time_budget_stops_cleanly_and_keeps_what_was_measured(tmp_path):
     for bad in ("0", "-1", "nan", "inf"):
         with pytest.raises(SystemExit):          # argparse: "argument --time-budget: ...", exit 2
             bench.main(["--time-budget", bad, "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="--only"):
-        bench.main(["--only", "nonsense", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--only"):            # --overwrite: past the earlier run in tmp_path
+        bench.main(["--only", "nonsense", "--overwrite", "--out", str(tmp_path)])
 
 
 @pytest.mark.slow

@@ -312,8 +312,13 @@ def test_charlm_full_resume_with_fewer_epochs_than_the_checkpoint_is_refused(dat
     with pytest.raises(ValueError, match=r"--epochs 1 \(70 steps\) ends before step 140 .* --epochs >= 2"):
         charlm.main([*args, "--epochs", "1", "--resume"])
     assert (tmp_path / "results.json").read_bytes() == before
-    with pytest.raises(checkpoint.RunConflictError):
-        charlm.main([*args, "--epochs", "1"])                      # a fresh run into the same folder
+    with pytest.raises(SystemExit, match="^2$"):   # a fresh run into the same folder: its results.json
+        charlm.main([*args, "--epochs", "1"])
+    assert (tmp_path / "results.json").read_bytes() == before
+    (tmp_path / "results.json").unlink()
+    (tmp_path / "validation_loss.png").unlink()
+    with pytest.raises(checkpoint.RunConflictError):           # and its checkpoints, with those gone
+        charlm.main([*args, "--epochs", "1"])
 
 
 @pytest.mark.parametrize("step, error", [(-1, ValueError), (10**10, ValueError), (1.5, TypeError),

@@ -285,3 +285,144 @@ def test_report_and_launch_refuse_bad_flags_with_one_error_line_and_exit_2(tmp_p
     p = _in(tmp_path, *argv)
     assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert list(tmp_path.iterdir()) == []      # nothing written, no runs/ folder made
+
+
+# ---- a second run into the same --out never destroys the first --------------------------------
+
+# the files each experiment writes in --out beside results.json (a plot): each alone marks an earlier run
+PLOTS = {"sentiment": ["train_loss.png"], "binary_addition": ["accuracy.png"], "many_to_many": ["train_loss.png"],
+         "minchar": ["smooth_loss.png"], "charlm": ["cost.png", "validation_loss.png"],
+         "sequences": ["loss_by_task.png"], "memory": ["memory.png"], "bench": ["speedup.png", "deer_speedup.png"]}
+FIRST_RUN = b"the first run's bytes \x00\xff"
+
+
+def _earlier_run(folder, name="results.json"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(FIRST_RUN)
+    return folder / name
+
+
+@pytest.mark.parametrize("name", sorted(PLOTS))
+def test_a_second_run_into_an_out_holding_results_or_a_plot_exits_2_before_any_work(name, tmp_path, monkeypatch,
+                                                                                    capsys, no_training):
+    """Run twice into one --out, every experiment replaced the first run's results.json and plot
+    without a word (here the second run would have trained: no_training fails it)."""
+    for i, f in enumerate(["results.json", *PLOTS[name]]):
+        first = _earlier_run(tmp_path / str(i), f)
+        with pytest.raises(SystemExit) as e:
+            EXPERIMENTS[name].main(["--out", str(first.parent)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert (f"error: --out {first.parent} holds {f} of an earlier run, which this run would replace: "
+                f"pass --overwrite to replace that run, or --out to write elsewhere\n") in err, err
+        assert first.read_bytes() == FIRST_RUN and sorted(p.name for p in first.parent.iterdir()) == [f]
+
+
+@pytest.mark.parametrize("name", sorted(PLOTS))
+def test_overwrite_lets_a_run_replace_the_one_in_out(name, tmp_path, monkeypatch):
+    p = parser_of(EXPERIMENTS[name], monkeypatch)
+    first = _earlier_run(tmp_path)
+    for f in PLOTS[name]:
+        _earlier_run(tmp_path, f)
+    args = p.parse_args(["--overwrite", "--out", str(tmp_path)])       # parsing only: nothing runs
+    assert args.overwrite is True and args.out == tmp_path and first.read_bytes() == FIRST_RUN
+    assert p.parse_args(["--out", str(tmp_path / "fresh")]).overwrite is False   # created, empty: just works
+
+
+def test_every_plot_an_experiment_writes_marks_an_earlier_run(monkeypatch):
+    """The plots the parser checks are every .png name in the experiment's source (a new plot
+    left out of `plots=` would be replaced without a word)."""
+    import pathlib
+    import re
+    for name in PLOTS:
+        source = pathlib.Path(EXPERIMENTS[name].__file__).read_text(encoding="utf-8")
+        written = set(re.findall(r"[\"'](\w+\.png)[\"']", source))
+        assert written and written == set(parser_of(EXPERIMENTS[name], monkeypatch).plots) == set(PLOTS[name]), name
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_has_one_overwrite_flag_with_one_meaning(name, monkeypatch):
+    p = parser_of(EXPERIMENTS[name], monkeypatch)
+    flags = [a for a in p._actions if "--overwrite" in a.option_strings]
+    assert len(flags) == 1 and flags[0].help.startswith("replace the run in --out"), name
+
+
+def test_an_out_with_other_files_or_an_empty_one_just_works(tmp_path, monkeypatch):
+    p = parser_of(sequences, monkeypatch)
+    for f in ("notes.txt", "photo.png", "results.json.bak", "checkpoints"):
+        (tmp_path / f).write_text("mine")
+    assert p.parse_args(["--out", str(tmp_path)]).out == tmp_path
+    assert p.parse_args(["--out", str(tmp_path / "new" / "deeper")]).out.is_dir()
+
+
+def test_a_dangling_symlink_at_results_json_is_an_earlier_run_too(tmp_path, monkeypatch, capsys):
+    p = parser_of(memory, monkeypatch)
+    (tmp_path / "results.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--out", str(tmp_path)])
+    assert "holds results.json of an earlier run" in capsys.readouterr().err
+    assert (tmp_path / "results.json").is_symlink()
+
+
+def test_a_plot_name_that_is_a_folder_is_refused_even_with_overwrite(tmp_path, monkeypatch, capsys):
+    p = parser_of(many_to_many, monkeypatch)
+    (tmp_path / "train_loss.png").mkdir()
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--overwrite", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "train_loss.png is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, ckpt", [("minchar", "checkpoints/seed_0"), ("charlm", "checkpoints")])
+def test_resume_continues_the_run_in_out_only_where_it_has_checkpoints(name, ckpt, tmp_path, monkeypatch, capsys):
+    """--resume with no checkpoints to continue starts over, so it too would replace results.json."""
+    p = parser_of(EXPERIMENTS[name], monkeypatch)
+    first = _earlier_run(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--resume", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and (f"--resume: --out {tmp_path} holds results.json of an earlier run but no checkpoints "
+                                  f"under {tmp_path / 'checkpoints'} to continue, so this run would start over") in err
+    jrnn.checkpoint.save(tmp_path / ckpt, {"w": jnp.ones(2)}, step=100)
+    assert p.parse_args(["--resume", "--out", str(tmp_path)]).resume is True
+    with pytest.raises(SystemExit):                              # without --resume: the fix names it
+        p.parse_args(["--out", str(tmp_path)])
+    assert "pass --overwrite to replace that run, --resume to continue it, or --out" in capsys.readouterr().err
+    assert first.read_bytes() == FIRST_RUN
+
+
+def test_charlm_overwrite_replaces_a_default_recipe_run_too(tmp_path, monkeypatch):
+    # --overwrite was a --full-only flag: "--overwrite: only with --full"
+    _earlier_run(tmp_path, "cost.png")
+
+    def load_text(*a, **k):            # called once every flag has been checked
+        raise _Parsed
+    monkeypatch.setattr(charlm.jrnn.data, "load_text", load_text)
+    with pytest.raises(_Parsed):
+        charlm.main(["--overwrite", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("flags, writes", [(["--cell", "lstm"], "bench_lstm"), (["--cell", "gru"], "bench_gru"),
+                                           (["--deer"], "bench_deer"), ([], "bench")])
+def test_bench_checks_the_folder_it_writes_beside_runs_bench(flags, writes, tmp_path, monkeypatch, capsys):
+    p = parser_of(bench, monkeypatch)
+    others = {"bench", "bench_lstm", "bench_gru", "bench_deer"} - {writes}
+    for other in others:                                         # another bench's run: not this one's to replace
+        _earlier_run(tmp_path / other)
+    assert p.parse_args([*flags, "--out", str(tmp_path / "bench")])
+    first = _earlier_run(tmp_path / writes)
+    with pytest.raises(SystemExit) as e:
+        p.parse_args([*flags, "--out", str(tmp_path / "bench")])
+    err = capsys.readouterr().err
+    where = f"--out {first.parent}" if writes == "bench" else f"{first.parent} (where this run writes)"
+    assert e.value.code == 2 and f"{where} holds results.json of an earlier run" in err, err
+    assert p.parse_args([*flags, "--overwrite", "--out", str(tmp_path / "bench")]).overwrite
+
+
+def test_the_command_line_refuses_a_second_run_in_one_line(tmp_path):
+    first = _earlier_run(tmp_path / "out")
+    p = _cli("experiments.sequences", "--steps", "10", "--out", str(first.parent))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr == (f"python -m experiments.sequences: error: --out {first.parent} holds results.json of an "
+                        "earlier run, which this run would replace: pass --overwrite to replace that run, or --out "
+                        "to write elsewhere\n")
+    assert first.read_bytes() == FIRST_RUN

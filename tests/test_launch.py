@@ -170,7 +170,9 @@ def test_a_second_launch_into_the_same_folder_is_refused_unless_asked_to_replace
     assert no_launch == [] and (out / "results.json").read_text() == "the first run's"
     assert launch.main(["-n", "2", "--overwrite", "--", "charlm", "--full", "--out", str(out)]) == 0
     assert launch.main(["-n", "2", "--", "charlm", "--full", "--resume", "--out", str(out)]) == 0
-    assert no_launch[0] == (2, "charlm", ["--full", "--out", str(out)], None, None)   # the path one argument
+    # the path one argument; the launcher's --overwrite passed on (the experiment refuses the folder without it)
+    assert no_launch[0] == (2, "charlm", ["--full", "--out", str(out), "--overwrite"], None, None)
+    assert no_launch[1] == (2, "charlm", ["--full", "--resume", "--out", str(out)], None, None)
     monkeypatch.chdir(tmp_path)                       # the experiment's default --out: runs/charlm
     (tmp_path / "runs" / "charlm").mkdir(parents=True)
     (tmp_path / "runs" / "charlm" / "results.json").write_text("{}")
