@@ -392,7 +392,8 @@ def deer_line(r):
 
 # the series of speedup.png this bench computes: per config, the fastest peer's train-step time
 # over the fastest jrnn row's (`run_config`'s ratio, results.json's jrnn_speedup_vs_best_peer)
-BEST_PEER_SERIES = "fastest peer (Flax, PyTorch) ÷ fastest jrnn, train-step time (above 1×: jrnn faster)"
+BEST_PEER_SERIES = "fastest peer ÷ fastest jrnn, train-step time (above 1×: jrnn faster)"
+PEER_NAMES = {"flax": "Flax", "torch": "PyTorch"}
 
 
 def config_label(cfg):
@@ -423,10 +424,12 @@ def _where(env):
     return env["backend"] if env["device"].lower() == env["backend"] else f"{env['device']} ({env['backend']})"
 
 
-def plot_speedups(out, configs, series, *, cell, precision, env, filename="speedup.png"):
+def plot_speedups(out, configs, series, *, cell, precision, env, peers=("flax", "torch"), filename="speedup.png"):
     """speedup.png: one group of bars per config (named on the axis), one bar per named series of
-    ratios (`{name: value per config}`, see `common.plot_ratios`), from a dashed 1× line."""
-    title = (f"jrnn training step ({cell} LM) vs Flax and PyTorch: speed-up\n"
+    ratios (`{name: value per config}`, see `common.plot_ratios`), from a dashed 1× line; the
+    title names the `peers` (implementation names) the run measured."""
+    against = " and ".join(PEER_NAMES.get(p, p) for p in peers) or "no peer"
+    title = (f"jrnn training step ({cell} LM) vs {against}: speed-up\n"
              f"{_where(env)}, {precision} matmuls, median time per step")
     return common.plot_ratios(out, [config_label(c) for c in configs], series, title=title, filename=filename,
                               xlabel="configuration: B batch, H hidden, T timesteps, V vocabulary",
@@ -669,8 +672,9 @@ def main(argv=None):
             print(f"| {', '.join(map(str, cfg))} | best peer / best jrnn: {ratio:.2f}x | | | | | |", flush=True)
         bar.update(1)
     bar.close()
+    peers = [n for n in dict.fromkeys(r["impl"] for r in all_rows) if not n.startswith("jrnn")]
     plot = plot_speedups(args.out, configs, speedup_series(configs, all_rows, ratios), cell=args.cell,
-                         precision=args.precision, env=env)
+                         precision=args.precision, env=env, peers=peers)
     save([], final=True, plot=plot.name)
     if skipped:
         print(f"time budget of {budget.seconds:.0f} s spent: not (fully) measured: {skipped}", flush=True)

@@ -193,6 +193,7 @@ def test_bench_prints_plot_and_results_and_saves_speedup_png_with_each_config_na
     assert drawn["labels"] == ["B=1 H=100\nT=25 V=80", "B=32 H=256\nT=128 V=65", "B=1 H=64\nT=1024 V=65"]
     assert drawn["series"] == {bench.BEST_PEER_SERIES: [4.5, 0.3, "no peer measured"]}
     assert drawn["filename"] == "speedup.png" and "speed-up" in drawn["ylabel"]
+    assert "vs Flax: speed-up" in drawn["title"]                      # the peers this run measured
 
 
 def test_speedup_series_says_why_a_config_has_no_ratio():
