@@ -187,10 +187,11 @@ def run_full_mode(args, ids, vocab):
         # the streams split over the devices (one per CPU core, see experiments.bench): each core
         # scans its share of the batch; XLA adds the gradient all-reduce
         multi_step = jrnn.train.make_data_parallel_step(full_loss(model, k1, k2), opt, mesh=mesh, multi_step=True,
-                                                        precision=common.step_precision(args))
+                                                        precision=common.step_precision(args), max_consecutive_skips=None)
         print(f"{args.batch} streams split over {mesh.size} devices")
     else:
-        multi_step = jrnn.make_multi_step(full_loss(model, k1, k2), opt, precision=common.step_precision(args))
+        multi_step = jrnn.make_multi_step(full_loss(model, k1, k2), opt, precision=common.step_precision(args),
+                                          max_consecutive_skips=None)
     params = model.init(jax.random.key(args.seed))
     print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters"
           + (f", TBPTT({k1}, {k2})" if k1 else ""))
@@ -227,6 +228,7 @@ def run_full_mode(args, ids, vocab):
         h = jax.tree.map(lambda a: np.asarray(a)[rows], h)
     bar = common.progress(args.epochs * n_calls * FULL_CALL_STEPS, "charlm --full", args.quiet)
     bar.update(step)
+    # this counter, not the step (max_consecutive_skips=None above), stops the run: --max-bad-steps
     bad = jrnn.train.BadStepCounter(args.max_bad_steps)
     bad.total = skipped                     # NaN/inf steps skipped before a resume count too
     t0 = time.perf_counter() - (history[-1]["wall_s"] if history else 0.0)

@@ -85,9 +85,11 @@ OPTIMIZER = jrnn.optim.karpathy_adagrad(LEARNING_RATE, clip_value=CLIP)
 AS_WRITTEN_OPTIMIZER = optax.chain(optax.masked(optax.set_to_zero(), only_b_y), OPTIMIZER)
 
 
-# one compiled multi-step per mode for every run of this process (a new jit would recompile)
-MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER)
-AS_WRITTEN_STEP = jrnn.make_multi_step(loss_fn, AS_WRITTEN_OPTIMIZER)
+# one compiled multi-step per mode for every run of this process (a new jit would recompile);
+# `train`'s BadStepCounter counts the skipped steps (--max-bad-steps), so the steps do not
+STEP_KW = {"max_consecutive_skips": None}
+MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER, **STEP_KW)
+AS_WRITTEN_STEP = jrnn.make_multi_step(loss_fn, AS_WRITTEN_OPTIMIZER, **STEP_KW)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,7 +98,7 @@ def multi_step(as_written: bool = False, precision: str | None = "float32", cell
     if precision == "float32" and cell == "elman":
         return AS_WRITTEN_STEP if as_written else MULTI_STEP
     kw = {} if precision == "float32" else {"precision": precision}
-    return jrnn.make_multi_step(make_loss(cell), optimizer(as_written), **kw)
+    return jrnn.make_multi_step(make_loss(cell), optimizer(as_written), **kw, **STEP_KW)
 
 
 def optimizer(as_written: bool = False) -> optax.GradientTransformation:

@@ -12,6 +12,7 @@ step as a plain input and leaves it through `stop_gradient`.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable
 
 import jax
@@ -57,6 +58,20 @@ def _select(ok, new, old):
     return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+def _like(given, returned):
+    """The carry `given` in the pytree structure of the carry `returned` by the loss when they
+    differ only in their containers (a list for a tuple, a plain `(h, c)` for an LSTM's
+    `LSTMState`): a jrnn model accepts such a carry and returns its own canonical one. Same
+    leaves in the same order with the same shapes, else None (nothing to conform to)."""
+    target = jax.tree.structure(returned)
+    if jax.tree.structure(given) == target:
+        return given
+    g, r = jax.tree.leaves(given), jax.tree.leaves(returned)
+    if len(g) != len(r) or any(jnp.shape(a) != jnp.shape(b) for a, b in zip(g, r)):
+        return None
+    return jax.tree.unflatten(target, g)
+
+
 def _all_finite(tree):
     """True when every floating-point value in `tree` is finite (integer leaves are ignored).
 
@@ -90,19 +105,154 @@ def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry
     # 20 % of a min-char-rnn step on CPU); under `vmap` it becomes the same select.
     ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & _all_finite((new_params, new_opt_state))
     new_params, new_opt_state = jax.lax.cond(ok, lambda: (new_params, new_opt_state), lambda: (params, opt_state))
-    # carry None means "start from zeros" for every jrnn model
-    old_carry = jax.tree.map(jnp.zeros_like, new_carry) if carry is None else carry
+    # carry None means "start from zeros" for every jrnn model; a carry the model took as a list
+    # or a plain tuple comes back in its canonical structure, the one both branches return
+    old_carry = jax.tree.map(jnp.zeros_like, new_carry) if carry is None else _like(carry, new_carry)
+    if old_carry is None and carry is not None:
+        raise ValueError(
+            f"loss_fn returned a carry {jax.tree.structure(new_carry)} with other leaves than the carry it was "
+            f"given, {jax.tree.structure(carry)}: on a skipped (non-finite) step the guard keeps the carry it "
+            f"was given, so loss_fn must return a carry with the same leaves and shapes as it takes (or build "
+            f"the step with guard_nonfinite=False)")
     new_carry = _select(ok, new_carry, old_carry)
     metrics["skipped"] = (~ok).astype(jnp.int32)
     return new_params, new_opt_state, metrics, new_carry
 
 
-def _jit(fn, donate: bool, check_ids: bool):
+# ---- counting skipped steps --------------------------------------------------------------------
+
+# How many consecutive skipped steps the steps of `make_step` and friends allow before raising.
+DEFAULT_MAX_CONSECUTIVE_SKIPS = 10
+
+_SKIP_CAUSES = ("Likely causes: token ids or labels out of range (optax's losses, e.g. "
+                "optax.softmax_cross_entropy_with_integer_labels, do no range check and give a NaN loss for a "
+                "label >= the number of classes; jrnn's own losses and gathers are checked with check_ids=True), "
+                "a learning rate too large (the loss, the update or an optimizer statistic overflowed), or a "
+                "NaN/inf in the batch, the carry or the loss function itself.")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive training steps were skipped for a NaN/inf loss, gradient, new params
+    or new optimizer state.
+
+    `state`: when a step of `make_step` and friends raised it, what that call returned,
+    `(params, opt_state, metrics, carry)`, whose params and optimizer state are those of the
+    last good step (the ones to keep where the step donated its inputs); None from a
+    `BadStepCounter`.
+    """
+
+    def __init__(self, message: str, state=None):
+        super().__init__(message)
+        self.state = state
+
+
+class BadStepCounter:
+    """Counts skipped (non-finite) steps; stops training after `limit` consecutive ones.
+
+    Feed it `metrics["skipped"]` (a scalar or a `[K]` array from `make_multi_step`) after each
+    call; it raises NonFiniteError naming the step and the likely causes, so the caller's last
+    checkpoint stays the last good state. `total` counts every skipped step, `run` the current
+    run of consecutive ones, `step` the steps fed so far.
+
+    The steps of `make_step` and friends keep such a count themselves (`max_consecutive_skips`,
+    default 10): build them with `max_consecutive_skips=None` where this counter does the
+    counting, so that its limit is the one that stops training.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_CONSECUTIVE_SKIPS):
+        self.limit, self.run, self.total, self.step = checks.integer("limit", limit), 0, 0, 0
+        self._fix = "Raise the BadStepCounter's limit to allow longer runs of skipped steps."
+
+    def update(self, skipped) -> None:
+        flags = np.asarray(skipped).reshape(-1)
+        if not flags.any():   # the usual call: nothing skipped, no loop over the K steps
+            self.step += flags.size
+            self.run = 0
+            return
+        flags = flags.tolist()
+        for i, s in enumerate(flags):
+            self.step += 1
+            self.run = self.run + 1 if s else 0
+            self.total += int(bool(s))
+            if self.run >= self.limit:
+                # a K-step may have trained again after the run, within the same call
+                kept = ("those of the last good step" if all(flags[i:]) else
+                        "those of the last good step before them (a later step of the same call was finite "
+                        "again and trained)")
+                raise NonFiniteError(
+                    f"{self.run} consecutive steps were skipped (the last at step {self.step}): each had "
+                    f"a NaN/inf loss, gradient, new params or new optimizer state. {_SKIP_CAUSES} Each skipped "
+                    f"step left params, opt_state and the carry as they were, so they are still {kept}. "
+                    f"{self._fix}")
+
+
+class _SkipGuard:
+    """The count of consecutive skipped steps of one step function (its `max_consecutive_skips`),
+    read from each call's `metrics["skipped"]` on the host: a RuntimeWarning at the first skipped
+    step, NonFiniteError (carrying the call's outputs) at `limit` in a row."""
+
+    def __init__(self, limit: int, name: str):
+        self.counter, self.name, self.warned = BadStepCounter(limit), name, False
+        self.counter._fix = ("Build the step with a larger max_consecutive_skips to allow longer runs of skipped "
+                             "steps, or max_consecutive_skips=None to turn this check off.")
+
+    def __call__(self, out):
+        skipped = out[2]["skipped"]
+        if isinstance(skipped, jax.core.Tracer):
+            # called inside the caller's own jit / vmap / scan: no value to count yet
+            return out
+        flags = np.asarray(skipped)   # waits for the step: one small device-to-host read
+        if not flags.any():           # the usual call, without BadStepCounter.update's loop
+            self.counter.step += flags.size
+            self.counter.run = 0
+            return out
+        if not self.warned:
+            self.warned = True
+            first = self.counter.step + int(np.argmax(flags.reshape(-1))) + 1
+            warnings.warn(
+                f"{self.name}: training step {first} was skipped: its loss, gradient, new params or new optimizer "
+                f"state held NaN/inf, so params, opt_state and the carry were left as they were. {_SKIP_CAUSES} "
+                f"After {self.counter.limit} consecutive skipped steps this step function raises "
+                f"jrnn.train.NonFiniteError (max_consecutive_skips={self.counter.limit}; None turns that off). "
+                f"This warning is given once per step function.", RuntimeWarning, stacklevel=3)
+        try:
+            self.counter.update(flags)
+        except NonFiniteError as e:
+            self.counter.run = 0   # a caller that handles the error gets `limit` more steps
+            e.state = out
+            raise
+        return out
+
+
+def _skip_guard(guard_nonfinite, max_consecutive_skips, name: str):
+    """The `_SkipGuard` of a step built with these arguments (checked), or None: unguarded steps
+    have no "skipped" metric, and None turns the count off."""
+    checks.boolean("guard_nonfinite", guard_nonfinite)
+    if max_consecutive_skips is None:
+        return None
+    if isinstance(max_consecutive_skips, (bool, np.bool_)) or not isinstance(max_consecutive_skips, (int, np.integer)):
+        raise TypeError(f"max_consecutive_skips must be a positive integer, or None for no limit, got "
+                        f"{type(max_consecutive_skips).__name__} {max_consecutive_skips!r}")
+    if max_consecutive_skips < 1:
+        raise ValueError(f"max_consecutive_skips must be >= 1 (or None for no limit), got {max_consecutive_skips}")
+    return _SkipGuard(int(max_consecutive_skips), name) if guard_nonfinite else None
+
+
+def _jit(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None):
     """`jax.jit(fn)`; with `check_ids`, checkify-ed so the id range checks that jrnn's gathers and
-    losses add under a trace (`jrnn.checks`) run, and their error is raised after each call."""
+    losses add under a trace (`jrnn.checks`) run, and their error is raised after each call;
+    with a `guard`, each call's skipped steps are counted by it."""
     donate_argnums = (0, 1) if donate else ()
     if not check_ids:
-        return jax.jit(fn, donate_argnums=donate_argnums)
+        jitted = jax.jit(fn, donate_argnums=donate_argnums)
+        if guard is None:
+            return jitted
+
+        def guarded(*args, **kw):
+            return guard(jitted(*args, **kw))
+
+        guarded._cache_size, guarded.lower = jitted._cache_size, jitted.lower
+        return guarded
     checked = jax.jit(checkify.checkify(fn, errors=checkify.user_checks), donate_argnums=donate_argnums)
 
     def call(*args, **kw):
@@ -120,7 +270,7 @@ def _jit(fn, donate: bool, check_ids: bool):
             return out
         if not isinstance(preds, dict) or any(np.any(np.asarray(f)) for f in flags):
             err.throw()  # JaxRuntimeError (a ValueError) naming the range and the bad min/max
-        return out
+        return out if guard is None else guard(out)
 
     call._cache_size, call.lower = checked._cache_size, checked.lower
     return call
@@ -128,15 +278,27 @@ def _jit(fn, donate: bool, check_ids: bool):
 
 def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
               guard_nonfinite: bool = True, donate: bool = False, precision: str | None = DEFAULT_PRECISION,
-              check_ids: bool = True):
+              check_ids: bool = True, max_consecutive_skips: int | None = DEFAULT_MAX_CONSECUTIVE_SKIPS):
     """Build `step(params, opt_state, batch, carry=None) -> (params, opt_state, metrics, carry)`.
 
     Args:
-      loss_fn: `(params, batch, carry) -> (scalar loss, new carry)`.
+      loss_fn: `(params, batch, carry) -> (scalar loss, new carry)`. A carry that `loss_fn`
+        takes in another container than it returns (a jrnn model's list carry, an LSTM layer's
+        plain `(h, c)` tuple) comes back in the structure `loss_fn` returns.
       optimizer: any optax GradientTransformation (`opt_state = optimizer.init(params)`).
       guard_nonfinite: skip (and count in `metrics["skipped"]`) steps whose loss, gradients, new
         params or new optimizer state hold a NaN/inf; params, optimizer state and carry stay as
         they were.
+      max_consecutive_skips: with the guard, the step reads `metrics["skipped"]` after each call
+        and raises `NonFiniteError` once this many consecutive steps were skipped (default 10),
+        so a step that can never succeed (labels out of range of an optax loss, a learning rate
+        that overflows) does not train nothing forever; the first skipped step gives a
+        RuntimeWarning (once per step function). The error's `state` holds what the call
+        returned; params and optimizer state are those of the last good step. None: no count,
+        no warning, no read of the metric (count yourself, e.g. with `BadStepCounter`). The
+        count belongs to the step function, across all its calls. Where the step is called
+        inside the caller's own jit, vmap or scan, its metrics are traced values that cannot
+        be read, and nothing is counted: read `metrics["skipped"]` outside.
       donate: donate params/opt_state buffers to the update (saves memory on accelerators).
       precision: float32 matmul precision of the whole step, forward and backward: "float32"
         (default: full float32, the same arithmetic on a GPU as on a CPU), "tensorfloat32"
@@ -144,6 +306,8 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         "bfloat16", or None for JAX's default (TF32 on recent NVIDIA GPUs). Applied with
         `jax.default_matmul_precision` while the step is traced; dot products that set their
         own precision keep it. No effect on a CPU's float32 or on float64.
+      check_ids: refuse token ids and labels out of range in jrnn's gathers and losses (a
+        ValueError after the call, naming the range and the bad min/max).
 
     Returns:
       A jitted function; it compiles once per batch shape/dtype. metrics has "loss",
@@ -153,23 +317,38 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       >>> step = jrnn.make_step(loss_fn, jrnn.optim.karpathy_adagrad(0.1))
       >>> params, opt_state, metrics, h = step(params, opt_state, (x, y), h)
     """
+    guard = _skip_guard(guard_nonfinite, max_consecutive_skips, "make_step")
+
     def step(params, opt_state, batch, carry=None):
         return _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry)
 
-    return _jit(with_precision(step, precision), donate, check_ids)
+    return _jit(with_precision(step, precision), donate, check_ids, guard)
 
 
 def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                     guard_nonfinite: bool = True, donate: bool = False,
-                    precision: str | None = DEFAULT_PRECISION, check_ids: bool = True):
+                    precision: str | None = DEFAULT_PRECISION, check_ids: bool = True,
+                    max_consecutive_skips: int | None = DEFAULT_MAX_CONSECUTIVE_SKIPS):
     """Like `make_step`, but one call runs K optimizer steps over a stack of batches.
 
     `multi_step(params, opt_state, batches, carry=None)` scans over the leading axis K of
     every leaf of `batches` (`[K, ...]`), threading params, optimizer state and carry, and
     returns metrics stacked as `[K]`. For small models this removes K-1 Python dispatches.
-    `precision` as for `make_step`.
+    `precision` and `check_ids` as for `make_step`; `max_consecutive_skips` counts each of the
+    K inner steps (a run of skipped steps may span calls), and the error comes after the call
+    in which the run reached it.
     """
+    guard = _skip_guard(guard_nonfinite, max_consecutive_skips, "make_multi_step")
+
     def multi_step(params, opt_state, batches, carry=None):
+        if carry is not None:
+            # the scan threads the carry in the structure loss_fn returns it in (a jrnn model
+            # takes a list or a plain (h, c) and returns its own tuple / LSTMState): traced once,
+            # for its structure only
+            returned = jax.eval_shape(loss_fn, params, jax.tree.map(lambda b: b[0], batches), carry)[1]
+            conformed = _like(carry, returned)
+            carry = carry if conformed is None else conformed   # None: the body names the mismatch
+
         def body(state, batch):
             p, s, c = state
             p, s, m, new_c = _update(loss_fn, optimizer, guard_nonfinite, p, s, batch, c)
@@ -184,33 +363,7 @@ def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         (params, opt_state, carry), metrics = jax.lax.scan(body, (params, opt_state, carry), batches)
         return params, opt_state, metrics, carry
 
-    return _jit(with_precision(multi_step, precision), donate, check_ids)
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive steps had a NaN/inf loss or gradient."""
-
-
-class BadStepCounter:
-    """Stops training after `limit` consecutive skipped (non-finite) steps.
-
-    Feed it `metrics["skipped"]` (a scalar or a `[K]` array from `make_multi_step`) after each
-    call; it raises NonFiniteError naming the step, so the caller's last checkpoint stays the
-    last good state.
-    """
-
-    def __init__(self, limit: int = 10):
-        self.limit, self.run, self.total, self.step = checks.integer("limit", limit), 0, 0, 0
-
-    def update(self, skipped) -> None:
-        for s in jnp.atleast_1d(jnp.asarray(skipped)).tolist():
-            self.step += 1
-            self.run = self.run + 1 if s else 0
-            self.total += int(bool(s))
-            if self.run >= self.limit:
-                raise NonFiniteError(f"{self.run} consecutive steps with NaN/inf loss or gradients "
-                                     f"(last at step {self.step}); parameters were left unchanged by "
-                                     f"each of them; stopping")
+    return _jit(with_precision(multi_step, precision), donate, check_ids, guard)
 
 
 def batch_mesh(batch_size: int, devices=None):
@@ -243,7 +396,8 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
     B must be divisible by the number of devices. With `check_ids` (default), token ids and labels
     out of range are refused before the step runs (`_ids_check`). With `multi_step=True` it wraps
     `make_multi_step` instead: batch leaves are stacked `[K, ...]` and `batch_axis` counts
-    within one batch, as for `make_step`. `precision` as for `make_step`.
+    within one batch, as for `make_step`. `precision`, `guard_nonfinite` and `max_consecutive_skips`
+    as for `make_step` / `make_multi_step`.
 
     On a multi-GPU node this needs no other change: `jax.devices()` lists the GPUs and the
     default mesh spans them all. On a multi-core CPU, one XLA device per core
@@ -281,8 +435,11 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
         return put
 
     check_ids = kw.pop("check_ids", True)
+    # counted here, on the metrics this step returns (across processes: once they are on the host)
+    guard = _skip_guard(kw.get("guard_nonfinite", True),
+                        kw.pop("max_consecutive_skips", DEFAULT_MAX_CONSECUTIVE_SKIPS), "make_data_parallel_step")
     unsplit = (make_multi_step if multi_step else make_step)(loss_fn, optimizer, precision=precision,
-                                                             check_ids=False, **kw)
+                                                             check_ids=False, max_consecutive_skips=None, **kw)
     ids_check = _ids_check(loss_fn, multi_step) if check_ids else None
     leaf_axis = batch_axis + 1 if multi_step else batch_axis
 
@@ -298,11 +455,12 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
         params, opt_state = jax.device_put((params, opt_state), replicated)
         batch = jax.tree.map(along(leaf_axis), batch)
         carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
-        return step(params, opt_state, batch, carry)
+        out = step(params, opt_state, batch, carry)
+        return out if guard is None else guard(out)
 
     if jax.process_count() == 1:
         return sharded_step
-    return _across_processes(step, mesh, leaf_axis, carry_axis)
+    return _across_processes(step, mesh, leaf_axis, carry_axis, guard)
 
 
 def _ids_check(loss_fn: LossFn, multi_step: bool):
@@ -372,7 +530,7 @@ def to_host(tree):
     return jax.tree.map(one, tree)
 
 
-def _across_processes(step, mesh, leaf_axis, carry_axis):
+def _across_processes(step, mesh, leaf_axis, carry_axis, guard=None):
     """The data-parallel step of `make_data_parallel_step` when the mesh spans processes."""
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -419,6 +577,7 @@ def _across_processes(step, mesh, leaf_axis, carry_axis):
         except Exception as e:
             _reraise_peer_failure(e)
             raise
-        return params, opt_state, metrics, carry
+        out = params, opt_state, metrics, carry
+        return out if guard is None else guard(out)   # every process reads the same metrics
 
     return step_across_processes

@@ -1,6 +1,7 @@
 """The jitted training steps refuse out-of-range ids, and no NaN/inf reaches params or checkpoints."""
 
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +103,8 @@ def test_every_cell_checks_ids_in_the_step(cell):
 def test_check_ids_false_keeps_the_unchecked_step_where_id_minus_one_is_a_nan_row_the_guard_skips(params):
     opt = optim.sgd(0.1)
     step = jrnn.make_step(lm_loss, opt, check_ids=False)
-    _, _, m, _ = step(params, opt.init(params), _corrupt(_batch(), 0, 3, -1), jnp.zeros(H))
+    with pytest.warns(RuntimeWarning, match="training step 1 was skipped"):   # the guard's, not the id check's
+        _, _, m, _ = step(params, opt.init(params), _corrupt(_batch(), 0, 3, -1), jnp.zeros(H))
     assert int(m["skipped"]) == 1        # no error raised; id -1 reads a NaN row, not row V-1
 
 
@@ -150,7 +152,8 @@ def test_guard_skips_a_step_whose_update_overflows(params, opt):
     # float32 params: the loss and gradients are finite, the update is not
     state = opt.init(params)
     step = jrnn.make_step(lm_loss, opt)
-    new, new_state, m, _ = step(params, state, _batch(), jnp.zeros(H))
+    with pytest.warns(RuntimeWarning, match="was skipped"):
+        new, new_state, m, _ = step(params, state, _batch(), jnp.zeros(H))
     assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
     assert int(m["skipped"]) == 1
     for a, b in zip(jax.tree.leaves((new, new_state)), jax.tree.leaves((params, state))):
@@ -168,7 +171,8 @@ def test_guard_skips_a_step_whose_optimizer_state_overflows(params):
 
     step = jrnn.make_step(big_loss, opt)
     state = opt.init(params)
-    new, new_state, m, _ = step(params, state, _batch(), jnp.zeros(H))
+    with pytest.warns(RuntimeWarning, match="was skipped"):
+        new, new_state, m, _ = step(params, state, _batch(), jnp.zeros(H))
     assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
     assert int(m["skipped"]) == 1
     for a, b in zip(jax.tree.leaves((new, new_state)), jax.tree.leaves((params, state))):
@@ -235,3 +239,149 @@ def test_an_id_out_of_range_under_plain_jit_projects_to_nan_not_to_another_row(c
     u = np.asarray(project(jnp.asarray([[0], [-1], [V], [V - 1]])))
     assert np.isnan(u[1]).all() and np.isnan(u[2]).all()
     assert np.isfinite(u[0]).all() and np.isfinite(u[3]).all()
+
+
+# ---- the guard never fails silently forever: max_consecutive_skips -----------------------------
+
+N_SKIPS = jrnn.train.DEFAULT_MAX_CONSECUTIVE_SKIPS
+
+
+def _optax_ce_case():
+    """Two classes, labels 1..2: optax's cross-entropy checks no range, so label 2 gives a NaN
+    loss on every call (jrnn's check_ids cannot see it)."""
+    p = elman.init(jax.random.key(0), vocab_size=2, hidden_size=4)
+
+    def loss(params, batch, carry):
+        logits, _ = elman.apply(params, batch[0])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean(), carry
+
+    x = jnp.asarray([0, 1, 1, 0, 1])
+    return p, loss, (x, x + 1)
+
+
+def _scaled_loss(p, batch, h):
+    """lm_loss times batch[2]: a NaN scale makes one batch non-finite."""
+    x, y, scale = batch
+    loss, h = lm_loss(p, (x, y), h)
+    return loss * scale, h
+
+
+def _record_skips(calls):
+    """Run `calls` (a list of thunks) until one raises NonFiniteError: (the 1-based call that
+    raised or None, the error, the RuntimeWarnings given after each call)."""
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i, call in enumerate(calls, 1):
+            try:
+                call()
+            except jrnn.train.NonFiniteError as e:
+                seen.append(sum(issubclass(w.category, RuntimeWarning) for w in caught))
+                return i, e, seen
+            seen.append(sum(issubclass(w.category, RuntimeWarning) for w in caught))
+    return None, None, seen
+
+
+@pytest.mark.parametrize("make", ["step", "data_parallel"])
+def test_guard_raises_after_n_skipped_steps_of_an_optax_loss_with_labels_out_of_range(make):
+    p, loss, batch = _optax_ce_case()
+    opt = optim.sgd(0.1)
+    if make == "step":
+        step = jrnn.make_step(loss, opt)
+    else:
+        step = jrnn.train.make_data_parallel_step(loss, opt, mesh=jrnn.train.batch_mesh(1), batch_axis=0)
+    state = opt.init(p)
+    raised_at, err, warned = _record_skips([lambda: step(p, state, batch)] * (3 * N_SKIPS))
+    assert raised_at == N_SKIPS
+    assert warned == [1] * N_SKIPS                 # one warning, at the first skipped call, none after
+    msg = str(err)
+    assert f"{N_SKIPS} consecutive steps were skipped" in msg
+    for cause in ("labels out of range", "optax.softmax_cross_entropy_with_integer_labels", "learning rate too large",
+                  "still those of the last good step", "max_consecutive_skips"):
+        assert cause in msg, cause
+    new_p, new_state, m, _ = err.state                 # what the call returned: the last good state
+    assert int(m["skipped"]) == 1 and np.isnan(float(m["loss"]))
+    jrnn.testing.assert_trees_close(new_p, p, rtol=0.0)
+    jrnn.testing.assert_trees_close(new_state, state, rtol=0.0)
+    # the count starts over after the error: a caller that handles it gets N more steps
+    raised_again, _, warned = _record_skips([lambda: step(p, state, batch)] * (3 * N_SKIPS))
+    assert raised_again == N_SKIPS and warned == [0] * N_SKIPS
+
+
+def test_first_skipped_step_warns_naming_the_causes_and_the_limit():
+    p, loss, batch = _optax_ce_case()
+    opt = optim.sgd(0.1)
+    step = jrnn.make_step(loss, opt, max_consecutive_skips=4)
+    with pytest.warns(RuntimeWarning, match=r"make_step: training step 1 was skipped.*labels out of range.*"
+                                            r"learning rate too large.*After 4 consecutive skipped steps"):
+        step(p, opt.init(p), batch)
+
+
+def test_max_consecutive_skips_none_trains_on_without_raising_or_warning():
+    p, loss, batch = _optax_ce_case()
+    opt = optim.sgd(0.1)
+    step = jrnn.make_step(loss, opt, max_consecutive_skips=None)
+    state = opt.init(p)
+    raised_at, _, warned = _record_skips([lambda: step(p, state, batch)] * (3 * N_SKIPS))
+    assert raised_at is None and warned == [0] * (3 * N_SKIPS)
+    _, _, m, _ = step(p, state, batch)
+    assert int(m["skipped"]) == 1                      # still skipped and reported, only not counted
+
+
+def test_a_transient_nonfinite_batch_resets_the_count_of_skipped_steps(params):
+    opt = optim.sgd(0.1)
+    step = jrnn.make_step(_scaled_loss, opt, max_consecutive_skips=3)
+    state, h = opt.init(params), jnp.zeros(H)
+    x, y = _batch()
+    good, bad = (x, y, jnp.asarray(1.0)), (x, y, jnp.asarray(jnp.nan))
+    # two bad batches in a row, then a good one, again and again: never 3 in a row
+    pattern = [bad, bad, good] * 4 + [bad, bad, bad]
+    raised_at, err, warned = _record_skips([lambda b=b: step(params, state, b, h) for b in pattern])
+    assert raised_at == len(pattern) and "3 consecutive" in str(err) and warned[0] == 1 and warned[-1] == 1
+
+
+def test_multi_step_counts_its_inner_steps_toward_max_consecutive_skips():
+    p, loss, (x, y) = _optax_ce_case()
+    opt = optim.sgd(0.1)
+    state = opt.init(p)
+    K = 4
+    bad = (jnp.stack([x] * K), jnp.stack([y] * K))
+    multi = jrnn.make_multi_step(loss, opt)
+    raised_at, err, warned = _record_skips([lambda: multi(p, state, bad, None)] * N_SKIPS)
+    assert raised_at == -(-N_SKIPS // K)                      # 10 inner steps: during the 3rd call of 4
+    assert f"{N_SKIPS} consecutive steps were skipped (the last at step {N_SKIPS})" in str(err)
+    assert warned[0] == 1 and warned[-1] == 1
+    # a run broken by a good inner step starts over; a run may span calls
+    good_y = jnp.stack([x, x, x, x])
+    mixed = (bad[0], good_y.at[3].set(y))                     # steps 1-3 finite, the 4th skipped
+    multi = jrnn.make_multi_step(loss, opt, max_consecutive_skips=5)
+    with pytest.warns(RuntimeWarning, match="training step 4 was skipped"):
+        _, _, m, _ = multi(p, state, mixed, None)
+    assert m["skipped"].tolist() == [0, 0, 0, 1]
+    multi(p, state, mixed, None)                              # runs of 1: no error
+    with pytest.raises(jrnn.train.NonFiniteError, match="the last at step 12"):
+        multi(p, state, bad, None)                            # 1 + 4 = 5 in a row, at inner step 12
+
+
+def test_a_step_called_inside_the_callers_jit_cannot_count_and_does_not_fail():
+    p, loss, batch = _optax_ce_case()
+    opt = optim.sgd(0.1)
+    step = jrnn.make_step(loss, opt, check_ids=False, max_consecutive_skips=1)
+    outer = jax.jit(lambda p, s: step(p, s, batch)[2]["skipped"])
+    assert [int(outer(p, opt.init(p))) for _ in range(3)] == [1, 1, 1]   # traced metrics: nothing to count
+
+
+@pytest.mark.parametrize("make", [jrnn.make_step, jrnn.make_multi_step, jrnn.train.make_data_parallel_step])
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-3, ValueError), (2.0, TypeError), (True, TypeError),
+                                        ("10", TypeError)])
+def test_max_consecutive_skips_must_be_a_positive_integer_or_none(make, bad, error):
+    with pytest.raises(error, match="max_consecutive_skips must be"):
+        make(lm_loss, optim.sgd(0.1), max_consecutive_skips=bad)
+
+
+def test_bad_step_counter_names_the_causes_and_its_own_limit():
+    counter = jrnn.train.BadStepCounter(limit=2)
+    counter.update(np.array([0, 1, 0]))
+    with pytest.raises(jrnn.train.NonFiniteError, match=r"2 consecutive.*labels out of range.*BadStepCounter's limit"):
+        counter.update(np.array([1, 1, 0]))
+    assert (counter.step, counter.total) == (5, 3)

@@ -1,5 +1,7 @@
 """Jitted training steps, the seeds' optimizer chains, carried state and the NaN guard."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,7 +87,9 @@ def test_nonfinite_step_never_changes_params(setup):
     state, h = opt.init(params), jnp.zeros(10)
     x, y = jnp.asarray(text[:25]), jnp.asarray(text[1:26])
     for bad in (jnp.nan, jnp.inf):
-        new, new_state, m, new_h = step(params, state, (x, y, jnp.asarray(bad)), h)
+        with warnings.catch_warnings():   # the first skipped step's RuntimeWarning (tests/test_guard.py)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            new, new_state, m, new_h = step(params, state, (x, y, jnp.asarray(bad)), h)
         assert int(m["skipped"]) == 1
         assert all(np.array_equal(a, b) for a, b in zip(new, params))
         np.testing.assert_array_equal(new_h, h)
@@ -248,3 +252,54 @@ def test_int64_ids_that_jax_would_wrap_to_int32_are_refused_before_the_step(make
             step(params, opt.init(params), (bad, good), h)
         _, _, m, _ = step(params, opt.init(params), (good, good), h)
         assert np.all(np.isfinite(m["loss"])) and not np.any(m["skipped"])
+
+
+# ---- the steps take every carry the model takes ------------------------------------------------
+
+def test_steps_take_a_list_or_plain_tuple_carry_as_the_model_does():
+    """`model.loss` takes a list carry, or an LSTM layer's plain (h, c); it returns its own
+    tuple of LSTMState, which the guard's select and the K-step's scan must accept."""
+    model = jrnn.model.make(jrnn.cells.get("lstm"), input_size=5, hidden_size=3, output_size=5)
+    p = model.init(jax.random.key(2), jnp.float64)
+    rng = np.random.RandomState(4)
+    x, y = rng.randint(0, 5, (6, 2)), rng.randint(0, 5, (6, 2))                  # [T=6, B=2]
+    (zero,) = model.zeros(p, (2,))
+    c0 = (zero._replace(h=zero.h + 0.25, c=zero.c - 0.5),)                     # h and c told apart
+
+    def loss(params, batch, carry):
+        x, y, scale = batch
+        loss, carry = model.loss(params, x, y, carry)
+        return loss * scale, carry
+
+    opt = optim.sgd(0.1)
+    step, multi = jrnn.make_step(loss, opt), jrnn.make_multi_step(loss, opt)
+    expected_carry = jax.jit(lambda p, c: model.loss(p, x, y, c)[1])(p, c0)
+    trained = []
+    one = jnp.ones(())
+    nan = one * np.nan                  # not weakly typed: the same program as `one`
+    for given in ([c0[0]], (tuple(c0[0]),)):
+        with warnings.catch_warnings():   # the skipped steps' RuntimeWarning (tests/test_guard.py)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for run, stacked in ((step, lambda b: b), (multi, lambda b: jax.tree.map(lambda a: a[None], b))):
+                new_p, _, _, new_c = run(p, opt.init(p), stacked((x, y, one)), given)
+                _, _, m, kept = run(p, opt.init(p), stacked((x, y, nan)), given)
+                for c, want in ((new_c, expected_carry), (kept, c0)):   # a skipped step keeps the given carry
+                    assert jax.tree.structure(c) == jax.tree.structure(c0)   # the model's canonical carry
+                    assert_trees_close(c, want, rtol=1e-12)
+                trained.append(new_p)
+                assert np.asarray(m["skipped"]).tolist() in (1, [1])
+    assert not np.allclose(trained[0].layers[0].w_h, p.layers[0].w_h)
+    for other in trained[1:]:   # one step from c0, whichever form and step took it
+        assert_trees_close(other, trained[0], rtol=1e-12)
+
+
+def test_guard_names_a_loss_that_returns_another_carry_than_it_takes():
+    params = elman.init(jax.random.key(1), vocab_size=8, hidden_size=10)
+    opt = optim.sgd(0.1)
+    x = jnp.arange(5) % 8
+
+    def drops_the_carry(p, batch, carry):
+        return lm_loss(p, batch, None)[0], (carry, carry)          # two leaves for one
+
+    with pytest.raises(ValueError, match="must return a carry with the same leaves and shapes as it takes"):
+        jrnn.make_step(drops_the_carry, opt)(params, opt.init(params), (x, x), jnp.zeros(10))
