@@ -210,7 +210,8 @@ def run_full_mode(args, ids, vocab):
         if written_by not in (None, procs):
             raise ValueError(f"--resume: the checkpoints under {ckpt_dir} were written by a run of {written_by} "
                              f"process(es), this run has {procs}; resume with the same number of processes")
-    ck = common.find_resume(ckpt_dir, args, state, config=config, vocab=vocab.chars)
+    ck = common.find_resume(ckpt_dir, args, state, config=config, vocab=vocab.chars,
+                            omitted={"processes": 1, "precision": "float32"})
     if procs > 1:  # also a barrier: every process has checked the folder before process 0 claims it
         _same_checkpoint_everywhere(ckpt_dir, -1 if ck is None else ck.step)
     steps_per_epoch = n_calls * FULL_CALL_STEPS

@@ -316,10 +316,15 @@ def add_checkpoint_flags(ap, every_help: str):
     ap.checkpoints = CHECKPOINTS
 
 
-def find_resume(directory, args, template, **load_kw):
+def find_resume(directory, args, template, *, omitted=None, **load_kw):
     """Before training, reading only: the checkpoint to continue from under --resume (None:
     start fresh). Without --resume, a run that will write checkpoints refuses a folder holding
-    another run's (RunConflictError, a ValueError) unless --overwrite."""
+    another run's (RunConflictError, a ValueError) unless --overwrite.
+
+    A checkpoint written with another config or vocabulary (`load_kw`'s config=, vocab=) is
+    refused naming each flag that differs and both values; `omitted` maps a config key that the
+    experiment leaves out at its default to that default (minchar writes "cell" only when not elman).
+    """
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run under --out, --overwrite replaces it: choose one")
     if args.checkpoint_every or args.overwrite:   # checked now, not when the first checkpoint is due
@@ -329,7 +334,13 @@ def find_resume(directory, args, template, **load_kw):
             raise ValueError(f"--out: checkpoints cannot be written: {e}") from None
     if args.resume:
         run_id = checkpoint.run_of(directory)
-        ck = None if run_id is None else checkpoint.load_latest(directory, template, run_id=run_id, **load_kw)
+        try:
+            ck = None if run_id is None else checkpoint.load_latest(directory, template, run_id=run_id, **load_kw)
+        except checkpoint.ConfigMismatchError as e:
+            raise ValueError(_resume_mismatch(e, args, omitted or {})) from None
+        except checkpoint.CheckpointDamagedError as e:
+            raise ValueError(f"--resume: {e}; move the damaged files away, or start over with --overwrite "
+                             "(deletes the checkpoints) or another --out") from None
         if ck is not None:
             return ck
     # nothing to continue: this run starts fresh, and `checkpoint_run` will claim the folder;
@@ -337,6 +348,23 @@ def find_resume(directory, args, template, **load_kw):
     if args.checkpoint_every and not args.overwrite:
         checkpoint.check_fresh(directory)
     return None
+
+
+def _resume_mismatch(e: checkpoint.ConfigMismatchError, args, omitted: dict) -> str:
+    """--resume refused: each setting of this command that differs from the checkpoint's run,
+    named as its flag where it is one (config key seq_len: --seq-len), with both values."""
+    parts = []
+    for key, there, here in e.differences:
+        if key == "vocab":
+            symbols = [f"{len(v)} symbols" if isinstance(v, list) else "none" for v in (there, here)]
+            parts.append(f"the corpus gives another vocabulary ({symbols[0]} in the checkpoint's run, {symbols[1]} "
+                         "now): resume on the same corpus (--data)")
+            continue
+        there, here = (omitted.get(key, v) if v is checkpoint.ABSENT else v for v in (there, here))
+        name = f"--{key.replace('_', '-')}" if hasattr(args, key) else f"{key}:"
+        parts.append(f"{name} {there} in the checkpoint's run, {name} {here} now")
+    return (f"--resume: {e.path} was written by a run with other settings: {'; '.join(parts)}. Resume with the same "
+            "flags, or start over with --overwrite (deletes its checkpoints) or another --out")
 
 
 def checkpoint_run(directory, args, resumed) -> str | None:
