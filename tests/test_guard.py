@@ -385,3 +385,18 @@ def test_bad_step_counter_names_the_causes_and_its_own_limit():
     with pytest.raises(jrnn.train.NonFiniteError, match=r"2 consecutive.*labels out of range.*BadStepCounter's limit"):
         counter.update(np.array([1, 1, 0]))
     assert (counter.step, counter.total) == (5, 3)
+
+
+def test_minchar_max_bad_steps_is_the_one_limit_not_the_steps_own():
+    """minchar counts skipped steps with its BadStepCounter (--max-bad-steps, saved in
+    checkpoints); its steps are built with max_consecutive_skips=None, so a limit above the
+    steps' default of 10 is the one that stops the run, with one error and no warning."""
+    from experiments import minchar
+    V = 8
+    params = minchar.init(minchar.make_model("elman", V), jax.random.key(0))
+    params = params._replace(b_y=params.b_y.at[0].set(jnp.nan))   # every step non-finite
+    ids = np.arange(minchar.SEQ_LEN * 4 + 1) % V
+    bad = jrnn.train.BadStepCounter(25)
+    with pytest.raises(jrnn.train.NonFiniteError, match=r"25 consecutive steps.*BadStepCounter's limit"):
+        minchar.train(params, ids, minchar.CALL_ITERS, bad=bad)
+    assert bad.step == 25 and bad.total == 25
