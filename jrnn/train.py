@@ -292,13 +292,16 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       max_consecutive_skips: with the guard, the step reads `metrics["skipped"]` after each call
         and raises `NonFiniteError` once this many consecutive steps were skipped (default 10),
         so a step that can never succeed (labels out of range of an optax loss, a learning rate
-        that overflows) does not train nothing forever; the first skipped step gives a
-        RuntimeWarning (once per step function). The error's `state` holds what the call
-        returned; params and optimizer state are those of the last good step. None: no count,
-        no warning, no read of the metric (count yourself, e.g. with `BadStepCounter`). The
-        count belongs to the step function, across all its calls. Where the step is called
-        inside the caller's own jit, vmap or scan, its metrics are traced values that cannot
-        be read, and nothing is counted: read `metrics["skipped"]` outside.
+        that overflows) stops instead of skipping silently forever; the first skipped step
+        gives a RuntimeWarning (once per step function). The error's `state` holds what the
+        call returned; params and optimizer state are those of the last good step. The read
+        waits for the step to finish, as the `check_ids` read does anyway; with
+        `check_ids=False` it is the call's only wait (the next call is then no longer
+        dispatched while this one runs). None: no count, no warning, no read (count yourself,
+        e.g. with `BadStepCounter`). The count belongs to the step function, across all its
+        calls. Where the step is called inside the caller's own jit, vmap or scan, its metrics
+        are traced values that cannot be read, and nothing is counted: read
+        `metrics["skipped"]` outside.
       donate: donate params/opt_state buffers to the update (saves memory on accelerators).
       precision: float32 matmul precision of the whole step, forward and backward: "float32"
         (default: full float32, the same arithmetic on a GPU as on a CPU), "tensorfloat32"
