@@ -1,18 +1,24 @@
-"""Regenerate README.md's results tables from the runs' results.json files.
+"""Regenerate the results tables of README.md and docs/*.md from the runs' results.json files.
 
     python -m experiments.report                 # regenerate the tables whose runs are here, keep the rest
+    python -m experiments.report --readme docs/benchmarks.md   # just this file (repeat for several)
     python -m experiments.report --check         # write nothing; exit 1 if a table with its runs here is stale
     python -m experiments.report --only bench_lstm,bench_gru   # just these tables
     python -m experiments.report --placeholders  # every table, a missing run's row marked "not yet regenerated"
 
-Every results table of the README lives between `<!-- report:begin NAME -->` and
-`<!-- report:end NAME -->` and is replaced as a whole, never edited by hand. A row's numbers come
+Every results table lives between `<!-- report:begin NAME -->` and `<!-- report:end NAME -->`
+in README.md or a page of docs/ (by default, every one of those files that holds a marker) and is
+replaced as a whole, never edited by hand. A row's numbers come
 from `runs/<dir>/results.json` of the command printed in the row. A table is regenerated only
 when every run it needs is here and usable; a table with a run that is missing, unreadable or
 from another command (its recorded config is not the row's command's) is kept byte for byte as
 it is, and the command says which file and why. `--placeholders` regenerates those tables too,
 each such row marked "not yet regenerated" instead of a number. Under each table: the machine,
 CPU count and versions each row was measured with, read from the results file's `environment`.
+
+A page that shows `img/bench_cpu.svg` or `img/bench_gpu.svg` gets those plots (best peer / best jrnn
+per config and cell, from the page's bench tables and the device report's ratio lines) redrawn in
+its img/ folder whenever the report writes it; `--check` does not compare plots.
 
 `--check` compares the tables it can regenerate with the file and names the stale ones (exit 1);
 the tables it cannot regenerate are listed as not checked, and when not one table could be
@@ -560,10 +566,128 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
+def _files(args, ap) -> list[Path]:
+    """The files to rewrite: those given with --readme, else README.md and docs/**/*.md that hold a
+    marker (README.md alone when no docs/ page holds one: its errors name it)."""
+    if args.readme:
+        return args.readme
+    docs = sorted(p for p in Path("docs").rglob("*.md") if p.is_file()) if Path("docs").is_dir() else []
+    marked = [p for p in docs if MARKER.search(p.read_bytes().decode("utf-8", "replace"))]
+    readme = Path("README.md")
+    if marked and readme.is_file() and not MARKER.search(readme.read_bytes().decode("utf-8", "replace")):
+        return marked
+    return [readme, *marked]
+
+
+def _read(path: Path, ap) -> str:
+    """A marked file's text, or an argparse error naming it."""
+    if not path.exists():
+        ap.error(f"argument --readme: no file {path}: run from the repository root or pass --readme")
+    if not path.is_file():
+        ap.error(f"argument --readme: {path} is not a file")
+    try:
+        text = path.read_bytes().decode("utf-8")   # bytes as they are: "\r\n" stays "\r\n" outside the tables
+    except OSError as e:
+        ap.error(f"argument --readme: cannot read {path}: {e.strerror or e}")
+    except UnicodeDecodeError as e:
+        ap.error(f"argument --readme: {path} is not UTF-8 text (byte at offset {e.start}): not a README")
+    if not MARKER.search(text):
+        ap.error(f"argument --readme: {path} has no <!-- report:begin NAME --> markers: nothing to regenerate")
+    return text
+
+
+# ---- plots of the bench tables ----------------------------------------------------------------
+
+PLOTS = {"cpu": "img/bench_cpu.svg", "gpu": "img/bench_gpu.svg"}
+CELL_TABLES = {"bench": "Elman", "bench_lstm": "LSTM", "bench_gru": "GRU"}
+
+
+def bench_ratios(text: str) -> dict:
+    """{"cpu"|"gpu": {cell: {config: ratio}}} read from a page's generated tables: the last column of
+    the CPU bench tables, and the device report's "best peer / best jrnn: (cfg) 1.23x, ..." lines."""
+    out = {"cpu": {}, "gpu": {}}
+    for name, start, end in regions(text):
+        body = text[start:end]
+        if name in CELL_TABLES:
+            for m in re.finditer(r"^\| ([\d, ]+) \|.*\| \*\*([\d.]+)x\*\* \|$", body, flags=re.M):
+                out["cpu"].setdefault(CELL_TABLES[name], {})[m.group(1)] = float(m.group(2))
+        if name == "device":
+            cell = None
+            for line in body.splitlines():
+                head = re.match(r"\*\*bench --gpu-quick --cell (\w+)", line)
+                if head:
+                    cell = {"elman": "Elman", "lstm": "LSTM", "gru": "GRU"}.get(head.group(1), head.group(1))
+                if cell and line.startswith("best peer / best jrnn:"):
+                    for cfg, r in re.findall(r"\(([\d,]+)\) ([\d.]+)x", line):
+                        out["gpu"].setdefault(cell, {})[cfg.replace(",", ", ")] = float(r)
+    return out
+
+
+def ratio_svg(ratios: dict, title: str) -> bytes:
+    """A grouped bar chart (a bar per cell at each config) of best peer / best jrnn, as SVG bytes that
+    depend on the numbers only (fixed hash salt, no date)."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(dict.fromkeys(c for per in ratios.values() for c in per))
+    cells = list(ratios)
+    with matplotlib.rc_context({"svg.hashsalt": "jrnn", "svg.fonttype": "none", "font.size": 10}):
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        width = 0.8 / max(len(cells), 1)
+        for k, cell in enumerate(cells):
+            xs = [i + (k - (len(cells) - 1) / 2) * width for i, c in enumerate(configs) if c in ratios[cell]]
+            ys = [ratios[cell][c] for c in configs if c in ratios[cell]]
+            bars = ax.bar(xs, ys, width, label=cell)
+            ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=1)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(configs)), [f"({c})" for c in configs], fontsize=8)
+        ax.set_xlabel("config (B, H, T, V)")
+        ax.set_ylabel("best peer / best jrnn")
+        ax.set_title(title)
+        ax.legend(frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def write_plots(path: Path, text: str) -> list[str]:
+    """Redraw the plots `path` shows (see PLOTS) from its tables; the lines to print."""
+    wanted = [k for k, rel in PLOTS.items() if f"]({rel})" in text]
+    if not wanted:
+        return []
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return [f"plots of {path} not redrawn: matplotlib is not installed (pip install -e '.[experiments]')"]
+    ratios, lines = bench_ratios(text), []
+    titles = {"cpu": "jrnn's training step on the CPU: best of Flax and PyTorch / best jrnn",
+              "gpu": "on one GPU (the device report): best peer / best jrnn"}
+    for kind in wanted:
+        if not ratios[kind]:
+            lines.append(f"plot {PLOTS[kind]} of {path} not drawn: no ratios in its tables")
+            continue
+        out = path.resolve().parent / PLOTS[kind]
+        svg = ratio_svg(ratios[kind], titles[kind])
+        if out.exists() and out.read_bytes() == svg:
+            continue
+        out.parent.mkdir(exist_ok=True)
+        out.write_bytes(svg)
+        lines.append(f"plot: {out}")
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--readme", type=_path, default=Path("README.md"), help="file to rewrite (default: README.md)")
+    ap.add_argument("--readme", type=_path, action="append", default=None,
+                    help="a file to rewrite, repeatable (default: README.md and every docs/*.md page that "
+                         "holds a report marker)")
     ap.add_argument("--runs", type=_path, default=None, help="folder of the runs (default: runs)")
     ap.add_argument("--check", action="store_true",
                     help="write nothing; exit 1 if a table whose runs are here differs from the file, or if "
@@ -575,36 +699,39 @@ def main(argv=None):
                     help="also regenerate the tables with a run missing or unusable, marking its row "
                          f"{NOT_YET!r} (without it those tables keep their text)")
     args = ap.parse_args(argv)
-    readme = args.readme
-    if not readme.exists():
-        ap.error(f"argument --readme: no file {readme}: run from the repository root or pass --readme")
-    if not readme.is_file():
-        ap.error(f"argument --readme: {readme} is not a file")
-    try:
-        text = readme.read_bytes().decode("utf-8")   # bytes as they are: "\r\n" stays "\r\n" outside the tables
-    except OSError as e:
-        ap.error(f"argument --readme: cannot read {readme}: {e.strerror or e}")
-    except UnicodeDecodeError as e:
-        ap.error(f"argument --readme: {readme} is not UTF-8 text (byte at offset {e.start}): not a README")
-    if not MARKER.search(text):
-        ap.error(f"argument --readme: {readme} has no <!-- report:begin NAME --> markers: nothing to regenerate")
+    files = _files(args, ap)
+    texts = {path: _read(path, ap) for path in files}
     if args.runs is None:
         runs = Path("runs")
     else:
         runs = args.runs
         if not runs.is_dir():
             ap.error(f"argument --runs: {runs} {'is not a folder' if runs.exists() else 'does not exist'}")
-    try:
-        names = {name for name, _, _ in regions(text)}
-    except ValueError as e:
-        raise ValueError(f"{readme}: {e}") from None
+    names = set()
+    for path, text in texts.items():
+        try:
+            names |= {name for name, _, _ in regions(text)}
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     if args.only is not None:
         absent = [n for n in args.only if n not in names]
         if absent:
-            ap.error(f"argument --only: {readme} has no table {', '.join(absent)}; its tables: "
+            where = files[0] if len(files) == 1 else ", ".join(map(str, files))
+            ap.error(f"argument --only: {where} has no table {', '.join(absent)}; its tables: "
                      f"{', '.join(sorted(names))}")
     if not runs.is_dir():
         print(f"no folder {runs}: no table's runs are here")
+    status, checked = 0, 0
+    for path, text in texts.items():
+        code, done = _one(path, text, runs, args)
+        status, checked = max(status, code), checked + done
+    if args.check and not checked:   # a check of nothing passes nothing
+        return 1
+    return status
+
+
+def _one(path: Path, text: str, runs: Path, args) -> tuple[int, int]:
+    """Regenerate (or --check) one file's tables: (exit status, tables checked or regenerated)."""
     new, outcomes = render(text, runs, None if args.only is None else set(args.only), args.placeholders)
     for o in outcomes:
         if o.regenerated:
@@ -620,20 +747,22 @@ def main(argv=None):
     kept = len(outcomes) - len(done)
     if args.check:
         if stale:
-            print(f"{readme}: out of date: {', '.join(stale)} (`python -m experiments.report` rewrites "
+            print(f"{path}: out of date: {', '.join(stale)} (`python -m experiments.report` rewrites "
                   f"{'it' if len(stale) == 1 else 'them'})")
-            return 1
+            return 1, len(done)
         if not done:
-            print(f"{readme}: nothing checked: not one table has all its runs in {runs}")
-            return 1
-        print(f"{readme}: up to date ({len(done)} table(s) checked, {kept} not checked)")
-        return 0
+            print(f"{path}: nothing checked: not one table has all its runs in {runs}")
+            return 0, 0
+        print(f"{path}: up to date ({len(done)} table(s) checked, {kept} not checked)")
+        return 0, len(done)
     if new != text:
-        _write(readme, new)
+        _write(path, new)
+    for line in write_plots(path, new):
+        print(line)
     hint = "; --placeholders marks their missing rows instead" if kept else ""
-    print(f"{readme}: {'rewritten' if new != text else 'unchanged'} ({len(stale)} table(s) with new text, "
+    print(f"{path}: {'rewritten' if new != text else 'unchanged'} ({len(stale)} table(s) with new text, "
           f"{kept} kept as {'it was' if kept == 1 else 'they were'}{hint})")
-    return 0
+    return 0, len(done)
 
 
 if __name__ == "__main__":

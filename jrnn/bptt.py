@@ -39,6 +39,16 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [   # the public API, documented in the API reference
+    "forward",
+    "many_to_many",
+    "many_to_one",
+    "truncated",
+    "cell_truncated",
+    "lstm_many_to_many",
+    "gru_many_to_many",
+]
+
 
 def _act(name):
     """Activation and its derivative written in terms of the *output* h = act(z)."""
@@ -358,7 +368,11 @@ def lstm_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None, c0=None, *, mas
         dz    = [di i(1-i), df f(1-f), dg (1-g^2), do o(1-o)]
         dW_i += x_t^T dz;  dW_h += h_{t-1}^T dz;  db += dz;  dh_next = dz W_h^T
 
-    Returns (loss, grads dict {w_i, w_h, b, w_hy, b_y}, dL/dh0, dL/dc0).
+    Shapes: `inputs` [T, D] (or [T, B, D]), `targets` int [T] (or [T, B]), h0 and c0 [H] (or
+    [B, H]), `w_hy` [H, V], `b_y` [V]; `mask` 0/1 [T] (or [T, B]).
+
+    Returns (loss, grads dict {w_i, w_h, b, w_hy, b_y}, dL/dh0, dL/dc0), every gradient shaped
+    like its parameter, in float64.
     """
     H = np.shape(w_hy)[0]
     carry0 = (np.zeros(H) if h0 is None else h0, np.zeros(H) if c0 is None else c0)
@@ -379,7 +393,11 @@ def gru_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None, *, mask=None):
         du = [dr r(1-r), dz z(1-z), dn_pre];  da = [dr r(1-r), dz z(1-z), da_n]
         dW_i += x^T du;  db_i += du;  dW_h += h_{t-1}^T da;  db_h += da;  dh_prev += da W_h^T
 
-    Returns (loss, grads dict {w_i, w_h, b_i, b_h, w_hy, b_y}, dL/dh0).
+    Shapes: `inputs` [T, D] (or [T, B, D]), `targets` int [T] (or [T, B]), h0 [H] (or [B, H]),
+    `w_hy` [H, V], `b_y` [V]; `mask` 0/1 [T] (or [T, B]).
+
+    Returns (loss, grads dict {w_i, w_h, b_i, b_h, w_hy, b_y}, dL/dh0), every gradient shaped
+    like its parameter, in float64.
     """
     T = len(np.asarray(inputs))
     loss, grads, (dh0,) = cell_truncated("gru", cell, w_hy, b_y, inputs, targets,

@@ -31,6 +31,17 @@ import jax.numpy as jnp
 from jrnn import elman, hoisted, rnn
 from jrnn.rnn import Cell
 
+__all__ = [   # the public API, documented in the API reference
+    "LSTM",
+    "GRU",
+    "ELMAN",
+    "LSTMParams",
+    "LSTMState",
+    "GRUParams",
+    "get",
+    "sigmoid",
+]
+
 
 def _blocks(key, D, H, n, dtype):
     """Glorot input blocks and orthogonal recurrent blocks, one per gate."""
@@ -68,19 +79,22 @@ def _blockwise(values, like):
 
 ElmanCellParams = elman.ElmanCellParams
 ELMAN = elman.cell("tanh")
+"""The tanh Elman cell: params `jrnn.elman.ElmanCellParams`, carry and output h [..., H]
+(`jrnn.elman.cell(activation)` for relu or sigmoid)."""
 
 
 # ---- LSTM --------------------------------------------------------------------------------------
 
 class LSTMParams(NamedTuple):
-    """LSTM weights, gate columns [i | f | g | o] (PyTorch order)."""
+    """LSTM weights, gate columns [i | f | g | o] (PyTorch order): `w_i` [D, 4H], `w_h` [H, 4H],
+    `b` [4H]. PyTorch's `weight_ih_l0` is `w_i.T` and its two biases sum to `b`."""
     w_i: jax.Array  # [D, 4H]
     w_h: jax.Array  # [H, 4H]
     b: jax.Array    # [4H]
 
 
 class LSTMState(NamedTuple):
-    """LSTM carry."""
+    """LSTM carry: `h` and `c`, each [..., H] (`[B, H]` for a batch, `[H]` for one sequence)."""
     h: jax.Array  # [..., H]
     c: jax.Array  # [..., H]
 
@@ -150,12 +164,15 @@ def lstm_zeros(params: LSTMParams, batch_shape=()):
 
 
 LSTM = Cell(lstm_init, lstm_project, lstm_step, lstm_zeros, lstm_scan, name="lstm", params=LSTMParams)
+"""The LSTM cell: params `LSTMParams`, carry `LSTMState(h, c)` of [..., H] each, output h [..., H];
+forget-gate bias 1; its `scan` hoists the weight gradient (`jrnn.hoisted`)."""
 
 
 # ---- GRU ---------------------------------------------------------------------------------------
 
 class GRUParams(NamedTuple):
-    """GRU weights, gate columns [r | z | n] (PyTorch order)."""
+    """GRU weights, gate columns [r | z | n] (PyTorch order): `w_i` [D, 3H], `w_h` [H, 3H],
+    `b_i` [3H], `b_h` [3H] (b_hn sits inside r * (...), so it cannot merge with b_in)."""
     w_i: jax.Array  # [D, 3H]
     w_h: jax.Array  # [H, 3H]
     b_i: jax.Array  # [3H]
@@ -221,6 +238,8 @@ def gru_zeros(params: GRUParams, batch_shape=()):
 
 
 GRU = Cell(gru_init, gru_project, gru_step, gru_zeros, gru_scan, name="gru", params=GRUParams)
+"""The GRU cell (PyTorch's formulation): params `GRUParams`, carry and output h [..., H]; its `scan`
+hoists the weight gradient (`jrnn.hoisted`)."""
 
 CELLS = {"elman": ELMAN, "lstm": LSTM, "gru": GRU}
 

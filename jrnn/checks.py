@@ -17,6 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+__all__ = [   # the public API, documented in the API reference
+    "integer",
+    "boolean",
+    "traced_ids_in_range",
+    "host_ints_fit",
+]
+
 
 def integer(name: str, value, *, minimum: int | None = 1) -> int:
     """`value` as a Python int >= `minimum` (None: no bound), or a TypeError/ValueError naming `name`.

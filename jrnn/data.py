@@ -25,6 +25,20 @@ import numpy as np
 
 from jrnn import checks
 
+__all__ = [   # the public API, documented in the API reference
+    "CorpusNotFoundError",
+    "cache_dir",
+    "corpus_path",
+    "load_text",
+    "decode_text",
+    "Vocab",
+    "build_vocab",
+    "chunks",
+    "streams",
+    "bucket_length",
+    "pad_batch",
+]
+
 ENV_VAR = "JRNN_DATA_DIR"
 OFFLINE_VAR = "JRNN_OFFLINE"  # set to 1 to never download (the error then says where to get it)
 
@@ -45,6 +59,7 @@ class CorpusNotFoundError(FileNotFoundError):
 
 
 def cache_dir() -> Path:
+    """The folder corpora are downloaded to: `$XDG_CACHE_HOME/jrnn`, else `~/.cache/jrnn`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "jrnn"
 
@@ -129,7 +144,8 @@ def load_text(name: str, path: str | os.PathLike | None = None) -> str:
 
 
 class Vocab(NamedTuple):
-    """A sorted character vocabulary: id i is `chars[i]`."""
+    """A sorted character vocabulary: id i is `chars[i]`; `encode(text)` gives int32 ids [N],
+    `decode(ids)` the text of ids in [0, size)."""
     chars: tuple
 
     @property

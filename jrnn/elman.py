@@ -24,11 +24,31 @@ import jax.numpy as jnp
 from jrnn import checks, elman_scan, hoisted, initializers, rnn
 from jrnn import model as model_lib
 
+__all__ = [   # the public API, documented in the API reference
+    "ElmanParams",
+    "ElmanCellParams",
+    "init",
+    "model",
+    "model_of",
+    "cell",
+    "cell_init",
+    "project",
+    "step",
+    "zeros_carry",
+    "hidden",
+    "readout",
+    "apply",
+    "apply_last",
+    "apply_batch",
+    "sequence_loss",
+]
+
 ACTIVATIONS = elman_scan.ACTIVATIONS
 
 
 class ElmanParams(NamedTuple):
-    """Weights of an Elman RNN with a linear readout."""
+    """Weights of an Elman RNN with a linear readout: `w_xh` [D, H] (a token id gathers its row),
+    `w_hh` [H, H], `b_h` [H], `w_hy` [H, V], `b_y` [V]."""
     w_xh: jax.Array  # [D, H] input -> hidden (row x_t of a token id is gathered)
     w_hh: jax.Array  # [H, H] hidden -> hidden
     b_h: jax.Array   # [H]
@@ -37,7 +57,8 @@ class ElmanParams(NamedTuple):
 
 
 class ElmanCellParams(NamedTuple):
-    """Elman recurrence without readout (one layer of a `jrnn.lm` stack)."""
+    """Elman recurrence without readout (one layer of a `jrnn.lm` stack): `w_xh` [D, H],
+    `w_hh` [H, H], `b_h` [H]."""
     w_xh: jax.Array  # [D, H]
     w_hh: jax.Array  # [H, H]
     b_h: jax.Array   # [H]
@@ -180,7 +201,8 @@ def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str =
 
 
 def cell_init(key, input_size, hidden_size, dtype=jnp.float32) -> ElmanCellParams:
-    """Elman recurrence parameters alone (the default scheme of `init`)."""
+    """Elman recurrence parameters alone (the default scheme of `init`): an `ElmanCellParams`
+    with `w_xh` [input_size, H], `w_hh` [H, H], `b_h` [H]."""
     p = init(key, input_size=input_size, hidden_size=hidden_size, output_size=1, dtype=dtype)
     return ElmanCellParams(p.w_xh, p.w_hh, p.b_h)
 
@@ -232,7 +254,9 @@ def sequence_loss(params: ElmanParams, inputs, targets, h0=None, *, mask=None, r
       inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`.
       mask: optional `[T, ...]` (padding = 0): ignored by the loss, carry frozen across it.
       remat: for long sequences: memory grows like sqrt(T) instead of T, for one extra forward.
-      k1, k2: TBPTT(k1, k2) gradient (`jrnn.tbptt`); the truncated-BPTT notebook's k-step rule is k1 = 1, k2 = k + 1.
+      k1: TBPTT(k1, k2) gradient (`jrnn.tbptt`): the block length; the truncated-BPTT
+        notebook's k-step rule is k1 = 1, k2 = k + 1.
+      k2: the window each block's losses back-propagate through (k2 >= k1).
     """
     loss, (h_T,) = model_lib.sequence_loss(model_of(params, activation), params, inputs, targets,
                                            None if h0 is None else (h0,), mask=mask, reduction=reduction,

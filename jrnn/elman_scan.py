@@ -27,6 +27,11 @@ import jax.numpy as jnp
 
 from jrnn import hoisted
 
+__all__ = [   # the public API, documented in the API reference
+    "run",
+    "linearization",
+]
+
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
 
 # act'(z) as a function of h = act(z): no need to keep z

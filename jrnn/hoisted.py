@@ -40,6 +40,16 @@ import jax.numpy as jnp
 
 from jrnn import rnn
 
+__all__ = [   # the public API, documented in the API reference
+    "Linearization",
+    "run",
+    "project",
+    "take_rows",
+    "batch_split",
+    "per_device",
+    "merged",
+]
+
 
 class Linearization(NamedTuple):
     """A cell's step split around its recurrent matmul, with its tangent.

@@ -11,6 +11,15 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+__all__ = [   # the public API, documented in the API reference
+    "normal",
+    "uniform",
+    "uniform_fan_in",
+    "uniform01",
+    "weight",
+    "bias",
+]
+
 Initializer = Callable[..., jax.Array]
 
 SCHEMES = ("default", "normal", "uniform", "uniform_fan_in", "uniform01")

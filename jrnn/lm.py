@@ -16,6 +16,10 @@ from __future__ import annotations
 from jrnn import cells, checks, model as model_lib
 from jrnn.model import Params as LMParams, param_count  # noqa: F401  (re-exported)
 
+__all__ = [   # the public API, documented in the API reference
+    "model",
+]
+
 
 def model(cell="lstm", *, vocab_size: int, hidden_size: int, layers: int = 1,
           bidirectional: bool = False) -> model_lib.Model:

@@ -13,6 +13,12 @@ import optax
 
 from jrnn import checks
 
+__all__ = [   # the public API, documented in the API reference
+    "softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "reduce",
+]
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -91,7 +97,10 @@ def softmax_cross_entropy(logits, labels, *, mask=None, reduction: str = "mean")
 
 
 def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, reduction: str = "mean"):
-    """Binary cross-entropy of sigmoid(logits) against 0/1 targets of the same shape."""
+    """Binary cross-entropy of sigmoid(logits) against targets in [0, 1] of the same shape
+    (logits `[...]`, e.g. `[T, B]` or `[B]`); `mask` 0/1 of that shape; `reduction` "mean" (over
+    the unmasked elements), "sum" or "none" (the per-element losses `[...]`). Targets outside
+    [0, 1] or of another shape are a ValueError."""
     logits = jnp.asarray(logits)
     if not isinstance(targets, jax.core.Tracer):
         t = np.asarray(targets, np.float64)

@@ -38,9 +38,26 @@ import numpy as np
 from jrnn import checks, hoisted, losses, rnn
 from jrnn.rnn import Directions  # noqa: F401  (a bidirectional layer's params and carry)
 
+__all__ = [   # the public API, documented in the API reference
+    "Model",
+    "Params",
+    "make",
+    "init",
+    "zeros",
+    "hidden",
+    "apply",
+    "apply_last",
+    "readout",
+    "step",
+    "sequence_loss",
+    "param_count",
+]
+
 
 class Params(NamedTuple):
-    """Stacked cell params and the readout."""
+    """Stacked cell params and the readout: `layers`, one cell params pytree per layer (layer 0
+    reads the inputs; a `jrnn.rnn.Directions` per layer when bidirectional), `w_hy` [H, V]
+    ([2H, V] bidirectional), `b_y` [V]."""
     layers: tuple    # one cell params pytree per layer; layer 0 reads the inputs
     w_hy: jax.Array  # [H, V]
     b_y: jax.Array   # [V]
@@ -49,7 +66,11 @@ class Params(NamedTuple):
 class Model(NamedTuple):
     """`layers` cells of `hidden_size` units reading `input_size` ids/features, read out to
     `output_size` logits; `bidirectional`: two cells (forward, backward) per layer, see above.
-    Methods are the module functions with the model as first argument."""
+    Methods are the module functions with the model as first argument.
+
+    Shapes: token ids `[T, ...]` (int, with `input_size` the vocabulary) or features
+    `[T, ..., D]`; `apply` gives logits `[T, ..., V]` and one carry per layer (`[..., H]` each);
+    masks are 0/1 `[T, ...]`."""
     cell: rnn.Cell
     input_size: int
     hidden_size: int
@@ -95,8 +116,8 @@ def make(cell: rnn.Cell, *, input_size: int, hidden_size: int, output_size: int,
 
 
 def init(model: Model, key, dtype=jnp.float32) -> Params:
-    """Params from a PRNG key: the cell's own init per layer (per direction), Glorot readout,
-    zero output bias."""
+    """Params from a PRNG key: the cell's own init per layer (per direction), Glorot readout
+    `w_hy` [H, V] ([2H, V] bidirectional), zero output bias `b_y` [V]; V is `output_size`."""
     keys = jax.random.split(key, model.layers + 1)
     H = model.hidden_size
 
@@ -112,6 +133,8 @@ def init(model: Model, key, dtype=jnp.float32) -> Params:
 
 
 def param_count(params) -> int:
+    """The number of scalars in a params pytree (every leaf's size, summed), e.g. 329,281 for
+    `jrnn.elman.init(key, vocab_size=65, hidden_size=512)`: w_xh [65, 512], w_hh [512, 512], ..."""
     return sum(int(np.size(x)) for x in jax.tree.leaves(params))
 
 
@@ -343,8 +366,9 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
     Args:
       inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`.
       mask: optional `[T, ...]` (padding = 0): ignored by the loss, carry frozen across it.
-      k1, k2: if given, the gradient is Williams & Peng TBPTT(k1, k2) (`jrnn.tbptt`); the value
-        is the full loss either way.
+      k1: if given (with k2), the gradient is Williams & Peng TBPTT(k1, k2) (`jrnn.tbptt`):
+        blocks of k1 steps; the value is the full loss either way.
+      k2: each block's losses back-propagate through the k2 states ending at its last step.
       remat: the readout and loss run inside a scan that keeps only sqrt(T) carries for the
         backward pass (`rnn.checkpointed_scan`): memory grows like sqrt(T) instead of T, for one
         extra forward pass and per-step projections and readouts. Not with k1/k2 (the TBPTT

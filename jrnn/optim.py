@@ -18,6 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+__all__ = [   # the public API, documented in the API reference
+    "sgd",
+    "karpathy_adagrad",
+    "adam",
+    "rprop",
+    "seed_rprop",
+    "scale_by_seed_rprop",
+    "SeedRpropState",
+    "with_clipping",
+    "check_learning_rate",
+]
+
 
 def check_learning_rate(lr) -> float:
     """A learning rate must be a positive number that float32 represents (checked before anything

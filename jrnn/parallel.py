@@ -62,6 +62,13 @@ import numpy as np
 
 from jrnn import checks
 
+__all__ = [   # the public API, documented in the API reference
+    "DeerInfo",
+    "solve",
+    "evaluate",
+    "auto_method",
+]
+
 PARALLEL_METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
 METHODS = ("sequential",) + PARALLEL_METHODS + ("auto",)
 
@@ -73,7 +80,9 @@ LAM, LAM_UP = 1e-8, 100.0
 
 
 class DeerInfo(NamedTuple):
-    """What the solve did."""
+    """What the solve did: `iterations` (int [], for ELK rejected trial steps included),
+    `residual` (float [], max_t |h_t - f(h_{t-1}, x_t)|), `fell_back` (bool [], the sequential
+    scan was used)."""
     iterations: jax.Array  # iterations run (for ELK, rejected trial steps included)
     residual: jax.Array    # max_t |h_t - f(h_{t-1}, x_t)| of the iterative result
     fell_back: jax.Array   # True if it did not converge and the sequential scan was used

@@ -18,6 +18,18 @@ import numpy as np
 
 from jrnn import checks, losses, parallel
 
+__all__ = [   # the public API, documented in the API reference
+    "Cell",
+    "Directions",
+    "run",
+    "scan",
+    "checkpointed_scan",
+    "stack",
+    "bidirectional",
+    "dropout_keep",
+    "default_unroll",
+]
+
 Step = Callable[[Any, Any, Any], tuple]
 
 # Steps `lax.scan` unrolls per loop iteration when no `unroll` is given, by backend. A GPU pays a
@@ -50,6 +62,9 @@ class Cell(NamedTuple):
     unroll) -> (hs, carry)`, equal to scanning `step` but faster (the built-in cells hoist their
     weight gradient out of the backward loop: `jrnn.elman_scan` for Elman, `jrnn.hoisted` for
     LSTM and GRU); `run` uses it unless `remat` is asked for.
+    Shapes, for a batch of B: `init(key, D, H)` -> params; `project(params, inputs [T, B, ...])`
+    -> us [T, B, ...] (the input projection of every step at once); `step(params, carry, u_t)`
+    -> (carry, h_t [B, H]); `zeros(params, (B,))` -> the zero carry.
     `name` names the cell in errors; `params`, optional, is the params type (or tuple of types)
     the cell takes, so that params of another cell are refused with a message naming both.
     A Cell is hashable (its fields are functions, a string and types), so a model holding one
@@ -304,7 +319,8 @@ def masked(step):
 
 
 class Directions(NamedTuple):
-    """The two directions of a bidirectional layer: its cell params, or its carry."""
+    """The two directions of a bidirectional layer: its cell params, or its carry (each
+    direction's carry shaped as the cell's, e.g. [B, H])."""
     forward: Any
     backward: Any
 

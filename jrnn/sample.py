@@ -12,6 +12,10 @@ import numpy as np
 
 from jrnn import checks, model as model_lib
 
+__all__ = [   # the public API, documented in the API reference
+    "generate",
+]
+
 
 @functools.partial(jax.jit, static_argnames=("model", "n"))
 def _generate(model, params, key, prime, carry, temperature, *, n):

@@ -28,6 +28,11 @@ import numpy as np
 
 from jrnn import checks, losses, model as model_lib, rnn
 
+__all__ = [   # the public API, documented in the API reference
+    "sequence_loss",
+    "windows",
+]
+
 
 def check_k(k1, k2) -> tuple[int, int]:
     """(k1, k2) as ints with 1 <= k1 <= k2, or a clear error."""
@@ -60,7 +65,8 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
       inputs: token ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`, same T.
       carry: initial carry (zeros if None).
       mask: optional `[T, ...]`, 1 = real step.
-      dropout, key: dropout between layers, masks drawn as the untruncated loss draws them.
+      dropout: the dropout rate between layers, masks drawn as the untruncated loss draws them.
+      key: the PRNG key of those masks.
 
     Returns:
       (loss, final carry): the loss value equals the untruncated loss, the carry the one

@@ -21,6 +21,12 @@ import numpy as np
 
 from jrnn import checks
 
+__all__ = [   # the public API, documented in the API reference
+    "check_gradients",
+    "assert_trees_close",
+    "relative_error",
+]
+
 
 def _check_rtol(rtol) -> float:
     if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):

@@ -23,6 +23,19 @@ from jax.experimental import checkify
 
 from jrnn import checks, hoisted
 
+__all__ = [   # the public API, documented in the API reference
+    "make_step",
+    "make_multi_step",
+    "make_data_parallel_step",
+    "batch_mesh",
+    "process_rows",
+    "to_host",
+    "with_precision",
+    "BadStepCounter",
+    "NonFiniteError",
+    "ProcessGroupError",
+]
+
 LossFn = Callable[..., tuple]
 
 # Float32 matmul precision of a training step, as `jax.default_matmul_precision` names it.
@@ -313,7 +326,9 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         ValueError after the call, naming the range and the bad min/max).
 
     Returns:
-      A jitted function; it compiles once per batch shape/dtype. metrics has "loss",
+      A jitted function; it compiles once per batch shape/dtype. `batch` is what `loss_fn`
+      takes (for a jrnn model, e.g. `(x [T, B], y [T, B])` token ids); the carry keeps its
+      shapes (`[B, H]` per layer). metrics has "loss",
       "grad_norm" (before clipping) and, when guarded, "skipped" (0 or 1).
 
     Example:
@@ -508,7 +523,7 @@ def _reraise_peer_failure(e: Exception):
 
 def process_rows(mesh, batch_size: int) -> np.ndarray:
     """Indices of the global batch's rows that this process feeds to a data-parallel step over
-    `mesh` (sorted; `arange(B)` with one process). Slice your global batch with them, or load
+    `mesh` (sorted, int [B / processes]; `arange(B)` with one process). Slice your global batch with them, or load
     only those rows."""
     from jax.sharding import NamedSharding, PartitionSpec as P
     batch_size = checks.integer("batch_size", batch_size)

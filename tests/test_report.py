@@ -1,6 +1,7 @@
 """experiments.report rewrites README tables from runs/*/results.json, and flags rather than
 invents: synthetic results files in, exact table rows out."""
 
+import glob
 import json
 import os
 import re
@@ -128,20 +129,83 @@ def test_broken_markers_are_refused(tmp_path, text, match):
     assert p.read_text() == text
 
 
-def test_every_results_table_in_the_readme_is_generated():
-    """Outside the report markers the README holds no results table: every other table is marked
-    `<!-- static table: no measurements -->` on the line above its header (the module table, the
-    list of reproduced systems, feature matrices)."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    names = re.findall(r"<!-- report:begin ([\w-]+) -->", text)
-    assert {"experiments", "cells", "minchar_modes", "bench", "deer"} <= set(names)
-    outside = re.sub(r"<!-- report:begin ([\w-]+) -->.*?<!-- report:end \1 -->", "", text, flags=re.S)
-    lines = outside.splitlines()
-    unmarked = [line for above, line, below in zip([""] + lines, lines, lines[1:])
-                if below.startswith("|---") and above.strip() != "<!-- static table: no measurements -->"]
+DOC_FILES = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
+                                                                              recursive=True))]
+SUMMARY = "<!-- summary table: numbers quoted from the generated tables of the linked pages -->"
+
+
+def test_every_results_table_in_the_readme_and_docs_is_generated():
+    """Outside the report markers the README and the docs pages hold no results table: every other
+    table is marked `<!-- static table: no measurements -->` on the line above its header (the module
+    table, the list of reproduced systems, feature matrices), or is the README's summary, whose every
+    number is quoted from a generated table of the page it links (test_docs checks the quotes)."""
+    names, unmarked = [], []
+    for name in DOC_FILES:
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            text = f.read()
+        names += re.findall(r"<!-- report:begin ([\w-]+) -->", text)
+        outside = re.sub(r"<!-- report:begin ([\w-]+) -->.*?<!-- report:end \1 -->", "", text, flags=re.S)
+        lines = outside.splitlines()
+        unmarked += [f"{name}: {line}" for above, line, below in zip([""] + lines, lines, lines[1:])
+                     if below.startswith("|---")
+                     and above.strip() not in ("<!-- static table: no measurements -->", SUMMARY)]
+    assert sorted(names) == sorted(set(names)), "a table is generated into two places"
+    assert set(report.TABLES) <= set(names), "every table the report builds has its place in the docs"
     assert unmarked == [], "tables with numbers come from python -m experiments.report (add a Row there)"
-    assert "| module | owns |" in lines
+
+
+def test_with_no_readme_flag_the_report_rewrites_every_marked_docs_page(tmp_path, capsys, monkeypatch):
+    """The tables moved from README.md to docs/ pages: the default files are README.md (when it holds
+    a marker) and every docs page that does, and a page without runs stays byte for byte."""
+    runs = tmp_path / "runs"
+    write(runs, "bench", BENCH_CONFIG, BENCH_METRICS, rows=BENCH_ROWS)
+    (tmp_path / "README.md").write_text("# short readme, no tables\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    bench = readme(docs, "bench").rename(docs / "benchmarks.md")
+    repro = readme(docs, "experiments").rename(docs / "reproducing.md")
+    (docs / "index.md").write_text("# home\n")
+    before = repro.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert report.main([]) == 0
+    out = capsys.readouterr().out
+    assert "| 1, 100, 25, 80 | 292 | 326 |" in bench.read_text() and repro.read_bytes() == before
+    assert "docs/benchmarks.md: rewritten" in out and "docs/reproducing.md: unchanged" in out, out
+    assert report.main(["--check"]) == 0
+    assert report.main(["--only", "bench", "--check"]) == 0
+
+
+def test_a_page_showing_the_bench_plots_gets_them_drawn_from_its_tables(tmp_path):
+    """benchmarks.md shows img/bench_cpu.svg and img/bench_gpu.svg: the report draws them from the
+    page's bench tables (one bar per cell and config), byte-identical for the same numbers."""
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs"
+    write(runs, "bench", BENCH_CONFIG, BENCH_METRICS, rows=BENCH_ROWS)
+    p = readme(tmp_path, "bench", before="# b\n\n![cpu](img/bench_cpu.svg)\n\n")
+    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    svg = (tmp_path / "img" / "bench_cpu.svg").read_bytes()
+    assert svg.startswith(b"<?xml") and b"Elman" in svg and b"(1, 100, 25, 80)" in svg
+    (tmp_path / "img" / "bench_cpu.svg").unlink()
+    assert report.main(["--readme", str(p), "--runs", str(runs)]) == 0
+    assert (tmp_path / "img" / "bench_cpu.svg").read_bytes() == svg
+    assert not (tmp_path / "img" / "bench_gpu.svg").exists()      # the page does not show it
+    ratios = report.bench_ratios(p.read_text())
+    assert list(ratios["cpu"]) == ["Elman"] and ratios["gpu"] == {}
+
+
+def test_the_docs_bench_plots_show_the_tables_of_the_benchmarks_page():
+    """The checked-in plots are what the report draws from docs/benchmarks.md as it stands."""
+    pytest.importorskip("matplotlib")
+    with open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8") as f:
+        text = f.read()
+    ratios = report.bench_ratios(text)
+    assert set(ratios["cpu"]) == {"Elman", "LSTM", "GRU"} and set(ratios["gpu"]) == {"Elman", "LSTM", "GRU"}
+    for kind, rel in report.PLOTS.items():
+        with open(os.path.join(ROOT, "docs", rel), "rb") as f:
+            drawn = f.read()
+        labels = re.findall(rb">([\d.]+)</text>", drawn)   # svg.fonttype none: the bar labels as text
+        assert sorted(float(x) for x in labels if b"." in x) == sorted(
+            round(r, 2) for per in ratios[kind].values() for r in per.values()), rel
 
 
 def test_cells_tbptt_rows_tell_gradients_apart_and_deer_lists_what_the_budget_left_out(tmp_path):
