@@ -87,7 +87,7 @@ def init(key, *, hidden_size: int, input_size: int | None = None, output_size: i
     Returns:
       ElmanParams with shapes w_xh [D, H], w_hh [H, H], b_h [H], w_hy [H, V], b_y [V].
 
-    Example:
+    Examples:
       >>> params = jrnn.elman.init(jax.random.key(0), vocab_size=65, hidden_size=128)
     """
     input_size = vocab_size if input_size is None else input_size

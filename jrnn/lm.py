@@ -5,7 +5,7 @@ D = V = vocab_size; everything else (init, apply, losses with masks, TBPTT and r
 sampling through `jrnn.generate`) is the model's. Layer 0's input matrix doubles as the
 embedding (token ids gather its rows).
 
-Example:
+Examples:
   >>> gru = jrnn.lm.model("gru", vocab_size=65, hidden_size=256, layers=2)
   >>> params = gru.init(jax.random.key(0))
   >>> loss, carry = gru.loss(params, x, y, gru.zeros(params, (B,)), compute_dtype=jnp.bfloat16)

@@ -20,7 +20,7 @@ the whole sequence at every step, so what needs a causal per-step model (`step`,
 TBPTT, the `remat` loss) refuses it; `hidden`, `apply`, `apply_last` and the full-BPTT loss (masks,
 dropout, `compute_dtype`, `method=`) take it.
 
-Example:
+Examples:
   >>> model = jrnn.lm.model("lstm", vocab_size=65, hidden_size=128, layers=2)
   >>> params = model.init(jax.random.key(0))
   >>> logits, carry = model.apply(params, tokens)                # tokens [T, B] ids

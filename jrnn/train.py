@@ -331,7 +331,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       shapes (`[B, H]` per layer). metrics has "loss",
       "grad_norm" (before clipping) and, when guarded, "skipped" (0 or 1).
 
-    Example:
+    Examples:
       >>> step = jrnn.make_step(loss_fn, jrnn.optim.karpathy_adagrad(0.1))
       >>> params, opt_state, metrics, h = step(params, opt_state, (x, y), h)
     """
