@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import checkify
+from jax.experimental import checkify, multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jrnn import checks, hoisted
 
@@ -433,8 +434,6 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
     the same calls in the same order. If another process dies, the step raises
     `ProcessGroupError` instead of waiting.
     """
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
     if mesh is None:  # Auto axes: XLA's sharding propagation places the gathers and all-reduces
         mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     n = mesh.devices.size
@@ -525,7 +524,6 @@ def process_rows(mesh, batch_size: int) -> np.ndarray:
     """Indices of the global batch's rows that this process feeds to a data-parallel step over
     `mesh` (sorted, int [B / processes]; `arange(B)` with one process). Slice your global batch with them, or load
     only those rows."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
     batch_size = checks.integer("batch_size", batch_size)
     if batch_size % mesh.devices.size:
         raise ValueError(f"batch_size {batch_size} is not divisible by the mesh's {mesh.devices.size} devices")
@@ -537,7 +535,6 @@ def to_host(tree):
     """A numpy copy of a pytree of arrays that may span processes (the global arrays a
     data-parallel step returns): replicated leaves are read locally; a leaf split over processes
     is gathered, a collective, so every process must make the same `to_host` calls."""
-    from jax.experimental import multihost_utils
 
     def one(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -550,8 +547,6 @@ def to_host(tree):
 
 def _across_processes(step, mesh, leaf_axis, carry_axis, guard=None):
     """The data-parallel step of `make_data_parallel_step` when the mesh spans processes."""
-    from jax.experimental import multihost_utils
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     replicated = NamedSharding(mesh, P())
     n_local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
