@@ -71,21 +71,6 @@ __all__ = [   # the public API, documented in the API reference
     "SkippedCheckpointWarning",
 ]
 
-__all__ = [   # the public API, documented in the API reference
-    "Checkpoint",
-    "start_run",
-    "save",
-    "load",
-    "load_latest",
-    "list_checkpoints",
-    "run_of",
-    "check_fresh",
-    "RunConflictError",
-    "CheckpointDamagedError",
-    "ConfigMismatchError",
-    "SkippedCheckpointWarning",
-]
-
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d{10})\.npz$")
 RUN_FILE = "run.json"
