@@ -69,6 +69,12 @@ def _sigmoid_jvp(primals, tangents):
     return y, y * (1.0 - y) * tangents[0]
 
 
+def _carry_dtype(w):
+    """The dtype a carry computed with weight `w` has: JAX's canonical one (a float64 numpy
+    weight is float32 while x64 is off; asking jnp.zeros for float64 then would warn)."""
+    return jax.dtypes.canonicalize_dtype(w.dtype)
+
+
 def _blockwise(values, like):
     """Each of `values` over one gate's H columns of `like [..., G*H]`, shaped [1, ..., G*H]."""
     v = jnp.repeat(jnp.asarray(values, like.dtype), like.shape[-1] // len(values))
@@ -159,7 +165,7 @@ def lstm_scan(params: LSTMParams, us, carry: LSTMState, *, mask=None, reverse=Fa
 
 
 def lstm_zeros(params: LSTMParams, batch_shape=()):
-    z = jnp.zeros((*batch_shape, params.w_h.shape[0]), params.w_h.dtype)
+    z = jnp.zeros((*batch_shape, params.w_h.shape[0]), _carry_dtype(params.w_h))
     return LSTMState(z, z)
 
 
@@ -234,7 +240,7 @@ def gru_scan(params: GRUParams, us, h, *, mask=None, reverse=False, unroll=None)
 
 
 def gru_zeros(params: GRUParams, batch_shape=()):
-    return jnp.zeros((*batch_shape, params.w_h.shape[0]), params.w_h.dtype)
+    return jnp.zeros((*batch_shape, params.w_h.shape[0]), _carry_dtype(params.w_h))
 
 
 GRU = Cell(gru_init, gru_project, gru_step, gru_zeros, gru_scan, name="gru", params=GRUParams)

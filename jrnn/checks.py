@@ -1,5 +1,6 @@
-"""Argument checks shared by jrnn's modules: integer and bool arguments (`integer`, `boolean`), and range checks of
-token ids and labels that also hold inside jrnn's jitted training steps (`traced_ids_in_range`).
+"""Argument checks shared by jrnn's modules: integer and bool arguments (`integer`, `boolean`), PRNG keys
+(`prng_key`), params trees of arrays in one float dtype (`array_leaves`), and range checks of token ids and labels
+that also hold inside jrnn's jitted training steps (`traced_ids_in_range`).
 
 Eager calls check concrete ids on the host (`jrnn.rnn.check_input_array`,
 `jrnn.losses._check_labels`). Under `jit` the values are unknown while tracing, and JAX's gather
@@ -11,6 +12,8 @@ they raise the check's error after the call, naming the range and the offending 
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -70,3 +73,78 @@ def host_ints_fit(tree) -> None:
             if lo < info.min or hi > info.max:
                 raise ValueError(f"{x.dtype} values {lo}..{hi} do not fit {info.dtype}, which JAX narrows them "
                                  f"to (wrapping) while jax_enable_x64 is off; token ids must lie in [0, V)")
+
+
+def is_key(key) -> bool:
+    """One PRNG key: a typed key array of shape (), or a legacy uint32 [2] key."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return key.shape == ()
+    return dtype == jnp.uint32 and key.shape == (2,)
+
+
+def prng_key(name: str, key):
+    """`key` itself if it is one PRNG key (`is_key`), else a TypeError naming `name`: an int seed
+    or a batch of keys would otherwise fail deep inside jax.random."""
+    if not is_key(key):
+        raise TypeError(f"{name} must be one PRNG key (jax.random.key(seed), or a legacy jax.random.PRNGKey(seed)), "
+                        f"got {type(key).__name__} of shape {np.shape(key)}")
+    return key
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+@functools.lru_cache(maxsize=64)
+def is_float_dtype(dtype) -> bool:
+    """jnp.issubdtype(dtype, jnp.floating) (bfloat16 included), cached: it is asked per leaf."""
+    return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+def leaf_name(where: str, path) -> str:
+    """A params leaf named by its key path after `where` (`params.w_i`, `layer_params[1].b`);
+    `where=""`: the bare path (`layers[0].w_i`)."""
+    key = path if isinstance(path, str) else jax.tree_util.keystr(path)
+    return where + key if where else (key[1:] if key.startswith(".") else key) or "params"
+
+
+def array_leaves(tree, where: str = "params") -> list:
+    """The leaves of a params tree as `[(path, leaf)]` (`leaf_name(where, path)` names one:
+    `params.w_i`; `where=""`: the bare path, `layers[0].w_i`), checked first:
+
+    - every leaf is a jax or numpy array: a None leaf (a missing weight), a Python number or a
+      list's items are a TypeError naming the leaf; so is a foreign array such as a torch tensor
+      (anything else with `__array__`), which JAX cannot read as it is, with the fix;
+    - every floating leaf has the same dtype once JAX has canonicalised it (float64 numpy arrays
+      are float32 while jax_enable_x64 is off): jrnn computes a layer in its params' one dtype,
+      and a float64 or bfloat16 leaf among float32 ones would promote a step's carry (a scan
+      carry-type error) or quietly change the readout's precision. Mixed precision is
+      `compute_dtype=` instead.
+
+    Shapes only: no array is copied or moved to a device.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+    first = None
+    for path, x in flat:
+        if x is None:
+            raise TypeError(f"{leaf_name(where, path)} is None; the cell needs an array there (a missing weight?)")
+        if not _is_array(x):
+            if hasattr(x, "__array__") or type(x).__module__.split(".")[0] == "torch":
+                raise TypeError(f"{leaf_name(where, path)} is a {type(x).__module__}.{type(x).__qualname__}, not a "
+                                f"jax or numpy array: convert it first, e.g. jnp.asarray(t.detach().cpu().numpy()) "
+                                f"for a torch tensor (and transpose PyTorch's [G*H, in] weights: jrnn stores [in, G*H])")
+            raise TypeError(f"{leaf_name(where, path)} must be a jax or numpy array, got {type(x).__name__}")
+        if is_float_dtype(x.dtype):
+            dt = jax.dtypes.canonicalize_dtype(x.dtype)
+            if first is None:
+                first = (path, dt)
+            elif dt != first[1]:
+                what = where or "params"
+                raise TypeError(f"{what} mix float dtypes: {leaf_name(where, first[0])} is {first[1]}, "
+                                f"{leaf_name(where, path)} is {dt}; jrnn computes in the params' one dtype, so cast "
+                                f"them all, e.g. jax.tree.map(lambda a: a.astype(jnp.{first[1]}), {what}) (for mixed "
+                                f"precision pass compute_dtype=)")
+    return flat

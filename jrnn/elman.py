@@ -139,7 +139,8 @@ def step(params: ElmanParams, h, u, *, activation: str = "tanh"):
 
 def zeros_carry(params: ElmanParams, batch_shape=()) -> jax.Array:
     """h0 = 0 of shape `[*batch_shape, H]`."""
-    return jnp.zeros((*batch_shape, params.w_hh.shape[0]), params.w_hh.dtype)
+    # JAX's canonical dtype: a float64 numpy w_hh is float32 while x64 is off (jnp.zeros would warn)
+    return jnp.zeros((*batch_shape, params.w_hh.shape[0]), jax.dtypes.canonicalize_dtype(params.w_hh.dtype))
 
 
 @functools.lru_cache(maxsize=None)

@@ -42,6 +42,7 @@ __all__ = [   # the public API, documented in the API reference
     "Model",
     "Params",
     "make",
+    "check_params",
     "init",
     "zeros",
     "hidden",
@@ -63,20 +64,40 @@ class Params(NamedTuple):
     b_y: jax.Array   # [V]
 
 
-class Model(NamedTuple):
-    """`layers` cells of `hidden_size` units reading `input_size` ids/features, read out to
-    `output_size` logits; `bidirectional`: two cells (forward, backward) per layer, see above.
-    Methods are the module functions with the model as first argument.
-
-    Shapes: token ids `[T, ...]` (int, with `input_size` the vocabulary) or features
-    `[T, ..., D]`; `apply` gives logits `[T, ..., V]` and one carry per layer (`[..., H]` each);
-    masks are 0/1 `[T, ...]`."""
+class _ModelFields(NamedTuple):
     cell: rnn.Cell
     input_size: int
     hidden_size: int
     output_size: int
     layers: int = 1
     bidirectional: bool = False
+
+
+class Model(_ModelFields):
+    """`layers` cells of `hidden_size` units reading `input_size` ids/features, read out to
+    `output_size` logits; `bidirectional`: two cells (forward, backward) per layer, see above.
+    Methods are the module functions with the model as first argument.
+
+    Shapes: token ids `[T, ...]` (int, with `input_size` the vocabulary) or features
+    `[T, ..., D]`; `apply` gives logits `[T, ..., V]` and one carry per layer (`[..., H]` each);
+    masks are 0/1 `[T, ...]`.
+
+    The constructor validates (as `_replace` and unpickling do, both going through it): a
+    `jrnn.rnn.Cell`, sizes and `layers` integers >= 1 (numpy integers are stored as int; bools,
+    floats and 0 refused), `bidirectional` a bool. Still a NamedTuple: hashable, comparable, a
+    static `jax.jit` argument."""
+    __slots__ = ()
+
+    def __new__(cls, cell, input_size, hidden_size, output_size, layers=1, bidirectional=False):
+        rnn.check_cell(cell)
+        return super().__new__(cls, cell, checks.integer("input_size", input_size),
+                               checks.integer("hidden_size", hidden_size), checks.integer("output_size", output_size),
+                               checks.integer("layers", layers), checks.boolean("bidirectional", bidirectional))
+
+    @classmethod
+    def _make(cls, iterable):
+        # namedtuple's own _make (behind _replace) builds the tuple without __new__
+        return cls(*iterable)
 
     @property
     def width(self) -> int:
@@ -107,12 +128,8 @@ class Model(NamedTuple):
 
 def make(cell: rnn.Cell, *, input_size: int, hidden_size: int, output_size: int, layers: int = 1,
          bidirectional: bool = False) -> Model:
-    """A `Model`, sizes validated."""
-    if not isinstance(cell, rnn.Cell):
-        raise TypeError(f"cell must be a jrnn.rnn.Cell (see jrnn.cells.get), got {type(cell).__name__}")
-    return Model(cell, rnn.positive_int("input_size", input_size), rnn.positive_int("hidden_size", hidden_size),
-                 rnn.positive_int("output_size", output_size), rnn.positive_int("layers", layers),
-                 checks.boolean("bidirectional", bidirectional))
+    """A `Model`, sizes validated (as `Model(...)` validates them)."""
+    return Model(cell, input_size, hidden_size, output_size, layers, bidirectional)
 
 
 def init(model: Model, key, dtype=jnp.float32) -> Params:
@@ -143,17 +160,40 @@ def _type_names(types) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
+def check_params(model: Model, params) -> tuple:
+    """`params` checked against `model` before anything is traced, or a TypeError/ValueError
+    naming the leaf and the fix; returns the per-layer cell params. Every Model entry point
+    (`apply`, `apply_last`, `hidden`, `loss`, `step`, `zeros`) and `jrnn.generate` call it.
+
+    - a `Params` (or, for a one-layer model, the seeds' flat `ElmanParams`) of `model.layers`
+      layers, each of the model's cell (`Directions` of two if bidirectional);
+    - every leaf a jax or numpy array: a None or list leaf is named, and so is a torch tensor,
+      with the conversion (`jrnn.checks.array_leaves`);
+    - one float dtype across all leaves (after JAX's canonicalisation: float64 numpy arrays
+      are float32 with x64 off). A float64 or bfloat16 leaf among float32 ones is refused, not
+      promoted: cast the params, or compute in another dtype with `compute_dtype=`;
+    - every layer's pytree and leaf shapes as the cell's init makes them at the model's sizes
+      (`jrnn.rnn.check_cell_params`): `layers[0].w_i has shape (64, 5), the model needs (5, 64):
+      transposed? ...`; the readout `w_hy [H, V]` (`[2H, V]` bidirectional) and `b_y [V]`.
+
+    Shapes and dtypes only, on the host; under `jit` it runs at trace time."""
+    return layer_params(model, params)
+
+
 def layer_params(model: Model, params) -> tuple:
-    """The per-layer cell params of `params`, checked against `model`: the right cell, depth
-    and sizes, or a clear TypeError/ValueError (never an AttributeError deep in a step)."""
+    """The per-layer cell params of `params`, checked against `model` (`check_params`)."""
     if not isinstance(model, Model):
         raise TypeError(f"model must be a jrnn.model.Model (e.g. jrnn.lm.model(...)), got {type(model).__name__}")
-    if not (hasattr(params, "w_hy") and hasattr(params, "b_y")):
-        raise TypeError(f"params must be jrnn.model.Params (or the seeds' jrnn.ElmanParams), got "
-                        f"{type(params).__name__}")
+    if not (hasattr(params, "w_hy") and hasattr(params, "b_y")) or (
+            not isinstance(params, Params) and model.layers != 1):
+        raise TypeError(f"params must be jrnn.model.Params (or, for a one-layer model, the seeds' jrnn.ElmanParams), "
+                        f"got {type(params).__name__}")
     layers = params.layers if isinstance(params, Params) else (params,)
+    if type(layers) not in (tuple, list):
+        raise TypeError(f"params.layers must be a tuple with one cell params per layer, got {type(layers).__name__}")
     if len(layers) != model.layers:
         raise ValueError(f"params have {len(layers)} layers, the model has {model.layers}")
+    checks.array_leaves(params, "")    # arrays only (no None, list or torch tensor), one float dtype
     want = model.cell.params
     for i, p in enumerate(layers):
         if isinstance(p, Directions) != model.bidirectional:
@@ -163,12 +203,24 @@ def layer_params(model: Model, params) -> tuple:
                                "params belong to a bidirectional model (jrnn.model.make(..., bidirectional=True))"))
         for q in (p if model.bidirectional else (p,)):
             if want is not None and not isinstance(q, want):
+                plain = type(q) in (dict, list, tuple)   # the right leaves, maybe, in a container of no type
                 raise TypeError(f"params of layer {i} are {type(q).__name__}, but this model's cell is "
-                                f"{model.cell.name!r}, which takes {_type_names(want)}: params and model are "
-                                f"of different cells")
-    if tuple(jnp.shape(params.w_hy)) != (model.width, model.output_size):
-        raise ValueError(f"readout w_hy has shape {tuple(jnp.shape(params.w_hy))}, the model needs "
-                         f"{(model.width, model.output_size)} " + ("([2H, V]: bidirectional)" if model.bidirectional else "([H, V])"))
+                                f"{model.cell.name!r}, which takes {_type_names(want)}: " + (
+                                    f"build them as such, e.g. {_type_names(want).split(' or ')[0]}(**layer)"
+                                    if plain else "params and model are of different cells"))
+    for i, p in enumerate(layers):
+        qs = zip(p, ("forward", "backward")) if model.bidirectional else ((p, None),)
+        for q, side in qs:
+            where = "" if not isinstance(params, Params) else f"layers[{i}]" + (f".{side}" if side else "")
+            rnn.check_cell_params(model.cell, q, (model.input_size if i == 0 else model.width, model.hidden_size),
+                                  where=where, needs="the model")
+    for name, want, what in (("w_hy", (model.width, model.output_size), "[2H, V]: bidirectional" if model.bidirectional
+                              else "[H, V]"), ("b_y", (model.output_size,), "[V]")):
+        leaf = getattr(params, name)   # an array: checks.array_leaves saw it
+        if tuple(leaf.shape) != want:
+            raise ValueError(f"readout {name} has shape {tuple(leaf.shape)}, the model needs {want} ({what})")
+        if not checks.is_float_dtype(leaf.dtype):
+            raise TypeError(f"readout {name} must be floating, got {leaf.dtype} (cast with .astype(jnp.float32))")
     return tuple(layers)
 
 
@@ -308,6 +360,10 @@ def step(model: Model, params, carry, x_t):
     bidirectional model has no step (ValueError)."""
     check_causal(model, "step")
     layers = layer_params(model, params)
+    x_t = x_t if hasattr(x_t, "dtype") else np.asarray(x_t)
+    checks.host_ints_fit(x_t)   # before jnp.asarray narrows int64 ids by wrapping (2**32 + 1 -> 1)
+    rnn.check_input_array(model.input_size, x_t[None])   # ids in [0, D), D features
+    carry = carries(model, layers, batch_shape(model, x_t[None]), carry)
     carry, h = _stack_step(model.cell, layers, carry, x_t)
     return carry, readout(params, h)
 

@@ -26,6 +26,7 @@ __all__ = [   # the public API, documented in the API reference
     "checkpointed_scan",
     "stack",
     "bidirectional",
+    "check_cell_params",
     "dropout_keep",
     "default_unroll",
 ]
@@ -77,6 +78,185 @@ class Cell(NamedTuple):
     scan: Callable | None = None
     name: str = "custom"
     params: Any = None
+
+
+# ---- params checked against the cell's own init ------------------------------------------------
+
+# (input_size, hidden_size) pairs the cell's init is traced at to learn how each params dim
+# depends on them: three to fit dim = a*D + b*H + c, a fourth to confirm it
+_PROBE_SIZES = ((2, 3), (3, 3), (2, 4), (5, 7))
+
+
+def _cached(fn, *args):
+    """`fn(*args)` through its lru_cache, or uncached where a custom Cell in `args` is unhashable."""
+    try:
+        hash(args)
+    except TypeError:
+        return fn.__wrapped__(*args)
+    return fn(*args)
+
+
+@functools.lru_cache(maxsize=1024)
+def _traced_init(cell, input_size, hidden_size, x64):
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    try:
+        return jax.eval_shape(lambda k: cell.init(k, input_size, hidden_size, jnp.float32), key)
+    except Exception:   # a custom init that cannot be traced abstractly: its params go unchecked
+        return None
+
+
+def init_shapes(cell, input_size: int, hidden_size: int):
+    """The params pytree `cell.init` makes at these sizes (in float32), as `jax.ShapeDtypeStruct`s:
+    traced abstractly (no array is made) and cached per cell and sizes. None if the init cannot
+    be traced so (a custom cell's), in which case its params are not shape-checked."""
+    return _cached(_traced_init, cell, int(input_size), int(hidden_size), bool(jax.config.jax_enable_x64))
+
+
+@functools.lru_cache(maxsize=256)
+def _size_rules(cell, x64):
+    """How each dim of each params leaf depends on the sizes: `(a, b, c)` with dim = a*D + b*H + c,
+    or None for a dim that is not affine in them; None if the init cannot be traced."""
+    shapes = [init_shapes(cell, D, H) for D, H in _PROBE_SIZES]
+    if any(s is None for s in shapes) or len({jax.tree.structure(s) for s in shapes}) > 1:
+        return None
+    rules = []
+    for l0, lD, lH, lv in zip(*(jax.tree.leaves(s) for s in shapes)):
+        if len({len(l0.shape), len(lD.shape), len(lH.shape), len(lv.shape)}) > 1:
+            rules.append(())
+            continue
+        dims = []
+        for f0, fD, fH, fv in zip(l0.shape, lD.shape, lH.shape, lv.shape):
+            a, b = fD - f0, fH - f0
+            c = f0 - 2 * a - 3 * b
+            dims.append((a, b, c) if 5 * a + 7 * b + c == fv else None)
+        rules.append(tuple(dims))
+    return tuple(rules)
+
+
+def _read_sizes(rules, shapes):
+    """(D, H) as the params' own shapes give them: every dim that depends on D alone (or H
+    alone) votes for the size it implies; the size most dims agree on wins, a bias's (1-D)
+    vote breaking ties (a transposed 2-D weight outvoted, not trusted). None where no dim
+    tells."""
+    votes = ({}, {})
+    for i, (rule, shape) in enumerate(zip(rules, shapes)):
+        for r, g in zip(rule, shape) if len(rule) == len(shape) else ():
+            if r is None:
+                continue
+            a, b, c = r
+            for which, k in ((0, a), (1, b)):
+                if k > 0 and (a, b)[1 - which] == 0 and (g - c) % k == 0 and (g - c) // k >= 1:
+                    n, one_d, first = votes[which].get((g - c) // k, (0, False, i))
+                    votes[which][(g - c) // k] = (n + 1, one_d or len(shape) == 1, first)
+    return tuple(max(v, key=lambda size: (v[size][0], v[size][1], -v[size][2])) if v else None for v in votes)
+
+
+def _cell_view(params, want):
+    """`params` as the cell's own params type where they carry its fields and more (the seeds'
+    flat `ElmanParams`, whose readout the cell ignores), else as given."""
+    if (hasattr(want, "_fields") and hasattr(params, "_fields") and type(params) is not type(want)
+            and set(want._fields) <= set(params._fields)):
+        return type(want)(*(getattr(params, f) for f in want._fields))
+    return params
+
+
+def _mismatch(cell, leaves, where, want, needs):
+    """The first of `leaves` ([(path, leaf)], `jrnn.checks.array_leaves`) whose dtype kind or shape
+    is not `want`'s, as an exception to raise (None if all fit). `needs` says who needs the shape."""
+    for (path, g), w in zip(leaves, jax.tree.leaves(want)):
+        if checks.is_float_dtype(w.dtype) and not checks.is_float_dtype(g.dtype):
+            return TypeError(f"{checks.leaf_name(where, path)} has dtype {g.dtype}; the {cell.name} cell's params "
+                             f"are floating (cast with .astype(jnp.float32))")
+        if g.shape != w.shape:
+            hint = ""
+            # its rows the size of the columns wanted: the [G*H, in] layout of PyTorch
+            if len(w.shape) == 2 and len(g.shape) == 2 and g.shape[0] == w.shape[1]:
+                hint = (": transposed? (PyTorch stores weight_ih as [G*H, D] and weight_hh as [G*H, H]; "
+                        "jrnn stores their transposes: pass w.T)")
+            return ValueError(f"{checks.leaf_name(where, path)} has shape {tuple(g.shape)}, {needs} needs "
+                              f"{tuple(w.shape)}{hint}")
+    return None
+
+
+def check_cell_params(cell, params, sizes=None, *, where: str = "params", features: int | None = None,
+                      needs: str | None = None):
+    """`params` checked against the params `cell.init` makes, before anything is traced: every
+    leaf an array (`jrnn.checks.array_leaves`: no None, list or torch tensor, one float dtype),
+    the pytree the cell's init makes (a missing or extra leaf, a dict for a NamedTuple named),
+    and every leaf's shape (an LSTM's `w_i [D, 4H]`, `w_h [H, 4H]`, `b [4H]`), named by its path
+    after `where` (`params.w_i has shape (64, 5), ... needs (5, 64): transposed? ...`).
+
+    `sizes`: the (input_size, hidden_size) the params must have (a model knows them); None reads
+    them off the params themselves (`_read_sizes`), and `features`, the dense inputs' D where
+    known, is what a transposed input matrix is measured against. Returns the (D, H) checked, or
+    None where the cell's init cannot be traced abstractly (then only the leaves are checked).
+    Shapes only, on the host: under `jit` this runs once, at trace time."""
+    leaves = checks.array_leaves(params, where)
+    x64 = bool(jax.config.jax_enable_x64)
+    rules = None if sizes is not None else _cached(_size_rules, cell, x64)
+    probe = init_shapes(cell, *(sizes or _PROBE_SIZES[0]))
+    if probe is None:
+        return None
+    view = _cell_view(params, probe)
+    if view is not params:
+        leaves = checks.array_leaves(view, where)
+    if jax.tree.structure(view) != jax.tree.structure(probe):
+        key = lambda path: jax.tree_util.keystr(path)
+        given = {key(p) for p, _ in jax.tree_util.tree_flatten_with_path(view)[0]}
+        made = [key(p) for p, _ in jax.tree_util.tree_flatten_with_path(probe)[0]]
+        missing = [checks.leaf_name(where, k) for k in made if k not in given]
+        extra = [checks.leaf_name(where, k) for k in sorted(given - set(made))]
+        detail = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                             f"unexpected {', '.join(extra)}" if extra else "") if part)
+        raise TypeError(f"{where or 'params'} are {type(view).__name__}, but the {cell.name} cell's init makes "
+                        f"{type(probe).__name__} {jax.tree.structure(probe)}" + (f": {detail}" if detail else ""))
+    for (path, g), w in zip(leaves, jax.tree.leaves(probe)):
+        if len(g.shape) != len(w.shape):   # whatever the sizes: told before they are read
+            raise ValueError(f"{checks.leaf_name(where, path)} has shape {tuple(g.shape)}, the {cell.name} cell needs "
+                             f"a {len(w.shape)}-D array there")
+    if sizes is None:
+        if rules is None:
+            return None
+        D, H = _read_sizes(rules, [x.shape for _, x in leaves])
+        D = features if D is None else D
+        if D is None or H is None:
+            return None
+        candidates = [D] + ([features] if features is not None and features != D else [])
+    else:
+        (D, H), candidates = sizes, [sizes[0]]
+    error = None
+    for d in candidates:
+        want = init_shapes(cell, d, H)
+        if want is None:
+            return None
+        said = "the inputs' features" if sizes is None and d == features else "read off the params"
+        error = _mismatch(cell, leaves, where, want, needs or f"the {cell.name} cell with input_size {d} ({said}) and "
+                                                      f"hidden_size {H}" + ("" if sizes else " (read off the params)"))
+        if error is None:
+            return d, H
+    raise error
+
+
+def check_cell(cell) -> None:
+    """TypeError unless `cell` is a `Cell` (a name such as "lstm" goes through `jrnn.cells.get`)."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a jrnn.rnn.Cell (e.g. jrnn.cells.LSTM, or jrnn.cells.get('lstm')), "
+                        f"got {type(cell).__name__}")
+
+
+def host_inputs(inputs):
+    """Inputs as an array with a time axis, still on the host where given so: a list as numpy
+    reads it, and 64-bit numpy ids checked to fit the 32 bits JAX narrows them to while x64 is
+    off (`jrnn.checks.host_ints_fit`), before `jnp.asarray` would wrap 2**32 + 1 to 1."""
+    x = inputs if hasattr(inputs, "dtype") else np.asarray(inputs)
+    checks.host_ints_fit(x)
+    check_time_axis(np.shape(x))
+    return x
+
+
+def dense_features(x) -> int | None:
+    """D of float features `[T, ..., D]`; None for token ids (or a 1-D float array, refused later)."""
+    return int(x.shape[-1]) if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim >= 2 else None
 
 
 def positive_int(name, value) -> int:
@@ -196,7 +376,9 @@ def float_inputs(inputs, params, carry=None):
     wider than the one entering it (a scan-type error deep in JAX). Others are returned as given."""
     if not hasattr(inputs, "dtype") or not jnp.issubdtype(inputs.dtype, jnp.floating):
         return inputs
-    dts = [a.dtype for a in jax.tree.leaves((params, carry))
+    # canonical dtypes: a float64 numpy carry while x64 is off is float32 to JAX (and asking
+    # result_type about float64 itself would warn)
+    dts = [jax.dtypes.canonicalize_dtype(a.dtype) for a in jax.tree.leaves((params, carry))
            if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)]
     if not dts:
         return inputs
@@ -268,15 +450,24 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
         converge; "auto" picks by backend and size (`jrnn.parallel.auto_method`). Masks work
         with every method; `remat` and `unroll` belong to the sequential scan.
 
+    `params` are checked against the cell's own init first (`check_cell_params`, sizes read off
+    the params), so a transposed or missing weight is named, not met as a shape error mid-scan.
+
     Returns:
       (hs `[T, ..., H]`, final carry).
     """
+    check_cell(cell)
     parallel.check_method(method)
     reverse, remat = checks.boolean("reverse", reverse), checks.boolean("remat", remat)   # "False" is truthy
     if remat and method not in ("sequential", "auto"):
         raise ValueError(f"remat applies to the sequential scan only, not to method={method!r}")
-    inputs = jnp.asarray(inputs)
-    check_time_axis(inputs.shape)
+    x = host_inputs(inputs)
+    sizes = check_cell_params(cell, params, features=dense_features(x))
+    if sizes is not None and dense_features(x) not in (None, sizes[0]):
+        # params that agree among themselves: the inputs are wrong (as the built-in cells'
+        # `project` says too; a custom one might not check)
+        raise ValueError(f"dense inputs need last dim {sizes[0]} (input_size), got shape {tuple(x.shape)}")
+    inputs = jnp.asarray(x)
     inputs = float_inputs(inputs, params, carry)
     if mask is not None:
         losses._check_mask(mask)   # 0/1 only, as the losses read it: 0.5 or NaN is not a step
@@ -334,10 +525,27 @@ def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str
     the first real step."""
     if merge not in ("concat", "sum"):
         raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
+    check_cell(cell)
+    x = host_inputs(inputs)
+    _check_directions(cell, params_fwd, params_bwd, "params_fwd", "params_bwd", dense_features(x))
+    if carry is not None and not (isinstance(carry, Directions) or (type(carry) in (tuple, list) and len(carry) == 2)):
+        raise TypeError(f"carry must be a (forward, backward) pair of carries, e.g. Directions(cf, cb), got "
+                        f"{type(carry).__name__}")
     cf, cb = (None, None) if carry is None else carry
+    inputs = x
     hf, cf = run(cell, params_fwd, inputs, cf, mask=mask, unroll=unroll, remat=remat, method=method)
     hb, cb = run(cell, params_bwd, inputs, cb, mask=mask, reverse=True, unroll=unroll, remat=remat, method=method)
     return (jnp.concatenate([hf, hb], -1) if merge == "concat" else hf + hb), Directions(cf, cb)
+
+
+def _check_directions(cell, fwd, bwd, where_f, where_b, features):
+    """Both directions' params checked (`check_cell_params`) and of the same sizes; their (D, H)."""
+    sf = check_cell_params(cell, fwd, where=where_f, features=features)
+    sb = check_cell_params(cell, bwd, where=where_b, features=features)
+    if sf is not None and sb is not None and sf != sb:
+        raise ValueError(f"{where_b} have input_size {sb[0]} and hidden_size {sb[1]}, {where_f} {sf[0]} and {sf[1]}: "
+                         f"both directions need the same sizes")
+    return sf
 
 
 def _bidirectional_layer(cell, params, inputs, carry=None, *, reverse, **kw):
@@ -356,6 +564,18 @@ def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float
     reverse, remat = checks.boolean("reverse", reverse), checks.boolean("remat", remat)
     if checks.boolean("bidirectional", bidirectional) and reverse:
         raise ValueError("reverse does not apply to a bidirectional stack: it reads both directions already")
+    check_cell(cell)
+    if type(layer_params) not in (tuple, list) or not layer_params:
+        raise TypeError(f"layer_params must be a tuple with one cell params per layer (at least one), got "
+                        f"{type(layer_params).__name__}" + (" of none" if type(layer_params) in (tuple, list) else ""))
+    if carries is not None and (type(carries) not in (tuple, list) or len(carries) != len(layer_params)):
+        # zipped with fewer carries, the layers past them would be dropped and the states of
+        # the last one given returned as the top layer's
+        raise ValueError(f"carries must be a tuple with one carry per layer ({len(layer_params)}), or None for "
+                         f"zeros, got {type(carries).__name__}"
+                         + (f" of {len(carries)}" if type(carries) in (tuple, list) else ""))
+    inputs = host_inputs(inputs)
+    _check_layers(cell, layer_params, dense_features(inputs), bidirectional)
     layer = _bidirectional_layer if bidirectional else run
     carries = (None,) * len(layer_params) if carries is None else carries
     hs, finals = inputs, []
@@ -365,6 +585,25 @@ def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float
         hs, c = layer(cell, p, hs, c, mask=mask, unroll=unroll, reverse=reverse, remat=remat, method=method)
         finals.append(c)
     return hs, tuple(finals)
+
+
+def _check_layers(cell, layer_params, features, bidirectional) -> None:
+    """Every layer's params checked (`check_cell_params`), each layer > 0 reading the features the
+    one below outputs (H, 2H if bidirectional)."""
+    width = features
+    for i, p in enumerate(layer_params):
+        where = f"layer_params[{i}]"
+        if bidirectional:
+            if not (isinstance(p, Directions) or (type(p) in (tuple, list) and len(p) == 2)):
+                raise TypeError(f"{where} must be a (forward, backward) pair of cell params, e.g. Directions(pf, pb), "
+                                f"as bidirectional=True takes, got {type(p).__name__}")
+            sizes = _check_directions(cell, p[0], p[1], where + ".forward", where + ".backward", width)
+        else:
+            sizes = check_cell_params(cell, p, where=where, features=width)
+        if i > 0 and sizes is not None and width is not None and sizes[0] != width:
+            raise ValueError(f"{where} read {sizes[0]} features (their input_size), but layer {i - 1} outputs "
+                             f"{width}" + (" (2H: bidirectional)" if bidirectional else " (its hidden_size)"))
+        width = None if sizes is None else sizes[1] * (2 if bidirectional else 1)
 
 
 def check_dropout(dropout, key) -> None:
@@ -378,19 +617,9 @@ def check_dropout(dropout, key) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if dropout > 0.0 and key is None:
         raise ValueError("dropout needs a PRNG key (pass key=...; use dropout=0 at evaluation)")
-    if dropout > 0.0 and not _is_key(key):
+    if dropout > 0.0 and not checks.is_key(key):
         raise TypeError(f"dropout's key must be one PRNG key (jax.random.key(seed), or a legacy "
                         f"jax.random.PRNGKey(seed)), got {type(key).__name__} of shape {np.shape(key)}")
-
-
-def _is_key(key) -> bool:
-    """One PRNG key: a typed key array of shape (), or a legacy uint32 [2] key."""
-    dtype = getattr(key, "dtype", None)
-    if dtype is None:
-        return False
-    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        return key.shape == ()
-    return dtype == jnp.uint32 and key.shape == (2,)
 
 
 def dropout_keep(key, rate, n_layers: int, layer: int, shape) -> jax.Array:

@@ -34,6 +34,24 @@ def _generate(model, params, key, prime, carry, temperature, *, n):
     return toks, carry
 
 
+def _temperature(temperature) -> float:
+    """A positive finite number as a Python float: ints, floats, numpy scalars and concrete 0-d
+    numpy or jax arrays of a real dtype; a TypeError or ValueError naming it otherwise."""
+    real = isinstance(temperature, (int, float, np.integer, np.floating)) or (
+        isinstance(temperature, (np.ndarray, jax.Array)) and temperature.ndim == 0
+        and (jnp.issubdtype(temperature.dtype, jnp.floating) or jnp.issubdtype(temperature.dtype, jnp.integer)))
+    if isinstance(temperature, (bool, np.bool_)) or not real:
+        raise TypeError(f"temperature must be a number (a scalar), got {type(temperature).__name__} of shape "
+                        f"{np.shape(temperature) if hasattr(temperature, 'shape') else ()}")
+    if isinstance(temperature, jax.core.Tracer):
+        raise TypeError("temperature must be a concrete number, got a traced value: generate compiles its own "
+                        "sampling loop, call it outside jax.jit")
+    value = float(temperature)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {value}")
+    return value
+
+
 def generate(model, params, key, prime, n: int, *, temperature: float = 1.0, carry=None):
     """Sample n token ids after reading `prime`.
 
@@ -41,23 +59,22 @@ def generate(model, params, key, prime, n: int, *, temperature: float = 1.0, car
       model: a `jrnn.model.Model` whose input and output vocabularies agree (e.g.
         `jrnn.lm.model(...)`, `jrnn.elman.model(vocab_size=...)`).
       params: its params (for the Elman model, the seeds' `ElmanParams` too).
-      key: PRNG key; the same key gives the same sample.
+      key: one PRNG key (`jax.random.key(seed)` or a legacy `PRNGKey`); the same key gives
+        the same sample.
       prime: token ids `[P]`, P >= 1 (min-char-rnn primes with one char).
       n: number of tokens to generate.
       temperature: logits are divided by it (< 1 sharper, > 1 flatter); a positive finite
-        number (numpy scalars too). As it goes to 0 sampling becomes greedy; a temperature so
-        small that logits / temperature is not finite in the params' dtype is greedy decoding
-        (argmax) exactly.
+        number (numpy scalars and concrete 0-d arrays too). As it goes to 0 sampling becomes
+        greedy; a temperature so small that logits / temperature is not finite in the params'
+        dtype is greedy decoding (argmax) exactly.
       carry: the model's carry before the prime (zeros if None; see `jrnn.model.zeros`).
 
     Returns:
       (ids `[n]` int32, final carry).
     """
     n = checks.integer("n", n)
-    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, (int, float, np.integer, np.floating)):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    if not math.isfinite(float(temperature)) or temperature <= 0:
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    key = checks.prng_key("key", key)
+    temperature = _temperature(temperature)
     model_lib.check_causal(model, "generate (sampling feeds each token back)")
     layers = model_lib.layer_params(model, params)
     if model.input_size != model.output_size:
@@ -68,5 +85,5 @@ def generate(model, params, key, prime, n: int, *, temperature: float = 1.0, car
         raise ValueError(f"prime must be a non-empty 1-D array of token ids, got shape {prime.shape}, dtype {prime.dtype}")
     model_lib.rnn.check_input_array(model.input_size, prime)
     carry = model_lib.carries(model, layers, (), carry)
-    temp = jnp.asarray(float(temperature), jnp.result_type(params.w_hy))
+    temp = jnp.asarray(temperature, jnp.result_type(params.w_hy))
     return _generate(model, params, key, jnp.asarray(prime, jnp.int32), carry, temp, n=int(n))

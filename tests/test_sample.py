@@ -120,3 +120,43 @@ def test_carry_given_as_a_list_is_converted(params):
     assert np.array_equal(a, b)
     with pytest.raises(TypeError, match="carry"):
         jrnn.generate(MODEL, params, jax.random.key(5), [3], 10, carry={"h": h})
+
+
+@pytest.mark.parametrize("temperature", [np.array(0.7), jnp.asarray(0.7), jnp.asarray(0.7, jnp.float32), np.array(2)])
+def test_a_concrete_0d_array_temperature_equals_the_python_number(params, temperature):
+    # before: "temperature must be a number, got ArrayImpl" (or ndarray) for a scalar array
+    a, _ = jrnn.generate(MODEL, params, jax.random.key(6), [1], 20, temperature=temperature)
+    b, _ = jrnn.generate(MODEL, params, jax.random.key(6), [1], 20, temperature=float(temperature))
+    assert np.array_equal(a, b)
+
+
+def test_a_temperature_array_of_another_shape_or_traced_is_a_type_error_naming_it(params):
+    with pytest.raises(TypeError, match=r"^temperature must be a number \(a scalar\), got ArrayImpl of shape \(1,\)$"):
+        jrnn.generate(MODEL, params, jax.random.key(0), [1], 5, temperature=jnp.asarray([0.7]))
+    with pytest.raises(TypeError, match=r"^temperature must be a number \(a scalar\), got ndarray of shape \(\)$"):
+        jrnn.generate(MODEL, params, jax.random.key(0), [1], 5, temperature=np.array(True))
+    with pytest.raises(TypeError, match=r"^temperature must be a concrete number, got a traced value"):
+        jax.jit(lambda t: jrnn.generate(MODEL, params, jax.random.key(0), [1], 5, temperature=t)[0])(0.7)
+    with pytest.raises(ValueError, match=r"^temperature must be finite and > 0, got -1\.0$"):
+        jrnn.generate(MODEL, params, jax.random.key(0), [1], 5, temperature=jnp.asarray(-1.0))
+
+
+@pytest.mark.parametrize("key", [0, np.uint32(3), jax.random.split(jax.random.key(0)), jax.random.PRNGKey(0)[None]])
+def test_a_key_that_is_not_one_prng_key_is_a_type_error_naming_it(params, key):
+    # before: JAX's "invalid PRNG key data" or "split accepts a single key" from inside the jit
+    with pytest.raises(TypeError, match=r"^key must be one PRNG key \(jax\.random\.key\(seed\)"):
+        jrnn.generate(MODEL, params, key, [1], 5)
+
+
+@pytest.mark.parametrize("prime,match", [([-1], "token ids must lie in"), ([1.0], "non-empty 1-D array of token ids"),
+                                         ([[1, 2]], "non-empty 1-D array"), (np.int64(2), "non-empty 1-D array"),
+                                         (np.array([2 ** 32 + 1], np.int64), "token ids must lie in")])
+def test_odd_primes_are_value_errors_naming_the_prime_or_its_ids(params, prime, match):
+    with pytest.raises(ValueError, match=match):
+        jrnn.generate(MODEL, params, jax.random.key(0), prime, 5)
+
+
+def test_a_vocabulary_of_one_samples_its_only_token():
+    model = jrnn.lm.model("gru", vocab_size=1, hidden_size=1)
+    toks, _ = jrnn.generate(model, model.init(jax.random.key(0)), jax.random.key(1), [0], 4)
+    assert list(np.asarray(toks)) == [0, 0, 0, 0]
