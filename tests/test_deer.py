@@ -258,3 +258,121 @@ def test_elk_converges_where_deer_overflows():
     assert bool(deer.fell_back) and int(deer.iterations) == 50 and not np.isfinite(float(deer.residual))
     assert not bool(elk.fell_back) and int(elk.iterations) < 50 and float(elk.residual) <= 1e-5
     np.testing.assert_allclose(hs, seq, atol=1e-4)
+
+
+TINY_RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-8}
+
+
+# default suite: each method once, float32 and float64 alternating; the full suite every pair
+TINY_FAST = {("deer", jnp.float32), ("quasi_elk", jnp.float32), ("quasi_deer", jnp.float64), ("elk", jnp.float64)}
+
+
+@pytest.mark.parametrize("method,dtype", [
+    pytest.param(m, d, marks=() if (m, d) in TINY_FAST else pytest.mark.slow)
+    for m in parallel.PARALLEL_METHODS for d in (jnp.float32, jnp.float64)])
+def test_tiny_states_converge_relative_to_their_scale(method, dtype):
+    """Inputs of 1e-7 give states of ~1e-7, below the default tol: an absolute test passed the
+    zero initial guess for converged after 0 iterations (outputs 100% off, dL/dW_h exactly 0).
+    The relative test iterates, and outputs and gradients match the sequential scan."""
+    p = cells.GRU.init(jax.random.key(0), 3, 4, dtype)
+    xs = jnp.asarray(1e-7 * np.random.RandomState(0).randn(8, 2, 3), dtype)
+    w = jnp.asarray(np.random.RandomState(1).randn(8, 2, 4), dtype)
+    loss = lambda p, m: jnp.sum(jrnn.rnn.run(cells.GRU, p, xs, method=m)[0] * w)
+    hs_seq = jrnn.rnn.run(cells.GRU, p, xs)[0]
+    assert 0 < float(jnp.max(jnp.abs(hs_seq))) < 1e-5
+    hs, info = parallel.evaluate(cells.GRU.step, p, cells.GRU.project(p, xs), jnp.zeros((2, 4), dtype), method=method)
+    assert int(info.iterations) >= 1 and not bool(info.fell_back), info
+    assert_trees_close(hs, hs_seq, rtol=TINY_RTOL[dtype])
+    g, g_seq = jax.grad(loss)(p, method), jax.grad(loss)(p, "sequential")
+    assert float(jnp.max(jnp.abs(g_seq.w_h))) > 0
+    assert_trees_close(g, g_seq, rtol=TINY_RTOL[dtype], what="gradient")
+
+
+def test_zero_guess_stops_at_iteration_0_only_where_it_is_the_fixed_point():
+    """Zero inputs, zero biases, h0 = 0: f(0) = 0 exactly, so the zero guess is the answer."""
+    p = cells.GRU.init(jax.random.key(0), 3, 4, jnp.float64)
+    us, h0 = jnp.zeros((5, 2, 12)), jnp.zeros((2, 4))
+    hs, info = parallel.evaluate(cells.GRU.step, p, us, h0, method="deer")
+    assert int(info.iterations) == 0 and float(info.residual) == 0.0 and not np.any(np.asarray(hs))
+
+
+@pytest.mark.parametrize("method", ["elk", "quasi_elk"])
+def test_elk_runs_a_single_step_sequence(method):
+    """T = 1: the RTS smoother appended its last gain as E[:1], empty when T = 1 (an
+    associative_scan shape error)."""
+    p = cells.LSTM.init(jax.random.key(0), 3, 4, jnp.float64)
+    xs = jnp.asarray(np.random.RandomState(0).randn(1, 2, 3))
+    assert_trees_close(jrnn.rnn.run(cells.LSTM, p, xs, method=method), jrnn.rnn.run(cells.LSTM, p, xs), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name,method", [("elman", "quasi_elk"), ("lstm", "deer"), ("gru", "quasi_elk")])
+def test_masked_reverse_parallel_solve_equals_the_masked_sequential_scan(name, method):
+    """Each cell's masked, length-aware reverse pass by a parallel method (the diagonal Kalman
+    path for two): states, final carry and gradients equal the sequential scan's (a cheap
+    default case per cell; the slow suite has the long ones)."""
+    cell = cells.get(name)
+    p = cell.init(jax.random.key(1), 3, 4, jnp.float64)
+    rng = np.random.RandomState(2)
+    xs, w = jnp.asarray(rng.randn(6, 3, 3)), jnp.asarray(rng.randn(6, 3, 4))
+    mask = np.arange(6)[:, None] < np.array([6, 3, 1])[None, :]
+
+    def loss(p, xs, m):
+        hs, c = jrnn.rnn.run(cell, p, xs, mask=mask, reverse=True, method=m)
+        return jnp.sum(jnp.sin(hs) * w) + sum(jnp.sum(a ** 2) for a in jax.tree.leaves(c)), (hs, c)
+
+    got = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xs, method)
+    ref = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xs, "sequential")
+    assert_trees_close(got, ref, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)])
+def test_half_precision_carries_converge_instead_of_always_falling_back(dtype):
+    """Iterated in half precision the residual stalls at ~1 eps, above the default 1e-5: every
+    call ran max_iters and fell back. Carries are iterated in float32 now (default tol 1 eps of
+    the half dtype): converged, within a couple of eps of the half-precision scan."""
+    p = jax.tree.map(lambda a: a.astype(dtype), cells.LSTM.init(jax.random.key(1), 3, 4))
+    xs = jnp.asarray(np.random.RandomState(0).randn(8, 2, 3), dtype)
+    us, c0 = cells.LSTM.project(p, xs), cells.LSTM.zeros(p, (2,))
+    seq = jrnn.rnn.run(cells.LSTM, p, xs)[0]
+    eps = float(jnp.finfo(dtype).eps)
+    assert parallel.default_tol(dtype) == eps
+    hs, info = parallel.evaluate(cells.LSTM.step, p, us, c0, method="deer")
+    assert hs.dtype == dtype and not bool(info.fell_back) and int(info.iterations) < 50, info
+    assert_trees_close(hs, seq, rtol=4 * eps)
+    g = jax.grad(lambda p: jnp.sum(jrnn.rnn.run(cells.LSTM, p, xs, method="deer")[0].astype(jnp.float32)))(p)
+    assert all(a.dtype == dtype and np.all(np.isfinite(np.asarray(a, np.float32))) for a in jax.tree.leaves(g))
+
+
+def test_solve_refuses_bad_tol_lam_reverse_max_iters_and_inputs_before_any_work():
+    p = cells.GRU.init(jax.random.key(0), 3, 4, jnp.float64)
+    us, h0 = cells.GRU.project(p, np.random.RandomState(0).randn(5, 2, 3)), jnp.zeros((2, 4))
+    ev = lambda **kw: parallel.evaluate(cells.GRU.step, p, kw.pop("us", us), kw.pop("h0", h0), method="elk", **kw)
+    # a relative tol >= 1 passed the zero guess for converged (iterations 0, fell_back False)
+    for bad in (1, 2.0, np.float64(1.0)):
+        with pytest.raises(ValueError, match=r"tol .* must lie in \(0, 1\)"):
+            ev(tol=bad)
+    for name in ("tol", "lam"):                       # True was read as 1
+        for bad in (True, np.bool_(False), "1e-5", None if name == "lam" else [1e-5]):
+            with pytest.raises(TypeError, match=f"{name} must be a real number"):
+                ev(**{name: bad})
+    with pytest.raises(ValueError, match="lam must be a positive finite number in the iteration's dtype"):
+        p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p)                       # inf in float32
+        parallel.evaluate(cells.GRU.step, p32, us.astype(jnp.float32), h0.astype(jnp.float32), method="elk", lam=1e300)
+    with pytest.raises(TypeError, match="reverse must be a bool"):     # "no" is truthy
+        ev(reverse="no")
+    with pytest.raises(ValueError, match="max_iters must be <= 2147483647"):
+        ev(max_iters=2 ** 40)
+    with pytest.raises(ValueError, match="empty sequence"):
+        ev(us=us[:0])
+    with pytest.raises(TypeError, match="xs must be an array"):
+        ev(us=np.asarray(us).tolist())
+    with pytest.raises(TypeError, match="carry0 must be a float array"):
+        ev(h0=jnp.zeros((2, 4), jnp.int32))
+    with pytest.raises(ValueError, match=r"step\(params, carry0, xs\[0\]\) fails"):
+        ev(h0=jnp.zeros((3, 4)))
+    # numpy and 0-d array numbers are numbers; a float32 carry into a float64 step is widened
+    # (the while loop's carry changed type: a JAX TypeError)
+    for kw in (dict(tol=np.float32(1e-6), lam=np.int64(2)), dict(tol=np.array(1e-6)), dict(h0=jnp.zeros((2, 4), jnp.float32))):
+        hs, info = ev(**kw)
+        assert hs.dtype == jnp.float64 and int(info.iterations) >= 1
+    assert not bool(info.fell_back)
