@@ -28,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jrnn import elman, hoisted, rnn
+from jrnn import elman, hoisted, initializers, rnn
 from jrnn.rnn import Cell
 
 __all__ = [   # the public API, documented in the API reference
@@ -44,10 +44,12 @@ __all__ = [   # the public API, documented in the API reference
 
 
 def _blocks(key, D, H, n, dtype):
-    """Glorot input blocks and orthogonal recurrent blocks, one per gate."""
+    """Glorot input blocks and orthogonal recurrent blocks, one per gate; sizes and dtype
+    checked first (initializers.check_sizes, check_dtype), half precision drawn in float32."""
+    D, H = initializers.check_sizes(D, H)
     ki, kh = jax.random.split(key)
-    w_i = jnp.concatenate([jax.nn.initializers.glorot_uniform()(k, (D, H), dtype) for k in jax.random.split(ki, n)], 1)
-    w_h = jnp.concatenate([jax.nn.initializers.orthogonal()(k, (H, H), dtype) for k in jax.random.split(kh, n)], 1)
+    w_i = jnp.concatenate([initializers.glorot_uniform(k, (D, H), dtype) for k in jax.random.split(ki, n)], 1)
+    w_h = jnp.concatenate([initializers.orthogonal(k, (H, H), dtype) for k in jax.random.split(kh, n)], 1)
     return w_i, w_h
 
 

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks, hoisted, losses, rnn
+from jrnn import checks, hoisted, initializers, losses, rnn
 from jrnn.rnn import Directions  # noqa: F401  (a bidirectional layer's params and carry)
 
 __all__ = [   # the public API, documented in the API reference
@@ -135,6 +135,7 @@ def make(cell: rnn.Cell, *, input_size: int, hidden_size: int, output_size: int,
 def init(model: Model, key, dtype=jnp.float32) -> Params:
     """Params from a PRNG key: the cell's own init per layer (per direction), Glorot readout
     `w_hy` [H, V] ([2H, V] bidirectional), zero output bias `b_y` [V]; V is `output_size`."""
+    dtype = initializers.check_dtype(dtype)   # before any draw: an int dtype was JAX's `uniform` error
     keys = jax.random.split(key, model.layers + 1)
     H = model.hidden_size
 
