@@ -124,6 +124,8 @@ def corpus_path(name: str, path: str | os.PathLike | None = None) -> Path:
 
 def decode_text(raw: bytes, source: str = "corpus") -> str:
     """Apply the text rules of this module to raw bytes."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise TypeError(f"decode_text takes the raw bytes of a file, got {type(raw).__name__}")
     if b"\x00" in raw:
         raise ValueError(f"{source} contains NUL bytes: not a text file")
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -171,12 +173,21 @@ class Vocab(NamedTuple):
 
 
 def build_vocab(text: str) -> Vocab:
-    """Sorted, so ids never depend on hash order (never `list(set(text))`)."""
+    """Sorted, so ids never depend on hash order (never `list(set(text))`). `text` is a str
+    (bytes would give a vocabulary of integers that `decode` cannot join) with at least one
+    character."""
+    if not isinstance(text, str):
+        raise TypeError(f"build_vocab takes text (a str), got {type(text).__name__}"
+                        + (": decode bytes with jrnn.data.decode_text" if isinstance(text, (bytes, bytearray)) else ""))
+    if not text:
+        raise ValueError("build_vocab got empty text: a vocabulary needs at least one character")
     return Vocab(tuple(sorted(set(text))))
 
 
 def _token_ids(ids, name: str = "ids") -> np.ndarray:
     """A 1-D array of non-negative integer token ids (a str, float or -1 is not a token id)."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be integer token ids, got text ({type(ids).__name__}): encode it with a Vocab")
     ids = np.asarray(ids)
     if ids.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence of tokens, got shape {ids.shape}")
@@ -231,6 +242,12 @@ def pad_batch(sequences, length: int | None = None, *, bucket: int | None = None
 
     T is `length` if given, else the longest sequence rounded up with `bucket_length`.
     """
+    if isinstance(sequences, (str, bytes)):
+        raise TypeError("pad_batch takes a list of token-id sequences, got text: encode each with a Vocab")
+    sequences = list(sequences)
+    for i, s in enumerate(sequences):
+        if isinstance(s, (str, bytes)):
+            raise TypeError(f"sequence {i} is text ({s[:20]!r}), not token ids: encode it with a Vocab")
     seqs = [np.asarray(s) for s in sequences]
     if not seqs or any(s.ndim != 1 or s.size == 0 for s in seqs):
         raise ValueError("pad_batch needs a non-empty list of non-empty 1-D sequences")

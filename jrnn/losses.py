@@ -84,9 +84,17 @@ def softmax_cross_entropy(logits, labels, *, mask=None, reduction: str = "mean")
     logits = jnp.asarray(logits)
     if logits.ndim < 1:
         raise ValueError(f"logits must be [..., V], got a scalar of shape {logits.shape}")
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(f"logits must be floats [..., V], got {logits.dtype}")
     _check_labels(labels, logits.shape[-1])
+    if not hasattr(labels, "dtype"):   # nested lists, as numpy reads them (checked above)
+        labels = np.asarray(labels)
     if jnp.shape(labels) != logits.shape[:-1]:
         raise ValueError(f"labels shape {jnp.shape(labels)} does not match logits {logits.shape[:-1]}")
+    if mask is not None and np.shape(mask) == logits.shape[:-1]:
+        # the first "where" of the double where: reduce's where zeroes a padded NaN/inf loss,
+        # but its gradient would still be NaN * 0 = NaN through the padded logits
+        logits = jnp.where(jnp.asarray(mask, bool)[..., None], logits, 0.0)
     per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if isinstance(labels, jax.core.Tracer):
         # unchecked (traced) labels: -1 would read class V-1 and give a finite, wrong loss; an
@@ -102,12 +110,19 @@ def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, reduction: str =
     the unmasked elements), "sum" or "none" (the per-element losses `[...]`). Targets outside
     [0, 1] or of another shape are a ValueError."""
     logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(f"logits must be floats, got {logits.dtype}")
     if not isinstance(targets, jax.core.Tracer):
-        t = np.asarray(targets, np.float64)
+        t = np.asarray(targets)
+        if t.dtype.kind not in "biuf":
+            raise TypeError(f"targets must be numbers in [0, 1], got {t.dtype}")
+        t = t.astype(np.float64)
         if t.size and not np.all((t >= 0) & (t <= 1)):  # NaN fails too
             bad = t[~((t >= 0) & (t <= 1))]
             raise ValueError(f"targets must be probabilities in [0, 1], got {bad[:5].tolist()}")
     targets = jnp.asarray(targets, logits.dtype)
     if targets.shape != logits.shape:
         raise ValueError(f"targets shape {targets.shape} != logits shape {logits.shape}")
+    if mask is not None and np.shape(mask) == logits.shape:   # double where, as above
+        logits = jnp.where(jnp.asarray(mask, bool), logits, 0.0)
     return reduce(optax.sigmoid_binary_cross_entropy(logits, targets), mask, reduction)

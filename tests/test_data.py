@@ -233,3 +233,25 @@ def test_pad_batch_refuses_ids_it_would_change(seqs, kw, err):
 def test_pad_batch_accepts_numpy_integer_ids_and_pad_id():
     ids, mask = data.pad_batch([np.array([3, 4], np.int64), [5]], pad_id=np.int32(7))
     assert ids.tolist() == [[3, 4], [5, 7]] and mask.tolist() == [[True, True], [True, False]]
+
+
+def test_text_where_token_ids_are_expected_is_a_named_type_error():
+    """A str read as a 0-d array ("got shape ()") or as one sequence per character; bytes
+    made a vocabulary of integers; decode_text of a str failed inside `in`."""
+    with pytest.raises(TypeError, match="got text"):
+        data.chunks("abcdef", 2)
+    with pytest.raises(TypeError, match="got text"):
+        data.streams("abcdef", 1, 2)
+    with pytest.raises(TypeError, match="sequence 1 is text"):
+        data.pad_batch([[1, 2], "ab"])
+    with pytest.raises(TypeError, match="got text"):
+        data.pad_batch("abc")
+    with pytest.raises(TypeError, match="decode bytes with jrnn.data.decode_text"):
+        data.build_vocab(b"abc")
+    with pytest.raises(ValueError, match="empty text"):
+        data.build_vocab("")
+    with pytest.raises(TypeError, match="raw bytes"):
+        data.decode_text("ab")
+    ids, mask = data.pad_batch(iter([[1, 2], np.array([3])]))   # any iterable, ragged
+    np.testing.assert_array_equal(ids, [[1, 2], [3, 0]])
+    np.testing.assert_array_equal(mask, [[True, True], [True, False]])

@@ -117,3 +117,31 @@ def test_an_empty_batch_has_mean_loss_zero_like_an_all_padding_batch_not_nan():
     loss, grads = jax.value_and_grad(lambda p: model.loss(p, labels, labels)[0])(p)
     assert float(loss) == 0.0
     assert all(bool(jnp.all(g == 0)) for g in jax.tree.leaves(grads))
+
+
+def test_nan_logits_at_padded_steps_leave_the_gradient_finite(rng):
+    """reduce's where zeroed the padded loss, but its gradient was NaN * 0 = NaN through the
+    padded logits: the logits are zeroed there first (double where), for both losses."""
+    logits = jnp.asarray(rng.randn(4, 2, 5)).at[0, 0].set(jnp.nan)
+    labels = rng.randint(0, 5, (4, 2))
+    mask = np.ones((4, 2), bool)
+    mask[0, 0] = False
+    value, g = jax.value_and_grad(lambda l: losses.softmax_cross_entropy(l, labels, mask=mask))(logits)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(g))) and not np.any(np.asarray(g)[0, 0])
+    ref = losses.softmax_cross_entropy(logits.at[0, 0].set(1.0), labels, mask=mask, reduction="sum")
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels, mask=mask, reduction="sum"), ref, rtol=1e-12)
+    b_logits, targets = logits[..., 0], (rng.rand(4, 2) > 0.5).astype(float)
+    g = jax.grad(lambda l: losses.sigmoid_binary_cross_entropy(l, targets, mask=mask))(b_logits)
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_label_lists_are_read_as_numpy_reads_them_and_bad_dtypes_are_named(rng):
+    logits, labels = jnp.asarray(rng.randn(3, 4)), rng.randint(0, 4, 3)
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels.tolist()),   # was a JAX dtype error
+                               losses.softmax_cross_entropy(logits, labels), rtol=1e-12)
+    with pytest.raises(TypeError, match="logits must be floats"):
+        losses.softmax_cross_entropy(np.ones((3, 4), int), labels)
+    with pytest.raises(TypeError, match="logits must be floats"):
+        losses.sigmoid_binary_cross_entropy(np.ones((3,), int), np.ones(3))
+    with pytest.raises(TypeError, match="targets must be numbers"):
+        losses.sigmoid_binary_cross_entropy(logits, np.full((3, 4), "a"))
