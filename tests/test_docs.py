@@ -4,7 +4,9 @@ its summary quotes the generated tables; the built site has its pages and its li
 
 A block may opt out only with a first line `# readme-test: skip (<why it cannot run here>)`, e.g.
 a GPU-only example; the reason is required. A first line `# readme-test: slow` runs the block in
-the full suite only.
+the full suite only. The default suite runs README.md's blocks; every docs page's blocks run in the
+full suite (`-m "slow or not slow"`, as CI runs it): each is a fresh interpreter that imports JAX
+and compiles its own programs, together about two minutes of the default suite's budget.
 """
 
 import ast
@@ -56,7 +58,7 @@ def first_line(code):
 
 
 @pytest.mark.parametrize("name, line, code", [
-    pytest.param(name, n, c, marks=pytest.mark.slow if SLOW.match(first_line(c)) else ())
+    pytest.param(name, n, c, marks=pytest.mark.slow if SLOW.match(first_line(c)) or name != "README.md" else ())
     for name, n, c in BLOCKS], ids=[f"{name}:{n}" for name, n, _ in BLOCKS])
 def test_docs_python_block_runs(name, line, code, tmp_path):
     first = first_line(code)
