@@ -36,6 +36,9 @@ __all__ = [   # the public API, documented in the API reference
 
 def check_k(k1, k2) -> tuple[int, int]:
     """(k1, k2) as ints with 1 <= k1 <= k2, or a clear error."""
+    if (k1 is None) != (k2 is None):   # was "TBPTT k2 must be an integer, got NoneType None"
+        raise ValueError(f"TBPTT needs both k1 and k2, got k1={k1!r}, k2={k2!r} (k1 = k2 = T is full BPTT; "
+                         f"leave both out for the untruncated loss)")
     k1, k2 = checks.integer("TBPTT k1", k1, minimum=None), checks.integer("TBPTT k2", k2, minimum=None)
     if not 1 <= k1 <= k2:
         raise ValueError(f"TBPTT needs integers 1 <= k1 <= k2, got k1={k1}, k2={k2}")
