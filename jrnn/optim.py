@@ -11,6 +11,7 @@ notebook's "Rprop" rule (source notebooks 000-004; see the README's "Reproduced 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -54,9 +55,26 @@ def check_learning_rate(lr) -> float:
     return float(lr)
 
 
+def _number(name: str, value, *, minimum: float = 0.0, strict: bool = True) -> float:
+    """`value` as a finite float > `minimum` (>= with strict=False), or a TypeError/ValueError
+    naming `name` (bools, strings and NaN refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be finite and {'>' if strict else '>='} {minimum:g}, got {value}")
+    return value
+
+
 def with_clipping(optimizer: optax.GradientTransformation, *, clip_value: float | None = None,
                   clip_norm: float | None = None) -> optax.GradientTransformation:
-    """Clip gradients elementwise to +-clip_value and/or to global norm clip_norm, then optimize."""
+    """Clip gradients elementwise to +-clip_value and/or to global norm clip_norm, then optimize.
+    Each, when given, must be a finite number > 0 (None: no clipping): 0 stopped training
+    silently, a negative clip_value turned descent into ascent, NaN made every update NaN."""
+    if clip_value is not None:
+        clip_value = _number("clip_value (None for no clipping)", clip_value)
+    if clip_norm is not None:
+        clip_norm = _number("clip_norm (None for no clipping)", clip_norm)
     parts = []
     if clip_value is not None:
         parts.append(optax.clip(clip_value))
@@ -77,6 +95,7 @@ def karpathy_adagrad(learning_rate=0.1, *, clip_value=5.0, eps=1e-8) -> optax.Gr
     optax's defaults differ (accumulator starts at 0.1, eps 1e-7); min-char-rnn starts at 0.
     """
     lr = check_learning_rate(learning_rate)
+    eps = _number("eps", eps, strict=False)   # a negative eps can make sqrt(mem + eps) NaN
     return with_clipping(optax.adagrad(lr, initial_accumulator_value=0.0, eps=eps), clip_value=clip_value)
 
 
@@ -99,7 +118,14 @@ class SeedRpropState(NamedTuple):
 
 def scale_by_seed_rprop(eta_plus=1.2, eta_minus=0.5, lo=0.01, hi=100.0) -> optax.GradientTransformation:
     """The Rprop notebook's rule: multiplier *= 1.2 where sign(g) == sign(g_prev), else *= 0.5, clipped to
-    [0.01, 100]; the update is g * multiplier. Unlike Rprop it keeps the gradient's magnitude."""
+    [0.01, 100]; the update is g * multiplier. Unlike Rprop it keeps the gradient's magnitude.
+    Needs 0 < eta_minus < 1 < eta_plus and 0 < lo <= hi (finite), else a ValueError."""
+    eta_plus, eta_minus = _number("eta_plus", eta_plus, minimum=1.0), _number("eta_minus", eta_minus)
+    lo, hi = _number("lo", lo), _number("hi", hi)
+    if eta_minus >= 1.0:
+        raise ValueError(f"eta_minus must lie in (0, 1) (it shrinks the step on a sign change), got {eta_minus}")
+    if lo > hi:
+        raise ValueError(f"lo must be <= hi (the multiplier's bounds), got lo={lo}, hi={hi}")
 
     def init(params):
         ones = jax.tree.map(jnp.ones_like, params)
