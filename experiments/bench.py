@@ -595,6 +595,10 @@ def main(argv=None):
                     help="seconds: start no new measurement after this; what was measured is kept")
     ap.add_argument("--deer", action="store_true", help="benchmark parallel-in-time DEER / quasi-DEER against the sequential scan")
     args = ap.parse_args(argv)
+    if args.only is not None and not args.only.strip(", "):
+        # `--only "$IMPLS"` with the variable unset would otherwise run every implementation
+        raise ValueError(f"--only names no implementation, got {args.only!r}; e.g. --only jrnn,torch (leave it out "
+                         "for all)")
     if args.deer and (args.only or args.configs or args.cell != "elman" or args.gpu_quick):
         raise ValueError("--deer runs its own configurations and methods: drop --only / --configs / --cell / --gpu-quick")
     configs = args.configs

@@ -76,6 +76,7 @@ _NAME = re.compile(r"^ckpt_(\d{10})\.npz$")
 RUN_FILE = "run.json"
 MAX_STEP = 10**10 - 1   # file names hold 10 digits: a larger or negative step would never be listed
 _FOLDER = object()   # load_latest's default: the run that owns the folder
+_RESCANS = 10   # load_latest lists a folder again when a file vanished before it was read, at most this often
 
 
 class RunConflictError(ValueError):
@@ -414,6 +415,8 @@ def _header_of(path: Path) -> dict:
     try:
         with open(path, "rb") as f, _zip(f, path) as zf:
             return _read_header(zf, path)
+    except FileNotFoundError:
+        raise   # gone since it was listed (the writing run pruned it): not damage
     except OSError as e:
         raise _damaged(path, f"it cannot be read ({e.strerror or e})") from None
 
@@ -456,6 +459,8 @@ def _scan(directory, run_id) -> tuple[list[tuple[Path, dict]], list[tuple[Path, 
     for p in list_checkpoints(directory):
         try:
             h = _header_of(p)
+        except FileNotFoundError:   # pruned by the run writing there since it was listed
+            continue
         except ValueError as e:
             unreadable.append((p, str(e)))
             continue
@@ -597,6 +602,8 @@ def load(path, template, *, config: dict | None = None, vocab=None) -> Checkpoin
             header = _read_header(zf, path)
             _check_settings(header, path, config, vocab)
             leaves = [_read_leaf(zf, i, meta, path) for i, meta in enumerate(header["leaves"])]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint file at {path} (it was removed while being loaded)") from None
     except OSError as e:
         raise _damaged(path, f"it cannot be read ({e.strerror or e})") from None
     _check_leaves(header, path, paths, wanted)
@@ -612,21 +619,33 @@ def load_latest(directory, template, *, run_id=_FOLDER, **kw) -> Checkpoint | No
     The run is the folder's (its run.json; without one, the checkpoints written with no run id)
     unless `run_id` is given: another run's checkpoints are never loaded. Returns None if the run
     has none; mismatched config/vocab/template still raise (that is not damage), and a folder
-    whose candidates are all damaged raises CheckpointDamagedError.
+    whose candidates are all damaged raises CheckpointDamagedError. A file removed between the
+    listing and its read (the run writing there pruned it after a newer save) is no damage: the
+    folder is listed again and its newest write loaded.
     """
     if run_id is _FOLDER:
         run_id = _owner(directory)
-    mine, skipped = _scan(directory, run_id)
-    for path, _ in reversed(mine):
-        try:
-            ck = load(path, template, **kw)
-        except CheckpointDamagedError as e:
-            skipped.append((path, str(e)))
-            continue
-        for _, why in skipped:
-            warnings.warn(f"load_latest skipped a checkpoint it cannot load ({why}); loaded {ck.path}",
-                          SkippedCheckpointWarning, stacklevel=2)
-        return ck
+    for _attempt in range(_RESCANS):
+        mine, skipped = _scan(directory, run_id)
+        for path, _ in reversed(mine):
+            try:
+                ck = load(path, template, **kw)
+            except FileNotFoundError:
+                # the run writing there pruned it after a newer save (another process, e.g. an
+                # evaluator reading a live run's folder): that newer one is the latest now
+                break
+            except CheckpointDamagedError as e:
+                skipped.append((path, str(e)))
+                continue
+            for _, why in skipped:
+                warnings.warn(f"load_latest skipped a checkpoint it cannot load ({why}); loaded {ck.path}",
+                              SkippedCheckpointWarning, stacklevel=2)
+            return ck
+        else:
+            break
+    else:
+        raise FileNotFoundError(f"the checkpoints of {directory} were removed while being loaded, {_RESCANS} times "
+                                "in a row: is another process deleting them?")
     if skipped:
         raise CheckpointDamagedError(f"no usable checkpoint in {directory}: " + "; ".join(why for _, why in skipped))
     return None

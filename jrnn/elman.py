@@ -143,16 +143,46 @@ def zeros_carry(params: ElmanParams, batch_shape=()) -> jax.Array:
     return jnp.zeros((*batch_shape, params.w_hh.shape[0]), jax.dtypes.canonicalize_dtype(params.w_hh.dtype))
 
 
+def _scan(params, us, h0, *, mask=None, reverse=False, unroll=None, activation: str = "tanh"):
+    """The Elman cell's whole-sequence loop (`jrnn.elman_scan.run`), a `Cell.scan`."""
+    return elman_scan.run(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse, unroll=unroll)
+
+
+class _Activated:
+    """`fn(..., activation=activation)`: the Elman cell's step or scan for one activation.
+
+    Equal and hashable by `(fn, activation)`, and pickled as those two (`fn` is a module-level
+    function): a `Model` of the Elman cell then pickles, and a pickled or deep-copied one equals
+    the original and hits the same jit cache entry as a static argument. (A closure does not
+    pickle; a `functools.partial` deep-copies into an unequal new object.)"""
+    __slots__ = ("fn", "activation")
+
+    def __init__(self, fn, activation: str):
+        self.fn, self.activation = fn, activation
+
+    def __call__(self, *args, **kw):
+        return self.fn(*args, activation=self.activation, **kw)
+
+    def __eq__(self, other):
+        return type(other) is _Activated and (self.fn, self.activation) == (other.fn, other.activation)
+
+    def __hash__(self):
+        return hash((_Activated, self.fn, self.activation))
+
+    def __reduce__(self):
+        return _Activated, (self.fn, self.activation)
+
+    def __repr__(self):
+        return f"{self.fn.__name__}[activation={self.activation!r}]"
+
+
 @functools.lru_cache(maxsize=None)
 def cell(activation: str = "tanh") -> rnn.Cell:
     """The Elman recurrence as a `jrnn.rnn.Cell` (`jrnn.cells.ELMAN` is the tanh one). Cached, so
-    equal activations give the same (hashable, equal) cell and jitted models compile once."""
+    equal activations give the same (hashable, equal) cell and jitted models compile once; its
+    functions compare by value, so a pickled or deep-copied cell equals it too."""
     activation_fn(activation)
-
-    def scan(params, us, h0, *, mask=None, reverse=False, unroll=None):
-        return elman_scan.run(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse, unroll=unroll)
-
-    return rnn.Cell(cell_init, project, functools.partial(step, activation=activation), zeros_carry, scan,
+    return rnn.Cell(cell_init, project, _Activated(step, activation), zeros_carry, _Activated(_scan, activation),
                     name="elman" if activation == "tanh" else f"elman({activation})",
                     params=(ElmanCellParams, ElmanParams))
 

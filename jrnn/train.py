@@ -256,6 +256,8 @@ def _jit(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None):
     """`jax.jit(fn)`; with `check_ids`, checkify-ed so the id range checks that jrnn's gathers and
     losses add under a trace (`jrnn.checks`) run, and their error is raised after each call;
     with a `guard`, each call's skipped steps are counted by it."""
+    # bools only: donate="no" would donate, and check_ids=0 or "False" read as a truth value
+    donate, check_ids = checks.boolean("donate", donate), checks.boolean("check_ids", check_ids)
     donate_argnums = (0, 1) if donate else ()
     if not check_ids:
         jitted = jax.jit(fn, donate_argnums=donate_argnums)
@@ -283,7 +285,14 @@ def _jit(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None):
             # still gives a NaN loss, which the guard skips)
             return out
         if not isinstance(preds, dict) or any(np.any(np.asarray(f)) for f in flags):
-            err.throw()  # JaxRuntimeError (a ValueError) naming the range and the bad min/max
+            try:
+                err.throw()  # JaxRuntimeError (a ValueError) naming the range and the bad min/max
+            except ValueError as e:
+                # what the call returned, as on NonFiniteError: where the step donated params and
+                # opt_state, their old buffers are gone, and the guard kept them in `out` (an id
+                # out of range gives NaN rows, so the step was skipped)
+                e.state = out
+                raise
         return out if guard is None else guard(out)
 
     call._cache_size, call.lower = checked._cache_size, checked.lower
@@ -324,7 +333,10 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         `jax.default_matmul_precision` while the step is traced; dot products that set their
         own precision keep it. No effect on a CPU's float32 or on float64.
       check_ids: refuse token ids and labels out of range in jrnn's gathers and losses (a
-        ValueError after the call, naming the range and the bad min/max).
+        ValueError after the call, naming the range and the bad min/max). Its `state`, as a
+        `NonFiniteError`'s, holds what the call returned: with the guard the step was skipped
+        (the ids gave NaN rows), so its params and optimizer state are the ones passed in, to
+        keep where the step donated those.
 
     Returns:
       A jitted function; it compiles once per batch shape/dtype. `batch` is what `loss_fn`
@@ -451,7 +463,11 @@ def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransforma
             return jax.device_put(x, NamedSharding(mesh, P(*spec)))
         return put
 
-    check_ids = kw.pop("check_ids", True)
+    check_ids = checks.boolean("check_ids", kw.pop("check_ids", True))
+    multi_step = checks.boolean("multi_step", multi_step)   # "no" would build the K-step
+    # batch_axis >= 0: the K-step's batches are [K, ...], so it counts from one axis further in
+    batch_axis = checks.integer("batch_axis", batch_axis, minimum=0)
+    carry_axis = checks.integer("carry_axis", carry_axis, minimum=None)
     # counted here, on the metrics this step returns (across processes: once they are on the host)
     guard = _skip_guard(kw.get("guard_nonfinite", True),
                         kw.pop("max_consecutive_skips", DEFAULT_MAX_CONSECUTIVE_SKIPS), "make_data_parallel_step")
