@@ -316,14 +316,16 @@ def add_checkpoint_flags(ap, every_help: str):
     ap.checkpoints = CHECKPOINTS
 
 
-def find_resume(directory, args, template, *, omitted=None, **load_kw):
+def find_resume(directory, args, template, *, omitted=None, flags=None, **load_kw):
     """Before training, reading only: the checkpoint to continue from under --resume (None:
     start fresh). Without --resume, a run that will write checkpoints refuses a folder holding
     another run's (RunConflictError, a ValueError) unless --overwrite.
 
     A checkpoint written with another config or vocabulary (`load_kw`'s config=, vocab=) is
     refused naming each flag that differs and both values; `omitted` maps a config key that the
-    experiment leaves out at its default to that default (minchar writes "cell" only when not elman).
+    experiment leaves out at its default to that default (minchar writes "cell" only when not elman);
+    `flags` maps a config key that is not itself a flag's name to the flag that sets it (minchar's
+    "b_y": "--as-written").
     """
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run under --out, --overwrite replaces it: choose one")
@@ -337,7 +339,7 @@ def find_resume(directory, args, template, *, omitted=None, **load_kw):
         try:
             ck = None if run_id is None else checkpoint.load_latest(directory, template, run_id=run_id, **load_kw)
         except checkpoint.ConfigMismatchError as e:
-            raise ValueError(_resume_mismatch(e, args, omitted or {})) from None
+            raise ValueError(_resume_mismatch(e, args, omitted or {}, flags or {})) from None
         except checkpoint.CheckpointDamagedError as e:
             raise ValueError(f"--resume: {e}; move the damaged files away, or start over with --overwrite "
                              "(deletes the checkpoints) or another --out") from None
@@ -350,7 +352,7 @@ def find_resume(directory, args, template, *, omitted=None, **load_kw):
     return None
 
 
-def _resume_mismatch(e: checkpoint.ConfigMismatchError, args, omitted: dict) -> str:
+def _resume_mismatch(e: checkpoint.ConfigMismatchError, args, omitted: dict, flags: dict) -> str:
     """--resume refused: each setting of this command that differs from the checkpoint's run,
     named as its flag where it is one (config key seq_len: --seq-len), with both values."""
     parts = []
@@ -361,6 +363,9 @@ def _resume_mismatch(e: checkpoint.ConfigMismatchError, args, omitted: dict) -> 
                          "now): resume on the same corpus (--data)")
             continue
         there, here = (omitted.get(key, v) if v is checkpoint.ABSENT else v for v in (there, here))
+        if key in flags:   # a setting that a flag of another name sets
+            parts.append(f"{flags[key]}: {key} {there} in the checkpoint's run, {here} now")
+            continue
         name = f"--{key.replace('_', '-')}" if hasattr(args, key) else f"{key}:"
         parts.append(f"{name} {there} in the checkpoint's run, {name} {here} now")
     return (f"--resume: {e.path} was written by a run with other settings: {'; '.join(parts)}. Resume with the same "

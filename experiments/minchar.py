@@ -164,7 +164,8 @@ def find_resume(seed, vocab, args):
     ckpt_dir = args.out / "checkpoints" / f"seed_{seed}"
     state = {"params": params, "opt_state": optimizer(args.as_written).init(params), "h": model.zeros(params)[0]}
     ck = common.find_resume(ckpt_dir, args, state, config=checkpoint_config(seed, args.as_written, args.cell, args.precision),
-                            vocab=vocab.chars, omitted={"cell": "elman", "precision": "float32"})
+                            vocab=vocab.chars, omitted={"cell": "elman", "precision": "float32", "b_y": "trained"},
+                            flags={"b_y": "--as-written"})
     if ck is not None and ck.step > args.steps:   # its losses and state are past the run asked for
         raise ValueError(f"--steps {args.steps} is fewer than the {ck.step} iterations already in {ck.path}: "
                          f"pass --steps >= {ck.step} to continue that run, or --overwrite to start over")

@@ -2,6 +2,7 @@
 skip guard and its step builders, the validating Model, checkpoints read while a run writes them,
 the experiments' flags). Each test fails on the code before its fix."""
 
+import argparse
 import copy
 import pickle
 
@@ -12,7 +13,7 @@ import optax
 import pytest
 
 import jrnn
-from experiments import bench
+from experiments import bench, minchar
 from jrnn import cells, checkpoint, elman
 from jrnn.train import make_data_parallel_step
 
@@ -141,3 +142,22 @@ def test_bench_refuses_an_only_that_names_no_implementation(tmp_path, only):
     # `--only "$IMPLS"` with the variable unset ran every implementation at every config (minutes)
     with pytest.raises(ValueError, match="--only names no implementation"):
         bench.main(["--only", only, "--configs", "2,8,5,7", "--quiet", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("saved, now, named", [
+    (False, True, "--as-written: b_y trained in the checkpoint's run, frozen at 0 (seed 003b as written) now"),
+    (True, False, "--as-written: b_y frozen at 0 (seed 003b as written) in the checkpoint's run, trained now"),
+])
+def test_minchar_resume_across_as_written_names_the_flag(tmp_path, saved, now, named):
+    # was "b_y: (absent) in the checkpoint's run, b_y: frozen at 0 (seed 003b as written) now",
+    # naming no flag; the config is compared before the leaves, so any state stands in for the run's
+    vocab = jrnn.data.build_vocab("abc")
+    folder = tmp_path / "checkpoints" / "seed_0"
+    run = checkpoint.start_run(folder)
+    checkpoint.save(folder, {"w": np.zeros(1, np.float32)}, step=100, run_id=run, vocab=vocab.chars,
+                    config=minchar.checkpoint_config(0, saved))
+    args = argparse.Namespace(out=tmp_path, cell="elman", precision="float32", as_written=now, resume=True,
+                              overwrite=False, checkpoint_every=100, steps=200)
+    with pytest.raises(ValueError) as e:
+        minchar.find_resume(0, vocab, args)
+    assert named in str(e.value)
