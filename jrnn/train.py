@@ -223,12 +223,18 @@ class _SkipGuard:
         if not self.warned:
             self.warned = True
             first = self.counter.step + int(np.argmax(flags.reshape(-1))) + 1
-            warnings.warn(
-                f"{self.name}: training step {first} was skipped: its loss, gradient, new params or new optimizer "
-                f"state held NaN/inf, so params, opt_state and the carry were left as they were. {_SKIP_CAUSES} "
-                f"After {self.counter.limit} consecutive skipped steps this step function raises "
-                f"jrnn.train.NonFiniteError (max_consecutive_skips={self.counter.limit}; None turns that off). "
-                f"This warning is given once per step function.", RuntimeWarning, stacklevel=3)
+            try:
+                warnings.warn(
+                    f"{self.name}: training step {first} was skipped: its loss, gradient, new params or new optimizer "
+                    f"state held NaN/inf, so params, opt_state and the carry were left as they were. {_SKIP_CAUSES} "
+                    f"After {self.counter.limit} consecutive skipped steps this step function raises "
+                    f"jrnn.train.NonFiniteError (max_consecutive_skips={self.counter.limit}; None turns that off). "
+                    f"This warning is given once per step function.", RuntimeWarning, stacklevel=3)
+            except RuntimeWarning as w:
+                # warnings turned into errors (-W error, pytest's filterwarnings): the call's
+                # outputs go with it, as on NonFiniteError (a donating step's inputs are gone)
+                w.state = out
+                raise
         try:
             self.counter.update(flags)
         except NonFiniteError as e:
@@ -317,7 +323,8 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         so a step that can never succeed (labels out of range of an optax loss, a learning rate
         that overflows) stops instead of skipping silently forever; the first skipped step
         gives a RuntimeWarning (once per step function). The error's `state` holds what the
-        call returned; params and optimizer state are those of the last good step. The read
+        call returned; params and optimizer state are those of the last good step (so does the
+        warning's, where warnings are raised as errors). The read
         waits for the step to finish, as the `check_ids` read does anyway; with
         `check_ids=False` it is the call's only wait (the next call is then no longer
         dispatched while this one runs). None: no count, no warning, no read (count yourself,

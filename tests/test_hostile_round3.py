@@ -161,3 +161,19 @@ def test_minchar_resume_across_as_written_names_the_flag(tmp_path, saved, now, n
     with pytest.raises(ValueError) as e:
         minchar.find_resume(0, vocab, args)
     assert named in str(e.value)
+
+
+def test_the_skip_warning_raised_as_an_error_carries_the_state_of_a_donating_step():
+    # under -W error (pytest's filterwarnings = error) the first skipped step's RuntimeWarning is
+    # raised: before, the call's outputs went nowhere and its donated inputs were deleted
+    model, params = _lm()
+    keep = jax.tree.map(np.asarray, params)
+    opt = optax.sgd(0.1)
+    step = jrnn.make_step(lambda p, b, c: (model.loss(p, b[0], b[1], c)[0] * jnp.nan, None), opt, donate=True)
+    p = jax.tree.map(jnp.copy, params)
+    x = np.zeros((3, 2), np.int32)
+    with pytest.raises(RuntimeWarning, match="was skipped") as err:
+        step(p, opt.init(p), (x, x))
+    kept, _, metrics, _ = err.value.state
+    assert int(metrics["skipped"]) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(keep)))
