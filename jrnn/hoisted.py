@@ -37,6 +37,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from jrnn import rnn
 
@@ -152,7 +153,6 @@ def per_device(f, x, w, *, row_dims: int, unsplit=None):
     mesh = _SPLIT_MESH.get()
     if mesh is None or x.ndim <= row_dims + 1 or x.shape[1] % mesh.shape["data"]:
         return (unsplit or f)(x, w)
-    from jax.sharding import PartitionSpec as P
     rows = P(None, "data")
     return jax.shard_map(f, mesh=mesh, in_specs=(rows, P()), out_specs=rows)(x, w)
 
