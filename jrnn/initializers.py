@@ -16,6 +16,15 @@ import numpy as np
 
 from jrnn import checks
 
+__all__ = [   # the public API, documented in the API reference
+    "normal",
+    "uniform",
+    "uniform_fan_in",
+    "uniform01",
+    "weight",
+    "bias",
+]
+
 Initializer = Callable[..., jax.Array]
 
 SCHEMES = ("default", "normal", "uniform", "uniform_fan_in", "uniform01")
@@ -50,8 +59,9 @@ def _shape(shape) -> tuple:
 def _scale(name: str, value) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    # 0 is allowed: all-zero weights are a legitimate (if symmetric) start, used by the fuzz tests
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
     return float(value)
 
 

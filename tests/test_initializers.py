@@ -65,9 +65,10 @@ def test_initializers_refuse_scales_fans_shapes_and_schemes_that_gave_nan_or_sil
     with pytest.raises(TypeError, match="fan_in must be an integer"):
         initializers.uniform_fan_in(KEY, (2,), fan_in=True)
     for f in (initializers.normal, initializers.uniform):
-        for bad in (float("nan"), float("inf"), -1.0, 0.0):
-            with pytest.raises(ValueError, match="scale must be finite and > 0"):
+        for bad in (float("nan"), float("inf"), -1.0):
+            with pytest.raises(ValueError, match="scale must be finite and >= 0"):
                 f(KEY, (2,), scale=bad)
+        assert not np.any(np.asarray(f(KEY, (2,), scale=0.0)))   # scale 0: all-zero weights, allowed
         with pytest.raises(TypeError, match="scale must be a real number"):
             f(KEY, (2,), scale=True)
     with pytest.raises(ValueError, match="shape entries must be >= 0"):
