@@ -264,7 +264,8 @@ TINY_RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-8}
 
 
 # default suite: each method once, float32 and float64 alternating; the full suite every pair
-TINY_FAST = {("deer", jnp.float32), ("quasi_elk", jnp.float32), ("quasi_deer", jnp.float64), ("elk", jnp.float64)}
+# the default suite keeps one case of the property (the float32 DEER case the issue reported)
+TINY_FAST = {("deer", jnp.float32)}
 
 
 @pytest.mark.parametrize("method,dtype", [
@@ -305,7 +306,9 @@ def test_elk_runs_a_single_step_sequence(method):
     assert_trees_close(jrnn.rnn.run(cells.LSTM, p, xs, method=method), jrnn.rnn.run(cells.LSTM, p, xs), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name,method", [("elman", "quasi_elk"), ("lstm", "deer"), ("gru", "quasi_elk")])
+# the default suite keeps one case (the GRU); the scan's masked reverse runs for every cell in test_hoisted
+@pytest.mark.parametrize("name,method", [pytest.param("elman", "quasi_elk", marks=pytest.mark.slow),
+                                         pytest.param("lstm", "deer", marks=pytest.mark.slow), ("gru", "quasi_elk")])
 def test_masked_reverse_parallel_solve_equals_the_masked_sequential_scan(name, method):
     """Each cell's masked, length-aware reverse pass by a parallel method (the diagonal Kalman
     path for two): states, final carry and gradients equal the sequential scan's (a cheap
@@ -325,6 +328,7 @@ def test_masked_reverse_parallel_solve_equals_the_masked_sequential_scan(name, m
     assert_trees_close(got, ref, rtol=1e-8)
 
 
+@pytest.mark.slow   # 12 s of compiles: the full suite runs it
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)])
 def test_half_precision_carries_converge_instead_of_always_falling_back(dtype):
     """Iterated in half precision the residual stalls at ~1 eps, above the default 1e-5: every

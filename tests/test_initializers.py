@@ -11,7 +11,7 @@ from jrnn import cells, elman, initializers, lm
 KEY = jax.random.key(0)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float16, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
 def test_every_cell_and_scheme_inits_in_half_precision(dtype):
     """The orthogonal recurrent init's QR has no float16/bfloat16 kernel (a NotImplementedError
     from jaxlib's LAPACK): it is drawn in float32 and rounded."""

@@ -20,7 +20,8 @@ def setup(cell):
     return model, model.init(jax.random.key(1), jnp.float64), rng.randint(0, V, (T, B)), rng.randint(0, V, (T, B))
 
 
-@pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=pytest.mark.slow),
+# the default suite has this property for the Elman model (test_dropout's remat and untruncated TBPTT test)
+@pytest.mark.parametrize("cell", [pytest.param("lstm", marks=pytest.mark.slow), pytest.param("gru", marks=pytest.mark.slow),
                                   pytest.param("elman", marks=pytest.mark.slow)])
 def test_remat_and_full_window_tbptt_equal_the_plain_loss_with_mask_and_dropout(cell):
     """mask + dropout (same key): remat and TBPTT(1, T) (every block's window reaches step 0)
@@ -34,6 +35,7 @@ def test_remat_and_full_window_tbptt_equal_the_plain_loss_with_mask_and_dropout(
     np.testing.assert_allclose(vg(k1=2, k2=3)[0], plain[0], rtol=1e-12)
 
 
+@pytest.mark.slow   # every loss path compiled in bfloat16, 9 s: test_model's bfloat16 carry test is the default case
 def test_bfloat16_compute_runs_finite_on_every_loss_path():
     model, p, x, y = setup("gru")
     kw = dict(mask=MASK, dropout=0.4, key=jax.random.key(7), compute_dtype=jnp.bfloat16)
