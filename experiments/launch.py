@@ -91,7 +91,9 @@ def launch(n: int, experiment: str, args: list[str], cpu_devices: int | None = N
             codes = [p.poll() for p in procs]
             failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
-                i, c = failed[0]
+                # a process killed by a signal is the cause; the others' errors (a peer's closed
+                # connection) follow from it and may be seen in the same poll
+                i, c = min(failed, key=lambda f: (f[1] >= 0, f[0]))
                 how = f"was killed by signal {-c}" if c < 0 else f"exited with code {c}"
                 with lock:
                     print(f"[launch] process {i} {how}; stopping the others", file=sys.stderr, flush=True)
