@@ -14,6 +14,8 @@ they raise the check's error after the call, naming the range and the offending 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,7 @@ from jax.experimental import checkify
 __all__ = [   # the public API, documented in the API reference
     "integer",
     "boolean",
+    "real",
     "traced_ids_in_range",
     "host_ints_fit",
 ]
@@ -39,6 +42,28 @@ def integer(name: str, value, *, minimum: int | None = 1) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def real(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
+    """`value` as a finite Python float, >= `minimum` (> with `strict`) where one is given, or a
+    TypeError/ValueError naming `name`.
+
+    Python, numpy and concrete 0-d array numbers are accepted; bools (True would quietly be 1),
+    strings and traced values are refused.
+    """
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{name} must be a concrete number, got a traced value")
+    ok = isinstance(value, numbers.Real) or (
+        isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+        and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)))
+    if isinstance(value, (bool, np.bool_)) or not ok:
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    low = minimum is not None and (value <= minimum if strict else value < minimum)
+    if not math.isfinite(value) or low:
+        bound = "" if minimum is None else f" and {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{name} must be finite{bound}, got {value}")
+    return value
 
 
 def boolean(name: str, value) -> bool:

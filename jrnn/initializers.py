@@ -6,8 +6,6 @@ every scheme except "uniform01", which the Rprop toy-sequence notebook applies t
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable
 
 import jax
@@ -56,24 +54,16 @@ def _shape(shape) -> tuple:
     return tuple(checks.integer("shape entries", d, minimum=0) for d in shape)
 
 
-def _scale(name: str, value) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    # 0 is allowed: all-zero weights are a legitimate (if symmetric) start, used by the fuzz tests
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return float(value)
-
-
 def normal(key, shape, *, scale: float, dtype=jnp.float32) -> jax.Array:
-    """randn * scale: min-char-rnn uses 0.01, the sentiment classifier 1/1000."""
-    scale, dtype = _scale("scale", scale), check_dtype(dtype)
+    """randn * scale: min-char-rnn uses 0.01, the sentiment classifier 1/1000 (scale 0: all-zero
+    weights, a legitimate if symmetric start)."""
+    scale, dtype = checks.real("scale", scale, minimum=0.0), check_dtype(dtype)
     return (scale * jax.random.normal(key, _shape(shape), dtype)).astype(dtype)
 
 
 def uniform(key, shape, *, scale: float, dtype=jnp.float32) -> jax.Array:
     """U(-scale, scale): iamtrask's binary addition uses 2 * random - 1, scale 1."""
-    scale, dtype = _scale("scale", scale), check_dtype(dtype)
+    scale, dtype = checks.real("scale", scale, minimum=0.0), check_dtype(dtype)
     return jax.random.uniform(key, _shape(shape), dtype, -scale, scale)
 
 

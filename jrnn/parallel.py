@@ -56,8 +56,6 @@ This module only needs jax: `jrnn.rnn.run(..., method=...)` dispatches to it.
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from typing import NamedTuple
 
 import jax
@@ -321,22 +319,6 @@ def default_tol(dtype) -> float:
     return 1e-5 if dtype.itemsize >= 4 else float(jnp.finfo(dtype).eps)
 
 
-def _real(name: str, value) -> float:
-    """`value` as a finite float: Python, numpy or concrete 0-d array numbers (not bools,
-    strings or traced values), else a TypeError/ValueError naming `name`."""
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(f"{name} must be a concrete number (it fixes the iteration's program), got a traced value")
-    ok = isinstance(value, numbers.Real) or (
-        isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
-        and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)))
-    if isinstance(value, (bool, np.bool_)) or not ok:
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
 def _check_xs(xs):
     """Per-step inputs: a pytree of arrays `[T, ...]` sharing T >= 1 (lists and scalars refused)."""
     leaves = jax.tree.leaves(xs)
@@ -409,11 +391,11 @@ def solve(step, params, xs, carry0, *, method: str = "deer", reverse: bool = Fal
     carry0 = _check_carry(step, params, xs, carry0)
     z0, unflat = _flat(carry0)
     work = jnp.promote_types(z0.dtype, jnp.float32)   # the dtype the iteration runs in
-    tol = default_tol(z0.dtype) if tol is None else _real("tol", tol)
+    tol = default_tol(z0.dtype) if tol is None else checks.real("tol", tol)
     if not 0 < tol < 1:
         raise ValueError(f"tol is relative to the states' scale and must lie in (0, 1), got {tol!r} "
                          f"(tol >= 1 would pass the zero initial guess for converged)")
-    lam = _real("lam", lam)
+    lam = checks.real("lam", lam)
     if not 0 < lam <= float(jnp.finfo(work).max):
         raise ValueError(f"lam must be a positive finite number in the iteration's dtype {work} "
                          f"(<= {float(jnp.finfo(work).max):.3g}), got {lam!r}")

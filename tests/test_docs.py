@@ -119,7 +119,7 @@ NO_SHAPES = {
     "optim": "optax transformations over any params pytree",
     "checkpoint": "whole training states of any structure, files",
     "testing": "any pytrees",
-    "checks.integer": "a scalar argument", "checks.boolean": "a scalar argument",
+    "checks.integer": "a scalar argument", "checks.boolean": "a scalar argument", "checks.real": "a scalar argument",
     "checks.traced_ids_in_range": "ids of any shape", "checks.host_ints_fit": "any pytree",
     "data.cache_dir": "a folder", "data.corpus_path": "a file", "data.load_text": "text",
     "data.decode_text": "text", "data.build_vocab": "text", "data.bucket_length": "a length",
