@@ -3,7 +3,7 @@
 that also hold inside jrnn's jitted training steps (`traced_ids_in_range`).
 
 Eager calls check concrete ids on the host (`jrnn.rnn.check_input_array`,
-`jrnn.losses._check_labels`). Under `jit` the values are unknown while tracing, and JAX's gather
+`jrnn.checks.labels`). Under `jit` the values are unknown while tracing, and JAX's gather
 would not fail (jrnn's gather, `jrnn.hoisted.take_rows`, gives a NaN row for an id outside [0, V),
 -1 included, where `jnp.take` would read -1 as V-1). So a traced id array gets a
 `checkify.debug_check` instead: it costs nothing (it is dropped) in a plain `jax.jit`, and is
@@ -26,6 +26,8 @@ __all__ = [   # the public API, documented in the API reference
     "integer",
     "boolean",
     "real",
+    "mask01",
+    "labels",
     "traced_ids_in_range",
     "host_ints_fit",
 ]
@@ -72,6 +74,31 @@ def boolean(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
+
+
+def mask01(mask) -> None:
+    """A concrete mask must hold only 0 and 1 (True/False): 0.5 is not a step and a half. A
+    traced mask is read as bool (nonzero = real step) by every consumer."""
+    if isinstance(mask, jax.core.Tracer):
+        return
+    m = np.asarray(mask)
+    if m.dtype != bool and m.size and not np.all((m == 0) | (m == 1)):
+        bad = m[(m != 0) & (m != 1)]
+        raise ValueError(f"mask must hold only 0/1 (padding/real step), got {bad[:5].tolist()}; "
+                         "to weight steps, multiply the reduction='none' losses yourself")
+
+
+def labels(values, num_classes: int) -> None:
+    """Integer class ids in [0, num_classes): checked on the host when concrete, with a
+    `traced_ids_in_range` check under a trace."""
+    if isinstance(values, jax.core.Tracer):
+        traced_ids_in_range(values, num_classes, "labels")  # raised by jrnn's train steps
+        return
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"labels must be integer class ids, got {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got min {values.min()}, max {values.max()}")
 
 
 def traced_ids_in_range(ids, n: int, what: str) -> None:

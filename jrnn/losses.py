@@ -31,7 +31,7 @@ def reduce(values, mask=None, reduction: str = "mean"):
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
     if mask is not None:
-        _check_mask(mask)
+        checks.mask01(mask)
         # a mask marks steps, it does not weight them: read as bool (nonzero = real step), as
         # the recurrences that freeze their carry across padding read it, so numerator and
         # denominator count the same steps even for a traced mask that could not be checked
@@ -50,28 +50,6 @@ def reduce(values, mask=None, reduction: str = "mean"):
     return total / count
 
 
-def _check_mask(mask):
-    """A concrete mask must hold only 0 and 1 (True/False): 0.5 is not a step and a half."""
-    if isinstance(mask, jax.core.Tracer):
-        return
-    m = np.asarray(mask)
-    if m.dtype != bool and m.size and not np.all((m == 0) | (m == 1)):
-        bad = m[(m != 0) & (m != 1)]
-        raise ValueError(f"mask must hold only 0/1 (padding/real step), got {bad[:5].tolist()}; "
-                         "to weight steps, multiply the reduction='none' losses yourself")
-
-
-def _check_labels(labels, num_classes: int):
-    if isinstance(labels, jax.core.Tracer):
-        checks.traced_ids_in_range(labels, num_classes, "labels")  # raised by jrnn's train steps
-        return
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must be integer class ids, got {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got min {labels.min()}, max {labels.max()}")
-
-
 def softmax_cross_entropy(logits, labels, *, mask=None, reduction: str = "mean"):
     """-log softmax(logits)[label] per element, reduced.
 
@@ -86,7 +64,7 @@ def softmax_cross_entropy(logits, labels, *, mask=None, reduction: str = "mean")
         raise ValueError(f"logits must be [..., V], got a scalar of shape {logits.shape}")
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"logits must be floats [..., V], got {logits.dtype}")
-    _check_labels(labels, logits.shape[-1])
+    checks.labels(labels, logits.shape[-1])
     if not hasattr(labels, "dtype"):   # nested lists, as numpy reads them (checked above)
         labels = np.asarray(labels)
     if jnp.shape(labels) != logits.shape[:-1]:

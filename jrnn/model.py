@@ -411,7 +411,7 @@ def check_mask(mask, shape):
         return None
     if tuple(np.shape(mask)) != tuple(shape):
         raise ValueError(f"mask must have shape {tuple(shape)} ([T, ...]), got {tuple(np.shape(mask))}")
-    losses._check_mask(mask)   # 0/1 only, as the plain loss reads it
+    checks.mask01(mask)   # 0/1 only, as the plain loss reads it
     return jnp.asarray(mask, bool)
 
 
@@ -456,7 +456,7 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=Non
                               compute_dtype=compute_dtype)
         return losses.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), final
     check_causal(model, "the remat loss (a fused per-step scan)")
-    losses._check_labels(targets, model.output_size)
+    checks.labels(targets, model.output_size)
     p, layers, c0, inputs = _prepared(model, params, layers, inputs, carry, batch, compute_dtype)
     inputs = rnn.float_inputs(inputs, layers, c0)
     T = inputs.shape[0]

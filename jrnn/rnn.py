@@ -29,6 +29,7 @@ __all__ = [   # the public API, documented in the API reference
     "check_cell_params",
     "dropout_keep",
     "default_unroll",
+    "freeze",
 ]
 
 Step = Callable[[Any, Any, Any], tuple]
@@ -470,7 +471,7 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
     inputs = jnp.asarray(x)
     inputs = float_inputs(inputs, params, carry)
     if mask is not None:
-        losses._check_mask(mask)   # 0/1 only, as the losses read it: 0.5 or NaN is not a step
+        checks.mask01(mask)   # 0/1 only, as the losses read it: 0.5 or NaN is not a step
         mask = jnp.asarray(mask, bool)
         steps = inputs.shape if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[:-1]
         if mask.shape != steps:   # checked before the padding is zeroed (a broadcast error there)
@@ -497,6 +498,17 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
     return hs, carry
 
 
+def freeze(m, new, old):
+    """The one masking rule of every loop: each leaf of `new` where `m` (a real step), of `old`
+    across padding. `m` is bool `[...]`, broadcast over each leaf's trailing axes (`[..., H]`);
+    None means every step is real."""
+    if m is None:
+        return new
+    # lax.select, not jnp.where: inside a loop body the latter is one more nested jitted call
+    return jax.tree.map(lambda a, b: jax.lax.select(
+        jnp.broadcast_to(m.reshape(m.shape + (1,) * (a.ndim - m.ndim)), a.shape), a, b), new, old)
+
+
 def masked(step):
     """Wrap `step(params, carry, u) -> (carry, h)` to take `(u, m)` per step: where m is 0
     (padding) the carry is frozen and the output is zero."""
@@ -504,8 +516,7 @@ def masked(step):
         u, m = x
         u = jnp.where(m[..., None], u, 0.0)  # "double where": padding never feeds NaN/inf into grads
         new_c, h = step(p, c, u)
-        c = jax.tree.map(lambda a, b: jnp.where(m[..., None], a, b), new_c, c)
-        return c, jnp.where(m[..., None], h, 0.0)
+        return freeze(m, new_c, c), freeze(m, h, jnp.zeros_like(h))
     return wrapped
 
 

@@ -88,7 +88,7 @@ def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: in
     if k1 >= T and k2 >= T:  # one window over the whole chunk: plain BPTT
         return model_lib.sequence_loss(model, params, inputs, targets, carry, mask=mask, reduction=reduction,
                                        unroll=unroll, dropout=dropout, key=key, compute_dtype=compute_dtype)
-    losses._check_labels(targets, model.output_size)
+    checks.labels(targets, model.output_size)
     p, layers, c0, inputs = model_lib._prepared(model, params, layers, inputs, carry, batch, compute_dtype)
     inputs = rnn.float_inputs(inputs, layers, c0)
     m = jnp.ones((T, *batch), bool) if mask is None else model_lib.check_mask(mask, (T, *batch))
