@@ -17,7 +17,7 @@ outside the square root, a different update).
 jrnn's rows: its default step (`jrnn.make_step` with the library's defaults: `unroll` chosen by
 backend, full float32 matmuls); K steps per jit call (`make_multi_step`); where there is more
 than one device, `make_data_parallel_step` with the batch's rows split over the most devices
-that divide B (`jrnn.train.batch_mesh`); without `--quick`, explicit unroll 1 / 4 / 8. On a CPU
+that divide B (`jrnn.distributed.batch_mesh`); without `--quick`, explicit unroll 1 / 4 / 8. On a CPU
 the bench asks XLA for one device per core before jax starts: XLA runs a scan's per-step
 matmuls of this size on one core, so two devices, each scanning half the batch, keep both cores
 busy. Flax and PyTorch run with their defaults on the same cores.
@@ -55,12 +55,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from experiments import common
+from experiments import common, report
 
 # hyperparameters
 LR, CLIP, EPS = 0.1, 5.0, 1e-8
 CPU_CONFIGS = [(1, 100, 25, 80), (32, 256, 128, 65), (1, 64, 1024, 65), (16, 128, 1024, 65), (64, 256, 1024, 65)]
-# the six GPU configs of the H100 report (issue 14), most telling first
+# the six GPU configs, most telling first
 GPU_CONFIGS = [(1, 100, 25, 80), (64, 512, 256, 65), (8, 256, 8192, 65), (256, 1024, 512, 256),
                (64, 384, 1024, 65), (1024, 1024, 512, 65)]
 GPU_QUICK_REPEAT_S = 0.1  # and times repeats of at least this long (MIN_REPEAT_S otherwise)
@@ -112,27 +112,22 @@ def timed(fn, repeats, warm_up=True, min_repeat_s=None):
 # ---- the model of each cell ------------------------------------------------------------------
 
 def init_params(cell, V, H):
-    """jrnn's weights, which every implementation copies: the seeds' Elman LM, or a one-layer
-    `jrnn.lm` LSTM/GRU whose layer-0 input matrix [V, G*H] is read by row gather."""
-    if cell == "elman":
-        return jrnn.elman.init(jax.random.key(0), vocab_size=V, hidden_size=H)
-    return jrnn.lm.model(cell, vocab_size=V, hidden_size=H).init(jax.random.key(0))
+    """jrnn's weights, which every implementation copies: the seeds' Elman LM (flat ElmanParams,
+    jrnn.elman's default scheme), or a one-layer LSTM/GRU LM whose layer-0 input matrix [V, G*H]
+    is read by row gather."""
+    return common.init(common.model(cell, vocab=V, hidden=H), jax.random.key(0), scheme="default")
 
 
 def jrnn_loss(cell, unroll):
     """`loss_fn(params, (x [B, T], y [B, T]), carry)` of the bench's work, time-major inside."""
-    if cell == "elman":
-        def logits(p, xb):
-            return jrnn.elman.apply(p, xb.T, unroll=unroll)[0]                 # [T, B, V]
-    else:
-        def logits(p, xb):
-            if cell == "gru":  # b_hr, b_hz stay 0: Flax's GRUCell has no such biases
-                layer = p.layers[0]
-                H = layer.w_h.shape[0]
-                b_h = jnp.concatenate([jax.lax.stop_gradient(layer.b_h[:2 * H]), layer.b_h[2 * H:]])
-                p = p._replace(layers=(layer._replace(b_h=b_h),))
-            H, V = p.w_hy.shape
-            return jrnn.lm.model(cell, vocab_size=V, hidden_size=H).apply(p, xb.T, unroll=unroll)[0]
+    def logits(p, xb):
+        if cell == "gru":  # b_hr, b_hz stay 0: Flax's GRUCell has no such biases
+            layer = p.layers[0]
+            H = layer.w_h.shape[0]
+            b_h = jnp.concatenate([jax.lax.stop_gradient(layer.b_h[:2 * H]), layer.b_h[2 * H:]])
+            p = p._replace(layers=(layer._replace(b_h=b_h),))
+        H, V = p.w_hy.shape
+        return common.model(cell, vocab=V, hidden=H).apply(p, xb.T, unroll=unroll)[0]      # [T, B, V]
 
     def loss_fn(p, batch, carry):
         xb, yb = batch
@@ -150,10 +145,10 @@ def jrnn_impl(params, x, y, *, cell="elman", unroll=None, multi=False, data_para
     fwd = jax.jit(jrnn.train.with_precision(lambda p, xb, yb: loss_fn(p, (xb, yb), None)[0], precision))
     x, y = jnp.asarray(x), jnp.asarray(y)
     if data_parallel:  # rows of the batch split over the devices (one per core on a CPU)
-        mesh = jrnn.train.batch_mesh(len(x))
+        mesh = jrnn.distributed.batch_mesh(len(x))
         if mesh.size == 1:
             return None    # nothing to split (B = 1): the row is left out
-        step = jrnn.train.make_data_parallel_step(loss_fn, opt, mesh=mesh, batch_axis=0, multi_step=multi,
+        step = jrnn.distributed.make_data_parallel_step(loss_fn, opt, mesh=mesh, batch_axis=0, multi_step=multi,
                                                   precision=precision)
         x, y = jax.device_put((x, y), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
         params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
@@ -340,7 +335,7 @@ def deer_rows(configs, repeats, *, methods=None, budget=None, on_row=None):
     for T, H, B in configs:
         if budget is not None and budget.spent():
             break
-        params = jrnn.elman.init(jax.random.key(0), input_size=H, hidden_size=H, output_size=1)
+        params = common.init(common.model("elman", inputs=H, hidden=H, outputs=1), jax.random.key(0), scheme="default")
         xs = jnp.asarray(np.random.RandomState(0).randn(T, B, H).astype(np.float32))
         h0 = jnp.zeros((B, H), jnp.float32)
         jac_bytes = T * B * H * H * 4
@@ -373,19 +368,6 @@ def deer_rows(configs, repeats, *, methods=None, budget=None, on_row=None):
             if on_row is not None:
                 on_row(row)
     return rows
-
-
-DEER_HEADER = ("| T | H | B | method | compile s | fwd ms | fwd+bwd ms | vs sequential (fwd, fwd+bwd) | Newton iters |\n"
-               "|---|---|---|---|---|---|---|---|---|")
-
-
-def deer_line(r):
-    if "skipped" in r:
-        return f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | skipped: {r['skipped']} | | | | |"
-    ratio = "" if r["method"] == "sequential" else f"{r['forward_speedup']:.2f}x, {r['train_speedup']:.2f}x"
-    it = "" if r["method"] == "sequential" else f"{r['iterations']}{' (fell back)' if r['fell_back'] else ''}"
-    return (f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | {r['compile_s']:.1f} | {r['forward_ms']:.1f} | "
-            f"{r['train_ms']:.1f} | {ratio} | {it} |")
 
 
 # ---- plots ------------------------------------------------------------------------------------
@@ -538,16 +520,6 @@ def run_config(cfg, impls, repeats, *, cell="elman", forward=True, budget=None, 
     return rows, (min(peers) / min(mine) if peers and mine else None)
 
 
-ROW_HEADER = ("| B, H, T, V | impl | compile s | train µs/step | fwd µs/step | train µs/timestep | loss after 1st call |\n"
-              "|---|---|---|---|---|---|---|")
-
-
-def row_line(r):
-    fwd = "" if r["forward_us"] is None else f"{r['forward_us']:.0f}"
-    return (f"| {', '.join(map(str, r['config']))} | {r['impl']} | {r['compile_s']:.2f} | {r['train_us']:.0f} | "
-            f"{fwd} | {r['train_us_per_timestep']:.2f} | {r['loss_after_first_call']:.5f} |")
-
-
 def versions():
     v = {"jax": jax.__version__, "jaxlib": __import__("jaxlib").__version__}
     for mod in ("flax", "torch", "optax"):
@@ -610,10 +582,10 @@ def main(argv=None):
         except argparse.ArgumentTypeError as e:
             raise ValueError(f"--out (--deer writes to {out}): {e}") from None
         configs = DEER_GPU if jax.default_backend() == "gpu" else DEER_CPU
-        print(DEER_HEADER, flush=True)
+        print(report.DEER_ROW_HEADER, flush=True)
         with common.Timer() as t:
             rows = deer_rows(configs, 3 if args.quick else args.repeats, budget=budget,
-                             on_row=lambda r: print(deer_line(r), flush=True))
+                             on_row=lambda r: print(report.deer_row(r), flush=True))
         measured = {(r["T"], r["H"], r["B"]) for r in rows}
         not_measured = [list(c) for c in configs if tuple(c) not in measured]
         plot = plot_deer(out, configs, rows, common.environment())
@@ -645,7 +617,7 @@ def main(argv=None):
     env = common.environment()
     print(f"{env['backend']} / {env['device']} / {env['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in vs.items())
           + f"; cell {args.cell}; matmul precision {args.precision}", flush=True)
-    print(ROW_HEADER, flush=True)
+    print(report.BENCH_ROW_HEADER, flush=True)
     all_rows, ratios, skipped = [], {}, []
     config = {"configs": configs, "repeats": repeats, "quick": args.quick, "gpu_quick": args.gpu_quick,
               "cell": args.cell, "precision": args.precision, "time_budget_s": budget.seconds}
@@ -665,7 +637,7 @@ def main(argv=None):
         with jax.default_matmul_precision(None if args.precision == "default" else args.precision):  # read when jit traces
             rows, ratio = run_config(cfg, impls, repeats, cell=args.cell, forward=not args.gpu_quick, budget=budget,
                                      min_repeat_s=GPU_QUICK_REPEAT_S if args.gpu_quick else None,
-                                     on_row=lambda r: (partial.append(r), print(row_line(r), flush=True),
+                                     on_row=lambda r: (partial.append(r), print(report.bench_row(r), flush=True),
                                                        save(partial)))
         all_rows += rows
         ratios[",".join(map(str, cfg))] = ratio
@@ -673,7 +645,7 @@ def main(argv=None):
             skipped.append(list(cfg))
         save([])
         if ratio is not None:
-            print(f"| {', '.join(map(str, cfg))} | best peer / best jrnn: {ratio:.2f}x | | | | | |", flush=True)
+            print(report.bench_ratio_row(cfg, ratio), flush=True)
         bar.update(1)
     bar.close()
     peers = [n for n in dict.fromkeys(r["impl"] for r in all_rows) if not n.startswith("jrnn")]

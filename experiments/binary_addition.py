@@ -45,14 +45,18 @@ ALL_A, ALL_B = np.meshgrid(np.arange(128), np.arange(128), indexing="ij")
 ALL_X, ALL_Y = encode(ALL_A.reshape(-1), ALL_B.reshape(-1))        # [8, 16384, 2], [8, 16384, 1]
 
 
+MODEL = common.model("elman", inputs=2, hidden=HIDDEN, outputs=1, activation="sigmoid")
+
+
 def forward(params, x):
-    logits, _ = jrnn.elman.apply(params, x, activation="sigmoid")
+    logits, _ = MODEL.apply(params, x)
     return logits
 
 
-def loss_fn(params, batch, carry):
+def loss_fn(model, params, batch, carry):
     x, y = batch
-    return jrnn.losses.sigmoid_binary_cross_entropy(forward(params, x), y, reduction="sum") / (y.size // BITS), carry
+    logits, _ = model.apply(params, x)
+    return jrnn.losses.sigmoid_binary_cross_entropy(logits, y, reduction="sum") / (y.size // BITS), carry
 
 
 @jax.jit
@@ -62,27 +66,26 @@ def exhaustive_accuracy(params):
     return jnp.mean(jnp.all(pred == (jnp.asarray(ALL_Y) > 0.5), axis=(0, 2)))
 
 
-SEED_STEPS = jrnn.make_multi_step(loss_fn, jrnn.optim.sgd(LEARNING_RATE))
+SEED_OPT = jrnn.optim.sgd(LEARNING_RATE)
 BATCHED_OPT = jrnn.optim.adam(BATCHED_LR)
-BATCHED_STEPS = jrnn.make_multi_step(loss_fn, BATCHED_OPT)
 
 
 def init(seed):
-    return jrnn.elman.init(jax.random.key(seed), input_size=2, hidden_size=HIDDEN, output_size=1,
-                           scheme="uniform", scale=INIT_SCALE)
+    return common.init(MODEL, jax.random.key(seed), scheme="uniform", scale=INIT_SCALE)
 
 
 def train_iamtrask_recipe(seed, steps, quiet):
     """One pair per iteration. Returns (first iteration at 100 %, accuracy curve, final acc)."""
     rng = np.random.RandomState(seed)
     params = init(seed)
-    opt_state = jrnn.optim.sgd(LEARNING_RATE).init(params)
+    opt_state = SEED_OPT.init(params)
+    step = common.multi_step(loss_fn, MODEL, SEED_OPT)
     curve, first = [], None
     bar = common.progress(steps, f"binary_addition seed {seed}", quiet)
     for done in range(EVAL_EVERY, steps + 1, EVAL_EVERY):
         x, y = encode(rng.randint(0, 128, EVAL_EVERY), rng.randint(0, 128, EVAL_EVERY))
         # one pair per step: [K, T, 2] with K = EVAL_EVERY
-        params, opt_state, m, _ = SEED_STEPS(params, opt_state, (x.transpose(1, 0, 2), y.transpose(1, 0, 2)))
+        params, opt_state, m, _ = step(params, opt_state, (x.transpose(1, 0, 2), y.transpose(1, 0, 2)))
         acc = float(exhaustive_accuracy(params))
         curve.append((done, acc, float(m["loss"].mean())))
         first = done if first is None and acc == 1.0 else first
@@ -97,20 +100,21 @@ def train_batched_recipe(seed, max_steps=3000):
     rng = np.random.RandomState(seed)
     params = init(seed)
     opt_state = BATCHED_OPT.init(params)
+    step = common.multi_step(loss_fn, MODEL, BATCHED_OPT)
 
     def batches():
         x, y = encode(rng.randint(0, 128, (BATCHED_EVAL_EVERY, BATCH)), rng.randint(0, 128, (BATCHED_EVAL_EVERY, BATCH)))
         return x.transpose(1, 0, 2, 3), y.transpose(1, 0, 2, 3)      # [K, T, B, .]
 
     with common.Timer() as tc:  # compile (and discard) on a copy of the state
-        jax.block_until_ready(BATCHED_STEPS(params, opt_state, batches()))
+        jax.block_until_ready(step(params, opt_state, batches()))
         exhaustive_accuracy(params)
     rng = np.random.RandomState(seed)
     train_s, steps = 0.0, 0
     while steps < max_steps:
         data = batches()
         with common.Timer() as t:
-            params, opt_state, _, _ = BATCHED_STEPS(params, opt_state, data)
+            params, opt_state, _, _ = step(params, opt_state, data)
             jax.block_until_ready(params)
         train_s += t.s
         steps += BATCHED_EVAL_EVERY

@@ -60,38 +60,33 @@ VAL_FRACTION = 0.1
 
 def seed_model(cell, V, H=SEED_HIDDEN):
     """The seed's network (a one-layer LM of H units) with any cell."""
-    if cell == "elman":
-        return jrnn.elman.model(vocab_size=V, hidden_size=H)
-    return jrnn.lm.model(cell, vocab_size=V, hidden_size=H)
+    return common.model(cell, vocab=V, hidden=H)
 
 
 def seed_init(model, key):
     """The seed's U(+-1/sqrt(fan_in)) init for its Elman network; a gated cell's own init."""
-    if model.cell == jrnn.cells.ELMAN:
-        return jrnn.elman.init(key, vocab_size=model.input_size, hidden_size=model.hidden_size,
-                               scheme="uniform_fan_in")
-    return model.init(key)
+    return common.init(model, key, scheme="uniform_fan_in")
+
+
+SEED_OPTIMIZER = jrnn.optim.sgd(SEED_LR)
+
+
+def seed_loss(cell, params, batch, carry):
+    """Summed NLL of one chunk from h=0, gradient of exact k-step truncated BPTT (the network's
+    sizes read off the params)."""
+    x, y = batch
+    H, V = jnp.shape(params.w_hy)
+    loss, _ = seed_model(cell, V, H).loss(params, x, y, grad=jrnn.TBPTT(1, SEED_K + 1), reduction="sum")
+    return loss, carry
 
 
 def seed_epoch(precision="float32", cell="elman"):
     """One jitted call: an SGD step per chunk of the stacked chunks [N, T] (one epoch), for
-    --precision and --cell (SEED_EPOCH: the seed's Elman network in full float32)."""
-    return _seed_epoch(precision, cell)
+    --precision and --cell (one per process: `common.multi_step`)."""
+    return common.multi_step(seed_loss, cell, SEED_OPTIMIZER, precision=precision)
 
 
-@functools.lru_cache(maxsize=None)
-def _seed_epoch(precision, cell):
-    def seed_loss(params, batch, carry):
-        """Summed NLL of one chunk from h=0, gradient of exact k-step truncated BPTT."""
-        x, y = batch
-        H, V = params.w_hy.shape
-        loss, _ = seed_model(cell, V, H).loss(params, x, y, k1=1, k2=SEED_K + 1, reduction="sum")
-        return loss, carry
-    kw = {} if precision == "float32" else {"precision": precision}
-    return jrnn.make_multi_step(seed_loss, jrnn.optim.sgd(SEED_LR), **kw)
-
-
-SEED_EPOCH = seed_epoch()
+SEED_EPOCH = seed_epoch()   # the seed's Elman network in full float32
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -105,7 +100,7 @@ def run_seed_mode(seed, ids, V, epochs, quiet, precision="float32", cell="elman"
     xs, ys = jrnn.data.chunks(ids[: SEED_CHARS + 1], SEED_SEQ_LEN)     # [400, 25] each
     model = seed_model(cell, V)
     params = seed_init(model, jax.random.key(seed))
-    opt_state = jrnn.optim.sgd(SEED_LR).init(params)
+    opt_state = SEED_OPTIMIZER.init(params)
     seed_cost_ = functools.partial(seed_cost, model)
     epoch_step = seed_epoch(precision, cell)
     costs = [float(seed_cost_(params, xs, ys))]
@@ -124,13 +119,12 @@ def run_seed_mode(seed, ids, V, epochs, quiet, precision="float32", cell="elman"
 
 # ---- full mode -------------------------------------------------------------------------------
 
-def full_loss(model, k1=None, k2=None):
-    def loss(params, batch, carries):
-        """Mean NLL of one [T, B] chunk, continuing each stream from its carried state; the
-        gradient is TBPTT(k1, k2) inside the chunk if given."""
-        x, y = batch
-        return model.loss(params, x, y, carries, k1=k1, k2=k2)
-    return loss
+def full_loss(model_and_grad, params, batch, carries):
+    """Mean NLL of one [T, B] chunk, continuing each stream from its carried state; the gradient
+    is `grad` (full BPTT over the chunk, or TBPTT(k1, k2) inside it). model_and_grad: (model, grad)."""
+    model, grad = model_and_grad
+    x, y = batch
+    return model.loss(params, x, y, carries, grad=grad)
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -174,25 +168,27 @@ def run_full_mode(args, ids, vocab):
     train_ids, val_ids = full_mode_split(ids, args)
     xs, ys = jrnn.data.streams(train_ids, args.batch, args.seq_len)      # [N, T, B]
     opt = jrnn.optim.adam(args.lr, clip_norm=FULL_CLIP_NORM)
-    mesh = jrnn.train.batch_mesh(args.batch)
+    mesh = jrnn.distributed.batch_mesh(args.batch)
     procs = jax.process_count()
     if procs > 1:  # this process feeds its share of the streams (its devices' rows of the batch)
-        rows = jrnn.train.process_rows(mesh, args.batch)
+        rows = jrnn.distributed.process_rows(mesh, args.batch)
         xs, ys = xs[..., rows], ys[..., rows]
         print(f"{procs} processes, {args.batch} streams; process {jax.process_index()} feeds {len(rows)}")
-    model = jrnn.lm.model(args.cell, vocab_size=V, hidden_size=args.hidden, layers=args.layers)
+    model = common.model(args.cell, vocab=V, hidden=args.hidden, layers=args.layers)
     k1 = args.k1 or None
     k2 = (args.k2 or args.k1) or None
+    grad = jrnn.TBPTT(k1, k2) if k1 else jrnn.FullBPTT()
     if mesh.size > 1:
         # the streams split over the devices (one per CPU core, see experiments.bench): each core
         # scans its share of the batch; XLA adds the gradient all-reduce
-        multi_step = jrnn.train.make_data_parallel_step(full_loss(model, k1, k2), opt, mesh=mesh, multi_step=True,
-                                                        precision=common.step_precision(args), max_consecutive_skips=None)
+        multi_step = jrnn.distributed.make_data_parallel_step(
+            functools.partial(full_loss, (model, grad)), opt, mesh=mesh, multi_step=True,
+            precision=common.step_precision(args), max_consecutive_skips=None)
         print(f"{args.batch} streams split over {mesh.size} devices")
     else:
-        multi_step = jrnn.make_multi_step(full_loss(model, k1, k2), opt, precision=common.step_precision(args),
-                                          max_consecutive_skips=None)
-    params = model.init(jax.random.key(args.seed))
+        multi_step = common.multi_step(full_loss, (model, grad), opt, precision=common.step_precision(args),
+                                       max_consecutive_skips=None)
+    params = common.init(model, jax.random.key(args.seed))
     print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters"
           + (f", TBPTT({k1}, {k2})" if k1 else ""))
     n_calls = len(xs) // FULL_CALL_STEPS
@@ -244,7 +240,7 @@ def run_full_mode(args, ids, vocab):
             bar.update(FULL_CALL_STEPS)
             bar.set_postfix(loss=f"{float(m['loss'][-1]):.3f}")
             if c == n_calls - 1:
-                val = evaluate(model, jrnn.train.to_host(params) if procs > 1 else params, val_ids)
+                val = evaluate(model, jrnn.distributed.to_host(params) if procs > 1 else params, val_ids)
                 history.append({"epoch": epoch + 1, "step": step, "val_nats": val, "val_bits": val / math.log(2),
                                 "train_loss": float(m["loss"].mean()), "wall_s": time.perf_counter() - t0})
                 print(f"epoch {epoch + 1}: val {val:.4f} nats/char ({val / math.log(2):.4f} bits), "
@@ -252,7 +248,7 @@ def run_full_mode(args, ids, vocab):
             if args.checkpoint_every and step % args.checkpoint_every == 0:
                 ck_state = {"params": params, "opt_state": opt_state, "h": h}
                 if procs > 1:  # every process takes part in gathering h; process 0 writes
-                    ck_state = jrnn.train.to_host(ck_state)
+                    ck_state = jrnn.distributed.to_host(ck_state)
                 if jax.process_index() == 0:
                     jrnn.checkpoint.save(ckpt_dir, ck_state, step=step,
                                          config=config, vocab=vocab.chars, cursor={"history": history, "skipped": bad.total},
@@ -261,7 +257,7 @@ def run_full_mode(args, ids, vocab):
             print(f"stopping: --max-minutes {args.max_minutes} reached")
             break
     bar.close()
-    return model, (jrnn.train.to_host(params) if procs > 1 else params), history, bad.total
+    return model, (jrnn.distributed.to_host(params) if procs > 1 else params), history, bad.total
 
 
 def _checkpoint_processes(ckpt_dir):
@@ -298,7 +294,7 @@ def _same_checkpoint_everywhere(ckpt_dir, step):
 
 # ---- main ------------------------------------------------------------------------------------
 
-MAX_SAMPLE_LEN = 100_000   # more failed after training, before results.json (10**10 overflowed the jitted sampler)
+MAX_SAMPLE_LEN = 100_000   # the sample is drawn after training: a length it cannot draw would lose the run
 
 FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
              "max_bad_steps", "k1", "k2")   # not --overwrite: it replaces a default-recipe run too

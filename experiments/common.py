@@ -6,6 +6,7 @@ Nothing in `jrnn/` imports this module.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import numbers
@@ -20,8 +21,85 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import jrnn
 from jrnn import checkpoint, data
-from jrnn.train import NonFiniteError, ProcessGroupError
+from jrnn.distributed import ProcessGroupError
+from jrnn.train import NonFiniteError
+
+
+# ---- the network of every experiment, its init, its compiled step -----------------------------
+
+def model(cell: str = "elman", *, hidden: int, vocab: int | None = None, inputs: int | None = None,
+          outputs: int | None = None, layers: int = 1, bidirectional: bool = False,
+          activation: str | None = None) -> jrnn.Model:
+    """An experiment's network, a `jrnn.Model`: `layers` of `cell` ("elman", "lstm", "gru") of
+    `hidden` units each, one or both directions, and a linear readout.
+
+    `vocab`: a language model's vocabulary (token ids in, a logit per token out); else `inputs`
+    (D: a vocabulary of ids or a feature width) and `outputs` (classes, bits). `activation`: the
+    Elman cell's nonlinearity (tanh unless given: binary addition's is "sigmoid"). Its params come
+    from `init`. A Model is hashable: `jax.jit` takes it as a static argument and `multi_step`
+    as a cache key.
+    """
+    inputs = vocab if inputs is None else inputs
+    outputs = vocab if outputs is None else outputs
+    if inputs is None or outputs is None:
+        raise ValueError("common.model: give vocab= (a language model), or both inputs= and outputs=")
+    if activation is not None and cell != "elman":
+        raise ValueError(f"common.model: activation= sets the Elman cell's nonlinearity; the {cell} cell has its "
+                         "own: leave activation out")
+    c = jrnn.elman.cell(activation) if activation is not None else jrnn.cells.get(cell)
+    return jrnn.model.make(c, input_size=inputs, hidden_size=hidden, output_size=outputs, layers=layers,
+                           bidirectional=bidirectional)
+
+
+def init(net: jrnn.Model, key, *, scheme: str | None = None, scale: float = 0.01):
+    """The params of `net` (from `model`) drawn from `key`.
+
+    With `scheme` (one of `jrnn.elman.init`'s: "normal" randn * scale, "uniform" U(+-scale),
+    "uniform_fan_in", "uniform01", "default") and the source notebooks' network (one Elman
+    layer, one direction), the flat `jrnn.ElmanParams` that `jrnn.elman.init` draws with it, the
+    numbers the notebooks' recipes start from. Any other network (a gated cell, a stack,
+    bidirectional), or no scheme: the network's own init (`jrnn.Params`: each cell's init, a
+    Glorot readout), which is what a notebook's recipe run with another cell starts from.
+    """
+    if scheme is not None and _notebook_elman(net):
+        return jrnn.elman.init(key, input_size=net.input_size, hidden_size=net.hidden_size,
+                               output_size=net.output_size, scheme=scheme, scale=scale)
+    return net.init(key)
+
+
+def _notebook_elman(net) -> bool:
+    """Whether `net` is one Elman layer, one direction: the network whose params may be flat ElmanParams."""
+    types = net.cell.params if isinstance(net.cell.params, tuple) else (net.cell.params,)
+    return net.layers == 1 and not net.bidirectional and jrnn.ElmanParams in types
+
+
+def multi_step(loss, net, optimizer, **step_kw):
+    """`jrnn.make_multi_step` of `loss(net, params, batch, carry) -> (loss, carry)` with
+    `optimizer`, made once per process for each (loss, net, optimizer, keywords) and reused
+    after: a step made anew is a new jitted function, which compiles again on its first call.
+
+    `net`: what `loss` builds its forward pass from, a `jrnn.Model` or anything hashable that
+    names one (a cell name, where the loss reads the sizes off the params); `step_kw` go to
+    `jrnn.make_multi_step` (precision=, max_consecutive_skips=, guard_nonfinite=). Pass the same
+    optimizer object to reuse a step (optimizers compare by identity).
+    """
+    key = (loss, net, optimizer, tuple(sorted(step_kw.items())))
+    try:
+        hash(key)
+    except TypeError as e:
+        raise TypeError(f"common.multi_step: its arguments are the cache key and must be hashable ({e}); pass "
+                        "a Model or a cell name as net, and tuples rather than lists as keyword values") from None
+    return _multi_step(*key)
+
+
+@functools.lru_cache(maxsize=None)
+def _multi_step(loss, net, optimizer, step_kw):
+    return jrnn.make_multi_step(functools.partial(loss, net), optimizer, **dict(step_kw))
+
+
+multi_step.cache_clear = _multi_step.cache_clear   # a test that counts the steps made starts from none
 
 
 # ---- argument types: argparse turns their ArgumentTypeError into "argument --x: ...", exit 2 ----

@@ -42,22 +42,21 @@ import time
 from pathlib import Path
 
 from experiments import common
+from experiments.report import DEER_ROW_HEADER, DEVICE_BENCH_CELLS, DEVICE_PARTS, deer_row, device_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# hyperparameters: each part's limit in seconds on the device (sum + process starts < 8 min)
-PARTS = ("env", "tests", "bench", "bench_lstm", "bench_gru", "deer", "charlm")
-# Sized from the first H100 run (d4ff39a, report in the README): on a GPU compiling dominates
-# each part (10-18 s per training step at the bigger configs, 47 s for the five methods of one
-# DEER config), so each bench part measures a few configs and the DEER part one or two.
+# hyperparameters: each part's limit in seconds on the device (sum + process starts < 8 min).
+# On a GPU compiling dominates each part, so each bench part measures a few configs and the DEER
+# part one or two (the measurements behind these limits: docs/benchmarks.md).
+PARTS = DEVICE_PARTS          # the order they run in (the report's tables follow it)
 LIMIT_S = {"env": 15, "tests": 80, "bench": 80, "bench_lstm": 95, "bench_gru": 95, "deer": 70, "charlm": 45}
 SMOKE_LIMIT_S = {name: 180 for name in PARTS}   # a loaded CPU
 BENCH_SOFT_S = 70          # each bench part starts no new measurement after this (its own budget)
 DEER_SOFT_S = 55
-BENCH_CELLS = {"bench": "elman", "bench_lstm": "lstm", "bench_gru": "gru"}
-# Elman: the full GPU selection (jrnn default / best, Flax, PyTorch) on issue 14's two headline
-# configs; LSTM / GRU: jrnn against cuDNN (`nn.LSTM` / `nn.GRU`) on four, Flax left out to fit
-# the window (the first run timed Flax's GRU at (64, 512, 256, 65): 3.3x jrnn's best time)
+BENCH_CELLS = DEVICE_BENCH_CELLS
+# Elman: the full GPU selection (jrnn default / best, Flax, PyTorch) on the two headline configs;
+# LSTM / GRU: jrnn against cuDNN (`nn.LSTM` / `nn.GRU`) on four, Flax left out to fit the window
 BENCH_CONFIGS = {"elman": "1,100,25,80;64,512,256,65",
                  "lstm": "1,100,25,80;64,512,256,65;8,256,8192,65;64,384,1024,65",
                  "gru": "1,100,25,80;64,512,256,65;8,256,8192,65;64,384,1024,65"}
@@ -133,16 +132,16 @@ def part_deer(out: Path, smoke: bool) -> dict:
     rows, path = [], out / "deer.json"
     budget = bench.Budget(DEER_SOFT_S)
     configs = SMOKE_DEER_CONFIGS if smoke else DEER_CONFIGS
-    # issue 14's failing config first (T=65,536, H=8, B=1: DEER fell back under TF32), then
-    # cheapest first, so a short window measures the most configs
+    # the config where DEER falls back under TF32 first (T=65,536, H=8, B=1), then cheapest
+    # first, so a short window measures the most configs
     configs = sorted(configs, key=lambda c: (c != (65536, 8, 1), c[0] * c[1] * c[1] * c[2], c))
     methods = bench.parallel_methods()
     print(f"methods: sequential, {', '.join(methods)}", flush=True)
-    print(bench.DEER_HEADER, flush=True)
+    print(DEER_ROW_HEADER, flush=True)
 
     def on_row(r):
         rows.append(r)
-        print(bench.deer_line(r), flush=True)
+        print(deer_row(r), flush=True)
         _write_json(path, {"configs": configs, "methods": methods, "rows": rows})
 
     bench.deer_rows(configs, 2, methods=methods, budget=budget, on_row=on_row)
@@ -177,8 +176,7 @@ def _stream(cmd, limit_s, log=None, prefix=""):
     """Run cmd, echoing its output as it comes; kill it after limit_s. Returns (rc, seconds, timed_out).
 
     Reads whatever bytes are there rather than whole lines: pytest's progress dots end their
-    line only at 100 %, and a blocking readline held the limit back until then (the first H100
-    run's tests part ran 81 s against a 55 s limit)."""
+    line only at 100 %, and a blocking readline would hold the limit back until then."""
     import codecs
     import selectors
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
@@ -271,48 +269,6 @@ def run_part(name, out: Path, smoke: bool, data=None) -> dict:
     return result
 
 
-def _cell(value) -> str:
-    """One markdown table cell: a `|` or a line break (nvidia-smi prints a line per GPU) would split the row."""
-    return "; ".join(str(value).splitlines()).replace("|", "\\|")
-
-
-def markdown(report: dict) -> str:
-    """The report's tables (what the README takes, with the card and versions)."""
-    from experiments import bench
-    lines = ["# Device report", ""]
-    env = report["parts"].get("env", {}).get("result", {})
-    if env:
-        lines += ["| what | value |", "|---|---|"] + [f"| {_cell(k)} | {_cell(v)} |" for k, v in sorted(env.items())] + [""]
-    lines += ["| part | seconds | exit | note |", "|---|---|---|---|"]
-    order = {name: i for i, name in enumerate(PARTS)}   # run order; a part of an older report's PARTS last
-    for name, p in sorted(report["parts"].items(), key=lambda kv: (order.get(kv[0], len(PARTS)), kv[0])):
-        note = "stopped at its time limit" if p.get("timed_out") else p.get("summary", "")
-        lines.append(f"| {_cell(name)} | {p['seconds']:.0f} | {p['rc']} | {_cell(note)} |")
-    for name, cell in BENCH_CELLS.items():
-        b = report["parts"].get(name, {}).get("result")
-        if not b:
-            continue
-        lines += ["", f"## bench --gpu-quick --cell {cell} (precision {b.get('config', {}).get('precision')})", "",
-                  bench.ROW_HEADER]
-        lines += [bench.row_line(r) for r in b.get("rows", [])]
-        ratios = b.get("metrics", {}).get("jrnn_speedup_vs_best_peer", {})
-        lines += ["", "best peer / best jrnn: " + (", ".join(f"({k}) {v:.2f}x" for k, v in ratios.items() if v) or "none measured")]
-        if b.get("not_measured"):
-            lines += ["", f"not (fully) measured (time budget): {b['not_measured']}"]
-    d = report["parts"].get("deer", {}).get("result")
-    if d:
-        lines += ["", "## parallel-in-time vs sequential scan (Elman)", "", bench.DEER_HEADER]
-        lines += [bench.deer_line(r) for r in d.get("rows", [])]
-        if d.get("not_measured"):
-            lines += ["", f"not measured (time budget): {d['not_measured']}"]
-    c = report["parts"].get("charlm", {}).get("result")
-    if c:
-        lines += ["", "## charlm --full", "", "| epoch | step | val nats/char | val bits/char | wall s |", "|---|---|---|---|---|"]
-        lines += [f"| {h['epoch']} | {h['step']} | {h['val_nats']:.4f} | {h['val_bits']:.4f} | {h['wall_s']:.1f} |"
-                  for h in c.get("history", [])]
-    return "\n".join(lines) + "\n"
-
-
 def part_list(text: str) -> list[str]:
     """--parts: comma-separated names of PARTS, each once (argparse names the flag otherwise)."""
     parts = [p.strip() for p in text.split(",")]
@@ -369,8 +325,8 @@ def main(argv=None):
         report["parts"][name] = run_part(name, args.out, args.smoke, args.data)
         report["wall_s"] = time.perf_counter() - t0
         _write_json(args.out / "report.json", report)      # what is measured is kept, part by part
-        (args.out / "report.md").write_text(markdown(report))
-    print("\n" + markdown(report), flush=True)
+        (args.out / "report.md").write_text(device_markdown(report))
+    print("\n" + device_markdown(report), flush=True)
     print(f"report: {args.out / 'report.md'} ({report['wall_s']:.0f} s)")
     return report
 

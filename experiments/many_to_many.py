@@ -36,29 +36,32 @@ def make_data(seed, n):
     return x, y
 
 
-def loss_fn(params, batch, carry):
+MODEL = common.model("elman", vocab=VOCAB, hidden=HIDDEN)
+
+
+def loss_fn(model, params, batch, carry):
     """Per-sequence summed cross-entropy (the seed's loss), averaged over the batch. batch: [T, B]."""
     x, y = batch
-    logits, _ = jrnn.elman.apply(params, x)
+    logits, _ = model.apply(params, x)
     return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum") / x.shape[1], carry
 
 
 OPTIMIZER = jrnn.optim.sgd(LEARNING_RATE)
-MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER)
 
 
 def gradient_check(params, x, y) -> float:
     """Worst relative error of jax.grad vs the hand-written BPTT, in float64."""
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        g = jax.grad(lambda p: jrnn.losses.softmax_cross_entropy(jrnn.elman.apply(p, x)[0], y, reduction="sum"))(p64)
+        g = jax.grad(lambda p: jrnn.losses.softmax_cross_entropy(MODEL.apply(p, x)[0], y, reduction="sum"))(p64)
         _, ref, _ = jrnn.bptt.many_to_many(p64, x, y)
         return jrnn.testing.relative_error(g, jrnn.ElmanParams(**ref))
 
 
 def accuracy(params, x, y):
-    logits, _ = jrnn.elman.apply_batch(params, x)
-    return float(jnp.mean(jnp.argmax(logits, -1) == y))
+    """Token accuracy of sequences x, y [N, T] (batch-first, as drawn)."""
+    logits, _ = MODEL.apply(params, x.T)                  # time-major [T, N, V]
+    return float(jnp.mean(jnp.argmax(logits, -1) == y.T))
 
 
 def main(argv=None):
@@ -69,10 +72,10 @@ def main(argv=None):
         raise ValueError(f"--steps must be a multiple of {STEPS_PER_CALL}")
     x, y = make_data(args.seed, N_TRAIN)
     x_test, y_test = make_data(args.seed + 1, 256)
-    params = jrnn.elman.init(jax.random.key(args.seed), vocab_size=VOCAB, hidden_size=HIDDEN,
-                             scheme="normal", scale=INIT_SCALE)
+    params = common.init(MODEL, jax.random.key(args.seed), scheme="normal", scale=INIT_SCALE)
     grad_err_start = gradient_check(params, x[0], y[0])
     opt_state = OPTIMIZER.init(params)
+    step = common.multi_step(loss_fn, MODEL, OPTIMIZER)
     rng = np.random.RandomState(args.seed)
     losses = []
     bar = common.progress(args.steps, "many_to_many", args.quiet)
@@ -80,7 +83,7 @@ def main(argv=None):
         for _ in range(args.steps // STEPS_PER_CALL):
             idx = rng.randint(0, N_TRAIN, (STEPS_PER_CALL, BATCH))
             batch = (x[idx].transpose(0, 2, 1), y[idx].transpose(0, 2, 1))     # [K, T, B]
-            params, opt_state, m, _ = MULTI_STEP(params, opt_state, batch)
+            params, opt_state, m, _ = step(params, opt_state, batch)
             losses.extend(np.asarray(m["loss"]).tolist())
             bar.update(STEPS_PER_CALL)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")

@@ -1,7 +1,7 @@
 """Memory of loss + gradient for long sequences, with and without rematerialisation.
 
 Reads XLA's compiled memory analysis (temp buffers of the jitted gradient) for an Elman LM at
-B=8, H=256, V=65 over several T; `remat=True` keeps sqrt(T) hidden states for the backward pass.
+B=8, H=256, V=65 over several T; `grad=jrnn.Remat()` keeps sqrt(T) hidden states for the backward pass.
 Also times one gradient at T=4000 (else the largest T) for each, to show the recompute cost.
 The plot (memory.png) is temp MiB against T for both.
 """
@@ -19,6 +19,9 @@ BATCH, HIDDEN, VOCAB = 8, 256, 65
 LENGTHS = (1000, 4000, 16000)
 
 
+MODEL = common.model("elman", vocab=VOCAB, hidden=HIDDEN)
+
+
 def tokens(T):
     return jnp.zeros((T, BATCH), jnp.int32)
 
@@ -26,7 +29,8 @@ def tokens(T):
 def grad_fn(params, T, remat):
     """The compiled gradient, tokens [T, B] an argument (as a closed-over constant, XLA spends
     seconds constant-folding the embedding's scatter-add)."""
-    loss = lambda p, x: jrnn.elman.sequence_loss(p, x, x, remat=remat)[0]
+    grad = jrnn.Remat() if remat else jrnn.FullBPTT()
+    loss = lambda p, x: MODEL.loss(p, x, x, grad=grad)[0]
     return jax.jit(jax.grad(loss)).lower(params, tokens(T)).compile()
 
 
@@ -36,7 +40,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     lengths = sorted(set(args.lengths))
     timed_T = 4000 if 4000 in lengths else lengths[-1]
-    params = jrnn.elman.init(jax.random.key(args.seed), vocab_size=VOCAB, hidden_size=HIDDEN)
+    params = common.init(MODEL, jax.random.key(args.seed), scheme="default")
     rows = []
     bar = common.progress(2 * len(lengths), "memory (compile per T)", args.quiet)
     with common.Timer() as t:
@@ -62,7 +66,7 @@ def main(argv=None):
     r4 = next(r for r in rows if r["T"] == timed_T)
     print(f"T={timed_T} gradient time: plain {r4['plain_grad_s']:.3f} s, remat {r4['remat_grad_s']:.3f} s")
     # log-log: the plain scan's line has slope 1, remat's about 1/2 (it keeps sqrt(T) states)
-    names = {"plain": "plain scan (keeps all T states)", "remat": "remat=True (keeps about sqrt(T) states)"}
+    names = {"plain": "plain scan (keeps all T states)", "remat": "grad=jrnn.Remat() (keeps about sqrt(T) states)"}
     plot = common.plot_panels(args.out, {f"Elman LM, B={BATCH}, H={HIDDEN}, V={VOCAB}": {
                                   names[k]: (lengths, [r[k] for r in rows]) for k in ("plain", "remat")}},
                               xlabel="sequence length T, timesteps (log scale)",

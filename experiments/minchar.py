@@ -17,7 +17,6 @@ randn * 0.01; the numpy loop, the seed's Elman network, is then not timed).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -41,38 +40,21 @@ CALL_ITERS = 100      # optimizer steps per jitted call (lax.scan over chunks)
 
 def make_model(cell, V):
     """min-char-rnn's network: one layer of HIDDEN units, any cell."""
-    if cell == "elman":
-        return jrnn.elman.model(vocab_size=V, hidden_size=HIDDEN)
-    return jrnn.lm.model(cell, vocab_size=V, hidden_size=HIDDEN)
+    return common.model(cell, vocab=V, hidden=HIDDEN)
 
 
 def init(model, key):
     """The seed's randn * 0.01 for its Elman network; a gated cell's own init."""
-    if model.cell == jrnn.cells.ELMAN:
-        return jrnn.elman.init(key, vocab_size=model.input_size, hidden_size=HIDDEN, scheme="normal", scale=INIT_SCALE)
-    return model.init(key)
+    return common.init(model, key, scheme="normal", scale=INIT_SCALE)
 
 
-def model_of(params, cell="elman"):
-    """The one-layer model `params` belong to (sizes read off them)."""
-    if cell == "elman":
-        return jrnn.elman.model_of(params)
-    H, V = params.w_hy.shape
-    return jrnn.lm.model(cell, vocab_size=V, hidden_size=H)
-
-
-def make_loss(cell="elman"):
-    def loss_fn(params, batch, h):
-        """Sum of the 25 per-step losses; the carry h (the layer's: an LSTM's (h, c)) is reset to
-        zero where the loop starts over."""
-        x, y, reset = batch
-        h = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), h)
-        logits, (h,) = model_of(params, cell).apply(params, x, (h,))
-        return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"), h
-    return loss_fn
-
-
-loss_fn = make_loss("elman")
+def loss_fn(cell, params, batch, h):
+    """Sum of the 25 per-step losses; the carry h (the layer's: an LSTM's (h, c)) is reset to
+    zero where the loop starts over. The network's vocabulary is read off the params."""
+    x, y, reset = batch
+    h = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), h)
+    logits, (h,) = make_model(cell, jnp.shape(params.w_hy)[-1]).apply(params, x, (h,))
+    return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"), h
 
 
 def only_b_y(params):
@@ -85,20 +67,10 @@ OPTIMIZER = jrnn.optim.karpathy_adagrad(LEARNING_RATE, clip_value=CLIP)
 AS_WRITTEN_OPTIMIZER = optax.chain(optax.masked(optax.set_to_zero(), only_b_y), OPTIMIZER)
 
 
-# one compiled multi-step per mode for every run of this process (a new jit would recompile);
-# `train`'s BadStepCounter counts the skipped steps (--max-bad-steps), so the steps do not
-STEP_KW = {"max_consecutive_skips": None}
-MULTI_STEP = jrnn.make_multi_step(loss_fn, OPTIMIZER, **STEP_KW)
-AS_WRITTEN_STEP = jrnn.make_multi_step(loss_fn, AS_WRITTEN_OPTIMIZER, **STEP_KW)
-
-
-@functools.lru_cache(maxsize=None)
 def multi_step(as_written: bool = False, precision: str | None = "float32", cell: str = "elman"):
-    """The compiled multi-step of a mode, --precision and --cell (one per process)."""
-    if precision == "float32" and cell == "elman":
-        return AS_WRITTEN_STEP if as_written else MULTI_STEP
-    kw = {} if precision == "float32" else {"precision": precision}
-    return jrnn.make_multi_step(make_loss(cell), optimizer(as_written), **kw, **STEP_KW)
+    """The compiled multi-step of a mode, --precision and --cell (one per process: `common.multi_step`).
+    `train`'s BadStepCounter counts the skipped steps (--max-bad-steps), so the steps do not."""
+    return common.multi_step(loss_fn, cell, optimizer(as_written), precision=precision, max_consecutive_skips=None)
 
 
 def optimizer(as_written: bool = False) -> optax.GradientTransformation:
@@ -130,7 +102,7 @@ def train(params, ids, n_iters, *, opt_state=None, h=None, start=0, on_call=None
     """
     opt_state = optimizer(as_written).init(params) if opt_state is None else opt_state
     step = multi_step(as_written, precision, cell)
-    h = model_of(params, cell).zeros(params)[0] if h is None else h
+    h = make_model(cell, jnp.shape(params.w_hy)[-1]).zeros(params)[0] if h is None else h
     ps, resets = positions(n_iters, len(ids))
     offsets = np.arange(SEQ_LEN)
     bad = jrnn.train.BadStepCounter(max_bad_steps) if bad is None else bad

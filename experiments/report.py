@@ -1,4 +1,6 @@
-"""Regenerate the results tables of README.md and docs/*.md from the runs' results.json files.
+"""Every results table's markdown, and the command that regenerates the tables of README.md and
+docs/*.md from the runs' results.json files (bench and the device report print their rows with
+the renderers here too; this module needs no jax).
 
     python -m experiments.report                 # regenerate the tables whose runs are here, keep the rest
     python -m experiments.report --readme docs/benchmarks.md   # just this file (repeat for several)
@@ -205,6 +207,90 @@ MINCHAR_MODES = [
 ]
 
 
+# ---- the benchmark tables: bench prints its rows as it measures, the device report and the
+# README/docs tables are built from the same rows --------------------------------------------------
+
+def md_cell(value) -> str:
+    """One markdown table cell: a `|` or a line break (nvidia-smi prints a line per GPU) would split the row."""
+    return "; ".join(str(value).splitlines()).replace("|", "\\|")
+
+
+BENCH_ROW_HEADER = ("| B, H, T, V | impl | compile s | train µs/step | fwd µs/step | train µs/timestep "
+                    "| loss after 1st call |\n|---|---|---|---|---|---|---|")
+
+
+def bench_row(r) -> str:
+    """One measured bench row (an implementation at a config), as bench prints it."""
+    fwd = "" if r["forward_us"] is None else f"{r['forward_us']:.0f}"
+    return (f"| {', '.join(map(str, r['config']))} | {r['impl']} | {r['compile_s']:.2f} | {r['train_us']:.0f} | "
+            f"{fwd} | {r['train_us_per_timestep']:.2f} | {r['loss_after_first_call']:.5f} |")
+
+
+def bench_ratio_row(cfg, ratio) -> str:
+    """The line bench prints after a config's rows: best peer / best jrnn."""
+    return f"| {', '.join(map(str, cfg))} | best peer / best jrnn: {ratio:.2f}x | | | | | |"
+
+
+DEER_ROW_HEADER = ("| T | H | B | method | compile s | fwd ms | fwd+bwd ms | vs sequential (fwd, fwd+bwd) "
+                   "| Newton iters |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def deer_row(r) -> str:
+    """One measured parallel-in-time row (a method at a (T, H, B)), as bench --deer prints it."""
+    if "skipped" in r:
+        return f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | skipped: {r['skipped']} | | | | |"
+    ratio = "" if r["method"] == "sequential" else f"{r['forward_speedup']:.2f}x, {r['train_speedup']:.2f}x"
+    it = "" if r["method"] == "sequential" else f"{r['iterations']}{' (fell back)' if r['fell_back'] else ''}"
+    return (f"| {r['T']} | {r['H']} | {r['B']} | {r['method']} | {r['compile_s']:.1f} | {r['forward_ms']:.1f} | "
+            f"{r['train_ms']:.1f} | {ratio} | {it} |")
+
+
+# the device report's parts in the order it runs them, and the bench parts' cells
+# (experiments.device_report runs them; the tables of its report.json are built here)
+DEVICE_PARTS = ("env", "tests", "bench", "bench_lstm", "bench_gru", "deer", "charlm")
+DEVICE_BENCH_CELLS = {"bench": "elman", "bench_lstm": "lstm", "bench_gru": "gru"}
+
+
+def device_markdown(report: dict) -> str:
+    """A device report's tables (`experiments.device_report`'s report.md, and what the docs take
+    with the card and versions)."""
+    lines = ["# Device report", ""]
+    env = report["parts"].get("env", {}).get("result", {})
+    if env:
+        lines += ["| what | value |", "|---|---|"] + [f"| {md_cell(k)} | {md_cell(v)} |" for k, v in sorted(env.items())]
+        lines += [""]
+    lines += ["| part | seconds | exit | note |", "|---|---|---|---|"]
+    order = {name: i for i, name in enumerate(DEVICE_PARTS)}   # run order; a part of an older report's last
+    for name, p in sorted(report["parts"].items(), key=lambda kv: (order.get(kv[0], len(DEVICE_PARTS)), kv[0])):
+        note = "stopped at its time limit" if p.get("timed_out") else p.get("summary", "")
+        lines.append(f"| {md_cell(name)} | {p['seconds']:.0f} | {p['rc']} | {md_cell(note)} |")
+    for name, cell in DEVICE_BENCH_CELLS.items():
+        b = report["parts"].get(name, {}).get("result")
+        if not b:
+            continue
+        lines += ["", f"## bench --gpu-quick --cell {cell} (precision {b.get('config', {}).get('precision')})", "",
+                  BENCH_ROW_HEADER]
+        lines += [bench_row(r) for r in b.get("rows", [])]
+        ratios = b.get("metrics", {}).get("jrnn_speedup_vs_best_peer", {})
+        lines += ["", "best peer / best jrnn: " + (", ".join(f"({k}) {v:.2f}x" for k, v in ratios.items() if v)
+                                                   or "none measured")]
+        if b.get("not_measured"):
+            lines += ["", f"not (fully) measured (time budget): {b['not_measured']}"]
+    d = report["parts"].get("deer", {}).get("result")
+    if d:
+        lines += ["", "## parallel-in-time vs sequential scan (Elman)", "", DEER_ROW_HEADER]
+        lines += [deer_row(r) for r in d.get("rows", [])]
+        if d.get("not_measured"):
+            lines += ["", f"not measured (time budget): {d['not_measured']}"]
+    c = report["parts"].get("charlm", {}).get("result")
+    if c:
+        lines += ["", "## charlm --full", "", "| epoch | step | val nats/char | val bits/char | wall s |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {h['epoch']} | {h['step']} | {h['val_nats']:.4f} | {h['val_bits']:.4f} | {h['wall_s']:.1f} |"
+                  for h in c.get("history", [])]
+    return "\n".join(lines) + "\n"
+
+
 def bench_table(r):
     """The benchmark's rows pivoted: one line per config, one column per implementation (µs/step)."""
     impls, by_cfg = [], {}
@@ -259,7 +345,6 @@ DEVICE = ("device_report", "PYTHONPATH=. python -m experiments.device_report")  
 def device_lines(runs: Path) -> tuple[list[str], list[str]]:
     """The device report's tables (`runs/device_report/report.json`, copied back from the GPU
     machine), its headings one level down; a `--smoke` report is not a device's."""
-    from experiments import device_report   # here: it imports jax, which no other table needs
     run, command = DEVICE
     path = runs / run / "report.json"
     r, why = read_json(path)
@@ -270,7 +355,7 @@ def device_lines(runs: Path) -> tuple[list[str], list[str]]:
                 raise ValueError("not a device report (an object whose 'parts' maps each part to an object)")
             if r.get("smoke"):
                 raise ValueError("a --smoke report (tiny sizes on a CPU)")
-            md = device_report.markdown(r).splitlines()[1:]      # without its "# Device report" title
+            md = device_markdown(r).splitlines()[1:]      # without its "# Device report" title
             lines = [f"**{ln[3:]}**" if ln.startswith("## ") else ln for ln in md]
             return ([f"`{command}` on the device machine, {r['wall_s']:.0f} s (the table below names the card "
                      "and versions; µs per training step, ms per call for DEER):", *lines], [])

@@ -89,20 +89,19 @@ T_MAX = max(len(s.split(" ")) for s in list(TRAIN) + list(TEST))  # 9 words
 
 def make_model(cell, vocab_size, bidirectional=False):
     """The seed's many-to-one network (two classes) with any cell, one or both directions."""
-    if cell == "elman" and not bidirectional:
-        return jrnn.elman.model(input_size=vocab_size, hidden_size=HIDDEN, output_size=2)
-    return jrnn.model.make(jrnn.cells.get(cell), input_size=vocab_size, hidden_size=HIDDEN, output_size=2,
-                           bidirectional=bidirectional)
+    return common.model(cell, inputs=vocab_size, hidden=HIDDEN, outputs=2, bidirectional=bidirectional)
 
 
-@functools.lru_cache(maxsize=None)
-def multi_step(model):
-    def loss_fn(params, batch, carry):
-        """Cross-entropy of the class read from the last real step of one padded sentence."""
-        x, mask, label = batch
-        logits, _ = model.apply_last(params, x, mask=mask)
-        return jrnn.losses.softmax_cross_entropy(logits, label), carry
-    return jrnn.make_multi_step(loss_fn, OPTIMIZER)
+def init(model, key):
+    """The seed's randn/1000 for its Elman network; a gated or bidirectional model's own init."""
+    return common.init(model, key, scheme="normal", scale=INIT_SCALE)
+
+
+def loss_fn(model, params, batch, carry):
+    """Cross-entropy of the class read from the last real step of one padded sentence."""
+    x, mask, label = batch
+    logits, _ = model.apply_last(params, x, mask=mask)
+    return jrnn.losses.softmax_cross_entropy(logits, label), carry
 
 
 OPTIMIZER = jrnn.optim.sgd(LEARNING_RATE, clip_value=CLIP)
@@ -114,7 +113,8 @@ def train_epochs(model, params, opt_state, key, data, *, n_epochs):
     def epoch(state, k):
         params, opt_state = state
         perm = jax.random.permutation(k, data[0].shape[0])
-        params, opt_state, m, _ = multi_step(model)(params, opt_state, jax.tree.map(lambda a: a[perm], data))
+        step = common.multi_step(loss_fn, model, OPTIMIZER)
+        params, opt_state, m, _ = step(params, opt_state, jax.tree.map(lambda a: a[perm], data))
         return (params, opt_state), jnp.mean(m["loss"])
 
     (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), jax.random.split(key, n_epochs))
@@ -127,19 +127,10 @@ def train_seeds(model, params, opt_state, keys, data, *, n_epochs):
     return jax.vmap(lambda p, s, k: train_epochs(model, p, s, k, data, n_epochs=n_epochs))(params, opt_state, keys)
 
 
-def accuracy(params, data, model=None):
+def accuracy(model, params, data):
     x, mask, labels = data
-    model = jrnn.elman.model_of(params) if model is None else model
     logits, _ = jax.vmap(lambda xi, mi: model.apply_last(params, xi, mask=mi))(x, mask)
     return jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
-def init(key, vocab_size, model=None):
-    """The seed's randn/1000 for its Elman network; a gated or bidirectional model's own init."""
-    if model is None or (model.cell == jrnn.cells.ELMAN and not model.bidirectional):
-        return jrnn.elman.init(key, input_size=vocab_size, hidden_size=HIDDEN, output_size=2,
-                               scheme="normal", scale=INIT_SCALE)
-    return model.init(key)
 
 
 def seed_sharding(n_seeds, devices=None):
@@ -159,7 +150,7 @@ def train(seeds, epochs, quiet=True, devices=None, cell="elman", bidirectional=F
     # padding runs (extra seeds, so every device gets as many) are trained and dropped
     runs = list(seeds) + [max(seeds) + 1 + i for i in range(n_runs - len(seeds))]
     keys = jnp.stack([jax.random.key(s) for s in runs])
-    params = jax.vmap(lambda k: init(k, len(vocab), model))(keys)
+    params = jax.vmap(lambda k: init(model, k))(keys)
     opt_state = jax.vmap(OPTIMIZER.init)(params)
     shuffle_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     params, opt_state, shuffle_keys = jax.device_put((params, opt_state, shuffle_keys), sharding)
@@ -196,15 +187,15 @@ def main(argv=None):
     model = make_model(args.cell, len(vocabulary()), args.bidirectional)
     vocab = vocabulary()
     test_data, train_data = encode(TEST, vocab, T_MAX), encode(TRAIN, vocab, T_MAX)
-    test_acc = np.asarray(jax.vmap(lambda p: accuracy(p, test_data, model))(params))
-    train_acc = np.asarray(jax.vmap(lambda p: accuracy(p, train_data, model))(params))
+    test_acc = np.asarray(jax.vmap(lambda p: accuracy(model, p, test_data))(params))
+    train_acc = np.asarray(jax.vmap(lambda p: accuracy(model, p, train_data))(params))
     metrics = {"test_accuracy": test_acc, "train_accuracy": train_acc,
                "test_perfect_runs": int(np.sum(test_acc == 1.0)), "min_test_accuracy": float(test_acc.min()),
                "final_train_loss": losses[:, -1], "epochs_per_s_all_seeds": args.epochs * len(seeds) / wall}
     if args.baseline_epochs > 0 and args.cell == "elman" and not args.bidirectional:   # the numpy loop is the seed's Elman
         train(seeds, EPOCHS_PER_CALL, devices=args.devices)  # compile the same shapes, then time a steady state
         _, _, wall_jit = train(seeds, args.epochs, devices=args.devices)
-        one = init(jax.random.key(args.seed), len(vocab))
+        one = init(model, jax.random.key(args.seed))
         sentences = [(x[m].tolist(), int(y)) for x, m, y in zip(*train_data)]
         with common.Timer() as tn:
             baselines.sentiment_numpy(one, sentences, args.baseline_epochs)

@@ -33,10 +33,11 @@ TASKS = {  # name: (hidden, targets, inputs: "uniform" or "ones")
     "periodic_01": (10, [0, 1], "ones"),
     "periodic_012": (50, [0, 1, 2], "ones"),
 }
-OPTIMIZERS = {  # name: (factory, learning rate)
-    "multiplier_rprop": (jrnn.optim.seed_rprop, 0.01),   # the notebook's rule
-    "rprop": (jrnn.optim.rprop, 0.01),
-    "sgd": (jrnn.optim.sgd, 0.1),
+RATES = {"multiplier_rprop": 0.01, "rprop": 0.01, "sgd": 0.1}   # learning rates
+OPTIMIZERS = {  # made once: each (optimizer, network) pair's step compiles once (`common.multi_step`)
+    "multiplier_rprop": jrnn.optim.seed_rprop(RATES["multiplier_rprop"]),   # the notebook's rule
+    "rprop": jrnn.optim.rprop(RATES["rprop"]),
+    "sgd": jrnn.optim.sgd(RATES["sgd"]),
 }
 INITS = ("default", "uniform01")
 SOLVED_LOSS = 0.05
@@ -50,23 +51,26 @@ def dataset(task, seed):
     return x.astype(np.float32), y
 
 
-def loss_fn(params, batch, carry):
+def network(task):
+    """The task's Elman network: DIMS inputs, its hidden size, DIMS classes."""
+    return common.model("elman", inputs=DIMS, hidden=TASKS[task][0], outputs=DIMS)
+
+
+def loss_fn(model, params, batch, carry):
     x, y = batch
-    logits, _ = jrnn.elman.apply(params, x)
+    logits, _ = model.apply(params, x)
     return jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"), carry
 
 
 def train(task, opt_name, init, steps, seed):
     """Full-batch training on one sequence; returns a result dict."""
-    hidden = TASKS[task][0]
-    factory, lr = OPTIMIZERS[opt_name]
-    opt = factory(lr)
-    params = jrnn.elman.init(jax.random.key(seed), input_size=DIMS, hidden_size=hidden, output_size=DIMS, scheme=init)
+    model, opt = network(task), OPTIMIZERS[opt_name]
+    params = common.init(model, jax.random.key(seed), scheme=init)
     x, y = dataset(task, seed)
-    multi = jrnn.make_multi_step(loss_fn, opt, guard_nonfinite=False)  # we want to *see* divergence here
+    multi = common.multi_step(loss_fn, model, opt, guard_nonfinite=False)  # we want to *see* divergence here
     xs, ys = np.broadcast_to(x, (steps,) + x.shape), np.broadcast_to(y, (steps,) + y.shape)
     params, _, m, _ = multi(params, opt.init(params), (xs, ys))
-    logits, _ = jrnn.elman.apply(params, x)
+    logits, _ = model.apply(params, x)
     loss = float(jrnn.losses.softmax_cross_entropy(logits, y, reduction="sum"))
     finite = bool(np.all(np.isfinite(m["loss"]))) and all(bool(jnp.all(jnp.isfinite(p))) for p in params)
     correct = bool(np.all(np.argmax(np.asarray(logits), -1) == y))
@@ -115,7 +119,7 @@ def main(argv=None):
     metrics = {"solved_of_5": solved, "all_solved_default_init": all(v == len(TASKS) for v in solved["default"]),
                "failures": [f"{r['init']}/{r['optimizer']}/{r['task']}" for r in results if not r["solved"]]}
     config = {"steps": args.steps, "tasks": {k: v[:2] for k, v in TASKS.items()}, "length": LENGTH,
-              "optimizers": {k: v[1] for k, v in OPTIMIZERS.items()}, "inits": list(INITS),
+              "optimizers": dict(RATES), "inits": list(INITS),
               "solved_loss": SOLVED_LOSS, "seed": args.seed}
     plot = plot_tasks(args.out, results, args.steps)
     common.save_results(args.out, "sequences", config, metrics, t.s, runs=results, plot=plot.name)

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from experiments import device_report
+from experiments.report import device_markdown
 
 
 def test_parts_in_one_process_and_the_report_tables(tmp_path, monkeypatch):
@@ -25,7 +26,7 @@ def test_parts_in_one_process_and_the_report_tables(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "deer.json").read_text())["rows"] == json.loads(json.dumps(deer["rows"]))
     report = {"parts": {"env": {"rc": 0, "seconds": 1.0, "timed_out": False, "result": env},
                         "deer": {"rc": -9, "seconds": 2.0, "timed_out": True, "result": deer}}}
-    md = device_report.markdown(report)
+    md = device_markdown(report)
     assert f"| jax | {env['jax']} |" in md and "stopped at its time limit" in md
     assert md.count("| 16 | 2 | 2 |") == len(deer["rows"]) == 2
 
@@ -121,7 +122,7 @@ def test_markdown_of_an_older_or_partial_report(tmp_path):
     prints a line per GPU) keep the tables whole."""
     def part(**kw):
         return {"rc": 0, "seconds": 1.0, "timed_out": False, **kw}
-    md = device_report.markdown({"parts": {
+    md = device_markdown({"parts": {
         "bench_old": part(), "charlm": part(), "env": part(result={"nvidia_smi": "H100, 550\nH100, 550"}),
         "tests": part(summary="E   assert a | b"), "bench_gru": part(result={"rows": []})}})
     import re

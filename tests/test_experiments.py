@@ -79,7 +79,7 @@ def test_sentiment_bidirectional_smoke(tmp_path):
     r = outputs(tmp_path)
     assert r["config"]["bidirectional"] is True and "speedup_vs_numpy" not in m   # no one-way numpy baseline
     assert max(m["final_train_loss"]) < np.log(2)
-    assert isinstance(sentiment.init(jax.random.key(0), 5, sentiment.make_model("elman", 5, True)).layers[0],
+    assert isinstance(sentiment.init(sentiment.make_model("elman", 5, True), jax.random.key(0)).layers[0],
                       jrnn.model.Directions)
 
 
@@ -336,3 +336,60 @@ def test_print_saved_says_where_the_plot_and_results_are_or_why_there_is_no_plot
     assert capsys.readouterr().out.splitlines() == [
         f"plot: {tmp_path / 'accuracy.png'}", f"results: {tmp_path / 'results.json'}",
         "plot: none (the batched recipe alone has no curve)", f"results: {tmp_path / 'results.json'}"]
+
+
+# ---- one model factory, one cached step (experiments.common) -----------------------------------
+
+def test_common_init_draws_the_notebooks_elman_params_with_a_scheme_and_other_networks_their_own():
+    """The notebooks' Elman network gets the very numbers jrnn.elman.init draws with its scheme
+    (charlm's command 1 reproduces its notebook from them); a gated, stacked or bidirectional
+    network, or no scheme, gets the model's own init."""
+    key = jax.random.key(3)
+    elman = common.model("elman", vocab=7, hidden=5)
+    got = common.init(elman, key, scheme="normal", scale=0.01)
+    want = jrnn.elman.init(key, vocab_size=7, hidden_size=5, scheme="normal", scale=0.01)
+    assert isinstance(got, jrnn.ElmanParams) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    clf = common.model("elman", inputs=4, hidden=3, outputs=2, activation="sigmoid")
+    got = common.init(clf, key, scheme="uniform", scale=1.0)
+    want = jrnn.elman.init(key, input_size=4, hidden_size=3, output_size=2, scheme="uniform", scale=1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    for net in (common.model("lstm", vocab=7, hidden=5), common.model("elman", vocab=7, hidden=5, layers=2),
+                common.model("elman", inputs=7, hidden=5, outputs=2, bidirectional=True)):
+        got = common.init(net, key, scheme="normal")
+        assert isinstance(got, jrnn.Params)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(net.init(key))))
+    assert isinstance(common.init(elman, key), jrnn.Params)           # no scheme: the model's own
+
+
+def test_common_model_names_the_missing_sizes_and_a_misplaced_activation():
+    with pytest.raises(ValueError, match="give vocab= .* or both inputs= and outputs="):
+        common.model("elman", inputs=3, hidden=2)
+    with pytest.raises(ValueError, match="activation= sets the Elman cell's nonlinearity; the lstm cell"):
+        common.model("lstm", vocab=3, hidden=2, activation="sigmoid")
+
+
+def test_common_multi_step_is_made_once_per_loss_network_optimizer_and_keywords(monkeypatch):
+    made = []
+    real = jrnn.make_multi_step
+    monkeypatch.setattr(jrnn, "make_multi_step", lambda *a, **kw: made.append(kw) or real(*a, **kw))
+    common.multi_step.cache_clear()
+    net, opt = common.model("elman", vocab=5, hidden=3), jrnn.optim.sgd(0.1)
+    loss = sequences.loss_fn
+    step = common.multi_step(loss, net, opt, precision="float32")
+    assert common.multi_step(loss, common.model("elman", vocab=5, hidden=3), opt, precision="float32") is step
+    assert common.multi_step(loss, net, opt, precision="bfloat16") is not step
+    assert common.multi_step(loss, common.model("gru", vocab=5, hidden=3), opt, precision="float32") is not step
+    assert made == [{"precision": "float32"}, {"precision": "bfloat16"}, {"precision": "float32"}]
+    with pytest.raises(TypeError, match="must be hashable .* pass a Model or a cell name as net"):
+        common.multi_step(loss, [net], opt)
+
+
+def test_sequences_compiles_one_step_per_optimizer_and_network_not_one_per_run(monkeypatch):
+    """sequences made a new jitted step for each of its 30 runs, each compiled anew; a run of
+    the other init (same task, same optimizer) now reuses the first one's step."""
+    made = []
+    real = jrnn.make_multi_step
+    monkeypatch.setattr(jrnn, "make_multi_step", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    common.multi_step.cache_clear()
+    runs = [sequences.train("constant_0", "sgd", init, 4, 0) for init in sequences.INITS]
+    assert len(made) == 1 and [r["init"] for r in runs] == list(sequences.INITS)

@@ -31,24 +31,24 @@ def _spy(monkeypatch, module, name, seen):
 def test_minchar_precision_reaches_the_step(data_dir, tmp_path, monkeypatch):
     seen = []
     _spy(monkeypatch, jrnn, "make_multi_step", seen)
-    minchar.multi_step.cache_clear()
+    common.multi_step.cache_clear()
     try:
         minchar.main(["--steps", "100", "--baseline-steps", "0", "--precision", "tensorfloat32", "--quiet",
                       "--out", str(tmp_path)])
     finally:
-        minchar.multi_step.cache_clear()
+        common.multi_step.cache_clear()
     assert seen == ["tensorfloat32"]
     assert json.loads((tmp_path / "results.json").read_text())["config"]["precision"] == "tensorfloat32"
     step = minchar.multi_step(False, "bfloat16")
-    assert step is not minchar.MULTI_STEP and minchar.multi_step(False, "float32") is minchar.MULTI_STEP
+    assert step is not minchar.multi_step(False, "float32") and minchar.multi_step(False, "float32") is minchar.multi_step()
 
 
 def test_charlm_precision_reaches_the_step(data_dir, tmp_path, monkeypatch):
     seen = []
     _spy(monkeypatch, jrnn, "make_multi_step", seen)
-    _spy(monkeypatch, jrnn.train, "make_data_parallel_step", seen)
+    _spy(monkeypatch, jrnn.distributed, "make_data_parallel_step", seen)
     charlm.main(["--full", "--epochs", "1", "--chars", "20000", "--hidden", "8", "--batch", "2", "--seq-len", "16",
                  "--precision", "default", "--sample-len", "5", "--quiet", "--out", str(tmp_path)])
     assert seen and set(seen) == {None}
     assert json.loads((tmp_path / "results.json").read_text())["config"]["precision"] == "default"
-    assert charlm.seed_epoch("float32") is charlm.SEED_EPOCH and charlm.seed_epoch(None) is not charlm.SEED_EPOCH
+    assert charlm.seed_epoch("float32") is charlm.seed_epoch() and charlm.seed_epoch(None) is not charlm.seed_epoch()

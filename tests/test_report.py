@@ -478,3 +478,23 @@ def test_a_rewrite_keeps_line_endings_permissions_symlinks_and_a_users_tmp_file(
     p.write_bytes(data.replace(b"| 292 |", b"| 1 |"))
     assert report.main(["--readme", str(link), "--runs", str(runs)]) == 0
     assert link.is_symlink() and p.read_bytes() == data
+
+
+def test_the_report_renders_every_table_without_jax(tmp_path):
+    """One module renders every results table, and it needs no jax: the device report's tables
+    were drawn by importing experiments.device_report, which imports jax and jrnn (a check of the
+    docs failed while jrnn did not import)."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from experiments import report\n"
+            "for name in report.TABLES:\n"
+            "    report.build(name, Path(sys.argv[1]))\n"
+            "assert 'jax' not in sys.modules and 'jrnn' not in sys.modules, sorted(m for m in sys.modules if 'ja' in m)\n")
+    runs = tmp_path / "runs"
+    (runs / "device_report").mkdir(parents=True)
+    (runs / "device_report" / "report.json").write_text(json.dumps(
+        {"wall_s": 1.0, "parts": {"env": {"rc": 0, "seconds": 1.0, "result": {"backend": "gpu"}}}}))
+    p = subprocess.run([sys.executable, "-c", code, str(runs)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
