@@ -6,23 +6,25 @@ inputs replace the seeds' one-hot matmul `W_xh @ onehot(x)` by a row gather `W_x
 The input projection of all T steps is one gather/matmul before the scan; only the
 recurrence `h_{t-1} W_hh` runs inside it. The readout is applied to all T states at once after.
 
-This module holds the Elman cell's math (`project`, `step`, `cell`) and the seeds' model: the
-flat `ElmanParams` with the seeds' init schemes, one instance of `jrnn.model.Model`
-(`model(...)`). `hidden`, `apply`, `sequence_loss` & co. are that model's functions with the
-carry h `[..., H]` itself instead of a one-layer tuple.
+This module is the seeds' flat API above `jrnn.model`: the flat `ElmanParams` with the seeds'
+init schemes (`init`), one instance of `jrnn.model.Model` (`model(...)`, `model_of`), and
+`hidden`, `apply`, `sequence_loss` & co., that model's functions with the carry h `[..., H]`
+itself instead of a one-layer tuple. The cell (its math, `cell`, `project`, `step`) is
+`jrnn.cells.elman`; its names stay importable from here.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 
-from jrnn import checks, elman_scan, hoisted, initializers, rnn
+from jrnn import checks, initializers, rnn
 from jrnn import model as model_lib
+from jrnn.cells import elman as elman_cell
+# the cell's names, importable from here as before (defined in jrnn.cells.elman)
+from jrnn.cells.elman import ACTIVATIONS, ElmanCellParams, ElmanParams, activation_fn, cell, project, step  # noqa: F401
 
 __all__ = [   # the public API, documented in the API reference
     "ElmanParams",
@@ -43,26 +45,8 @@ __all__ = [   # the public API, documented in the API reference
     "sequence_loss",
 ]
 
-ACTIVATIONS = elman_scan.ACTIVATIONS
-
-
-class ElmanParams(NamedTuple):
-    """Weights of an Elman RNN with a linear readout: `w_xh` [D, H] (a token id gathers its row),
-    `w_hh` [H, H], `b_h` [H], `w_hy` [H, V], `b_y` [V]."""
-    w_xh: jax.Array  # [D, H] input -> hidden (row x_t of a token id is gathered)
-    w_hh: jax.Array  # [H, H] hidden -> hidden
-    b_h: jax.Array   # [H]
-    w_hy: jax.Array  # [H, V] hidden -> output
-    b_y: jax.Array   # [V]
-
-
-class ElmanCellParams(NamedTuple):
-    """Elman recurrence without readout (one layer of a `jrnn.lm` stack): `w_xh` [D, H],
-    `w_hh` [H, H], `b_h` [H]."""
-    w_xh: jax.Array  # [D, H]
-    w_hh: jax.Array  # [H, H]
-    b_h: jax.Array   # [H]
-
+cell_init = elman_cell.init
+zeros_carry = elman_cell.zeros
 
 check_input_array = rnn.check_input_array
 
@@ -111,80 +95,9 @@ def init(key, *, hidden_size: int, input_size: int | None = None, output_size: i
     )
 
 
-def activation_fn(activation: str):
-    try:
-        return ACTIVATIONS[activation]
-    except KeyError:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
-
-
 def check_inputs(params: ElmanParams, inputs) -> None:
     """Raise ValueError/TypeError for inputs the model cannot take (before anything is jitted)."""
     check_input_array(params.w_xh.shape[0], inputs)
-
-
-def project(params: ElmanParams, inputs) -> jax.Array:
-    """Input projection for all steps at once: `[T, ...]` ids or `[T, ..., D]` -> `[T, ..., H]`."""
-    return hoisted.project(params.w_xh, params.b_h, inputs)   # checks them as check_inputs does
-
-
-def step(params: ElmanParams, h, u, *, activation: str = "tanh"):
-    """One recurrence step, scan-shaped: `(params, h [..., H], u [..., H]) -> (h, h)`.
-
-    `u` is the already-projected input `x_t W_xh + b_h` (see `project`).
-    """
-    h = activation_fn(activation)(u + h @ params.w_hh)
-    return h, h
-
-
-def zeros_carry(params: ElmanParams, batch_shape=()) -> jax.Array:
-    """h0 = 0 of shape `[*batch_shape, H]`."""
-    # JAX's canonical dtype: a float64 numpy w_hh is float32 while x64 is off (jnp.zeros would warn)
-    return jnp.zeros((*batch_shape, params.w_hh.shape[0]), jax.dtypes.canonicalize_dtype(params.w_hh.dtype))
-
-
-def _scan(params, us, h0, *, mask=None, reverse=False, unroll=None, activation: str = "tanh"):
-    """The Elman cell's whole-sequence loop (`jrnn.elman_scan.run`), a `Cell.scan`."""
-    return elman_scan.run(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse, unroll=unroll)
-
-
-class _Activated:
-    """`fn(..., activation=activation)`: the Elman cell's step or scan for one activation.
-
-    Equal and hashable by `(fn, activation)`, and pickled as those two (`fn` is a module-level
-    function): a `Model` of the Elman cell then pickles, and a pickled or deep-copied one equals
-    the original and hits the same jit cache entry as a static argument. (A closure does not
-    pickle; a `functools.partial` deep-copies into an unequal new object.)"""
-    __slots__ = ("fn", "activation")
-
-    def __init__(self, fn, activation: str):
-        self.fn, self.activation = fn, activation
-
-    def __call__(self, *args, **kw):
-        return self.fn(*args, activation=self.activation, **kw)
-
-    def __eq__(self, other):
-        return type(other) is _Activated and (self.fn, self.activation) == (other.fn, other.activation)
-
-    def __hash__(self):
-        return hash((_Activated, self.fn, self.activation))
-
-    def __reduce__(self):
-        return _Activated, (self.fn, self.activation)
-
-    def __repr__(self):
-        return f"{self.fn.__name__}[activation={self.activation!r}]"
-
-
-@functools.lru_cache(maxsize=None)
-def cell(activation: str = "tanh") -> rnn.Cell:
-    """The Elman recurrence as a `jrnn.rnn.Cell` (`jrnn.cells.ELMAN` is the tanh one). Cached, so
-    equal activations give the same (hashable, equal) cell and jitted models compile once; its
-    functions compare by value, so a pickled or deep-copied cell equals it too."""
-    activation_fn(activation)
-    return rnn.Cell(cell_init, project, _Activated(step, activation), zeros_carry, _Activated(_scan, activation),
-                    name="elman" if activation == "tanh" else f"elman({activation})",
-                    params=(ElmanCellParams, ElmanParams))
 
 
 def model(*, hidden_size: int, input_size: int | None = None, output_size: int | None = None,
@@ -207,35 +120,27 @@ def model_of(params: ElmanParams, activation: str = "tanh") -> model_lib.Model:
     return model_lib.Model(cell(activation), int(D), int(H), int(V), 1)
 
 
-def hidden(params: ElmanParams, inputs, h0=None, *, mask=None, activation: str = "tanh",
-           reverse: bool = False, unroll: int | None = None, remat: bool = False, method: str = "sequential"):
-    """All hidden states.
+def hidden(params: ElmanParams, inputs, h0=None, *, grad=None, mask=None, lengths=None, activation: str = "tanh",
+           reverse: bool = False, unroll: int | None = None, time_major: bool = True, **deprecated):
+    """All hidden states: (hs `[T, ..., H]`, h_T `[..., H]`), h_T the state after the last
+    processed step (after t = 0 when `reverse`).
 
     Args:
       params: ElmanParams.
-      inputs: token ids `[T, ...]` (int) or features `[T, ..., D]` (float), time-major.
+      inputs: token ids `[T, ...]` (int) or features `[T, ..., D]` (float); `[B, T, ...]` with
+        `time_major=False`.
       h0: initial state `[..., H]`; zeros if None.
-      mask: optional `[T, ...]` (1 = real step, 0 = padding). Across padding the carry is
+      grad: `jrnn.FullBPTT()` (None), `jrnn.Remat()` or `jrnn.Parallel(...)` (`jrnn.rnn.run`).
+      mask / lengths: padding (mask 0, or steps past each length): across it the carry is
         frozen and the output is zero, so right-padded sequences end in their real last state.
-      unroll: scan steps per loop iteration, a speed knob; None: `jrnn.rnn.default_unroll`
-        (8 on a GPU, 1 on a CPU).
-      method: "sequential" (one lax.scan), or parallel in time: "deer", "quasi_deer", "elk",
-        "quasi_elk", "auto" (see `jrnn.rnn.run`).
-
-    Returns:
-      (hs `[T, ..., H]`, h_T `[..., H]`): h_T is the state after the last processed step
-      (after t = 0 when `reverse`).
+      unroll: scan steps per loop iteration (None: `jrnn.rnn.default_unroll`).
+      **deprecated: 0.1's `remat=`, `method=`.
     """
+    grad = rnn.legacy_strategy(grad, deprecated, "jrnn.elman.hidden")
     hs, (h_T,) = model_lib.hidden(model_of(params, activation), params, inputs, None if h0 is None else (h0,),
-                                  mask=mask, reverse=reverse, unroll=unroll, remat=remat, method=method)
+                                  grad=grad, mask=mask, lengths=lengths, reverse=reverse, unroll=unroll,
+                                  time_major=time_major)
     return hs, h_T
-
-
-def cell_init(key, input_size, hidden_size, dtype=jnp.float32) -> ElmanCellParams:
-    """Elman recurrence parameters alone (the default scheme of `init`): an `ElmanCellParams`
-    with `w_xh` [input_size, H], `w_hh` [H, H], `b_h` [H]."""
-    p = init(key, input_size=input_size, hidden_size=hidden_size, output_size=1, dtype=dtype)
-    return ElmanCellParams(p.w_xh, p.w_hh, p.b_h)
 
 
 def readout(params: ElmanParams, h) -> jax.Array:
@@ -243,24 +148,31 @@ def readout(params: ElmanParams, h) -> jax.Array:
     return model_lib.readout(params, h)
 
 
-def apply(params: ElmanParams, inputs, h0=None, **kw):
-    """Many-to-many forward: (logits `[T, ..., V]`, h_T `[..., H]`). Keywords as `hidden`."""
-    hs, h_T = hidden(params, inputs, h0, **kw)
+def apply(params: ElmanParams, inputs, h0=None, *, grad=None, mask=None, lengths=None, activation: str = "tanh",
+          reverse: bool = False, unroll: int | None = None, time_major: bool = True, **deprecated):
+    """Many-to-many forward: (logits `[T, ..., V]`, h_T `[..., H]`); arguments as `hidden`."""
+    grad = rnn.legacy_strategy(grad, deprecated, "jrnn.elman.apply")
+    hs, h_T = hidden(params, inputs, h0, grad=grad, mask=mask, lengths=lengths, activation=activation,
+                     reverse=reverse, unroll=unroll, time_major=time_major)
     return readout(params, hs), h_T
 
 
-def apply_last(params: ElmanParams, inputs, h0=None, **kw):
-    """Many-to-one forward: (logits `[..., V]` of the last state, h_T `[..., H]`)."""
-    _, h_T = hidden(params, inputs, h0, **kw)
+def apply_last(params: ElmanParams, inputs, h0=None, *, grad=None, mask=None, lengths=None,
+               activation: str = "tanh", reverse: bool = False, unroll: int | None = None, time_major: bool = True,
+               **deprecated):
+    """Many-to-one forward: (logits `[..., V]` of the final state h_T, h_T `[..., H]`); arguments
+    as `hidden`."""
+    grad = rnn.legacy_strategy(grad, deprecated, "jrnn.elman.apply_last")
+    _, h_T = hidden(params, inputs, h0, grad=grad, mask=mask, lengths=lengths, activation=activation,
+                    reverse=reverse, unroll=unroll, time_major=time_major)
     return readout(params, h_T), h_T
 
 
 def apply_batch(params: ElmanParams, inputs, h0=None, **kw):
-    """Batch-major many-to-many: inputs `[B, T]` or `[B, T, D]` -> (logits `[B, T, V]`, h_T `[B, H]`).
-
-    Sequences of different lengths must be padded (`jrnn.data.pad_batch`) and the mask
-    passed as `mask=` (`[B, T]`).
-    """
+    """Deprecated (0.1): `apply(params, inputs, h0, time_major=False, **kw)`, batch-first
+    inputs `[B, T]` or `[B, T, D]` and mask `[B, T]` -> (logits `[B, T, V]`, h_T `[B, H]`)."""
+    warnings.warn("jrnn.elman.apply_batch is deprecated and will be removed in jrnn 0.3; use "
+                  "jrnn.elman.apply(..., time_major=False)", DeprecationWarning, stacklevel=2)
     if isinstance(inputs, (list, tuple)):
         lengths = sorted({len(s) for s in inputs})
         if len(lengths) > 1:
@@ -275,21 +187,24 @@ def apply_batch(params: ElmanParams, inputs, h0=None, **kw):
     return jnp.swapaxes(logits, 0, 1), h_T
 
 
-def sequence_loss(params: ElmanParams, inputs, targets, h0=None, *, mask=None, reduction: str = "mean",
-                  activation: str = "tanh", unroll: int | None = None, remat: bool = False, k1: int | None = None,
-                  k2: int | None = None):
-    """Many-to-many softmax cross-entropy of a sequence: (loss, h_T); `jrnn.model.sequence_loss`
-    of the Elman model.
+def sequence_loss(params: ElmanParams, inputs, targets, h0=None, *, grad=None, loss="cross_entropy", mask=None,
+                  lengths=None, reduction: str = "mean", activation: str = "tanh", unroll: int | None = None,
+                  time_major: bool = True, **deprecated):
+    """A per-step loss of the Elman network over a sequence: (loss, h_T); `jrnn.model.sequence_loss`
+    of `model_of(params)`, which documents every argument.
 
     Args:
-      inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`.
-      mask: optional `[T, ...]` (padding = 0): ignored by the loss, carry frozen across it.
-      remat: for long sequences: memory grows like sqrt(T) instead of T, for one extra forward.
-      k1: TBPTT(k1, k2) gradient (`jrnn.tbptt`): the block length; the truncated-BPTT
-        notebook's k-step rule is k1 = 1, k2 = k + 1.
-      k2: the window each block's losses back-propagate through (k2 >= k1).
+      inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: class ids `[T, ...]` for the
+        default softmax cross-entropy.
+      grad: `jrnn.FullBPTT()` (None), `jrnn.Remat()` (memory growing like sqrt(T)),
+        `jrnn.TBPTT(k1, k2)` (the truncated-BPTT notebook's k-step rule is TBPTT(1, k + 1)) or
+        `jrnn.Parallel(...)`.
+      mask / lengths: padding (mask 0, or steps past each length): ignored by the loss, carry
+        frozen across it.
+      **deprecated: 0.1's `remat=`, `k1=`, `k2=`.
     """
-    loss, (h_T,) = model_lib.sequence_loss(model_of(params, activation), params, inputs, targets,
-                                           None if h0 is None else (h0,), mask=mask, reduction=reduction,
-                                           unroll=unroll, remat=remat, k1=k1, k2=k2)
-    return loss, h_T
+    value, (h_T,) = model_lib.sequence_loss(model_of(params, activation), params, inputs, targets,
+                                            None if h0 is None else (h0,), grad=grad, loss=loss, mask=mask,
+                                            lengths=lengths, reduction=reduction, unroll=unroll,
+                                            time_major=time_major, **deprecated)
+    return value, h_T

@@ -1,6 +1,9 @@
 """LSTM/GRU/Elman cells behind one interface: PyTorch equivalence, stacks, directions, masks,
 dropout and a bfloat16 compute dtype."""
 
+import ast
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,3 +167,78 @@ def test_unknown_cell_and_custom_cell():
     p = leaky.init(jax.random.key(0), 3, 4)
     hs, h = rnn.run(leaky, p, np.ones((5, 3)))
     assert hs.shape == (5, 4) and np.allclose(hs[-1], h)
+
+
+def test_get_refuses_a_name_that_is_not_a_string_with_an_error_naming_the_choices():
+    """`cells.get(["lstm"])` raised JAX-free Python's "unhashable type: 'list'" from the registry's
+    dict lookup, naming neither the argument nor the choices."""
+    with pytest.raises(TypeError, match=r"cell must be a name, one of \('elman', 'lstm', 'gru'\).*got list"):
+        cells.get(["lstm"])
+    with pytest.raises(TypeError, match="cell must be a name.*got int"):
+        cells.get(3)
+
+
+# every name `jrnn.cells.X` gave in 0.1 (tests, experiments and docs use these)
+CELLS_NAMES_0_1 = ["LSTM", "GRU", "ELMAN", "LSTMParams", "LSTMState", "GRUParams", "ElmanCellParams", "get",
+                   "sigmoid", "CELLS", "Cell", "LSTM_LINEARIZATION", "GRU_LINEARIZATION"]
+
+
+def test_the_cells_package_keeps_every_name_and_each_cell_lives_in_its_own_module():
+    missing = [n for n in CELLS_NAMES_0_1 if not hasattr(cells, n)]
+    assert missing == []
+    assert (cells.LSTM, cells.GRU, cells.ELMAN) == (cells.lstm.LSTM, cells.gru.GRU, cells.elman.ELMAN)
+    assert cells.CELLS == {"elman": cells.ELMAN, "lstm": cells.LSTM, "gru": cells.GRU}
+    assert cells.Cell is rnn.Cell and cells.ELMAN is jrnn.elman.cell("tanh")
+    for name, cell in cells.CELLS.items():   # the cell's functions are its module's
+        assert {f.__module__ for f in (cell.init, cell.project, cell.zeros)} == {f"jrnn.cells.{name}"}
+
+
+def _jrnn_imports(path):
+    """The jrnn modules a source file imports (`from jrnn import x`, `from jrnn.x import y`, `import jrnn.x`)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "jrnn":
+            if node.module == "jrnn":
+                out |= {f"jrnn.{a.name}" for a in node.names}
+            else:
+                out.add(node.module)
+                out |= {f"{node.module}.{a.name}" for a in node.names}   # a submodule, if it is one
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "jrnn"}
+    return out
+
+
+def test_the_cells_sit_below_the_model_layer_and_the_flat_elman_api():
+    """No module of jrnn.cells imports jrnn.model or jrnn.elman (the flat API above the model), not
+    even through the modules it imports: the layering runs cells -> model -> elman, never back."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jrnn.__file__)))
+
+    def source(mod):
+        base = os.path.join(root, *mod.split("."))
+        for p in (base + ".py", os.path.join(base, "__init__.py")):
+            if os.path.exists(p):
+                return p
+        return None   # a name imported from a module, not a module
+
+    seen, todo, edges = set(), ["jrnn.cells", *(f"jrnn.cells.{n}" for n in ("lstm", "gru", "elman", "common"))], {}
+    while todo:
+        mod = todo.pop()
+        if mod in seen or source(mod) is None:
+            continue
+        seen.add(mod)
+        edges[mod] = {m for m in _jrnn_imports(source(mod)) if source(m) is not None}
+        todo += sorted(edges[mod])
+    above = {"jrnn.model", "jrnn.elman", "jrnn.lm", "jrnn.tbptt", "jrnn.train", "jrnn.sample", "jrnn.distributed"}
+    assert seen & above == set(), {m: sorted(e & above) for m, e in edges.items() if e & above}
+
+
+def test_the_elman_cells_init_draws_the_flat_inits_default_numbers():
+    """`jrnn.cells.elman.init` (the `ELMAN` cell's, `jrnn.elman.cell_init`) draws the recurrence of
+    `jrnn.elman.init(scheme="default")` from the same keys: a model and the seeds' API agree."""
+    key = jax.random.key(3)
+    cell_p = cells.ELMAN.init(key, 5, 4, jnp.float64)
+    flat = jrnn.elman.init(key, input_size=5, hidden_size=4, output_size=2, dtype=jnp.float64)
+    assert type(cell_p) is cells.ElmanCellParams and jrnn.elman.cell_init is cells.elman.init
+    assert_trees_close(tuple(cell_p), (flat.w_xh, flat.w_hh, flat.b_h), rtol=0.0)

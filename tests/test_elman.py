@@ -123,7 +123,7 @@ def test_backward_loop_does_one_matmul_per_step(params, masked):
 def test_batched_entry_point_equals_loop_over_sequences(params, rng):
     x = rng.randint(0, 9, size=(5, 8))  # [B, T]
     h0 = jnp.asarray(rng.randn(5, 6))
-    logits, h_T = elman.apply_batch(params, x, h0)
+    logits, h_T = elman.apply(params, x, h0, time_major=False)
     assert logits.shape == (5, 8, 9) and h_T.shape == (5, 6)
     vm_logits, vm_h = jax.vmap(lambda xi, hi: elman.apply(params, xi, hi))(x, h0)
     for b in range(5):
@@ -142,13 +142,24 @@ def test_reverse_equals_flipped_forward(params, rng):
     np.testing.assert_allclose(h_r, h_f, rtol=1e-12)
 
 
+def test_the_deprecated_apply_batch_warns_and_equals_batch_first_apply(params, rng):
+    """0.1's `apply_batch` still works for one release: a DeprecationWarning naming
+    `time_major=False`, then the same logits `[B, T, V]` and h_T `[B, H]` as `apply` of batch-first
+    inputs, mask `[B, T]` included."""
+    x = rng.randint(0, 9, size=(3, 4))  # [B, T]
+    mask = np.arange(4)[None, :] < np.array([[4], [2], [3]])
+    with pytest.warns(DeprecationWarning, match="time_major=False"):
+        old = elman.apply_batch(params, x, mask=mask)
+    assert_trees_close(old, elman.apply(params, x, mask=mask, time_major=False), rtol=0.0)
+
+
 @pytest.mark.parametrize("unroll", [2, pytest.param(5, marks=pytest.mark.slow), pytest.param(16, marks=pytest.mark.slow)])
 def test_unroll_and_remat_do_not_change_results(params, rng, unroll):
     x = rng.randint(0, 9, size=13)
     base = elman.apply(params, x)
     assert_trees_close(elman.apply(params, x, unroll=unroll), base, rtol=1e-12)
     loss = lambda p, **kw: jnp.sum(elman.apply(p, x, **kw)[0] ** 2)
-    assert_trees_close(jax.grad(lambda p: loss(p, remat=True))(params), jax.grad(loss)(params), rtol=1e-12)
+    assert_trees_close(jax.grad(lambda p: loss(p, grad=jrnn.Remat()))(params), jax.grad(loss)(params), rtol=1e-12)
 
 
 def test_many_to_one_uses_the_last_state(params, rng):
@@ -183,7 +194,7 @@ def test_empty_sequence_and_bad_shapes_raise(params):
 
 
 def test_one_dimensional_float_input_is_refused_not_read_as_steps(params):
-    # dense inputs are [T, ..., D]: a 1-D float vector used to be read as T = 5 steps
+    # dense inputs are [T, ..., D]: a 1-D float vector is refused, not read as T = 5 steps
     p = elman.init(jax.random.key(0), input_size=5, hidden_size=4, output_size=3)
     with pytest.raises(ValueError, match=r"at least 2-D"):
         elman.apply(p, np.array([0., 1., 2., 3., 4.], np.float32))

@@ -1,5 +1,6 @@
-"""jrnn.elman_scan (the recurrence with a hoisted weight gradient) equals a plain lax.scan of
-jrnn.elman.step in value and in every derivative JAX offers: reverse, forward, second order."""
+"""jrnn.cells.elman.recurrence (the Elman recurrence with a hoisted weight gradient) equals a plain
+lax.scan of the Elman step in value and in every derivative JAX offers: reverse, forward, second
+order; the deprecated jrnn.elman_scan names still give it, with a DeprecationWarning."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jrnn import elman, elman_scan, rnn
+from jrnn.cells import elman as elman_cell
 from jrnn.testing import assert_trees_close
 
 RTOL = 1e-10
@@ -35,7 +37,7 @@ def problem(seed, T=9, B=3, H=5, activation="tanh"):
 
 
 def fused(params, us, h0, mask=None, activation="tanh", reverse=False):
-    return elman_scan.run(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse)
+    return elman_cell.recurrence(params.w_hh, us, h0, mask=mask, activation=activation, reverse=reverse)
 
 
 @pytest.mark.parametrize("activation,masked,reverse", [
@@ -88,4 +90,15 @@ def test_padding_with_nan_never_reaches_the_gradient():
 def test_unknown_activation_is_a_clear_error():
     p, us, h0, _ = problem(0)
     with pytest.raises(ValueError, match="activation"):
-        elman_scan.run(p.w_hh, us, h0, activation="gelu")
+        elman_cell.recurrence(p.w_hh, us, h0, activation="gelu")
+
+
+def test_the_deprecated_elman_scan_names_warn_and_give_the_cells_recurrence():
+    """`jrnn.elman_scan.run` and `.linearization` (the 0.1 names) still work for one release:
+    a DeprecationWarning naming the new spelling, then the same values as jrnn.cells.elman's."""
+    p, us, h0, mask = problem(2, T=4, B=2, H=3)
+    with pytest.warns(DeprecationWarning, match="jrnn.cells.elman.recurrence"):
+        old = elman_scan.run(p.w_hh, us, h0, mask=mask, activation="sigmoid", reverse=True)
+    assert_trees_close(old, fused(p, us, h0, mask, "sigmoid", True), rtol=0.0)
+    with pytest.warns(DeprecationWarning, match="jrnn.cells.elman.linearization"):
+        assert elman_scan.linearization("relu") is elman_cell.linearization("relu")

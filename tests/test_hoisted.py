@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jrnn import cells, rnn
+from jrnn import batch_split, cells, hoisted, projection, rnn
 from jrnn.testing import assert_trees_close
 
 RTOL = 1e-10
@@ -183,16 +183,15 @@ def one_device_mesh():
 
 @pytest.mark.parametrize("name", ["gru", "elman"])
 def test_batch_split_merges_each_devices_rows_in_a_shard_map_with_the_same_gradient(name):
-    """Under `hoisted.batch_split` (a data-parallel step) the weight gradient's rows merge per
+    """Under `jrnn.batch_split.batch_split` (a data-parallel step) the weight gradient's rows merge per
     device, inside a shard_map, else over all T*B rows: same numbers either way."""
-    from jrnn import hoisted
     cell, p, xs, mask, carry = problem(name)
     T, B = xs.shape[:2]
     weights = jnp.asarray(np.random.RandomState(1).randn(T, B, 5))
     grad_fn = lambda: jax.grad(loss_of(cell, mask, False, weights))   # a new function: traced anew
     assert "shard_map" not in str(jax.make_jaxpr(grad_fn())(p, xs, carry))
     merged = jax.jit(grad_fn())(p, xs, carry)
-    with hoisted.batch_split(one_device_mesh()):
+    with batch_split.batch_split(one_device_mesh()):
         assert "shard_map" in str(jax.make_jaxpr(grad_fn())(p, xs, carry))
         split = jax.jit(grad_fn())(p, xs, carry)
     assert_trees_close(split, merged, rtol=RTOL, what="d loss / params, rows merged per device vs over all")
@@ -200,10 +199,9 @@ def test_batch_split_merges_each_devices_rows_in_a_shard_map_with_the_same_gradi
 
 @pytest.mark.parametrize("batch", [(), pytest.param((2, 3), marks=pytest.mark.slow)])
 def test_batch_split_gives_the_plain_scans_lstm_derivatives_for_any_batch_rank(batch):
-    """The LSTM (whose tangent now reads `A * (dh W + du + da)`) under `hoisted.batch_split`, with
+    """The LSTM (whose tangent now reads `A * (dh W + du + da)`) under `jrnn.batch_split.batch_split`, with
     unbatched [T, D] and two batch dims [T, B1, B2, D] (each device's rows merged in a
     shard_map): reverse mode, forward mode and vmap over a batch dim equal the plain scan's."""
-    from jrnn import hoisted
     cell, p, _, _, _ = problem("lstm", T=4, H=3)
     rng = np.random.RandomState(5)
     xs = jnp.asarray(rng.randn(4, *batch, 4))
@@ -213,7 +211,7 @@ def test_batch_split_gives_the_plain_scans_lstm_derivatives_for_any_batch_rank(b
     tangent = jax.tree.map(lambda a: jnp.full_like(a, 0.1), p)
     want_g = jax.grad(f(plain(cell)), argnums=(0, 1, 2))(p, xs, carry)
     want_t = jax.jvp(lambda p: f(plain(cell))(p, xs, carry), (p,), (tangent,))
-    with hoisted.batch_split(one_device_mesh()):
+    with batch_split.batch_split(one_device_mesh()):
         g = jax.jit(jax.grad(f(cell), argnums=(0, 1, 2)))(p, xs, carry)
         t = jax.jvp(lambda p: f(cell)(p, xs, carry), (p,), (tangent,))
     assert_trees_close(g, want_g, rtol=RTOL, what="grad under batch_split")
@@ -222,7 +220,7 @@ def test_batch_split_gives_the_plain_scans_lstm_derivatives_for_any_batch_rank(b
         per = lambda c: jax.vmap(jax.grad(lambda p, x, h: jnp.sum(jnp.sin(rnn.run(c, p, x, h)[0]))),
                                  in_axes=(None, 1, 0))(p, xs, carry)
         want = per(plain(cell))
-        with hoisted.batch_split(one_device_mesh()):
+        with batch_split.batch_split(one_device_mesh()):
             assert_trees_close(per(cell), want, rtol=RTOL, what="vmap of grad under batch_split")
 
 
@@ -230,26 +228,25 @@ def test_batch_split_is_undone_on_exceptions_and_nests_and_the_data_parallel_ste
     """The ContextVar is reset however the block ends (nested blocks too), and
     `make_data_parallel_step` traces its step under it while `make_step` does not."""
     import jrnn
-    from jrnn import hoisted
     outer, inner = one_device_mesh(), jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-    assert hoisted._SPLIT_MESH.get() is None
+    assert batch_split.split_mesh() is None
     with pytest.raises(KeyError):
-        with hoisted.batch_split(outer):
-            with hoisted.batch_split(inner):
-                assert hoisted._SPLIT_MESH.get() is inner
-            assert hoisted._SPLIT_MESH.get() is outer
+        with batch_split.batch_split(outer):
+            with batch_split.batch_split(inner):
+                assert batch_split.split_mesh() is inner
+            assert batch_split.split_mesh() is outer
             raise KeyError("inside")
-    assert hoisted._SPLIT_MESH.get() is None
+    assert batch_split.split_mesh() is None
     seen = []
     affine = hoisted._affine
-    monkeypatch.setattr(hoisted, "_affine", lambda *a: seen.append(hoisted._SPLIT_MESH.get()) or affine(*a))
+    monkeypatch.setattr(hoisted, "_affine", lambda *a: seen.append(batch_split.split_mesh()) or affine(*a))
     model = jrnn.lm.model("lstm", vocab_size=5, hidden_size=3)
     p, opt = model.init(jax.random.key(0)), jrnn.optim.sgd(0.1)
     loss = lambda p, batch, carry: model.loss(p, batch[0], batch[1], carry)
     ids = np.random.RandomState(0).randint(0, 5, (4, 2))
-    mesh = jrnn.train.batch_mesh(2, jax.devices()[:1])
-    jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh)(p, opt.init(p), (ids, ids))
-    assert seen == [mesh] and hoisted._SPLIT_MESH.get() is None
+    mesh = jrnn.distributed.batch_mesh(2, jax.devices()[:1])
+    jrnn.distributed.make_data_parallel_step(loss, opt, mesh=mesh)(p, opt.init(p), (ids, ids))
+    assert seen == [mesh] and batch_split.split_mesh() is None
     jrnn.make_step(loss, opt)(p, opt.init(p), (ids, ids))
     assert seen == [mesh, None]
 
@@ -281,16 +278,15 @@ def test_the_lstms_forward_loop_writes_its_coefficients_over_its_inputs_and_the_
 
 @pytest.mark.parametrize("D,T,B", [(5, 4, 3), (40, 4, 3)])
 def test_project_adds_the_bias_to_the_table_or_to_the_rows_with_the_same_values_and_gradients(D, T, B):
-    """`hoisted.project` adds b to the [D, N] table when D < T*B, else to the gathered rows:
+    """`jrnn.projection.project` adds b to the [D, N] table when D < T*B, else to the gathered rows:
     both equal onehot(ids) @ w + b, and so do their gradients (float64)."""
-    from jrnn import hoisted
     rng = np.random.RandomState(0)
     w, b = jnp.asarray(rng.randn(D, 6)), jnp.asarray(rng.randn(6))
     ids = jnp.asarray(rng.randint(0, D, (T, B)))
     weights = jnp.asarray(rng.randn(T, B, 6))
-    f = lambda w, b: jnp.sum(jnp.sin(hoisted.project(w, b, ids)) * weights)
+    f = lambda w, b: jnp.sum(jnp.sin(projection.project(w, b, ids)) * weights)
     ref = lambda w, b: jnp.sum(jnp.sin(jax.nn.one_hot(ids, D, dtype=w.dtype) @ w + b[None, None]) * weights)
-    np.testing.assert_allclose(hoisted.project(w, b, ids), jax.nn.one_hot(ids, D, dtype=w.dtype) @ w + b[None, None],
+    np.testing.assert_allclose(projection.project(w, b, ids), jax.nn.one_hot(ids, D, dtype=w.dtype) @ w + b[None, None],
                                rtol=1e-14)
     assert_trees_close(jax.grad(f, argnums=(0, 1))(w, b), jax.grad(ref, argnums=(0, 1))(w, b), rtol=1e-12,
                        what="d / (w, b)")
@@ -320,7 +316,6 @@ def _lstm_with_saved(pack, unpack):
 def test_a_user_linearizations_saved_pytree_reaches_its_coefficients_as_it_returned_it(pack, unpack):
     """Whatever pytree `forward` saves (its first leaf shaped like u_t or not) comes back to
     `coefficients` with its own structure, and the gradient equals the LSTM's own (float64)."""
-    from jrnn import hoisted
     rng = np.random.RandomState(0)
     T, B, H = 5, 3, 4
     w, us = jnp.asarray(0.5 * rng.randn(H, 4 * H)), jnp.asarray(rng.randn(T, B, 4 * H))
@@ -337,9 +332,8 @@ def test_take_rows_gives_nan_rows_for_every_id_outside_the_table_under_jit_wide_
     """An id outside [0, V) is a NaN row under `jax.jit` (where jrnn's id checks cannot raise),
     however far out: int64 ids 2**32 + 1 or -2**40 must not wrap into the table when the gather
     narrows its indices to int32, and int8 ids with -1 against a 200-row table (V does not fit int8)."""
-    from jrnn import hoisted
     w = jnp.arange(400.0).reshape(200, 2)
-    take = jax.jit(hoisted.take_rows)
+    take = jax.jit(projection.take_rows)
     ids = np.array([1, 2 ** 32 + 1, 2 ** 40, -2 ** 40, 2 ** 31, -1, 200, 199], np.int64)
     rows = np.asarray(take(jnp.asarray(ids), w))
     np.testing.assert_array_equal(np.isnan(rows).all(-1), [False, True, True, True, True, True, True, False])
@@ -348,3 +342,12 @@ def test_take_rows_gives_nan_rows_for_every_id_outside_the_table_under_jit_wide_
     assert narrow.shape == (3, 1, 2)
     np.testing.assert_array_equal(np.isnan(narrow[:, 0]).all(-1), [False, True, False])
     np.testing.assert_array_equal(narrow[[0, 2], 0], np.asarray(w)[[3, 127]])
+
+
+def test_the_names_that_moved_out_of_hoisted_stay_importable_from_it():
+    """The input projection moved to `jrnn.projection` and the data-parallel context to
+    `jrnn.batch_split`; code written against `jrnn.hoisted.<name>` (the model's readout, the
+    data-parallel step) gets the same objects."""
+    assert (hoisted.project, hoisted.take_rows, hoisted.merged) == (projection.project, projection.take_rows,
+                                                                    projection.merged)
+    assert (hoisted.batch_split, hoisted.per_device) == (batch_split.batch_split, batch_split.per_device)
