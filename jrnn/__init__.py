@@ -13,7 +13,7 @@ Time-major `[T, B, ...]` is the internal layout (it is what `lax.scan` iterates 
 `*_batch` entry points take batch-major `[B, T, ...]` as users usually hold data.
 """
 
-from jrnn import bptt, cells, checkpoint, data, elman, initializers, lm, losses, model, optim, parallel, rnn, sample, tbptt, testing, train
+from jrnn import bptt, cells, checkpoint, data, distributed, elman, initializers, lm, losses, model, optim, parallel, rnn, sample, tbptt, testing, train
 from jrnn.elman import ElmanParams
 from jrnn.model import Model, Params
 from jrnn.sample import generate
@@ -25,6 +25,7 @@ __all__ = [
     "cells",
     "checkpoint",
     "data",
+    "distributed",
     "elman",
     "generate",
     "initializers",

@@ -7,6 +7,9 @@ A loss function has the uniform signature
 where `carry` is e.g. the hidden state carried across chunks of a long text (min-char-rnn) or
 None for stateless losses. The carry never carries gradient between steps: it enters each
 step as a plain input and leaves it through `stop_gradient`.
+
+Data parallelism and several processes (`make_data_parallel_step`, `batch_mesh`, `process_rows`,
+`to_host`, `ProcessGroupError`) live in `jrnn.distributed`, which builds on the steps here.
 """
 
 from __future__ import annotations
@@ -19,22 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import checkify, multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.experimental import checkify
 
-from jrnn import checks, hoisted
+from jrnn import checks, rnn
 
 __all__ = [   # the public API, documented in the API reference
     "make_step",
     "make_multi_step",
-    "make_data_parallel_step",
-    "batch_mesh",
-    "process_rows",
-    "to_host",
     "with_precision",
     "BadStepCounter",
     "NonFiniteError",
-    "ProcessGroupError",
 ]
 
 LossFn = Callable[..., tuple]
@@ -68,10 +65,6 @@ def with_precision(fn, precision):
     return wrapped
 
 
-def _select(ok, new, old):
-    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-
-
 def _like(given, returned):
     """The carry `given` in the pytree structure of the carry `returned` by the loss when they
     differ only in their containers (a list for a tuple, a plain `(h, c)` for an LSTM's
@@ -90,18 +83,48 @@ def _all_finite(tree):
     """True when every floating-point value in `tree` is finite (integer leaves are ignored).
 
     As the largest |x| over all leaves being finite: NaN propagates through max and abs, inf is
-    its own max, and unlike a sum it cannot overflow from finite values. A float max-reduction
-    per leaf measured 20 µs per step less than `all(isfinite(x))` per leaf on a small Elman step
-    (1, 100, 25, 80) on the 2-core CPU (146 -> 122 µs, K-step scan, min of 7 rounds).
+    its own max, and unlike a sum it cannot overflow from finite values. One float max-reduction
+    per leaf is cheaper than `all(isfinite(x))` per leaf (docs/performance.md, jrnn.train).
     """
     peaks = [jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree)
              if jnp.issubdtype(jnp.result_type(x), jnp.inexact) and jnp.size(x)]
     return jnp.isfinite(functools.reduce(jnp.maximum, peaks)) if peaks else jnp.bool_(True)
 
 
+def _check_step_args(loss_fn, optimizer) -> None:
+    """`loss_fn` callable and `optimizer` an optax GradientTransformation, checked when a step is
+    built: else the first call failed inside the trace ("'function' object has no attribute
+    'update'" for `optax.sgd` passed uncalled)."""
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function (params, batch, carry) -> (loss, new_carry), got "
+                        f"{type(loss_fn).__name__}")
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        hint = (f": call it first, e.g. {getattr(optimizer, '__name__', 'optax.sgd')}(learning_rate)"
+                if callable(optimizer) else "")
+        raise TypeError(f"optimizer must be an optax GradientTransformation (with init and update), e.g. "
+                        f"optax.sgd(0.1) or jrnn.optim.sgd(0.1), got {type(optimizer).__name__} "
+                        f"{getattr(optimizer, '__name__', '')}".rstrip() + hint)
+
+
+def _loss_and_carry(loss_fn):
+    """`loss_fn`, checked to return a pair `(loss, new_carry)` with a scalar loss when it is traced."""
+    def checked(params, batch, carry):
+        out = loss_fn(params, batch, carry)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            got = (f"a {type(out).__name__} of length {len(out)}" if isinstance(out, (tuple, list)) else
+                   f"an array of shape {jnp.shape(out)}" if hasattr(out, "shape") else type(out).__name__)
+            raise TypeError(f"loss_fn must return a pair (loss, new_carry), got {got}; a loss without a carry "
+                            f"returns (loss, None)")
+        if jnp.shape(out[0]) != ():
+            raise TypeError(f"loss_fn must return a scalar loss, got shape {jnp.shape(out[0])}; reduce it "
+                            f"(e.g. reduction='mean')")
+        return out
+    return checked
+
+
 def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry):
     """The body shared by `make_step` and `make_multi_step` (not jitted on its own)."""
-    (loss, new_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, carry)
+    (loss, new_carry), grads = jax.value_and_grad(_loss_and_carry(loss_fn), has_aux=True)(params, batch, carry)
     new_carry = jax.lax.stop_gradient(new_carry)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
@@ -115,8 +138,8 @@ def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry
     # test covers the loss, the gradients (their global norm: any NaN/inf, or an overflowing
     # norm, makes it non-finite), and every float value of the candidate params and optimizer
     # state (finite params after a finite p + u also mean a finite update). One `cond`, not a
-    # `where` per leaf: the good path then writes the new state once (a per-leaf select measured
-    # 20 % of a min-char-rnn step on CPU); under `vmap` it becomes the same select.
+    # `where` per leaf: the good path then writes the new state once instead of selecting every
+    # leaf (docs/performance.md); under `vmap` it becomes the same select.
     ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & _all_finite((new_params, new_opt_state))
     new_params, new_opt_state = jax.lax.cond(ok, lambda: (new_params, new_opt_state), lambda: (params, opt_state))
     # carry None means "start from zeros" for every jrnn model; a carry the model took as a list
@@ -128,7 +151,11 @@ def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry
             f"given, {jax.tree.structure(carry)}: on a skipped (non-finite) step the guard keeps the carry it "
             f"was given, so loss_fn must return a carry with the same leaves and shapes as it takes (or build "
             f"the step with guard_nonfinite=False)")
-    new_carry = _select(ok, new_carry, old_carry)
+    # the one masking rule of jrnn's loops (a scalar `ok` keeps or freezes every leaf); each leaf
+    # in the dtype both carries promote to, as `jnp.where` would give it (freeze's select needs one
+    # dtype: a carry given wider than loss_fn returns it stays wide, which make_multi_step's scan needs)
+    dtypes = jax.tree.map(jnp.result_type, new_carry, old_carry)
+    new_carry = rnn.freeze(ok, *(jax.tree.map(lambda x, d: x.astype(d), c, dtypes) for c in (new_carry, old_carry)))
     metrics["skipped"] = (~ok).astype(jnp.int32)
     return new_params, new_opt_state, metrics, new_carry
 
@@ -244,9 +271,13 @@ class _SkipGuard:
         return out
 
 
-def _skip_guard(guard_nonfinite, max_consecutive_skips, name: str):
-    """The `_SkipGuard` of a step built with these arguments (checked), or None: unguarded steps
-    have no "skipped" metric, and None turns the count off."""
+def skip_guard(guard_nonfinite, max_consecutive_skips, name: str):
+    """The host-side count of skipped steps of a step function built with these arguments
+    (checked), as a callable `guard(out) -> out` over each call's `(params, opt_state, metrics,
+    carry)`; or None: unguarded steps have no "skipped" metric, and None turns the count off.
+
+    A building block of the steps here and of `jrnn.distributed`'s, which counts on the metrics
+    it brings to the host; not part of the public API."""
     checks.boolean("guard_nonfinite", guard_nonfinite)
     if max_consecutive_skips is None:
         return None
@@ -258,10 +289,13 @@ def _skip_guard(guard_nonfinite, max_consecutive_skips, name: str):
     return _SkipGuard(int(max_consecutive_skips), name) if guard_nonfinite else None
 
 
-def _jit(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None):
+def jit_step(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None):
     """`jax.jit(fn)`; with `check_ids`, checkify-ed so the id range checks that jrnn's gathers and
     losses add under a trace (`jrnn.checks`) run, and their error is raised after each call;
-    with a `guard`, each call's skipped steps are counted by it."""
+    with a `guard` (`skip_guard`), each call's skipped steps are counted by it. `donate` donates
+    the first two arguments (params and optimizer state).
+
+    A building block of the steps here and of `jrnn.distributed`'s; not part of the public API."""
     # bools only: donate="no" would donate, and check_ids=0 or "False" read as a truth value
     donate, check_ids = checks.boolean("donate", donate), checks.boolean("check_ids", check_ids)
     donate_argnums = (0, 1) if donate else ()
@@ -280,9 +314,9 @@ def _jit(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None):
     def call(*args, **kw):
         checks.host_ints_fit((args[2:], kw))   # batch and carry, before JAX narrows them at the jit boundary
         err, out = checked(*args, **kw)
-        # `err.throw()` alone costs ~20 us of Python per call (3-6 % of a small step on a CPU);
-        # reading the error flags first costs one small device-to-host read. Without the private
-        # `_pred` (another jax version), fall back to `throw`.
+        # `err.throw()` runs Python on every call, a noticeable share of a small step; reading
+        # the error flags first costs one small device-to-host read. Without the private
+        # `_pred` (a jax version that lacks it), fall back to `throw`.
         preds = getattr(err, "_pred", None)
         flags = list(preds.values()) if isinstance(preds, dict) else jax.tree.leaves(out)[:1]
         if any(isinstance(f, jax.core.Tracer) for f in flags):
@@ -355,12 +389,13 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       >>> step = jrnn.make_step(loss_fn, jrnn.optim.karpathy_adagrad(0.1))
       >>> params, opt_state, metrics, h = step(params, opt_state, (x, y), h)
     """
-    guard = _skip_guard(guard_nonfinite, max_consecutive_skips, "make_step")
+    _check_step_args(loss_fn, optimizer)
+    guard = skip_guard(guard_nonfinite, max_consecutive_skips, "make_step")
 
     def step(params, opt_state, batch, carry=None):
         return _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry)
 
-    return _jit(with_precision(step, precision), donate, check_ids, guard)
+    return jit_step(with_precision(step, precision), donate, check_ids, guard)
 
 
 def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
@@ -376,7 +411,8 @@ def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     K inner steps (a run of skipped steps may span calls), and the error comes after the call
     in which the run reached it.
     """
-    guard = _skip_guard(guard_nonfinite, max_consecutive_skips, "make_multi_step")
+    _check_step_args(loss_fn, optimizer)
+    guard = skip_guard(guard_nonfinite, max_consecutive_skips, "make_multi_step")
 
     def multi_step(params, opt_state, batches, carry=None):
         if carry is not None:
@@ -401,219 +437,28 @@ def make_multi_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         (params, opt_state, carry), metrics = jax.lax.scan(body, (params, opt_state, carry), batches)
         return params, opt_state, metrics, carry
 
-    return _jit(with_precision(multi_step, precision), donate, check_ids, guard)
+    return jit_step(with_precision(multi_step, precision), donate, check_ids, guard)
 
 
-def batch_mesh(batch_size: int, devices=None):
-    """A 1-D mesh, axis "data", over the most of `devices` (default: all) that split
-    `batch_size` evenly: all of them when they divide it, one when B = 1. Its `size` tells
-    whether there is anything to split. Across processes (`jax.distributed`) it is all devices of
-    all processes, and B must be divisible by their number."""
-    batch_size = checks.integer("batch_size", batch_size)
-    devices = jax.devices() if devices is None else list(devices)
-    if not devices:
-        raise ValueError("devices is empty: a mesh needs at least one device")
-    if jax.process_count() > 1:  # every process feeds its share: the mesh takes all devices or fails
-        if batch_size % len(devices):
-            raise ValueError(f"batch_size {batch_size} is not divisible by the {len(devices)} devices of "
-                             f"{jax.process_count()} processes")
-        return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                             devices=devices)
-    n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
-    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
+# ---- names that moved to jrnn.distributed -------------------------------------------------------
+
+# name -> (its new qualified name, the object): filled by `moved_to` from the module the names
+# moved to, when that module is imported (`jrnn.distributed` sits above this one, which may not
+# import it); read by `__getattr__`, so that the old spelling keeps working for one release.
+_MOVED: dict = {}
 
 
-def make_data_parallel_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, mesh=None,
-                            batch_axis: int = 1, carry_axis: int = 0, multi_step: bool = False,
-                            precision: str | None = DEFAULT_PRECISION, **kw):
-    """`make_step` whose batch is split over devices: data parallelism with `jax.sharding`.
-
-    Every batch leaf is sharded along `batch_axis` (1 for time-major `[T, B, ...]`), the carry
-    along `carry_axis` (`[B, H]`), params and optimizer state are replicated. XLA inserts the
-    gradient all-reduce, so the result equals the single-device step (up to summation order).
-    B must be divisible by the number of devices. With `check_ids` (default), token ids and labels
-    out of range are refused before the step runs (`_ids_check`). With `multi_step=True` it wraps
-    `make_multi_step` instead: batch leaves are stacked `[K, ...]` and `batch_axis` counts
-    within one batch, as for `make_step`. `precision`, `guard_nonfinite` and `max_consecutive_skips`
-    as for `make_step` / `make_multi_step`.
-
-    On a multi-GPU node this needs no other change: `jax.devices()` lists the GPUs and the
-    default mesh spans them all. On a multi-core CPU, one XLA device per core
-    (`XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`, set before importing jax)
-    lets each core run its share of the batch's sequential scan at once: XLA otherwise runs a
-    loop's small per-step matmuls on one core at a time.
-
-    Across processes (after `jax.distributed.initialize`, one process per host or per GPU) the
-    same call trains on every device of every process: the default mesh spans `jax.devices()`
-    of all processes, and each process passes *its share* of the batch (and of the carry it
-    passes in): the rows `process_rows(mesh, B)` of the global batch, e.g. `[T, B/P]`. Params
-    and optimizer state must be equal on every process (same seed; checked once when they are
-    not yet global arrays); they come back replicated, the carry as a global array to pass to
-    the next call, and metrics as numpy values equal on every process. Every process must make
-    the same calls in the same order. If another process dies, the step raises
-    `ProcessGroupError` instead of waiting.
-    """
-    if mesh is None:  # Auto axes: XLA's sharding propagation places the gathers and all-reduces
-        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    n = mesh.devices.size
-    replicated = NamedSharding(mesh, P())
-
-    def along(axis):
-        def put(x):
-            if jnp.ndim(x) <= axis:
-                raise ValueError(f"a batch leaf of shape {jnp.shape(x)} has no batch axis {axis} to split over "
-                                 f"{n} devices")
-            if x.shape[axis] % n:
-                raise ValueError(f"batch dimension {x.shape[axis]} is not divisible by {n} devices")
-            spec = [None] * x.ndim
-            spec[axis] = "data"
-            return jax.device_put(x, NamedSharding(mesh, P(*spec)))
-        return put
-
-    check_ids = checks.boolean("check_ids", kw.pop("check_ids", True))
-    multi_step = checks.boolean("multi_step", multi_step)   # "no" would build the K-step
-    # batch_axis >= 0: the K-step's batches are [K, ...], so it counts from one axis further in
-    batch_axis = checks.integer("batch_axis", batch_axis, minimum=0)
-    carry_axis = checks.integer("carry_axis", carry_axis, minimum=None)
-    # counted here, on the metrics this step returns (across processes: once they are on the host)
-    guard = _skip_guard(kw.get("guard_nonfinite", True),
-                        kw.pop("max_consecutive_skips", DEFAULT_MAX_CONSECUTIVE_SKIPS), "make_data_parallel_step")
-    unsplit = (make_multi_step if multi_step else make_step)(loss_fn, optimizer, precision=precision,
-                                                             check_ids=False, max_consecutive_skips=None, **kw)
-    ids_check = _ids_check(loss_fn, multi_step) if check_ids else None
-    leaf_axis = batch_axis + 1 if multi_step else batch_axis
-
-    def step(params, opt_state, batch, carry=None):
-        if ids_check is not None:
-            ids_check(params, batch, carry)
-        with hoisted.batch_split(mesh):  # traced (on its first call) knowing the batch is split
-            return unsplit(params, opt_state, batch, carry)
-
-    def sharded_step(params, opt_state, batch, carry=None):
-        if check_ids:
-            checks.host_ints_fit((batch, carry))   # before device_put narrows them
-        params, opt_state = jax.device_put((params, opt_state), replicated)
-        batch = jax.tree.map(along(leaf_axis), batch)
-        carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
-        out = step(params, opt_state, batch, carry)
-        return out if guard is None else guard(out)
-
-    if jax.process_count() == 1:
-        return sharded_step
-    return _across_processes(step, mesh, leaf_axis, carry_axis, guard)
+def moved_to(module: str, objects: dict) -> None:
+    """Keep `jrnn.train.<name>` working for each `name: object` of `objects`, which moved to
+    `module`: reading the old name (an attribute, or `from jrnn.train import name`) gives the same
+    object with a DeprecationWarning naming the new one. Called by the module they moved to."""
+    _MOVED.update({name: (f"{module}.{name}", obj) for name, obj in objects.items()})
 
 
-def _ids_check(loss_fn: LossFn, multi_step: bool):
-    """`check(params, batch, carry)`: the id range checks of `loss_fn` (`jrnn.checks`) alone, as
-    their own jitted program, raising as `make_step` does. Nothing reads the loss, so XLA drops
-    it: what runs is a min and a max over each id array.
-
-    The data-parallel step calls it first and traces its own program without `checkify`, whose
-    rule for a `shard_map` (`jrnn.hoisted.batch_split`) returns one error per device, which
-    its rule for a scan (the K-step) then cannot carry (jax 0.10.2: "select cases must have
-    the same shapes")."""
-    def ids(params, batch, carry):
-        if multi_step:   # every batch of the stack, each with the carry passed in: ids do not depend on it
-            jax.lax.map(lambda b: loss_fn(params, b, carry)[0], batch)
-        else:
-            loss_fn(params, batch, carry)
-        return jnp.zeros(())
-
-    return _jit(ids, False, True)
-
-
-# ---- several processes (jax.distributed) ------------------------------------------------------
-
-class ProcessGroupError(RuntimeError):
-    """A collective with the other processes failed: one of them died or was killed."""
-
-
-# What the runtime's errors say when a peer is gone: gloo's closed connection, the coordination
-# service's heartbeat timeout, a barrier that cannot complete.
-_PEER_GONE = ("gloo", "heartbeat", "coordination service", "connection closed", "connection reset",
-              "unavailable:", "barrier")
-
-
-def _reraise_peer_failure(e: Exception):
-    text = str(e)
-    if any(k in text.lower() for k in _PEER_GONE):
-        raise ProcessGroupError(
-            f"process {jax.process_index()} of {jax.process_count()}: a collective with the other processes "
-            f"failed, most likely another process died or was killed (see its output); stopping. "
-            f"Runtime said: {text.strip().splitlines()[0][:300]}") from e
-
-
-def process_rows(mesh, batch_size: int) -> np.ndarray:
-    """Indices of the global batch's rows that this process feeds to a data-parallel step over
-    `mesh` (sorted, int [B / processes]; `arange(B)` with one process). Slice your global batch with them, or load
-    only those rows."""
-    batch_size = checks.integer("batch_size", batch_size)
-    if batch_size % mesh.devices.size:
-        raise ValueError(f"batch_size {batch_size} is not divisible by the mesh's {mesh.devices.size} devices")
-    idx = NamedSharding(mesh, P("data")).addressable_devices_indices_map((batch_size,)).values()
-    return np.concatenate(sorted((np.arange(batch_size)[i] for i in idx), key=lambda r: r[0]))
-
-
-def to_host(tree):
-    """A numpy copy of a pytree of arrays that may span processes (the global arrays a
-    data-parallel step returns): replicated leaves are read locally; a leaf split over processes
-    is gathered, a collective, so every process must make the same `to_host` calls."""
-
-    def one(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            if x.is_fully_replicated:
-                return np.asarray(x.addressable_data(0))
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
-    return jax.tree.map(one, tree)
-
-
-def _across_processes(step, mesh, leaf_axis, carry_axis, guard=None):
-    """The data-parallel step of `make_data_parallel_step` when the mesh spans processes."""
-
-    replicated = NamedSharding(mesh, P())
-    n_local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
-
-    def is_global(x):
-        return isinstance(x, jax.Array) and not x.is_fully_addressable
-
-    def along(axis):
-        def put(x):
-            if is_global(x):  # e.g. the carry the previous call returned
-                return x
-            x = np.asarray(x)
-            if x.ndim <= axis or x.shape[axis] % n_local:
-                raise ValueError(f"this process's share of the batch has shape {x.shape}; axis {axis} must "
-                                 f"split evenly over its {n_local} devices")
-            spec = [None] * x.ndim
-            spec[axis] = "data"
-            return jax.make_array_from_process_local_data(NamedSharding(mesh, P(*spec)), x)
-        return put
-
-    def step_across_processes(params, opt_state, batch, carry=None):
-        try:
-            if not all(is_global(x) for x in jax.tree.leaves((params, opt_state))):
-                # host or local values: every process must hold the same ones, else the replicas
-                # would silently diverge
-                multihost_utils.assert_equal(to_host((params, opt_state)),
-                                             "params/opt_state differ across processes")
-            params, opt_state = jax.device_put((params, opt_state), replicated)
-        except AssertionError as e:
-            raise ValueError(f"process {jax.process_index()}: params and optimizer state must be equal on "
-                             f"every process (same seed): {e}") from None
-        except Exception as e:  # a peer that died before this call
-            _reraise_peer_failure(e)
-            raise
-        checks.host_ints_fit((batch, carry))   # before they are narrowed into global arrays
-        batch = jax.tree.map(along(leaf_axis), batch)
-        carry = None if carry is None else jax.tree.map(along(carry_axis), carry)
-        try:
-            params, opt_state, metrics, carry = step(params, opt_state, batch, carry)
-            metrics = to_host(metrics)  # also waits for the step: a dead peer surfaces here
-        except Exception as e:
-            _reraise_peer_failure(e)
-            raise
-        out = params, opt_state, metrics, carry
-        return out if guard is None else guard(out)   # every process reads the same metrics
-
-    return step_across_processes
+def __getattr__(name: str):
+    if name in _MOVED:
+        new, obj = _MOVED[name]
+        warnings.warn(f"jrnn.train.{name} moved to {new} (the same object); the old name is deprecated and will "
+                      f"be removed in jrnn 0.3", DeprecationWarning, stacklevel=2)
+        return obj
+    raise AttributeError(f"module 'jrnn.train' has no attribute {name!r}")

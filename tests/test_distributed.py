@@ -28,8 +28,8 @@ assert jax.device_count() == 2, jax.devices()
 T, B, V, H = 5, 4, 11, 8
 rng = np.random.RandomState(0)
 batches = [(rng.randint(0, V, (T, B)), rng.randint(0, V, (T, B))) for _ in range(4)]   # global batches
-mesh = jrnn.train.batch_mesh(B)
-rows = jrnn.train.process_rows(mesh, B)   # this process's share: all rows with one process
+mesh = jrnn.distributed.batch_mesh(B)
+rows = jrnn.distributed.process_rows(mesh, B)   # this process's share: all rows with one process
 results = {}
 
 
@@ -47,7 +47,7 @@ for cell in ("elman", "lstm"):   # Elman: one step per call; LSTM: K=2 steps per
     params = init(jax.random.key(0))
     opt = jrnn.optim.adam(1e-2, clip_norm=1.0)
     loss_fn = lambda p, b, c, loss=loss: loss(p, b[0], b[1], c)
-    step = jrnn.train.make_data_parallel_step(loss_fn, opt, mesh=mesh, multi_step=cell == "lstm")
+    step = jrnn.distributed.make_data_parallel_step(loss_fn, opt, mesh=mesh, multi_step=cell == "lstm")
     calls = ([(x[:, rows], y[:, rows]) for x, y in batches] if cell == "elman" else
              [tuple(np.stack([b[k][:, rows] for b in batches[i:i + 2]]) for k in (0, 1)) for i in (0, 2)])
     if jax.process_count() > 1 and cell == "elman":   # replicas that differ are refused on every process
@@ -64,13 +64,13 @@ for cell in ("elman", "lstm"):   # Elman: one step per call; LSTM: K=2 steps per
             os.kill(os.getpid(), signal.SIGKILL)
         try:
             p, s, m, c = step(p, s, batch, c)
-        except jrnn.train.ProcessGroupError as e:
+        except jrnn.distributed.ProcessGroupError as e:
             print("ProcessGroupError:", e, flush=True)
             os._exit(3)
         if jax.process_count() > 1:
             assert isinstance(m["loss"], np.ndarray)   # host values, the same on every process
         losses.extend(np.atleast_1d(m["loss"]))
-    results[cell] = (losses, jrnn.train.to_host((p, c)))
+    results[cell] = (losses, jrnn.distributed.to_host((p, c)))
     results[cell + "_init"] = (losses, params)
 if jax.process_count() > 1:   # every process got the same metrics and the same final params
     from jax.experimental import multihost_utils

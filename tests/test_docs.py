@@ -128,7 +128,7 @@ NO_SHAPES = {
     "elman_scan.linearization": "a cell's linearization", "lm.model": "a model value",
     "model.make": "a model value", "hoisted.batch_split": "a tracing context", "hoisted.Linearization": "functions",
     "parallel.auto_method": "a method name", "rnn.default_unroll": "an integer",
-    "train.batch_mesh": "a device mesh", "train.with_precision": "a function", "train.to_host": "any pytree",
+    "distributed.batch_mesh": "a device mesh", "train.with_precision": "a function", "distributed.to_host": "any pytree",
     "initializers": "the shape is an argument",
 }
 

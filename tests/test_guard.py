@@ -76,7 +76,7 @@ def test_make_multi_step_names_out_of_range_ids(params, case):
 @pytest.mark.parametrize("multi_step", [False, True])
 def test_data_parallel_step_names_out_of_range_ids(params, multi_step):
     opt = optim.sgd(0.1)
-    step = jrnn.train.make_data_parallel_step(lm_loss, opt, multi_step=multi_step)
+    step = jrnn.distributed.make_data_parallel_step(lm_loss, opt, multi_step=multi_step)
     x, y = _batch()
     x, y = jnp.stack([x, x], 1), jnp.stack([y, y], 1)          # [T, B=2]
     x = x.at[4, 1].set(-1)
@@ -289,7 +289,7 @@ def test_guard_raises_after_n_skipped_steps_of_an_optax_loss_with_labels_out_of_
     if make == "step":
         step = jrnn.make_step(loss, opt)
     else:
-        step = jrnn.train.make_data_parallel_step(loss, opt, mesh=jrnn.train.batch_mesh(1), batch_axis=0)
+        step = jrnn.distributed.make_data_parallel_step(loss, opt, mesh=jrnn.distributed.batch_mesh(1), batch_axis=0)
     state = opt.init(p)
     raised_at, err, warned = _record_skips([lambda: step(p, state, batch)] * (3 * N_SKIPS))
     assert raised_at == N_SKIPS
@@ -371,7 +371,7 @@ def test_a_step_called_inside_the_callers_jit_cannot_count_and_does_not_fail():
     assert [int(outer(p, opt.init(p))) for _ in range(3)] == [1, 1, 1]   # traced metrics: nothing to count
 
 
-@pytest.mark.parametrize("make", [jrnn.make_step, jrnn.make_multi_step, jrnn.train.make_data_parallel_step])
+@pytest.mark.parametrize("make", [jrnn.make_step, jrnn.make_multi_step, jrnn.distributed.make_data_parallel_step])
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-3, ValueError), (2.0, TypeError), (True, TypeError),
                                         ("10", TypeError)])
 def test_max_consecutive_skips_must_be_a_positive_integer_or_none(make, bad, error):
@@ -400,3 +400,29 @@ def test_minchar_max_bad_steps_is_the_one_limit_not_the_steps_own():
     with pytest.raises(jrnn.train.NonFiniteError, match=r"25 consecutive steps.*BadStepCounter's limit"):
         minchar.train(params, ids, minchar.CALL_ITERS, bad=bad)
     assert bad.step == 25 and bad.total == 25
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["step", "multi_step"])
+def test_a_skipped_step_keeps_the_carry_and_a_carry_given_wider_than_returned_stays_wide(multi):
+    """The guard freezes the carry with jrnn.rnn.freeze (the loops' one masking rule); a float32
+    carry that loss_fn returns as bfloat16 comes back float32 on good and skipped steps alike, as
+    a `jnp.where` gave it, so the K-step's scan keeps one carry type."""
+    def loss(p, x, c):
+        h = jnp.tanh(c + p["w"] * x)
+        return jnp.sum(h ** 2), h.astype(jnp.bfloat16)
+
+    p, opt, c0 = {"w": jnp.float32(0.5)}, optim.sgd(0.1), jnp.full((2,), 0.25, jnp.float32)
+    xs = jnp.asarray([[1.0, 2.0], [jnp.nan, 1.0]], jnp.float32)          # the second batch is skipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)                  # the first skip's warning
+        if multi:
+            _, _, m, c = jrnn.make_multi_step(loss, opt)(p, opt.init(p), xs, c0)
+            assert m["skipped"].tolist() == [0, 1]
+            want = jnp.tanh(c0 + 0.5 * xs[0]).astype(jnp.bfloat16).astype(jnp.float32)
+        else:
+            step = jrnn.make_step(loss, opt)
+            _, _, m, c = step(p, opt.init(p), xs[1], c0)
+            assert int(m["skipped"]) == 1
+            want = c0
+    assert c.dtype == jnp.float32
+    np.testing.assert_array_equal(c, want)

@@ -15,7 +15,7 @@ import pytest
 import jrnn
 from experiments import bench, minchar
 from jrnn import cells, checkpoint, elman
-from jrnn.train import make_data_parallel_step
+from jrnn.distributed import make_data_parallel_step
 
 
 def _lm(cell="gru"):

@@ -247,8 +247,8 @@ def test_multi_step_and_data_parallel_step_train_every_cell_like_single_steps(na
     b, _, _, cb = jrnn.make_multi_step(loss, opt)(p, opt.init(p), (xs, ys), model.zeros(p, (2,)))
     assert_trees_close(b, a, rtol=1e-12)
     assert_trees_close(cb, c, rtol=1e-12)
-    mesh = jrnn.train.batch_mesh(2, jax.devices()[:1])
-    d, _, _, _ = jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh)(p, opt.init(p), (xs[0], ys[0]), model.zeros(p, (2,)))
+    mesh = jrnn.distributed.batch_mesh(2, jax.devices()[:1])
+    d, _, _, _ = jrnn.distributed.make_data_parallel_step(loss, opt, mesh=mesh)(p, opt.init(p), (xs[0], ys[0]), model.zeros(p, (2,)))
     a1, _, _, _ = step(p, opt.init(p), (xs[0], ys[0]), model.zeros(p, (2,)))
     assert_trees_close(d, a1, rtol=1e-12)
 

@@ -119,7 +119,7 @@ def test_multi_step_without_a_first_carry_names_the_carry_instead_of_a_scan_erro
     """lm_loss returns h_T for h = None: the K-step cannot thread None into an array."""
     params, text = setup
     opt = optim.sgd(0.1)
-    make = jrnn.train.make_data_parallel_step if data_parallel else jrnn.make_multi_step
+    make = jrnn.distributed.make_data_parallel_step if data_parallel else jrnn.make_multi_step
     step = make(lm_loss, opt, multi_step=True) if data_parallel else make(lm_loss, opt)
     xs = jnp.asarray(text[:100].reshape(4, 25, 1))
     with pytest.raises(ValueError, match=r"threads the carry through its K steps.*PyTreeDef\(None\)"):
@@ -132,7 +132,7 @@ def test_multi_step_without_a_first_carry_names_the_carry_instead_of_a_scan_erro
 def test_data_parallel_step_refuses_a_batch_leaf_without_its_batch_axis(setup, leaf):
     params, _ = setup
     opt = optim.sgd(0.1)
-    step = jrnn.train.make_data_parallel_step(lm_loss, opt)
+    step = jrnn.distributed.make_data_parallel_step(lm_loss, opt)
     with pytest.raises(ValueError, match="has no batch axis 1 to split"):
         step(params, opt.init(params), (leaf, leaf), None)
 
@@ -219,8 +219,8 @@ def test_step_precision_overrides_a_surrounding_jax_default_and_none_inherits_it
 def test_data_parallel_step_takes_precision_and_bad_precisions_are_refused():
     params, x, loss = _f32_setup()
     opt = optim.sgd(0.1)
-    mesh = jrnn.train.batch_mesh(2, jax.devices()[:1])
-    step = jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh, batch_axis=1, precision="float32")
+    mesh = jrnn.distributed.batch_mesh(2, jax.devices()[:1])
+    step = jrnn.distributed.make_data_parallel_step(loss, opt, mesh=mesh, batch_axis=1, precision="float32")
     p1, _, m1, _ = step(params, opt.init(params), (x, x))
     p2, _, m2, _ = jrnn.make_step(loss, opt, precision=None)(params, opt.init(params), (x, x))
     assert_trees_close(p1, p2, rtol=1e-6)          # a CPU computes float32 either way
@@ -229,7 +229,7 @@ def test_data_parallel_step_takes_precision_and_bad_precisions_are_refused():
             with pytest.raises(ValueError, match="precision"):
                 build(loss, opt, precision=bad)
         with pytest.raises(ValueError, match="precision"):
-            jrnn.train.make_data_parallel_step(loss, opt, mesh=mesh, precision=bad)
+            jrnn.distributed.make_data_parallel_step(loss, opt, mesh=mesh, precision=bad)
 
 
 @pytest.mark.parametrize("make", ["step", "multi_step", "data_parallel"])
@@ -241,7 +241,7 @@ def test_int64_ids_that_jax_would_wrap_to_int32_are_refused_before_the_step(make
         params = elman.init(jax.random.key(1), vocab_size=8, hidden_size=10, scheme="normal", scale=0.1)
         opt = optim.sgd(0.1)
         build = {"step": jrnn.make_step, "multi_step": jrnn.make_multi_step,
-                 "data_parallel": jrnn.train.make_data_parallel_step}[make]
+                 "data_parallel": jrnn.distributed.make_data_parallel_step}[make]
         step = build(lm_loss, opt)
         shape = (2, 5, 1) if make == "multi_step" else (5, 1)
         good = np.ones(shape, np.int64)
@@ -303,3 +303,29 @@ def test_guard_names_a_loss_that_returns_another_carry_than_it_takes():
 
     with pytest.raises(ValueError, match="must return a carry with the same leaves and shapes as it takes"):
         jrnn.make_step(drops_the_carry, opt)(params, opt.init(params), (x, x), jnp.zeros(10))
+
+
+@pytest.mark.parametrize("make", [jrnn.make_step, jrnn.make_multi_step, jrnn.distributed.make_data_parallel_step])
+def test_step_builders_name_a_loss_fn_that_is_not_callable_and_an_optimizer_passed_uncalled(make):
+    """`optax.sgd` passed without its learning rate built a step whose first call failed inside the
+    trace ("'function' object has no attribute 'update'"); a loss_fn of 42, "Expected a callable value"."""
+    loss = lambda p, b, c: (jnp.sum(p * b), c)
+    with pytest.raises(TypeError, match=r"^loss_fn must be a function \(params, batch, carry\) -> \(loss, new_carry\)"):
+        make(42, optim.sgd(0.1))
+    with pytest.raises(TypeError, match=r"^optimizer must be an optax GradientTransformation.*got function sgd: "
+                                        r"call it first, e.g. sgd\(learning_rate\)"):
+        make(loss, optax.sgd)
+    with pytest.raises(TypeError, match=r"^optimizer must be an optax GradientTransformation.*got str$"):
+        make(loss, "sgd")
+
+
+def test_a_loss_fn_that_returns_no_carry_or_a_non_scalar_loss_is_named_on_the_first_call():
+    p, opt = jnp.ones(3), optim.sgd(0.1)
+    x = jnp.arange(3.0)
+    with pytest.raises(TypeError, match=r"^loss_fn must return a pair \(loss, new_carry\), got an array of shape "
+                                        r"\(\); a loss without a carry returns \(loss, None\)"):
+        jrnn.make_step(lambda p, b, c: jnp.sum(p * b), opt)(p, opt.init(p), x)
+    with pytest.raises(TypeError, match=r"^loss_fn must return a scalar loss, got shape \(3,\)"):
+        jrnn.make_step(lambda p, b, c: (p * b, c), opt)(p, opt.init(p), x)
+    _, _, m, _ = jrnn.make_step(lambda p, b, c: (jnp.sum(p * b), c), opt)(p, opt.init(p), x)
+    assert float(m["loss"]) == 3.0
