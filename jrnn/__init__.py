@@ -9,18 +9,29 @@ Shape letters, used in every docstring and comment of the package:
     T  time steps          B  batch (sequences)      D  input features
     H  hidden units        V  vocabulary / classes   K  chunks (stacked batches)
 
-Time-major `[T, B, ...]` is the internal layout (it is what `lax.scan` iterates over);
-`*_batch` entry points take batch-major `[B, T, ...]` as users usually hold data.
+One layout rule: sequences are time-major, `[T, B, ...]` (what `lax.scan` iterates over, and
+PyTorch's `nn.RNN` default); every entry point that takes sequences also takes `time_major=False`
+for batch-first `[B, T, ...]` data and then returns batch-first sequences.
+
+Gradient strategies are values passed as `grad=`: `FullBPTT()` (the default), `Remat()`,
+`TBPTT(k1, k2)` and `Parallel(method, tol=, max_iters=, lam=)`.
 """
 
 from jrnn import bptt, cells, checkpoint, data, distributed, elman, initializers, lm, losses, model, optim, parallel, rnn, sample, tbptt, testing, train
 from jrnn.elman import ElmanParams
 from jrnn.model import Model, Params
+from jrnn.parallel import Parallel
+from jrnn.rnn import FullBPTT, Remat
+from jrnn.tbptt import TBPTT
 from jrnn.sample import generate
 from jrnn.train import make_step, make_multi_step
 
 __all__ = [
     "ElmanParams",
+    "FullBPTT",
+    "Parallel",
+    "Remat",
+    "TBPTT",
     "bptt",
     "cells",
     "checkpoint",

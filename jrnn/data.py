@@ -18,6 +18,7 @@ import hashlib
 import os
 import tempfile
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +37,7 @@ __all__ = [   # the public API, documented in the API reference
     "chunks",
     "streams",
     "bucket_length",
+    "pad",
     "pad_batch",
 ]
 
@@ -237,20 +239,35 @@ def bucket_length(n: int, bucket: int = 32) -> int:
     return -(-n // bucket) * bucket
 
 
-def pad_batch(sequences, length: int | None = None, *, bucket: int | None = None, pad_id: int = 0):
-    """Right-pad token sequences into (ids `[B, T]` int32, mask `[B, T]` bool).
+def pad(sequences, length: int | None = None, *, bucket: int | None = None, pad_id: int = 0,
+        time_major: bool = True):
+    """Right-pad token sequences into (ids int32, mask bool), `[T, B]` (time-major, as every jrnn
+    model takes them) or `[B, T]` with `time_major=False` (then pass `time_major=False` to the
+    model too). T is `length` if given, else the longest sequence rounded up with
+    `bucket_length`. The lengths are `mask.sum(0)` (`.sum(1)` batch-first)."""
+    ids, mask = _padded(sequences, length, bucket, pad_id)
+    return (ids.T.copy(), mask.T.copy()) if checks.boolean("time_major", time_major) else (ids, mask)
 
-    T is `length` if given, else the longest sequence rounded up with `bucket_length`.
-    """
+
+def pad_batch(sequences, length: int | None = None, *, bucket: int | None = None, pad_id: int = 0):
+    """Deprecated (0.1): `pad(..., time_major=False)`, batch-first (ids `[B, T]`, mask `[B, T]`)."""
+    warnings.warn("jrnn.data.pad_batch is deprecated and will be removed in jrnn 0.3; use jrnn.data.pad "
+                  "(time-major [T, B], as the models take; time_major=False for [B, T])",
+                  DeprecationWarning, stacklevel=2)
+    return _padded(sequences, length, bucket, pad_id)
+
+
+def _padded(sequences, length, bucket, pad_id):
+    """(ids `[B, T]` int32, mask `[B, T]` bool) of right-padded sequences, checked."""
     if isinstance(sequences, (str, bytes)):
-        raise TypeError("pad_batch takes a list of token-id sequences, got text: encode each with a Vocab")
+        raise TypeError("pad takes a list of token-id sequences, got text: encode each with a Vocab")
     sequences = list(sequences)
     for i, s in enumerate(sequences):
         if isinstance(s, (str, bytes)):
             raise TypeError(f"sequence {i} is text ({s[:20]!r}), not token ids: encode it with a Vocab")
     seqs = [np.asarray(s) for s in sequences]
     if not seqs or any(s.ndim != 1 or s.size == 0 for s in seqs):
-        raise ValueError("pad_batch needs a non-empty list of non-empty 1-D sequences")
+        raise ValueError("pad needs a non-empty list of non-empty 1-D sequences")
     for i, s in enumerate(seqs):  # int32 ids: a float would be truncated, 2**40 wrapped, -1 kept
         _token_ids(s, f"sequence {i}")
         if s.max() > np.iinfo(np.int32).max:

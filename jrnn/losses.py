@@ -1,4 +1,8 @@
-"""Losses over per-step logits, computed stably (log-softmax via optax), with masks and reductions.
+"""Losses over per-step outputs, computed stably (log-softmax via optax), with masks and reductions.
+
+Two forms: whole-array losses with a reduction (`softmax_cross_entropy`, ...), and per-step losses
+`(outputs [..., V], targets) -> [...]`, one value per step and sequence, which `jrnn.Model.loss`
+runs through every gradient strategy (`per_step` resolves a name or your own function).
 
 Reductions: "sum" (min-char-rnn reports the sum over its 25 steps), "mean" (the char LM notebook reports the
 mean per char; with a mask, the mean over unmasked steps) and "none" (per-element).
@@ -16,7 +20,11 @@ from jrnn import checks
 __all__ = [   # the public API, documented in the API reference
     "softmax_cross_entropy",
     "sigmoid_binary_cross_entropy",
+    "mean_squared_error",
     "reduce",
+    "per_step",
+    "check_targets",
+    "NAMED",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -104,3 +112,88 @@ def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, reduction: str =
     if mask is not None and np.shape(mask) == logits.shape:   # double where, as above
         logits = jnp.where(jnp.asarray(mask, bool), logits, 0.0)
     return reduce(optax.sigmoid_binary_cross_entropy(logits, targets), mask, reduction)
+
+
+def mean_squared_error(outputs, targets, *, mask=None, reduction: str = "mean"):
+    """Squared error per element, `(outputs - targets)^2`, of two float arrays of one shape;
+    `mask` 0/1 of that shape; `reduction` as `reduce`."""
+    outputs = jnp.asarray(outputs)
+    if not jnp.issubdtype(outputs.dtype, jnp.floating):
+        raise TypeError(f"outputs must be floats, got {outputs.dtype}")
+    targets = jnp.asarray(targets, outputs.dtype)
+    if targets.shape != outputs.shape:
+        raise ValueError(f"targets shape {targets.shape} != outputs shape {outputs.shape}")
+    return reduce(jnp.square(outputs - targets), mask, reduction)
+
+
+def _cross_entropy_step(outputs, targets):
+    return softmax_cross_entropy(outputs, targets, reduction="none")
+
+
+def _bce_step(outputs, targets):
+    return jnp.mean(sigmoid_binary_cross_entropy(outputs, targets, reduction="none"), -1)
+
+
+def _mse_step(outputs, targets):
+    return jnp.mean(mean_squared_error(outputs, targets, reduction="none"), -1)
+
+
+# per-step losses by name: (outputs [..., V], targets) -> [...]; the features' losses are averaged
+# over V, so the mean over steps is the mean over every element, as PyTorch's default reductions
+NAMED = {
+    "cross_entropy": _cross_entropy_step,          # targets: integer class ids [...]
+    "binary_cross_entropy": _bce_step,             # targets: probabilities [..., V]
+    "mse": _mse_step,                              # targets: floats [..., V]
+}
+
+
+def per_step(loss):
+    """The per-step loss `(outputs [..., V], targets) -> [...]` that `loss` names: one of `NAMED`
+    ("cross_entropy", "binary_cross_entropy", "mse") or your own function of that form (it is
+    called on one step's `[B, V]` or on many steps' `[T, B, V]` at once, so it must treat the
+    leading axes alike)."""
+    if isinstance(loss, str):
+        if loss not in NAMED:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {tuple(NAMED)} or pass a function "
+                             f"(outputs_t [..., V], targets_t) -> per-step losses [...]")
+        return NAMED[loss]
+    if not callable(loss):
+        raise TypeError(f"loss must be a name in {tuple(NAMED)} or a function (outputs_t, targets_t) -> [...], "
+                        f"got {type(loss).__name__}")
+    return loss
+
+
+def check_targets(loss, targets, lead: tuple, num_outputs: int, dtype=jnp.float32):
+    """`targets` for the per-step `loss` over steps of shape `lead` (`[T, ...]`), checked on the
+    host before anything is traced, and returned as an array: class ids of shape `lead` in
+    [0, V) for cross-entropy; floats `lead + (V,)` for MSE and binary cross-entropy (in [0, 1]);
+    for your own function, any array whose leading axes are `lead`, and the function must give
+    one loss per step (checked on shapes, `jax.eval_shape`)."""
+    targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
+    lead, shape = tuple(lead), tuple(np.shape(targets))
+    fn = per_step(loss)
+    if fn is _cross_entropy_step:
+        want = lead
+        checks.labels(targets, num_outputs)
+    elif fn in (_bce_step, _mse_step):
+        want = lead + (num_outputs,)
+        if not jnp.issubdtype(targets.dtype, jnp.floating) and not jnp.issubdtype(targets.dtype, jnp.integer):
+            raise TypeError(f"{loss} targets must be numbers [T, ..., V], got {targets.dtype}")
+    else:
+        want = None
+        if shape[:len(lead)] != lead:
+            raise ValueError(f"targets must start with the steps' shape [T, ...] = {lead}, got {shape}")
+        out = jax.eval_shape(fn, jax.ShapeDtypeStruct(lead + (num_outputs,), dtype),
+                             jax.ShapeDtypeStruct(shape, targets.dtype))
+        if not hasattr(out, "shape") or tuple(out.shape) != lead:
+            raise ValueError(f"loss {getattr(fn, '__name__', fn)!r} must return one loss per step, shape {lead} "
+                             f"for outputs {lead + (num_outputs,)}, got {getattr(out, 'shape', type(out).__name__)}")
+    if want is not None and shape != want:
+        raise ValueError(f"targets must have the inputs' shape {want} ([T, ...]"
+                         f"{'' if want == lead else ' + [V]'} for loss={loss!r}), got {shape}")
+    if fn is _bce_step and not isinstance(targets, jax.core.Tracer):
+        t = np.asarray(targets, np.float64)
+        if t.size and not np.all((t >= 0) & (t <= 1)):
+            raise ValueError(f"binary_cross_entropy targets must be probabilities in [0, 1], "
+                             f"got {t[~((t >= 0) & (t <= 1))][:5].tolist()}")
+    return targets

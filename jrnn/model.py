@@ -9,33 +9,42 @@ instance: `jrnn.elman.model(...)` is a `Model` of the Elman cell, and its flat `
 (w_xh, w_hh, b_h, w_hy, b_y) are taken as a one-layer model's params as they are.
 
 Everything a model does is written here once, above all cells: the layer-by-layer forward
-(`hidden`, `apply`), the per-step forward of the whole stack (`step`, which sampling, TBPTT
-windows and the rematerialised loss run on), losses, and carries. A carry is a tuple with one
-cell carry per layer (an LSTM layer's is `LSTMState(h, c)`).
+(`hidden`, `apply`: `jrnn.rnn.stack`), the step-by-step loop over the whole stack (`stack_step`,
+`stack_scan`: what sampling, TBPTT windows and the rematerialised loss run on), losses, and
+carries. A carry is a tuple with one cell carry per layer (an LSTM layer's is `LSTMState(h, c)`).
+
+How gradients flow is a value, `grad=` (as diffrax's `adjoint=`): `jrnn.FullBPTT()` (default),
+`jrnn.Remat()`, `jrnn.TBPTT(k1, k2)` (a loss's only) and `jrnn.Parallel(...)`. Any per-step loss
+(`loss="cross_entropy"`, `"binary_cross_entropy"`, `"mse"`, or your function) goes through each.
+
+Layout: time-major `[T, B, ...]`; `time_major=False` on every function here that takes
+sequences reads (and returns) batch-first `[B, T, ...]` (`jrnn.rnn.time_major_view`).
 
 `bidirectional=True` makes every layer a forward and a length-aware backward cell
 (`rnn.bidirectional`): a layer's params and carry are `Directions(forward, backward)`, layer
 l > 0 reads the `[T, ..., 2H]` concat of layer l-1 and the readout is `[2H, V]`. Such a model sees
 the whole sequence at every step, so what needs a causal per-step model (`step`, `jrnn.generate`,
-TBPTT, the `remat` loss) refuses it; `hidden`, `apply`, `apply_last` and the full-BPTT loss (masks,
-dropout, `compute_dtype`, `method=`) take it.
+TBPTT, the `Remat()` loss) refuses it; `hidden`, `apply`, `apply_last` and the full-BPTT loss (masks,
+dropout, `compute_dtype`, `grad=Parallel(...)`) take it.
 
 Examples:
   >>> model = jrnn.lm.model("lstm", vocab_size=65, hidden_size=128, layers=2)
   >>> params = model.init(jax.random.key(0))
   >>> logits, carry = model.apply(params, tokens)                # tokens [T, B] ids
-  >>> loss, carry = model.loss(params, tokens, targets, k1=25, k2=50)   # TBPTT(25, 50)
+  >>> loss, carry = model.loss(params, tokens, targets, grad=jrnn.TBPTT(25, 50))
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks, hoisted, initializers, losses, rnn
+from jrnn import checks, hoisted, initializers, losses, rnn, tbptt
 from jrnn.rnn import Directions  # noqa: F401  (a bidirectional layer's params and carry)
 
 __all__ = [   # the public API, documented in the API reference
@@ -50,6 +59,8 @@ __all__ = [   # the public API, documented in the API reference
     "apply_last",
     "readout",
     "step",
+    "stack_step",
+    "stack_scan",
     "sequence_loss",
     "param_count",
 ]
@@ -76,7 +87,7 @@ class _ModelFields(NamedTuple):
 class Model(_ModelFields):
     """`layers` cells of `hidden_size` units reading `input_size` ids/features, read out to
     `output_size` logits; `bidirectional`: two cells (forward, backward) per layer, see above.
-    Methods are the module functions with the model as first argument.
+    Methods are the module functions with the model as first argument, with the same arguments.
 
     Shapes: token ids `[T, ...]` (int, with `input_size` the vocabulary) or features
     `[T, ..., D]`; `apply` gives logits `[T, ..., V]` and one carry per layer (`[..., H]` each);
@@ -104,25 +115,52 @@ class Model(_ModelFields):
         """Features each layer outputs: H, or 2H (forward and backward) if bidirectional."""
         return 2 * self.hidden_size if self.bidirectional else self.hidden_size
 
-    def init(self, key, dtype=jnp.float32):
+    def init(self, key, dtype=jnp.float32) -> Params:
+        """Params from a PRNG key (`jrnn.model.init`): the cell's init per layer, a Glorot readout."""
         return init(self, key, dtype)
 
-    def hidden(self, params, inputs, carry=None, **kw):
-        return hidden(self, params, inputs, carry, **kw)
+    def hidden(self, params, inputs, carry=None, *, grad=None, mask=None, lengths=None, reverse: bool = False,
+               dropout: float = 0.0, key=None, compute_dtype=None, unroll: int | None = None,
+               time_major: bool = True, **deprecated):
+        """Top-layer states `[T, ..., H]` and the final carry (`jrnn.model.hidden`, which
+        documents every argument)."""
+        return hidden(self, params, inputs, carry, grad=grad, mask=mask, lengths=lengths, reverse=reverse,
+                      dropout=dropout, key=key, compute_dtype=compute_dtype, unroll=unroll, time_major=time_major,
+                      **deprecated)
 
-    def apply(self, params, inputs, carry=None, **kw):
-        return apply(self, params, inputs, carry, **kw)
+    def apply(self, params, inputs, carry=None, *, grad=None, mask=None, lengths=None, reverse: bool = False,
+              dropout: float = 0.0, key=None, compute_dtype=None, unroll: int | None = None,
+              time_major: bool = True, **deprecated):
+        """Outputs (logits) `[T, ..., V]` and the final carry (`jrnn.model.apply`; arguments as
+        `jrnn.model.hidden`)."""
+        return apply(self, params, inputs, carry, grad=grad, mask=mask, lengths=lengths, reverse=reverse,
+                     dropout=dropout, key=key, compute_dtype=compute_dtype, unroll=unroll, time_major=time_major,
+                     **deprecated)
 
-    def apply_last(self, params, inputs, carry=None, **kw):
-        return apply_last(self, params, inputs, carry, **kw)
+    def apply_last(self, params, inputs, carry=None, *, grad=None, mask=None, lengths=None, reverse: bool = False,
+                   dropout: float = 0.0, key=None, compute_dtype=None, unroll: int | None = None,
+                   time_major: bool = True, **deprecated):
+        """Many-to-one: outputs `[..., V]` at each sequence's last real step, and the final carry
+        (`jrnn.model.apply_last`; arguments as `jrnn.model.hidden`)."""
+        return apply_last(self, params, inputs, carry, grad=grad, mask=mask, lengths=lengths, reverse=reverse,
+                          dropout=dropout, key=key, compute_dtype=compute_dtype, unroll=unroll,
+                          time_major=time_major, **deprecated)
 
-    def loss(self, params, inputs, targets, carry=None, **kw):
-        return sequence_loss(self, params, inputs, targets, carry, **kw)
+    def loss(self, params, inputs, targets, carry=None, *, grad=None, loss="cross_entropy", mask=None,
+             lengths=None, reduction: str = "mean", dropout: float = 0.0, key=None, compute_dtype=None,
+             unroll: int | None = None, time_major: bool = True, **deprecated):
+        """(loss, final carry) of a per-step loss under a gradient strategy
+        (`jrnn.model.sequence_loss`, which documents every argument)."""
+        return sequence_loss(self, params, inputs, targets, carry, grad=grad, loss=loss, mask=mask,
+                             lengths=lengths, reduction=reduction, dropout=dropout, key=key,
+                             compute_dtype=compute_dtype, unroll=unroll, time_major=time_major, **deprecated)
 
     def step(self, params, carry, x_t):
+        """One step of the whole stack: `(carry, x_t [...] or [..., D]) -> (carry, logits_t [..., V])`."""
         return step(self, params, carry, x_t)
 
-    def zeros(self, params, batch_shape=()):
+    def zeros(self, params, batch_shape=()) -> tuple:
+        """The zero carry for a batch of shape `batch_shape`: one cell carry per layer."""
         return zeros(self, params, batch_shape)
 
 
@@ -278,7 +316,7 @@ def _compute(params, layers, compute_dtype):
     return cast(params), cast(layers)
 
 
-def _prepared(model, params, layers, inputs, carry, batch, compute_dtype):
+def prepared(model, params, layers, inputs, carry, batch, compute_dtype):
     """What every path over the layers starts from: (params, layers, initial carries, inputs),
     cast to `compute_dtype` where given (float inputs only; token ids stay ids)."""
     c0 = carries(model, layers, batch, carry)
@@ -291,87 +329,149 @@ def _prepared(model, params, layers, inputs, carry, batch, compute_dtype):
     return p, layers, c0, inputs
 
 
+
 def readout(params, hs) -> jax.Array:
     """Logits `[..., V]` from states `[..., H]`."""
     logits = hoisted.per_device(hoisted.merged, hs, params.w_hy, row_dims=1, unsplit=jnp.matmul)
     return logits + params.b_y.reshape((1,) * (logits.ndim - 1) + params.b_y.shape)
 
 
-def hidden(model: Model, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int | None = None,
-           remat: bool = False, dropout: float = 0.0, key=None, compute_dtype=None, method: str = "sequential"):
+def sequences(model: Model, inputs, mask=None, lengths=None, *, time_major: bool = True):
+    """(inputs, mask) time-major, checked: inputs as `rnn.check_input_array` takes them; `mask`
+    0/1 `[T, ...]` or `lengths` `[...]` (integers in [0, T]: the first `lengths` steps are real),
+    or both, which must then agree; the mask comes back bool `[T, ...]` or None. A mask or lengths
+    whose shape fits the other layout is named as such (`time_major=False`?)."""
+    inputs = rnn.time_major_view(inputs, time_major)
+    rnn.check_input_array(model.input_size, inputs)
+    x = inputs if hasattr(inputs, "dtype") else np.asarray(inputs)
+    T, batch = x.shape[0], batch_shape(model, x)
+    other = "" if len(batch) < 1 else (" (batch-first data? pass time_major=False)" if time_major
+                                       else " (time-major data? drop time_major=False)")
+    if mask is not None:
+        mask = rnn.time_major_view(mask, time_major)
+        if tuple(np.shape(mask)) != (T, *batch):
+            raise ValueError(f"mask must have shape {(T, *batch)} ([T, ...]), got {tuple(np.shape(mask))}: one "
+                             f"entry per step of the inputs" + other)
+        checks.mask01(mask)
+        mask = jnp.asarray(mask, bool)
+    if lengths is not None:
+        n = lengths if hasattr(lengths, "dtype") else np.asarray(lengths)
+        if not jnp.issubdtype(n.dtype, jnp.integer):
+            raise TypeError(f"lengths must be integer step counts [...], got {n.dtype}")
+        if tuple(n.shape) != tuple(batch):
+            raise ValueError(f"lengths must have the batch shape {tuple(batch)}, got {tuple(n.shape)}" + other)
+        if not isinstance(n, jax.core.Tracer) and n.size and (np.min(n) < 0 or np.max(n) > T):
+            raise ValueError(f"lengths must lie in [0, T = {T}], got min {np.min(n)}, max {np.max(n)}")
+        from_lengths = jnp.arange(T).reshape((T,) + (1,) * len(batch)) < jnp.asarray(n)[None]
+        if mask is not None:
+            if isinstance(n, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
+                raise ValueError("pass mask= or lengths=, not both, under a trace (they cannot be compared)")
+            if not bool(jnp.all(mask == from_lengths)):
+                raise ValueError("mask and lengths disagree: the mask's real steps are not the first `lengths` "
+                                 "of each sequence" + other)
+        mask = from_lengths
+    return inputs, mask
+
+
+def hidden(model: Model, params, inputs, carry=None, *, grad=None, mask=None, lengths=None, reverse: bool = False,
+           dropout: float = 0.0, key=None, compute_dtype=None, unroll: int | None = None, time_major: bool = True,
+           **deprecated):
     """Top-layer states `[T, ..., H]` (`[T, ..., 2H]`, forward then backward, if bidirectional)
     and the final carry (a tuple, one per layer).
 
     Args:
-      inputs: token ids `[T, ...]` or features `[T, ..., D]`, time-major.
-      carry: initial carry (zeros if None).
-      mask: optional `[T, ...]`, 1 = real step: across padding the carry is frozen and the
+      inputs: token ids `[T, ...]` or features `[T, ..., D]` (`[B, T, ...]` with `time_major=False`).
+      carry: initial carry (zeros if None), as `zeros` makes it.
+      grad: how each layer runs over time: `jrnn.FullBPTT()` (None), `jrnn.Remat()` (each layer's
+        scan keeps sqrt(T) carries) or `jrnn.Parallel(...)` (DEER/ELK).
+      mask: optional 0/1 `[T, ...]`, 1 = real step: across padding the carry is frozen and the
         output is zero; with `reverse` (and a bidirectional model's backward direction),
         right-padded sequences are read from their own last step.
+      lengths: optional `[...]` step counts, the mask of right-padded sequences (with `mask`, they
+        must agree).
       reverse: run every layer from t = T-1 down (not for a bidirectional model).
       dropout: rate between layers (needs `key`), as PyTorch's nn.LSTM(dropout=...).
       compute_dtype: e.g. jnp.bfloat16 runs the cells in that dtype; params keep their own.
-      method: how each layer runs over time (`jrnn.rnn.run`: "sequential", or parallel-in-time).
+      unroll: steps per scan iteration (None: `jrnn.rnn.default_unroll`).
+      time_major: False for batch-first inputs, mask and outputs.
+      **deprecated: 0.1's `remat=` and `method=` (now `grad=`), with a DeprecationWarning.
     """
+    grad = rnn.check_strategy(rnn.legacy_strategy(grad, deprecated, "jrnn.model.hidden"), what="Model.hidden")
+    hs, final, _ = _hidden(model, params, inputs, carry, grad, mask, lengths, reverse, dropout, key, compute_dtype,
+                           unroll, time_major)
+    return rnn.time_major_view(hs, time_major), final
+
+
+def _hidden(model, params, inputs, carry, grad, mask, lengths, reverse, dropout, key, compute_dtype, unroll,
+            time_major):
     layers = layer_params(model, params)
     reverse = checks.boolean("reverse", reverse)   # "False" would run the layers backwards
     if model.bidirectional and reverse:
         raise ValueError("reverse does not apply to a bidirectional model: it reads both directions already")
-    rnn.check_input_array(model.input_size, inputs)
-    _, layers, c0, inputs = _prepared(model, params, layers, inputs, carry, batch_shape(model, inputs), compute_dtype)
-    return rnn.stack(model.cell, layers, inputs, c0, mask=mask, dropout=dropout, key=key, unroll=unroll,
-                     reverse=reverse, remat=remat, method=method, bidirectional=model.bidirectional)
+    inputs, mask = sequences(model, inputs, mask, lengths, time_major=time_major)
+    _, layers, c0, inputs = prepared(model, params, layers, inputs, carry, batch_shape(model, inputs), compute_dtype)
+    hs, final = rnn.stack(model.cell, layers, inputs, c0, grad=grad, mask=mask, dropout=dropout, key=key,
+                          unroll=unroll, reverse=reverse, bidirectional=model.bidirectional)
+    return hs, final, mask   # time-major: the callers turn what they return
 
 
-def apply(model: Model, params, inputs, carry=None, **kw):
-    """Logits `[T, ..., V]` (in the params' dtype) and the final carry; keywords as `hidden`."""
-    hs, final = hidden(model, params, inputs, carry, **kw)
-    p, _ = _compute(params, (), kw.get("compute_dtype"))
-    return readout(p, hs).astype(jnp.result_type(params.w_hy)), final
+def apply(model: Model, params, inputs, carry=None, *, grad=None, mask=None, lengths=None, reverse: bool = False,
+          dropout: float = 0.0, key=None, compute_dtype=None, unroll: int | None = None, time_major: bool = True,
+          **deprecated):
+    """Logits `[T, ..., V]` (in the params' dtype) and the final carry; arguments as `hidden`."""
+    grad = rnn.check_strategy(rnn.legacy_strategy(grad, deprecated, "jrnn.model.apply"), what="Model.apply")
+    hs, final, _ = _hidden(model, params, inputs, carry, grad, mask, lengths, reverse, dropout, key,
+                           compute_dtype, unroll, time_major)
+    p, _ = _compute(params, (), compute_dtype)
+    return rnn.time_major_view(readout(p, hs).astype(jnp.result_type(params.w_hy)), time_major), final
 
 
-def apply_last(model: Model, params, inputs, carry=None, *, mask=None, **kw):
+def apply_last(model: Model, params, inputs, carry=None, *, grad=None, mask=None, lengths=None,
+               reverse: bool = False, dropout: float = 0.0, key=None, compute_dtype=None,
+               unroll: int | None = None, time_major: bool = True, **deprecated):
     """Many-to-one: logits `[..., V]` of the top layer's output at each sequence's last real
     step (its last mask-1 step; with `reverse`, its first), and the final carry. Bidirectional:
     the forward output at the last real step concatenated with the backward output at the first
     real step, where each direction has read the whole sequence. Left padding and holes in the
-    mask are read the same way."""
-    hs, final = hidden(model, params, inputs, carry, mask=mask, **kw)
+    mask are read the same way. Arguments as `hidden`."""
+    grad = rnn.check_strategy(rnn.legacy_strategy(grad, deprecated, "jrnn.model.apply_last"),
+                              what="Model.apply_last")
+    hs, final, mask = _hidden(model, params, inputs, carry, grad, mask, lengths, reverse, dropout, key,
+                              compute_dtype, unroll, time_major)
     if mask is None:
         at_first, at_last = hs[0], hs[-1]
     else:
         # the first and last mask-1 steps, wherever the padding is (right, left, holes); a
         # sequence with no real step reads its zero output at t = 0 / T-1
-        m = jnp.asarray(mask, bool)
-        first = jnp.argmax(m, axis=0)                                         # [...]
-        last_t = m.shape[0] - 1 - jnp.argmax(jnp.flip(m, 0), axis=0)          # [...]
+        first = jnp.argmax(mask, axis=0)                                          # [...]
+        last_t = mask.shape[0] - 1 - jnp.argmax(jnp.flip(mask, 0), axis=0)        # [...]
         at = lambda t: jnp.take_along_axis(hs, t[None, ..., None], axis=0)[0]
         at_first, at_last = at(first), at(last_t)
-    last = at_first if kw.get("reverse") else at_last
+    last = at_first if reverse else at_last
     if model.bidirectional:
         H = model.hidden_size
         last = jnp.concatenate([at_last[..., :H], at_first[..., H:]], -1)
-    p, _ = _compute(params, (), kw.get("compute_dtype"))
+    p, _ = _compute(params, (), compute_dtype)
     return readout(p, last).astype(jnp.result_type(params.w_hy)), final
 
 
 def step(model: Model, params, carry, x_t):
     """One time step of the whole stack: `(carry, x_t) -> (carry, logits_t)`, x_t ids `[...]` or
-    features `[..., D]`. Scan-shaped; sampling, TBPTT windows and `remat` run on it. A
-    bidirectional model has no step (ValueError)."""
+    features `[..., D]`. Scan-shaped; sampling runs on it. A bidirectional model has no step
+    (ValueError)."""
     check_causal(model, "step")
     layers = layer_params(model, params)
     x_t = x_t if hasattr(x_t, "dtype") else np.asarray(x_t)
     checks.host_ints_fit(x_t)   # before jnp.asarray narrows int64 ids by wrapping (2**32 + 1 -> 1)
     rnn.check_input_array(model.input_size, x_t[None])   # ids in [0, D), D features
     carry = carries(model, layers, batch_shape(model, x_t[None]), carry)
-    carry, h = _stack_step(model.cell, layers, carry, x_t)
+    carry, h = stack_step(model.cell, layers, carry, x_t)
     return carry, readout(params, h)
 
 
-def _stack_step(cell, layers, carry, x_t, keep=None, rate=0.0):
-    """One step of every layer; `keep`, with dropout `rate` > 0, holds this step's keep-mask
-    `[..., H]` of the inputs of each layer > 0 (None for layer 0), see `dropout_keep`."""
+def stack_step(cell, layers, carry, x_t, keep=None, rate=0.0):
+    """One step of every layer: (carry, top h_t `[..., H]`). `keep`, with dropout `rate` > 0,
+    holds this step's keep-mask `[..., H]` of the inputs of each layer > 0 (None for layer 0)."""
     h, new = x_t, []
     for i, (p, c) in enumerate(zip(layers, carry)):
         if i > 0 and rate:
@@ -381,99 +481,124 @@ def _stack_step(cell, layers, carry, x_t, keep=None, rate=0.0):
     return tuple(new), h
 
 
-def dropout_keep(model: Model, dropout: float, key, T: int, batch) -> tuple:
+def stack_scan(cell, layers, carry, inputs, mask, keep, emit, *, extra=None, rate=0.0, unroll=None,
+               remat=False):
+    """The one step-by-step loop over a whole stack, which the `Remat()` loss and the TBPTT
+    passes drive: each step runs every layer (`stack_step`), freezes the carry where `mask` is 0
+    (`jrnn.rnn.freeze`) and returns `emit(carry, h_t, extra_t)`. inputs `[T, ...]` (float
+    features zeroed across padding first, the double where), mask bool `[T, ...]`, keep per
+    layer `[T, ..., H]` or None, `extra` any pytree of `[T, ...]` scanned alongside. Returns
+    (final carry, emitted `[T, ...]`); `remat` keeps sqrt(T) carries for the backward pass."""
+    inputs = rnn.zero_padding(inputs, mask)
+
+    def body(_, c, x):
+        x_t, m_t, keep_t, extra_t = x
+        new, h = stack_step(cell, layers, c, x_t, keep_t, rate)
+        c = rnn.freeze(m_t, new, c)
+        return c, emit(c, h, extra_t)
+
+    return rnn.scan(body, None, carry, (inputs, mask, keep, extra), unroll=unroll, remat=remat)
+
+
+def dropout_masks(model: Model, dropout: float, key, T: int, batch) -> tuple:
     """The keep-masks of a whole chunk, drawn once from `key`: None for layer 0 and a bool
     `[T, *batch, H]` per layer > 0, as `rnn.stack` draws them (`rnn.dropout_keep`); so the plain
-    loss, the rematerialised loss and the TBPTT windows (which index them by step) drop the
-    same units at the same steps. All None when `dropout` is 0."""
+    loss, the `Remat()` loss and the TBPTT windows (which index them by step) drop the same units
+    at the same steps. All None when `dropout` is 0."""
     return tuple(None if i == 0 or not dropout else
                  rnn.dropout_keep(key, dropout, model.layers, i, (T, *batch, model.width))
                  for i in range(model.layers))
 
 
-def _freeze(m, new, old):
-    """`new` where m (a real step), `old` across padding."""
-    return jax.tree.map(lambda a, b: jnp.where(m.reshape(m.shape + (1,) * (a.ndim - m.ndim)), a, b), new, old)
+def _legacy_loss_strategy(grad, deprecated: dict):
+    """0.1's `k1=`/`k2=`/`remat=` of the loss as the strategy they stand for (DeprecationWarning)."""
+    k1, k2 = deprecated.pop("k1", None), deprecated.pop("k2", None)
+    if k1 is None and k2 is None:
+        return rnn.legacy_strategy(grad, deprecated, "jrnn.model.sequence_loss")
+    if grad is not None:
+        raise TypeError("jrnn.model.sequence_loss: pass grad= or the deprecated k1=/k2=, not both")
+    new = tbptt.TBPTT(k1, k2) if (k1 is not None and k2 is not None) else tbptt.check_k(k1, k2)
+    if deprecated.get("remat") is not None and checks.boolean("remat", deprecated["remat"]):
+        raise ValueError("TBPTT (k1, k2) takes no remat: its windows already bound the backward pass "
+                         "to k2 steps each; use one or the other")
+    deprecated.pop("remat", None)
+    rnn.legacy_strategy(None, deprecated, "jrnn.model.sequence_loss")   # unknown keywords
+    warnings.warn(f"jrnn.model.sequence_loss: k1=, k2= are deprecated and will be removed in jrnn 0.3; "
+                  f"pass grad={new!r}", DeprecationWarning, stacklevel=4)
+    return new
 
 
-def check_targets(inputs, targets, batch):
-    """Targets must be integer ids of the inputs' `[T, ...]` shape: neither shorter nor longer.
-    Returns them as an array (nested lists as numpy reads them: the loss's gather takes no list)."""
-    targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
-    T = np.shape(inputs)[0]
-    if tuple(targets.shape) != (T, *batch):
-        raise ValueError(f"targets must have the inputs' shape [T, ...] = {(T, *batch)}, got {tuple(targets.shape)}")
-    return targets
-
-
-def check_mask(mask, shape):
-    if mask is None:
-        return None
-    if tuple(np.shape(mask)) != tuple(shape):
-        raise ValueError(f"mask must have shape {tuple(shape)} ([T, ...]), got {tuple(np.shape(mask))}")
-    checks.mask01(mask)   # 0/1 only, as the plain loss reads it
-    return jnp.asarray(mask, bool)
-
-
-def sequence_loss(model: Model, params, inputs, targets, carry=None, *, mask=None, reduction: str = "mean",
-                  k1: int | None = None, k2: int | None = None, remat: bool = False, unroll: int | None = None,
-                  dropout: float = 0.0, key=None, compute_dtype=None):
-    """Softmax cross-entropy of per-step targets: (loss, final carry).
+def sequence_loss(model: Model, params, inputs, targets, carry=None, *, grad=None, loss="cross_entropy", mask=None,
+                  lengths=None, reduction: str = "mean", dropout: float = 0.0, key=None, compute_dtype=None,
+                  unroll: int | None = None, time_major: bool = True, **deprecated):
+    """A per-step loss over a sequence, and the final carry: (loss, carry).
 
     Args:
-      inputs: ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`.
-      mask: optional `[T, ...]` (padding = 0): ignored by the loss, carry frozen across it.
-      k1: if given (with k2), the gradient is Williams & Peng TBPTT(k1, k2) (`jrnn.tbptt`):
-        blocks of k1 steps; the value is the full loss either way.
-      k2: each block's losses back-propagate through the k2 states ending at its last step.
-      remat: the readout and loss run inside a scan that keeps only sqrt(T) carries for the
-        backward pass (`rnn.checkpointed_scan`): memory grows like sqrt(T) instead of T, for one
-        extra forward pass and per-step projections and readouts. Not with k1/k2 (the TBPTT
-        windows already bound what the backward pass keeps). Both k1/k2 and remat run the stack
-        step by step, so a bidirectional model takes neither (ValueError): its loss is full BPTT.
+      inputs: ids `[T, ...]` or features `[T, ..., D]` (`[B, T, ...]` with `time_major=False`).
+      targets: what `loss` takes per step, `[T, ...]` leading: class ids `[T, ...]` for
+        "cross_entropy", floats `[T, ..., V]` for "mse" and "binary_cross_entropy" (in [0, 1]).
+      grad: the gradient strategy. `jrnn.FullBPTT()` (None); `jrnn.TBPTT(k1, k2)`: blocks of k1
+        steps, each back-propagating through the k2 states ending at its last step, the value
+        still the full loss (`jrnn.tbptt`); `jrnn.Remat()`: the whole stack, readout and loss in
+        one scan keeping sqrt(T) carries for the backward pass (one extra forward; no
+        `[T, ..., V]` logits kept); `jrnn.Parallel(...)`: every layer solved in parallel in time.
+        TBPTT and Remat run the stack step by step, so a bidirectional model takes neither.
+      loss: "cross_entropy" (softmax, the default), "binary_cross_entropy" (sigmoid), "mse", or a
+        function `(outputs_t [..., V], targets_t) -> [...]`, one loss per step (`jrnn.losses.per_step`).
+      mask / lengths: padding (mask 0, or steps past each length): ignored by the loss, carry
+        frozen across it.
+      reduction: "mean" over real steps, "sum", or "none" (per-step losses `[T, ...]`; not TBPTT).
       dropout: rate between layers (needs `key`). Its keep-masks are drawn once for the chunk
-        (`dropout_keep`), so with the same key the plain, `remat` and TBPTT losses drop the same
-        units at the same steps: equal values, and equal gradients where the truncation is none.
-        (With `remat` the masks are one byte per unit and step of layers > 0: still O(T).)
+        (`dropout_masks`), so with the same key every strategy drops the same units at the same
+        steps: equal values, and equal gradients where the truncation is none.
+      compute_dtype, unroll, time_major: as `hidden`.
+      **deprecated: 0.1's `k1=`, `k2=`, `remat=` (now `grad=`), with a DeprecationWarning.
     """
+    grad = _legacy_loss_strategy(grad, deprecated)
+    grad = rnn.FullBPTT() if grad is None else grad
+    if not isinstance(grad, tbptt.TBPTT):
+        rnn.check_strategy(grad, what="Model.loss")
+    fn = losses.per_step(loss)
     rnn.check_dropout(dropout, key)
-    remat = checks.boolean("remat", remat)
-    if k1 is not None or k2 is not None:
-        check_causal(model, "TBPTT (k1, k2)")
-        if remat:
-            raise ValueError("TBPTT (k1, k2) takes no remat: its windows already bound the backward pass "
-                             "to k2 steps each; use one or the other")
-        from jrnn import tbptt  # tbptt is built on this module: imported on use
-        return tbptt.sequence_loss(model, params, inputs, targets, carry, k1=k1, k2=k2, mask=mask,
-                                   reduction=reduction, unroll=unroll, dropout=dropout, key=key,
-                                   compute_dtype=compute_dtype)
+    if reduction not in losses.REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {losses.REDUCTIONS}")
     layers = layer_params(model, params)
-    rnn.check_input_array(model.input_size, inputs)
+    inputs, mask = sequences(model, inputs, mask, lengths, time_major=time_major)
     batch = batch_shape(model, inputs)
-    targets = check_targets(inputs, targets, batch)
-    if not remat:
-        logits, final = apply(model, params, inputs, carry, mask=mask, unroll=unroll, dropout=dropout, key=key,
-                              compute_dtype=compute_dtype)
-        return losses.softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction), final
-    check_causal(model, "the remat loss (a fused per-step scan)")
-    checks.labels(targets, model.output_size)
-    p, layers, c0, inputs = _prepared(model, params, layers, inputs, carry, batch, compute_dtype)
-    inputs = rnn.float_inputs(inputs, layers, c0)
-    T = inputs.shape[0]
-    m = jnp.ones((T, *batch), bool) if mask is None else check_mask(mask, (T, *batch))
-    out_dtype = jnp.result_type(params.w_hy)
-    keep = dropout_keep(model, dropout, key, T, batch)   # scanned with the inputs: every segment sees its steps'
-
-    def fused(_, c, x):
-        # the input projection runs in the step too: a hoisted [T, ..., G*H] projection (and its
-        # gradient) would be the largest O(T) buffers left
-        x_t, y, m_t, keep_t = x
-        x_t = jnp.where(m_t[..., None], x_t, 0) if x_t.ndim > m_t.ndim else x_t
-        new, h = _stack_step(model.cell, layers, c, x_t, keep_t, dropout)
-        c = _freeze(m_t, new, c)
-        nll = losses.softmax_cross_entropy(readout(p, h).astype(out_dtype), y, reduction="none")
-        return c, jnp.where(m_t, nll, 0.0)
-
-    final, per_step = rnn.scan(fused, None, c0, (inputs, jnp.asarray(targets), m, keep), unroll=unroll,
-                               remat=True)
-    return losses.reduce(per_step, m, reduction), final
+    T = np.shape(inputs)[0]
+    targets = losses.check_targets(loss, rnn.time_major_view(targets, time_major), (T, *batch), model.output_size)
+    if isinstance(grad, (tbptt.TBPTT, rnn.Remat)):
+        check_causal(model, "TBPTT (k1, k2)" if isinstance(grad, tbptt.TBPTT)
+                     else "the remat loss (grad=Remat(): a fused per-step scan)")
+    if isinstance(grad, tbptt.TBPTT) and grad.k1 >= T and grad.k2 >= T:
+        grad = rnn.FullBPTT()     # one window over the whole chunk: plain BPTT
+    if isinstance(grad, (tbptt.TBPTT, rnn.Remat)):
+        if isinstance(grad, tbptt.TBPTT) and reduction == "none":
+            raise ValueError("TBPTT loss supports reductions 'mean' and 'sum', got 'none'")
+        p, layers, c0, inputs = prepared(model, params, layers, inputs, carry, batch, compute_dtype)
+        inputs = rnn.float_inputs(inputs, layers, c0)
+        m = jnp.ones((T, *batch), bool) if mask is None else mask
+        keep = dropout_masks(model, dropout, key, T, batch)
+        out_dtype = jnp.result_type(params.w_hy)
+        per_step = lambda hs, ys: fn(readout(p, hs).astype(out_dtype), ys)
+        run_steps = lambda c, xs, ms, ks, emit: stack_scan(model.cell, layers, c, xs, ms, ks,
+                                                           lambda c, h, _: emit(c, h), rate=dropout, unroll=unroll)
+        if isinstance(grad, tbptt.TBPTT):
+            return tbptt.truncated_loss(run_steps, per_step, c0, inputs, targets, m, keep, k1=grad.k1, k2=grad.k2,
+                                        reduction=reduction)
+        # Remat: the readout and the loss inside the rematerialised scan, per step; the input
+        # projection runs in the step too (a hoisted [T, ..., G*H] one would be the largest O(T)
+        # buffer left)
+        emit = lambda c, h, e: jnp.where(e[1], per_step(h, e[0]), 0.0)
+        final, values = stack_scan(model.cell, layers, c0, inputs, m, keep, emit, extra=(targets, m), rate=dropout,
+                                   unroll=unroll, remat=True)
+        values = losses.reduce(values, m, reduction)
+        return (rnn.time_major_view(values, time_major) if reduction == "none" else values), final
+    hs, final, _ = _hidden(model, params, inputs, carry, grad, mask, None, False, dropout, key, compute_dtype,
+                           unroll, True)   # inputs and mask are time-major by now
+    p, _ = _compute(params, (), compute_dtype)
+    logits = readout(p, hs).astype(jnp.result_type(params.w_hy))
+    if mask is not None:   # the first "where" of the double where: padded logits never reach a gradient
+        logits = jnp.where(mask[..., None], logits, 0.0)
+    values = losses.reduce(fn(logits, targets), mask, reduction)
+    return (rnn.time_major_view(values, time_major) if reduction == "none" else values), final

@@ -50,21 +50,26 @@ one state vector `[..., sum H_i]` for the solve, and the cell's outputs are reco
 solved carries in one parallel pass. Per-step inputs may be any pytree of `[T, ...]` arrays (a
 masked step's (u, mask)).
 
-This module only needs jax: `jrnn.rnn.run(..., method=...)` dispatches to it.
+Use it as a value: `Parallel("deer", tol=, max_iters=, lam=)` is a strategy that
+`jrnn.rnn.run(..., grad=)`, `jrnn.Model.hidden/apply/loss(..., grad=)` and the training steps
+take, as they take `jrnn.FullBPTT()`; `solve` is the same solver over any step function.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks
+from jrnn import checks, rnn
 
 __all__ = [   # the public API, documented in the API reference
+    "Parallel",
     "DeerInfo",
     "solve",
     "evaluate",
@@ -72,7 +77,7 @@ __all__ = [   # the public API, documented in the API reference
 ]
 
 PARALLEL_METHODS = ("deer", "quasi_deer", "elk", "quasi_elk")
-METHODS = ("sequential",) + PARALLEL_METHODS + ("auto",)
+METHODS = ("sequential",) + PARALLEL_METHODS
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -432,9 +437,60 @@ def evaluate(step, params, us, h0, **kw):
 
 
 def auto_method(T: int, batch: int, hidden: int, backend: str | None = None) -> str:
-    """The method `method="auto"` uses. Measured on CPU (experiments.bench --deer): the
-    sequential scan won every configuration, so CPU always gets "sequential". No GPU threshold
-    has been measured yet (DEER did not converge on an H100 before its dot products were
-    forced to float32), so GPUs get "sequential" too until the benchmark documents one."""
+    """Deprecated (0.1's `method="auto"`): always "sequential", since no measured threshold says
+    where a parallel solve wins. Pass `grad=jrnn.FullBPTT()` or `grad=jrnn.Parallel(...)`."""
+    warnings.warn("jrnn.parallel.auto_method is deprecated and will be removed in jrnn 0.3: it always "
+                  "answers 'sequential'; choose grad=jrnn.FullBPTT() or grad=jrnn.Parallel(...)",
+                  DeprecationWarning, stacklevel=2)
     del T, batch, hidden, backend
     return "sequential"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+    """Parallel-in-time evaluation as a strategy value: each layer's recurrence is solved for all
+    T steps at once by `solve` (see the module docstring), falling back to the sequential scan
+    where it does not converge, with exact gradients of the fixed point.
+
+    Args:
+      method: "deer" (Newton, full Jacobians), "quasi_deer" (diagonal), "elk" (Levenberg-Marquardt
+        by Kalman smoothing) or "quasi_elk".
+      tol: relative residual tolerance in (0, 1); None: `default_tol` of the carry's dtype.
+      max_iters: iterations before the sequential fallback (1 to 2^31 - 1).
+      lam: ELK's Levenberg-Marquardt parameter (> 0).
+
+    Checked when built: `Parallel("dear")` or `Parallel(tol=2)` fails here, not in a trace.
+    Hashable, so a model's jitted step can close over it."""
+    method: str = "deer"
+    tol: float | None = None
+    max_iters: int = 50
+    lam: float = LAM
+
+    def __post_init__(self):
+        check_method(self.method, parallel_only=True)
+        max_iters = checks.integer("max_iters", self.max_iters)
+        if max_iters > MAX_ITERS:                        # the iteration counter is an int32
+            raise ValueError(f"max_iters must be <= {MAX_ITERS}, got {max_iters}")
+        tol = None if self.tol is None else checks.real("tol", self.tol)
+        if tol is not None and not 0 < tol < 1:
+            raise ValueError(f"tol is relative to the states' scale and must lie in (0, 1), got {tol!r}")
+        lam = checks.real("lam", self.lam)
+        if not lam > 0:
+            raise ValueError(f"lam must be a positive finite number, got {lam!r}")
+        object.__setattr__(self, "max_iters", max_iters)
+        object.__setattr__(self, "tol", tol)
+        object.__setattr__(self, "lam", lam)
+
+    def run_layer(self, cell, params, us, carry, *, mask=None, reverse=False, unroll=None):
+        """One layer over projected inputs `us` `[T, ..., G]`: (hs `[T, ..., H]`, final carry);
+        a mask's frozen carry is one more step function (`jrnn.rnn.masked`). `unroll` belongs
+        to the sequential scan and is not used."""
+        del unroll
+        step, xs = (cell.step, us) if mask is None else (rnn.masked(cell.step), (us, mask))
+        hs, carry, _ = solve(step, params, xs, carry, method=self.method, reverse=reverse, tol=self.tol,
+                             max_iters=self.max_iters, lam=self.lam)
+        return hs, carry
+
+
+# 0.1's `method="deer"` etc. in `jrnn.rnn.run` (deprecated) stand for these values
+rnn.METHOD_STRATEGIES.update({m: functools.partial(Parallel, m) for m in PARALLEL_METHODS})

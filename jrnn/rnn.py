@@ -1,24 +1,36 @@
-"""The one `lax.scan` over time that every model and cell goes through.
+"""The time loop that every model and cell goes through, once: masks, reversal, unroll, layers.
 
 A step is `(params, carry, x_t) -> (carry, y_t)`; `scan` owns time-major vs batch-major, reverse
 direction, `unroll` and (optional) rematerialisation, so every wrapper works with every cell.
-`run` also dispatches to the parallel-in-time solvers of `jrnn.parallel` (`method=`), which sit
-below this module (they need only a step function).
+
+Layout: sequences are time-major, `[T, B, ...]` (what `lax.scan` iterates over, and PyTorch's
+`nn.RNN` default); every entry point that takes sequences also takes `time_major=False` for
+batch-first `[B, T, ...]` data, and returns its sequences in the layout it was given.
+
+How a layer runs over time is a value, `grad=` (as diffrax's `adjoint=`): `FullBPTT()` (one
+`lax.scan`, the default) and `Remat()` (sqrt(T) carries kept for the backward pass) live here;
+`jrnn.parallel.Parallel(...)` (DEER/ELK) lives above the cells and is driven through the same
+protocol, a strategy's `run_layer(cell, params, us, carry, mask=, reverse=, unroll=)`, so this
+module never imports the solver. `jrnn.tbptt.TBPTT` belongs to a loss (`jrnn.Model.loss`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks, losses, parallel
+from jrnn import checks
 
 __all__ = [   # the public API, documented in the API reference
+    "FullBPTT",
+    "Remat",
     "Cell",
     "Directions",
     "run",
@@ -55,6 +67,106 @@ def resolve_unroll(unroll, T: int | None = None):
     if unroll is True:
         return unroll
     return checks.integer("unroll (a positive int, True for a full unroll, or None for the default)", unroll)
+
+
+@dataclasses.dataclass(frozen=True)
+class FullBPTT:
+    """Back-propagation through the whole sequence: one `lax.scan` (or the cell's own equal
+    scan), every step's carry kept for the backward pass. The default `grad=` everywhere."""
+
+    def run_layer(self, cell, params, us, carry, *, mask=None, reverse=False, unroll=None):
+        """One layer over projected inputs `us` `[T, ..., G]`: (hs `[T, ..., H]`, final carry)."""
+        if cell.scan is not None:
+            return cell.scan(params, us, carry, mask=mask, reverse=reverse, unroll=unroll)
+        return _scan_layer(cell, params, us, carry, mask, reverse, unroll, remat=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Remat:
+    """Exact gradients with memory growing like sqrt(T) instead of T: only every sqrt(T)-th carry
+    is kept for the backward pass, the rest recomputed (one extra forward pass). In a layer
+    (`run`, `Model.hidden`) each layer's scan is rematerialised; in `Model.loss` the whole stack,
+    readout and loss run in one rematerialised scan, so no `[T, ..., V]` logits are kept either."""
+
+    def run_layer(self, cell, params, us, carry, *, mask=None, reverse=False, unroll=None):
+        """One layer over projected inputs `us` `[T, ..., G]`: (hs `[T, ..., H]`, final carry)."""
+        return _scan_layer(cell, params, us, carry, mask, reverse, unroll, remat=True)
+
+
+def _scan_layer(cell, params, us, carry, mask, reverse, unroll, *, remat):
+    if mask is None:
+        carry, hs = scan(cell.step, params, carry, us, reverse=reverse, unroll=unroll, remat=remat)
+    else:
+        carry, hs = scan(masked(cell.step), params, carry, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
+    return hs, carry
+
+
+# Deprecated `method=` names and the strategy each stands for; `jrnn.parallel` adds its own
+# (it sits above this module, which therefore cannot name its `Parallel`).
+METHOD_STRATEGIES = {"sequential": FullBPTT, "auto": FullBPTT}
+
+
+def check_strategy(grad, *, what: str = "run"):
+    """`grad` if it is a strategy a time loop can run (it has `run_layer`; None is `FullBPTT()`),
+    else a TypeError naming what it is and what `what` takes."""
+    if grad is None:
+        return FullBPTT()
+    if not hasattr(grad, "run_layer") or isinstance(grad, type):
+        hint = (" (TBPTT truncates a loss's gradient: pass it to Model.loss)" if type(grad).__name__ == "TBPTT"
+                else " (an instance: FullBPTT(), not FullBPTT)" if isinstance(grad, type) else "")
+        raise TypeError(f"{what}'s grad= must be jrnn.FullBPTT(), jrnn.Remat() or jrnn.Parallel(...), got "
+                        f"{grad!r}" + hint)
+    return grad
+
+
+def legacy_strategy(grad, deprecated: dict, where: str, *, allowed=("remat", "method")):
+    """The strategy the deprecated keywords in `deprecated` (`remat=`, `method=`) stand for, with a
+    DeprecationWarning; `grad` when there are none. Unknown keywords are a TypeError, and so is
+    mixing them with an explicit `grad=` or with each other."""
+    unknown = sorted(set(deprecated) - set(allowed))
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    given = {k: v for k, v in deprecated.items() if v is not None}
+    if not given:
+        return grad
+    names = ", ".join(f"{k}=" for k in given)
+    if grad is not None:
+        raise TypeError(f"{where}: pass grad= or the deprecated {names}, not both")
+    remat, method = given.get("remat"), given.get("method")
+    if remat is not None:
+        remat = checks.boolean("remat", remat)
+    if method is not None and (not isinstance(method, str) or method not in METHOD_STRATEGIES):
+        raise ValueError(f"unknown method {method!r}; choose one of {tuple(METHOD_STRATEGIES)}")
+    if remat and method not in (None, "sequential", "auto"):
+        raise ValueError(f"remat applies to the sequential scan only, not to method={method!r}")
+    new = Remat() if remat else METHOD_STRATEGIES[method or "sequential"]()
+    warnings.warn(f"{where}: {names} is deprecated and will be removed in jrnn 0.3; pass grad={new!r}",
+                  DeprecationWarning, stacklevel=3)
+    return new
+
+
+def host_array(x):
+    """`x` itself if it is an array, else as numpy reads it (nested lists of ids or features);
+    ragged lists are a ValueError pointing at padding."""
+    if hasattr(x, "dtype"):
+        return x
+    try:
+        return np.asarray(x)
+    except ValueError as e:   # numpy: "inhomogeneous shape"
+        raise ValueError(f"sequences of different lengths cannot form one array: pad them with "
+                         f"jrnn.data.pad and pass its mask ({e})") from None
+
+
+def time_major_view(x, time_major: bool):
+    """`x` time-major: itself, or with its two leading axes swapped when `time_major` is False
+    (a batch-first `[B, T, ...]` array); None stays None. The one place the layout turns."""
+    time_major = checks.boolean("time_major", time_major)
+    if x is None or time_major:
+        return x
+    x = host_array(x)
+    if x.ndim < 2:
+        raise ValueError(f"time_major=False takes batch-first [B, T, ...] arrays, got shape {tuple(x.shape)}")
+    return jnp.swapaxes(x, 0, 1) if isinstance(x, jax.Array) else np.swapaxes(x, 0, 1)
 
 
 class Cell(NamedTuple):
@@ -249,7 +361,7 @@ def host_inputs(inputs):
     """Inputs as an array with a time axis, still on the host where given so: a list as numpy
     reads it, and 64-bit numpy ids checked to fit the 32 bits JAX narrows them to while x64 is
     off (`jrnn.checks.host_ints_fit`), before `jnp.asarray` would wrap 2**32 + 1 to 1."""
-    x = inputs if hasattr(inputs, "dtype") else np.asarray(inputs)
+    x = host_array(inputs)
     checks.host_ints_fit(x)
     check_time_axis(np.shape(x))
     return x
@@ -282,9 +394,7 @@ def check_input_array(input_size: int, inputs) -> None:
     inputs need at least 2 dims: a 1-D float array would otherwise be read as T steps.
     """
     D = input_size
-    x = inputs
-    if not hasattr(x, "dtype"):
-        x = np.asarray(x)
+    x = host_array(inputs)
     check_time_axis(x.shape)
     if jnp.issubdtype(x.dtype, jnp.integer):
         checks.traced_ids_in_range(x, D, "token ids")   # raised by jrnn's training steps
@@ -433,35 +543,32 @@ def widen_carry(carry, zero):
     return jax.tree.map(widen, carry, zero)
 
 
-def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, unroll: int | None = None,
-        remat: bool = False, method: str = "sequential"):
-    """Run any `jrnn.cells.Cell` over time-major inputs.
+def run(cell, params, inputs, carry=None, *, grad=None, mask=None, reverse: bool = False,
+        unroll: int | None = None, time_major: bool = True, **deprecated):
+    """Run any `jrnn.rnn.Cell` over a sequence: (hs `[T, ..., H]`, final carry).
 
     Args:
-      cell: a `jrnn.cells.Cell`.
-      inputs: token ids `[T, ...]` or features `[T, ..., D]`.
+      cell: a `jrnn.rnn.Cell` (`jrnn.cells.LSTM`, ...).
+      inputs: token ids `[T, ...]` or features `[T, ..., D]` (`[B, T, ...]` with `time_major=False`).
       carry: initial carry (the cell's zeros if None).
-      mask: optional `[T, ...]`, 1 = real step. Across padding the carry is frozen and the
-        output is zero. With `reverse`, right-padded sequences are length-aware: the padding
-        (visited first) leaves the initial carry untouched, so each sequence is read from its
-        own last real step back to its first.
+      grad: how the layer runs over time: `FullBPTT()` (None: the default, one `lax.scan`),
+        `Remat()` (sqrt(T) memory for the backward pass), or `jrnn.Parallel(...)` (DEER/ELK,
+        falling back to the scan if it does not converge). Masks work with each.
+      mask: optional `[T, ...]` (same layout as inputs), 1 = real step. Across padding the carry
+        is frozen and the output is zero. With `reverse`, right-padded sequences are
+        length-aware: the padding (visited first) leaves the initial carry untouched, so each
+        sequence is read from its own last real step back to its first.
       unroll: steps per loop iteration; None picks `default_unroll` (8 on a GPU, 1 on a CPU).
-      method: "sequential" (one `lax.scan`), or parallel in time (`jrnn.parallel`): "deer",
-        "quasi_deer", "elk", "quasi_elk", each falling back to the scan if it does not
-        converge; "auto" picks by backend and size (`jrnn.parallel.auto_method`). Masks work
-        with every method; `remat` and `unroll` belong to the sequential scan.
+      time_major: False for batch-first inputs and mask; hs come back batch-first too.
+      **deprecated: `remat=`, `method=` (0.1's spelling of `grad=`), with a DeprecationWarning.
 
     `params` are checked against the cell's own init first (`check_cell_params`, sizes read off
     the params), so a transposed or missing weight is named, not met as a shape error mid-scan.
-
-    Returns:
-      (hs `[T, ..., H]`, final carry).
     """
+    grad = check_strategy(legacy_strategy(grad, deprecated, "jrnn.rnn.run"), what="jrnn.rnn.run")
     check_cell(cell)
-    parallel.check_method(method)
-    reverse, remat = checks.boolean("reverse", reverse), checks.boolean("remat", remat)   # "False" is truthy
-    if remat and method not in ("sequential", "auto"):
-        raise ValueError(f"remat applies to the sequential scan only, not to method={method!r}")
+    reverse = checks.boolean("reverse", reverse)   # "False" is truthy
+    inputs, mask = time_major_view(inputs, time_major), time_major_view(mask, time_major)
     x = host_inputs(inputs)
     sizes = check_cell_params(cell, params, features=dense_features(x))
     if sizes is not None and dense_features(x) not in (None, sizes[0]):
@@ -475,27 +582,14 @@ def run(cell, params, inputs, carry=None, *, mask=None, reverse: bool = False, u
         mask = jnp.asarray(mask, bool)
         steps = inputs.shape if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[:-1]
         if mask.shape != steps:   # checked before the padding is zeroed (a broadcast error there)
-            raise ValueError(f"mask must have shape {steps} ([T, ...]), got {mask.shape}")
+            raise ValueError(f"mask must have the inputs' steps' shape {steps} ([T, ...]), got {mask.shape}"
+                             + ("" if time_major else " (time_major=False: both batch-first)"))
     inputs = zero_padding(inputs, mask)
     us = cell.project(params, inputs)
     carry = check_carry(cell, params, carry, us.shape[1:-1])
     unroll = resolve_unroll(unroll, us.shape[0])
-    if method == "auto":
-        lead = us.shape[1:-1]
-        method = "sequential" if remat else parallel.auto_method(
-            us.shape[0], math.prod(lead), sum(c.shape[-1] for c in jax.tree.leaves(carry)), jax.default_backend())
-    if method != "sequential":
-        # a frozen carry across padding is just another step function
-        step, xs = (cell.step, us) if mask is None else (masked(cell.step), (us, mask))
-        hs, carry, _ = parallel.solve(step, params, xs, carry, method=method, reverse=reverse)
-        return hs, carry
-    if cell.scan is not None and not remat:
-        return cell.scan(params, us, carry, mask=mask, reverse=reverse, unroll=unroll)
-    if mask is None:
-        carry, hs = scan(cell.step, params, carry, us, reverse=reverse, unroll=unroll, remat=remat)
-        return hs, carry
-    carry, hs = scan(masked(cell.step), params, carry, (us, mask), reverse=reverse, unroll=unroll, remat=remat)
-    return hs, carry
+    hs, carry = grad.run_layer(cell, params, us, carry, mask=mask, reverse=reverse, unroll=unroll)
+    return time_major_view(hs, time_major), carry
 
 
 def freeze(m, new, old):
@@ -527,13 +621,15 @@ class Directions(NamedTuple):
     backward: Any
 
 
-def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str = "concat",
-                  unroll: int | None = None, method: str = "sequential", carry=None, remat: bool = False):
+def bidirectional(cell, params_fwd, params_bwd, inputs, *, grad=None, mask=None, merge: str = "concat",
+                  unroll: int | None = None, carry=None, time_major: bool = True, **deprecated):
     """Forward and length-aware reverse passes merged per step: `[T, ..., 2H]` (concat, forward
     first) or `[T, ..., H]` (sum). `carry`, optional, is a (forward, backward) pair of initial
-    carries, the backward one entering at each sequence's last real step. Returns (hs,
-    Directions(final forward carry, final backward carry)); the backward one is its state after
-    the first real step."""
+    carries, the backward one entering at each sequence's last real step. `grad`, `mask`,
+    `unroll` and `time_major` as `run`. Returns (hs, Directions(final forward carry, final
+    backward carry)); the backward one is its state after the first real step."""
+    grad = check_strategy(legacy_strategy(grad, deprecated, "jrnn.rnn.bidirectional"), what="bidirectional")
+    inputs, mask = time_major_view(inputs, time_major), time_major_view(mask, time_major)
     if merge not in ("concat", "sum"):
         raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
     check_cell(cell)
@@ -544,9 +640,10 @@ def bidirectional(cell, params_fwd, params_bwd, inputs, *, mask=None, merge: str
                         f"{type(carry).__name__}")
     cf, cb = (None, None) if carry is None else carry
     inputs = x
-    hf, cf = run(cell, params_fwd, inputs, cf, mask=mask, unroll=unroll, remat=remat, method=method)
-    hb, cb = run(cell, params_bwd, inputs, cb, mask=mask, reverse=True, unroll=unroll, remat=remat, method=method)
-    return (jnp.concatenate([hf, hb], -1) if merge == "concat" else hf + hb), Directions(cf, cb)
+    hf, cf = run(cell, params_fwd, inputs, cf, grad=grad, mask=mask, unroll=unroll)
+    hb, cb = run(cell, params_bwd, inputs, cb, grad=grad, mask=mask, reverse=True, unroll=unroll)
+    hs = jnp.concatenate([hf, hb], -1) if merge == "concat" else hf + hb
+    return time_major_view(hs, time_major), Directions(cf, cb)
 
 
 def _check_directions(cell, fwd, bwd, where_f, where_b, features):
@@ -563,16 +660,19 @@ def _bidirectional_layer(cell, params, inputs, carry=None, *, reverse, **kw):
     return bidirectional(cell, params[0], params[1], inputs, carry=carry, **kw)
 
 
-def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float = 0.0, key=None,
-          unroll: int | None = None, reverse: bool = False, remat: bool = False, method: str = "sequential",
-          bidirectional: bool = False):
+def stack(cell, layer_params, inputs, carries=None, *, grad=None, mask=None, dropout: float = 0.0, key=None,
+          unroll: int | None = None, reverse: bool = False, bidirectional: bool = False, time_major: bool = True,
+          **deprecated):
     """Multi-layer RNN: layer l reads layer l-1's states; dropout (rate `dropout`, needs `key`)
-    between layers only, as PyTorch's nn.LSTM(dropout=...). Returns (top hs, tuple of carries).
-    `reverse` runs every layer from t = T-1 down (length-aware under `mask`). `bidirectional`:
-    each layer's params (and carry) are a (forward, backward) pair, run and concatenated by
-    `bidirectional`, so layer l > 0 reads `[T, ..., 2H]`."""
+    between layers only, as PyTorch's nn.LSTM(dropout=...). Returns (top hs `[T, ..., H]`, tuple
+    of carries). `reverse` runs every layer from t = T-1 down (length-aware under `mask`).
+    `bidirectional`: each layer's params (and carry) are a (forward, backward) pair, run and
+    concatenated by `bidirectional`, so layer l > 0 reads `[T, ..., 2H]`. `grad`, `mask`,
+    `unroll` and `time_major` as `run`."""
+    grad = check_strategy(legacy_strategy(grad, deprecated, "jrnn.rnn.stack"), what="jrnn.rnn.stack")
     check_dropout(dropout, key)
-    reverse, remat = checks.boolean("reverse", reverse), checks.boolean("remat", remat)
+    reverse = checks.boolean("reverse", reverse)
+    inputs, mask = time_major_view(inputs, time_major), time_major_view(mask, time_major)
     if checks.boolean("bidirectional", bidirectional) and reverse:
         raise ValueError("reverse does not apply to a bidirectional stack: it reads both directions already")
     check_cell(cell)
@@ -593,9 +693,9 @@ def stack(cell, layer_params, inputs, carries=None, *, mask=None, dropout: float
     for i, (p, c) in enumerate(zip(layer_params, carries)):
         if i > 0 and dropout > 0.0:
             hs = dropped(hs, dropout_keep(key, dropout, len(layer_params), i, hs.shape), dropout)
-        hs, c = layer(cell, p, hs, c, mask=mask, unroll=unroll, reverse=reverse, remat=remat, method=method)
+        hs, c = layer(cell, p, hs, c, grad=grad, mask=mask, unroll=unroll, reverse=reverse)
         finals.append(c)
-    return hs, tuple(finals)
+    return time_major_view(hs, time_major), tuple(finals)
 
 
 def _check_layers(cell, layer_params, features, bidirectional) -> None:

@@ -1,48 +1,70 @@
-"""Exact Williams & Peng TBPTT(k1, k2) for any `jrnn.model.Model`, as a surrogate loss.
+"""Exact Williams & Peng TBPTT(k1, k2) as a gradient strategy: `Model.loss(..., grad=TBPTT(k1, k2))`.
 
-`sequence_loss(model, params, ..., k1, k2)` has the value of the full loss and the gradient of
-TBPTT(k1, k2): the chunk is cut into blocks of k1 steps and each block's losses back-propagate
-through the k2 steps ending at the block's last step (see `jrnn.bptt.truncated` and
-`jrnn.bptt.cell_truncated` for the numpy oracles).
+The loss keeps the value of the full loss and takes the gradient of TBPTT(k1, k2): the chunk is
+cut into blocks of k1 steps and each block's losses back-propagate through the k2 steps ending
+at the block's last step (`jrnn.bptt.truncated` and `jrnn.bptt.cell_truncated` are the numpy
+oracles).
 
-How: one plain forward computes the carry after every step (every layer, an LSTM's c too);
-then each block re-runs its k2-step window of the whole stack from the stop-gradient'ed carry
-just before it, all windows at once as a batch (depth k2, not T). So no JAX or PyTorch
-library's k1 = k2 restriction applies here. k1 = k2 >= T is full BPTT.
+How (`truncated_loss`): one plain forward computes the carry after every step (every layer, an
+LSTM's c too); then each block re-runs its k2-step window of the whole stack from the
+stop-gradient'ed carry just before it, all windows at once as a batch (depth k2, not T). So no
+k1 = k2 restriction applies. k1 = k2 >= T is full BPTT. Both passes go through the model's one
+step-by-step loop over the stack (`jrnn.model.stack_scan`), handed in as a function, so this
+module needs no model.
 
-Rules: integers 1 <= k1 <= k2 (numpy integers too, bools refused), checked before anything
-else; k2 < k1 is refused (a block's losses could not reach its own first steps). Windows never
+Rules: integers 1 <= k1 <= k2 (numpy integers too, bools refused), checked when the value is
+built; k2 < k1 is refused (a block's losses could not reach its own first steps). Windows never
 cross a chunk boundary: the carry entering the chunk is where every window stops (it gets
 gradient only from windows that reach step 0), and between chunks a training step detaches it.
 A mask freezes the carry across padding exactly as the untruncated loss does; padded steps
-inside a window still count towards its k2 steps. Dropout between layers draws its keep-masks
-once for the chunk (`jrnn.model.dropout_keep`, as the untruncated loss does) and the windows
-index them by step, as they index the inputs: forward and windows see the same network.
+inside a window still count towards its k2 steps. Dropout keep-masks are drawn once for the
+chunk and the windows index them by step, as they index the inputs: forward and windows see
+the same network.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks, losses, model as model_lib, rnn
+from jrnn import checks
 
 __all__ = [   # the public API, documented in the API reference
-    "sequence_loss",
+    "TBPTT",
     "windows",
+    "truncated_loss",
+    "sequence_loss",
 ]
 
 
 def check_k(k1, k2) -> tuple[int, int]:
     """(k1, k2) as ints with 1 <= k1 <= k2, or a clear error."""
-    if (k1 is None) != (k2 is None):   # was "TBPTT k2 must be an integer, got NoneType None"
+    if (k1 is None) != (k2 is None):
         raise ValueError(f"TBPTT needs both k1 and k2, got k1={k1!r}, k2={k2!r} (k1 = k2 = T is full BPTT; "
                          f"leave both out for the untruncated loss)")
     k1, k2 = checks.integer("TBPTT k1", k1, minimum=None), checks.integer("TBPTT k2", k2, minimum=None)
     if not 1 <= k1 <= k2:
         raise ValueError(f"TBPTT needs integers 1 <= k1 <= k2, got k1={k1}, k2={k2}")
     return k1, k2
+
+
+@dataclasses.dataclass(frozen=True)
+class TBPTT:
+    """Williams & Peng TBPTT(k1, k2): every k1 steps, back-propagate the block's losses through
+    the last k2 steps (k2 >= k1). The truncated-BPTT notebook's k-step rule is TBPTT(1, k + 1);
+    TBPTT(T, T) is full BPTT. A loss strategy: `Model.loss` takes it, a bare layer does not.
+    Needs a causal model (not bidirectional)."""
+    k1: int
+    k2: int
+
+    def __post_init__(self):
+        k1, k2 = check_k(self.k1, self.k2)
+        object.__setattr__(self, "k1", k1)
+        object.__setattr__(self, "k2", k2)
 
 
 def windows(T: int, k1: int, k2: int):
@@ -58,77 +80,51 @@ def windows(T: int, k1: int, k2: int):
     return times, times >= starts[None, :]
 
 
-def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: int, mask=None,
-                  reduction: str = "mean", unroll: int | None = None, dropout: float = 0.0, key=None,
-                  compute_dtype=None):
-    """Cross-entropy whose gradient is TBPTT(k1, k2).
+def truncated_loss(run_steps, per_step_loss, c0, inputs, targets, mask, keep, *, k1: int, k2: int,
+                   reduction: str = "mean"):
+    """The TBPTT(k1, k2) surrogate loss over one chunk, and the final carry.
 
     Args:
-      model: a `jrnn.model.Model` (any cell, any depth).
-      inputs: token ids `[T, ...]` or features `[T, ..., D]`; targets: ids `[T, ...]`, same T.
-      carry: initial carry (zeros if None).
-      mask: optional `[T, ...]`, 1 = real step.
-      dropout: the dropout rate between layers, masks drawn as the untruncated loss draws them.
-      key: the PRNG key of those masks.
-
-    Returns:
-      (loss, final carry): the loss value equals the untruncated loss, the carry the one
-      after the last real step of each sequence.
+      run_steps: `(carry, xs, mask, keep, emit) -> (final carry, emitted [T, ...])`, the stack's
+        step-by-step loop (`jrnn.model.stack_scan`), with `emit(carry, h)` choosing what each
+        step returns.
+      per_step_loss: `(hs [k2, NB, ..., H], targets [k2, NB, ...]) -> [k2, NB, ...]`, the readout
+        and the loss of each step.
+      c0: the carry entering the chunk; inputs `[T, ...]`; targets `[T, ...]` (any trailing axes);
+        mask bool `[T, ...]`; keep: the dropout keep-masks, a tuple of `[T, ..., H]` or None.
+      reduction: "mean" (over real steps) or "sum".
     """
-    k1, k2 = check_k(k1, k2)
-    model_lib.check_causal(model, "TBPTT (k1, k2)")
-    rnn.check_dropout(dropout, key)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"TBPTT loss supports reductions 'mean' and 'sum', got {reduction!r}")
-    layers = model_lib.layer_params(model, params)
-    rnn.check_input_array(model.input_size, inputs)
-    batch = model_lib.batch_shape(model, inputs)
-    targets = model_lib.check_targets(inputs, targets, batch)
-    T = np.shape(inputs)[0]
-    if k1 >= T and k2 >= T:  # one window over the whole chunk: plain BPTT
-        return model_lib.sequence_loss(model, params, inputs, targets, carry, mask=mask, reduction=reduction,
-                                       unroll=unroll, dropout=dropout, key=key, compute_dtype=compute_dtype)
-    checks.labels(targets, model.output_size)
-    p, layers, c0, inputs = model_lib._prepared(model, params, layers, inputs, carry, batch, compute_dtype)
-    inputs = rnn.float_inputs(inputs, layers, c0)
-    m = jnp.ones((T, *batch), bool) if mask is None else model_lib.check_mask(mask, (T, *batch))
-    if jnp.issubdtype(inputs.dtype, jnp.floating):  # "double where": NaN padding never reaches a gradient
-        inputs = jnp.where(m[..., None], inputs, 0.0)
-
-    keep = model_lib.dropout_keep(model, dropout, key, T, batch)          # [T, ..., H] per layer > 0
-
-    def body(c, x):
-        x_t, m_t, keep_t = x
-        new, _ = model_lib._stack_step(model.cell, layers, c, x_t, keep_t, dropout)
-        c = model_lib._freeze(m_t, new, c)
-        return c, c
-
+    T, extra = mask.shape[0], mask.ndim - 1
     # 1) the carry after every step, detached: the windows' starting points
-    final, cs = jax.lax.scan(body, c0, (inputs, m, keep), unroll=rnn.resolve_unroll(unroll, T))
+    final, cs = run_steps(c0, inputs, mask, keep, lambda c, h: c)
     cs = jax.lax.stop_gradient(cs)
     # before[t] is the carry entering step t; before[0] = c0 keeps its gradient (windows that
     # reach step 0 feed dL/dcarry0)
     before = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), c0, cs)
     times, in_block = windows(T, k1, k2)
     start = np.maximum(times[0], 0)                                        # [NB]
-    carry_w = jax.tree.map(lambda a: a[start], before)                     # [NB, ..., H] per leaf
     idx = np.maximum(times, 0)
-    xs_w, ys_w = inputs[idx], jnp.asarray(targets)[idx]                    # [k2, NB, ...]
+    carry_w = jax.tree.map(lambda a: a[start], before)                     # [NB, ..., H] per leaf
+    xs_w, ys_w = inputs[idx], jax.tree.map(lambda a: a[idx], targets)      # [k2, NB, ...]
     keep_w = jax.tree.map(lambda a: a[idx], keep)                          # the same steps' masks
-    ok = m[idx] & jnp.asarray(times >= 0).reshape(times.shape + (1,) * len(batch))
-
+    ok = mask[idx] & jnp.asarray(times >= 0).reshape(times.shape + (1,) * extra)
     # 2) every block's window at once: k2 steps of the stack on a batch of NB windows
-    def window(c, x):
-        x_t, ok_t, keep_t = x
-        new, h = model_lib._stack_step(model.cell, layers, c, x_t, keep_t, dropout)
-        return model_lib._freeze(ok_t, new, c), h
-
-    _, hw = jax.lax.scan(window, carry_w, (xs_w, ok, keep_w), unroll=rnn.resolve_unroll(unroll, k2))      # [k2, NB, ..., H]
-    per_step = losses.softmax_cross_entropy(model_lib.readout(p, hw).astype(jnp.result_type(params.w_hy)),
-                                            ys_w, reduction="none")
-    weight = ok & jnp.asarray(in_block).reshape(in_block.shape + (1,) * len(batch))
+    _, hw = run_steps(carry_w, xs_w, ok, keep_w, lambda c, h: h)           # [k2, NB, ..., H]
+    per_step = per_step_loss(hw, ys_w)
+    weight = ok & jnp.asarray(in_block).reshape(in_block.shape + (1,) * extra)
     total = jnp.sum(jnp.where(weight, per_step, 0.0))
     if reduction == "sum":
         return total, final
-    count = jnp.maximum(jnp.sum(m.astype(per_step.dtype)), 1.0)
-    return total / count, final
+    return total / jnp.maximum(jnp.sum(mask.astype(per_step.dtype)), 1.0), final
+
+
+def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: int, **kw):
+    """Deprecated (0.1): `model.loss(params, inputs, targets, carry, grad=TBPTT(k1, k2), **kw)`."""
+    warnings.warn("jrnn.tbptt.sequence_loss is deprecated and will be removed in jrnn 0.3; use "
+                  f"model.loss(..., grad=jrnn.TBPTT({k1!r}, {k2!r}))", DeprecationWarning, stacklevel=2)
+    grad = TBPTT(k1, k2)
+    if not callable(getattr(model, "loss", None)):
+        raise TypeError(f"model must be a jrnn.model.Model (e.g. jrnn.lm.model(...)), got {type(model).__name__}")
+    return model.loss(params, inputs, targets, carry, grad=grad, **kw)

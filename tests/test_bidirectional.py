@@ -99,7 +99,7 @@ def test_dropout_remat_states_and_compute_dtype_work_on_a_bidirectional_model(na
     plain, _ = model.hidden(p, x, carry, mask=MASK)
     assert not np.allclose(got, plain)
     # per-layer rematerialised scans (hidden's remat, not the fused causal loss): the same states
-    np.testing.assert_allclose(model.hidden(p, x, carry, mask=MASK, remat=True)[0], plain, rtol=RTOL)
+    np.testing.assert_allclose(model.hidden(p, x, carry, mask=MASK, grad=jrnn.Remat())[0], plain, rtol=RTOL)
     # bf16 compute: logits in the params' dtype, close to float64's
     lo16, _ = model.apply(p, x, carry, mask=MASK, compute_dtype=jnp.bfloat16)
     assert lo16.dtype == jnp.float64
@@ -122,10 +122,9 @@ def test_what_needs_a_causal_model_refuses_a_bidirectional_one_before_tracing():
     tp = tagger.init(jax.random.key(0))
     z = np.zeros(4, np.int32)
     for call, what in [(lambda: model.step(p, carry, x[0]), "step"),
-                       (lambda: model.loss(p, x, y, mask=MASK, k1=2, k2=3), "TBPTT"),
-                       (lambda: model.loss(p, x, y, mask=MASK, k1=T, k2=T), "TBPTT"),
-                       (lambda: tbptt.sequence_loss(model, p, x, y, k1=2, k2=3), "TBPTT"),
-                       (lambda: model.loss(p, x, y, mask=MASK, remat=True), "remat"),
+                       (lambda: model.loss(p, x, y, mask=MASK, grad=jrnn.TBPTT(2, 3)), "TBPTT"),
+                       (lambda: model.loss(p, x, y, mask=MASK, grad=jrnn.TBPTT(T, T)), "TBPTT"),
+                       (lambda: model.loss(p, x, y, mask=MASK, grad=jrnn.Remat()), "remat"),
                        (lambda: jrnn.generate(tagger, tp, jax.random.key(0), [1], 3), "generate")]:
         with pytest.raises(ValueError, match=f"{what}.*causal.*bidirectional"):
             call()

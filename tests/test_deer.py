@@ -10,6 +10,11 @@ from jrnn import bptt, cells, elman, losses, parallel
 from jrnn.testing import assert_trees_close
 
 
+def G(method):
+    """0.1's method= name as the strategy value it stands for."""
+    return None if method in ("sequential", "auto") else jrnn.Parallel(method)
+
+
 def problem(T=400, B=2, H=8, V=11, scale=None, seed=0):
     params = elman.init(jax.random.key(seed), vocab_size=V, hidden_size=H, dtype=jnp.float64)
     if scale is not None:
@@ -35,7 +40,7 @@ def test_gradients_equal_sequential_and_the_bptt_reference(method, scale):
     h0 = jnp.asarray(np.random.RandomState(2).randn(8) * 0.3)
 
     def loss(p, h0, m):
-        hs, _ = elman.hidden(p, x, h0, method=m)
+        hs, _ = elman.hidden(p, x, h0, grad=G(m))
         return losses.softmax_cross_entropy(elman.readout(p, hs), y, reduction="sum")
 
     (g, gh), (gs, ghs) = jax.grad(loss, argnums=(0, 1))(params, h0, method), jax.grad(loss, argnums=(0, 1))(params, h0, "sequential")
@@ -64,11 +69,32 @@ def test_deer_works_for_a_gru_and_reverse():
     hs, info = parallel.evaluate(cells.GRU.step, p, us, h0, method="deer")
     np.testing.assert_allclose(hs, jrnn.rnn.run(cells.GRU, p, xs)[0], atol=1e-9)
     params, x, _ = problem(T=64)
-    np.testing.assert_allclose(elman.hidden(params, x, reverse=True, method="deer")[0],
+    np.testing.assert_allclose(elman.hidden(params, x, reverse=True, grad=G("deer"))[0],
                                elman.hidden(params, x, reverse=True)[0], atol=1e-9)
 
 
-def test_bad_method_arguments_raise():
+def test_bad_parallel_arguments_raise_when_the_strategy_is_built():
+    params, x, _ = problem(T=5)
+    with pytest.raises(ValueError, match="unknown method"):
+        jrnn.Parallel("newton")
+    with pytest.raises(ValueError, match="unknown method"):
+        jrnn.Parallel("sequential")      # the sequential scan is FullBPTT(), not a parallel method
+    for bad, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="max_iters"):
+            jrnn.Parallel(max_iters=bad)
+    for bad in (0.0, -1e-3, float("nan"), float("inf"), 1.0):
+        with pytest.raises(ValueError, match="tol"):
+            jrnn.Parallel(tol=bad)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="lam"):
+            jrnn.Parallel("elk", lam=bad)
+    with pytest.raises(TypeError, match="TBPTT truncates a loss"):
+        elman.hidden(params, x, grad=jrnn.TBPTT(2, 3))
+    with pytest.raises(TypeError, match="an instance"):
+        elman.hidden(params, x, grad=jrnn.Parallel)
+
+
+def test_bad_deprecated_method_arguments_still_raise():
     params, x, _ = problem(T=5)
     with pytest.raises(ValueError, match="unknown method"):
         elman.hidden(params, x, method="newton")
@@ -76,6 +102,8 @@ def test_bad_method_arguments_raise():
         jrnn.rnn.run(cells.GRU, cells.GRU.init(jax.random.key(0), 3, 4), np.ones((5, 2, 3)), method="sequental")
     with pytest.raises(ValueError, match="remat"):
         elman.hidden(params, x, remat=True, method="elk")
+    with pytest.raises(TypeError, match="not both"):
+        elman.hidden(params, x, grad=jrnn.Parallel(), method="elk")
     us, h0 = elman.project(params, x), jnp.zeros((2, 8))
     for bad, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)):
         with pytest.raises(error, match="max_iters"):
@@ -85,7 +113,15 @@ def test_bad_method_arguments_raise():
             parallel.evaluate(elman.step, params, us, h0, tol=bad)
     with pytest.raises(ValueError, match="unknown method"):
         parallel.evaluate(elman.step, params, us, h0, method="sequential")
-    assert elman.hidden(params, x, method="auto")[0].shape == (5, 2, 8)
+
+
+@pytest.mark.parametrize("method", ["sequential", "auto", "deer", "elk"])
+def test_deprecated_method_keyword_warns_and_gives_the_strategy_values_numbers(method):
+    params, x, _ = problem(T=6)
+    want = elman.hidden(params, x, grad=G(method))[0]
+    with pytest.warns(DeprecationWarning, match="method= is deprecated"):
+        got = elman.hidden(params, x, method=method)[0]
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.slow
@@ -102,7 +138,7 @@ def test_trained_charlm_gives_the_same_validation_loss_with_deer(data_dir, tmp_p
     val_x, val_y = val_x[0], val_y[0]                                             # 16 streams of 250
 
     def val_loss(method):
-        hs, _ = elman.hidden(params, val_x, method=method)
+        hs, _ = elman.hidden(params, val_x, grad=G(method))
         return float(losses.softmax_cross_entropy(elman.readout(params, hs), val_y))
 
     _, info = parallel.evaluate(elman.step, params, elman.project(params, val_x), jnp.zeros((16, 64), jnp.float32))
@@ -145,7 +181,7 @@ def test_carries_with_different_leading_shapes_are_refused():
     # "leading shape" check stays for direct callers of parallel.solve)
     with pytest.raises(ValueError, match=r"carry of the lstm cell must have shape \(2, 4\)"):
         jrnn.rnn.run(cells.LSTM, p, np.ones((5, 2, 3)), cells.LSTMState(jnp.zeros((2, 4)), jnp.zeros((3, 4))),
-                     method="deer")
+                     grad=jrnn.Parallel("deer"))
 
 
 def _dot_precisions(fn, *args):
@@ -189,7 +225,7 @@ def test_masked_parallel_methods_equal_the_masked_sequential_scan(method, revers
     mask = np.arange(40)[:, None] < np.array([40, 25, 1])[None, :]     # right-padded lengths
 
     def loss(p, xs, m):
-        hs, h = jrnn.rnn.run(cells.GRU, p, xs, mask=mask, reverse=reverse, method=m)
+        hs, h = jrnn.rnn.run(cells.GRU, p, xs, mask=mask, reverse=reverse, grad=G(m))
         return jnp.sum(jnp.sin(hs) * w) + jnp.sum(h ** 2), (hs, h)
 
     (_, (hs, h)), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xs, method)
@@ -232,7 +268,7 @@ def test_elk_states_and_gradients_equal_the_sequential_scan(method):
     h0 = jnp.asarray(np.random.RandomState(2).randn(4) * 0.3)
 
     def loss(p, h0, m):
-        hs, _ = elman.hidden(p, x, h0, method=m)
+        hs, _ = elman.hidden(p, x, h0, grad=G(m))
         return losses.softmax_cross_entropy(elman.readout(p, hs), y, reduction="sum"), hs
 
     (_, hs), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, h0, method)
@@ -278,7 +314,7 @@ def test_tiny_states_converge_relative_to_their_scale(method, dtype):
     p = cells.GRU.init(jax.random.key(0), 3, 4, dtype)
     xs = jnp.asarray(1e-7 * np.random.RandomState(0).randn(8, 2, 3), dtype)
     w = jnp.asarray(np.random.RandomState(1).randn(8, 2, 4), dtype)
-    loss = lambda p, m: jnp.sum(jrnn.rnn.run(cells.GRU, p, xs, method=m)[0] * w)
+    loss = lambda p, m: jnp.sum(jrnn.rnn.run(cells.GRU, p, xs, grad=G(m))[0] * w)
     hs_seq = jrnn.rnn.run(cells.GRU, p, xs)[0]
     assert 0 < float(jnp.max(jnp.abs(hs_seq))) < 1e-5
     hs, info = parallel.evaluate(cells.GRU.step, p, cells.GRU.project(p, xs), jnp.zeros((2, 4), dtype), method=method)
@@ -303,7 +339,7 @@ def test_elk_runs_a_single_step_sequence(method):
     associative_scan shape error)."""
     p = cells.LSTM.init(jax.random.key(0), 3, 4, jnp.float64)
     xs = jnp.asarray(np.random.RandomState(0).randn(1, 2, 3))
-    assert_trees_close(jrnn.rnn.run(cells.LSTM, p, xs, method=method), jrnn.rnn.run(cells.LSTM, p, xs), rtol=1e-12)
+    assert_trees_close(jrnn.rnn.run(cells.LSTM, p, xs, grad=G(method)), jrnn.rnn.run(cells.LSTM, p, xs), rtol=1e-12)
 
 
 # the default suite keeps one case (the GRU); the scan's masked reverse runs for every cell in test_hoisted
@@ -320,7 +356,7 @@ def test_masked_reverse_parallel_solve_equals_the_masked_sequential_scan(name, m
     mask = np.arange(6)[:, None] < np.array([6, 3, 1])[None, :]
 
     def loss(p, xs, m):
-        hs, c = jrnn.rnn.run(cell, p, xs, mask=mask, reverse=True, method=m)
+        hs, c = jrnn.rnn.run(cell, p, xs, mask=mask, reverse=True, grad=G(m))
         return jnp.sum(jnp.sin(hs) * w) + sum(jnp.sum(a ** 2) for a in jax.tree.leaves(c)), (hs, c)
 
     got = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xs, method)
@@ -343,7 +379,7 @@ def test_half_precision_carries_converge_instead_of_always_falling_back(dtype):
     hs, info = parallel.evaluate(cells.LSTM.step, p, us, c0, method="deer")
     assert hs.dtype == dtype and not bool(info.fell_back) and int(info.iterations) < 50, info
     assert_trees_close(hs, seq, rtol=4 * eps)
-    g = jax.grad(lambda p: jnp.sum(jrnn.rnn.run(cells.LSTM, p, xs, method="deer")[0].astype(jnp.float32)))(p)
+    g = jax.grad(lambda p: jnp.sum(jrnn.rnn.run(cells.LSTM, p, xs, grad=G("deer"))[0].astype(jnp.float32)))(p)
     assert all(a.dtype == dtype and np.all(np.isfinite(np.asarray(a, np.float32))) for a in jax.tree.leaves(g))
 
 

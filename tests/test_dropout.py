@@ -4,6 +4,7 @@ windows drop the same units at the same steps (equal values; equal gradients whe
 truncated; a hand-written truncated surrogate where something is), for every cell, with masks."""
 
 import jax
+import jrnn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def _problem(name, seed=0):
     return model, p, x, y, carry
 
 
-VARIANTS = ({}, {"remat": True}, {"k1": T, "k2": T}, {"k1": 2, "k2": T}, {"k1": 2, "k2": 3})
+VARIANTS = ({}, {"grad": jrnn.Remat()}, {"grad": jrnn.TBPTT(T, T)}, {"grad": jrnn.TBPTT(2, T)}, {"grad": jrnn.TBPTT(2, 3)})
 
 
 @pytest.mark.parametrize("name", ["elman", pytest.param("lstm", marks=pytest.mark.slow),
@@ -91,7 +92,7 @@ def test_truncated_tbptt_with_dropout_equals_the_hand_written_surrogate(name):
     model, p, x, y, carry = _problem(name, seed=2)
     key = jax.random.key(5)
     for k1, k2 in [(2, 3)] if name == "elman" else [(2, 3), (1, 4)]:
-        got = jax.jit(jax.value_and_grad(lambda p, c: model.loss(p, x, y, c, mask=MASK, reduction="sum", k1=k1, k2=k2,
+        got = jax.jit(jax.value_and_grad(lambda p, c: model.loss(p, x, y, c, mask=MASK, reduction="sum", grad=jrnn.TBPTT(k1, k2),
                                                                  dropout=RATE, key=key)[0], argnums=(0, 1)))(p, carry)
         want = jax.jit(jax.value_and_grad(lambda p, c: _hand_tbptt(model, p, x, y, MASK, c, key, k1, k2),
                                           argnums=(0, 1)))(p, carry)
@@ -108,13 +109,13 @@ def test_the_plain_path_draws_as_before_and_rate_zero_is_no_dropout():
     h2, _ = rnn.run(model.cell, p.layers[1], jnp.where(keep, h1 / (1.0 - RATE), 0.0), carry[1])
     np.testing.assert_array_equal(model.hidden(p, x, carry, dropout=RATE, key=key)[0], h2)
     # rate 0 is no dropout at all (checked on the windowed TBPTT path); keys are compared above
-    loss = lambda **d: float(model.loss(p, x, y, carry, mask=MASK, k1=2, k2=3, **d)[0])
+    loss = lambda **d: float(model.loss(p, x, y, carry, mask=MASK, grad=jrnn.TBPTT(2, 3), **d)[0])
     assert loss(dropout=0.0, key=key) == loss()
 
 
 def test_bad_dropout_arguments_are_refused_before_tracing():
     model, p, x, y, _ = _problem("lstm")
-    for kw in ({}, {"remat": True}, {"k1": 2, "k2": 3}, {"k1": 40, "k2": 40}):
+    for kw in ({}, {"grad": jrnn.Remat()}, {"grad": jrnn.TBPTT(2, 3)}, {"grad": jrnn.TBPTT(40, 40)}):
         with pytest.raises(ValueError, match="needs a PRNG key"):
             model.loss(p, x, y, dropout=0.5, **kw)
         for rate in (1.0, -0.1, float("nan")):
@@ -148,7 +149,7 @@ def test_a_dropout_rate_or_key_of_the_wrong_kind_is_a_type_error_naming_it():
             model.loss(p, x, y, dropout=rate, key=jax.random.key(0))
     # one typed key or one legacy uint32 [2] key; an int, a float array, a batch of keys are refused
     for key in (0, jnp.zeros(2), jnp.zeros(3, jnp.uint32), jax.random.split(jax.random.key(0), 2)):
-        for kw in ({}, {"k1": 2, "k2": 3}):
+        for kw in ({}, {"grad": jrnn.TBPTT(2, 3)}):
             with pytest.raises(TypeError, match="dropout's key must be one PRNG key"):
                 model.loss(p, x, y, dropout=RATE, key=key, **kw)
     assert float(model.loss(p, x, y, dropout=RATE, key=jax.random.PRNGKey(0))[0]) == \

@@ -2,6 +2,7 @@
 
 import itertools
 import jax
+import jrnn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_truncated_grad_matches_tbptt_reference(T, k1, k2):
     params, x, y, h0 = make_problem(T + k1 + 10 * k2, T, 11, 16, 11)
 
     def loss(p, h0):
-        return elman.sequence_loss(p, x, y, h0, k1=k1, k2=k2, reduction="sum")[0]
+        return elman.sequence_loss(p, x, y, h0, grad=jrnn.TBPTT(k1, k2), reduction="sum")[0]
 
     value, (g, gh0) = jax.value_and_grad(loss, argnums=(0, 1))(params, h0)
     ref_loss, ref, ref_dh0 = bptt.truncated(params, x, y, h0, k1=k1, k2=k2)
@@ -187,7 +188,7 @@ def test_seed002_bug_is_caught_and_fixed_reference_agrees_with_finite_difference
     h0 = jnp.zeros(16)
 
     def loss(p):
-        return elman.sequence_loss(p, x, y, h0, k1=1, k2=6, reduction="sum")[0]
+        return elman.sequence_loss(p, x, y, h0, grad=jrnn.TBPTT(1, 6), reduction="sum")[0]
 
     g = jax.grad(loss)(params)
     assert relative_error(_seed002_buggy_backprop(params, x, y, 5), g.w_hh) > 1e-3
@@ -237,7 +238,7 @@ def test_batched_tbptt_equals_sum_over_sequences():
     params, _, _, _ = make_problem(8, 1, 7, 8, 7)
     rng = np.random.RandomState(2)
     xs, ys = rng.randint(0, 7, (12, 3)), rng.randint(0, 7, (12, 3))  # [T, B]
-    loss = lambda p: elman.sequence_loss(p, xs, ys, k1=2, k2=4, reduction="sum")[0]
+    loss = lambda p: elman.sequence_loss(p, xs, ys, grad=jrnn.TBPTT(2, 4), reduction="sum")[0]
     g = jax.grad(loss)(params)
     parts = [bptt.truncated(params, xs[:, b], ys[:, b], k1=2, k2=4)[1] for b in range(3)]
     total = {k: sum(p[k] for p in parts) for k in parts[0]}

@@ -3,6 +3,7 @@ combinations that run agree with the plain loss where they should, and those ref
 both options."""
 
 import jax
+import jrnn
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def test_bfloat16_compute_runs_finite_on_every_loss_path():
     model, p, x, y = setup("gru")
     kw = dict(mask=MASK, dropout=0.4, key=jax.random.key(7), compute_dtype=jnp.bfloat16)
     plain = None
-    for extra in ({}, {"remat": True}, {"k1": 2, "k2": 3}):
+    for extra in ({}, {"grad": jrnn.Remat()}, {"grad": jrnn.TBPTT(2, 3)}):
         value, g = jax.value_and_grad(lambda p: model.loss(p, x, y, **kw, **extra)[0])(p)
         assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves((value, g))), extra
         plain = value if plain is None else plain
@@ -53,10 +54,10 @@ def test_refused_combinations_name_both_options():
         model.loss(p, x, y, k1=2, k2=3, remat=True)
     for k1, k2 in ((2, None), (None, 3)):     # was "TBPTT k2 must be an integer, got NoneType None"
         with pytest.raises(ValueError, match="TBPTT needs both k1 and k2"):
-            model.loss(p, x, y, k1=k1, k2=k2)
+            model.loss(p, x, y, grad=jrnn.TBPTT(k1, k2))
     with pytest.raises(ValueError, match="TBPTT loss supports reductions"):
-        model.loss(p, x, y, k1=2, k2=3, reduction="none")
+        model.loss(p, x, y, grad=jrnn.TBPTT(2, 3), reduction="none")
     with pytest.raises(ValueError, match="dropout needs a PRNG key"):
-        model.loss(p, x, y, k1=2, k2=3, dropout=0.3)
+        model.loss(p, x, y, grad=jrnn.TBPTT(2, 3), dropout=0.3)
     with pytest.raises(TypeError, match="compute_dtype must be a float dtype"):
-        model.loss(p, x, y, k1=2, k2=3, compute_dtype=jnp.int32)
+        model.loss(p, x, y, grad=jrnn.TBPTT(2, 3), compute_dtype=jnp.int32)

@@ -32,7 +32,7 @@ def _entry_points(model, p, x):
     y = np.zeros(x.shape[:-1], np.int32)
     return {"apply": lambda: model.apply(p, x), "apply_last": lambda: model.apply_last(p, x),
             "hidden": lambda: model.hidden(p, x), "loss": lambda: model.loss(p, x, y),
-            "loss_tbptt": lambda: model.loss(p, x, y, k1=1, k2=2), "loss_remat": lambda: model.loss(p, x, y, remat=True),
+            "loss_tbptt": lambda: model.loss(p, x, y, grad=jrnn.TBPTT(1, 2)), "loss_remat": lambda: model.loss(p, x, y, grad=jrnn.Remat()),
             "step": lambda: model.step(p, None, x[0]), "zeros": lambda: model.zeros(p, (B,)),
             "check_params": lambda: jrnn.model.check_params(model, p)}
 

@@ -70,8 +70,8 @@ def test_one_compiled_step_serves_batches_of_any_real_length(backend_compiles):
     rng = np.random.RandomState(0)
     for i, real in enumerate([3, 17, 9, 30, 1, 25]):
         seqs = [rng.randint(0, 6, rng.randint(1, real + 1)) for _ in range(4)]
-        ids, mask = data.pad_batch(seqs, length=data.bucket_length(32))
-        params, state, m, _ = step(params, state, (ids.T[:-1], ids.T[1:], mask.T[1:]), None)
+        ids, mask = data.pad(seqs, length=data.bucket_length(32))
+        params, state, m, _ = step(params, state, (ids[:-1], ids[1:], mask[1:]), None)
         assert np.isfinite(float(m["loss"]))
         if i == 0:
             assert backend_compiles, "the first call compiles"
@@ -82,9 +82,9 @@ def test_one_compiled_step_serves_batches_of_any_real_length(backend_compiles):
 def test_padded_batch_equals_each_sequence_alone():
     params = elman.init(jax.random.key(1), vocab_size=7, hidden_size=6, dtype=jnp.float64)
     seqs = [np.array([1, 2, 3]), np.array([4, 5, 6, 0, 1, 2]), np.array([3])]
-    ids, mask = data.pad_batch(seqs, bucket=4)
+    ids, mask = data.pad(seqs, bucket=4, time_major=False)
     assert ids.shape == (3, 8)
-    logits, h = elman.apply_batch(params, ids, mask=mask)
+    logits, h = elman.apply(params, ids, mask=mask, time_major=False)
     for b, s in enumerate(seqs):
         one, h1 = elman.apply(params, s)
         np.testing.assert_allclose(logits[b, :len(s)], one, rtol=1e-12)
@@ -93,10 +93,12 @@ def test_padded_batch_equals_each_sequence_alone():
 
 def test_ragged_batch_without_mask_is_a_clear_error():
     params = elman.init(jax.random.key(0), vocab_size=5, hidden_size=3)
-    with pytest.raises(ValueError, match="different lengths.*pad_batch"):
-        elman.apply_batch(params, [[1, 2, 3], [1, 2]])
+    with pytest.raises(ValueError, match="different lengths.*jrnn.data.pad"):
+        elman.apply(params, [[1, 2, 3], [1, 2]], time_major=False)
+    with pytest.raises(ValueError, match="different lengths.*jrnn.data.pad"):
+        elman.apply(params, [[1, 2, 3], [1, 2]])
     with pytest.raises(ValueError, match="shorter than the longest"):
-        data.pad_batch([[1, 2, 3]], length=2)
+        data.pad([[1, 2, 3]], length=2)
 
 
 @pytest.mark.slow
@@ -105,10 +107,10 @@ def test_remat_loss_equals_plain_loss_and_gradient():
     rng = np.random.RandomState(3)
     x, y = rng.randint(0, 9, (37, 2)), rng.randint(0, 9, (37, 2))
     mask = np.arange(37)[:, None] < np.array([37, 20])[None]
-    f = lambda p, r: elman.sequence_loss(p, x, y, mask=mask, remat=r)[0]
+    f = lambda p, r: elman.sequence_loss(p, x, y, mask=mask, grad=jrnn.Remat() if r else None)[0]
     np.testing.assert_allclose(f(params, True), f(params, False), rtol=1e-13)
     assert_trees_close(jax.grad(f)(params, True), jax.grad(f)(params, False), rtol=1e-12)
-    rev = lambda p, r: jnp.sum(elman.hidden(p, x, reverse=True, remat=r)[0] ** 2)
+    rev = lambda p, r: jnp.sum(elman.hidden(p, x, reverse=True, grad=jrnn.Remat() if r else None)[0] ** 2)
     assert_trees_close(jax.grad(rev)(params, True), jax.grad(rev)(params, False), rtol=1e-12)
 
 
@@ -119,7 +121,7 @@ def test_remat_memory_grows_sublinearly():
 
     def temp_bytes(T, remat):
         x = jnp.zeros((T, 8), jnp.int32)
-        grad = jax.jit(jax.grad(lambda p: elman.sequence_loss(p, x, x, remat=remat)[0]))
+        grad = jax.jit(jax.grad(lambda p: elman.sequence_loss(p, x, x, grad=jrnn.Remat() if remat else None)[0]))
         return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     plain, remat = temp_bytes(4000, False), temp_bytes(4000, True)

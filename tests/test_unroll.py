@@ -1,11 +1,12 @@
 """`unroll=None` (every default) picks the loop unroll by backend; an explicit value wins."""
 
 import jax
+import jrnn
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jrnn import cells, elman, elman_scan, lm, rnn, tbptt
+from jrnn import cells, elman, lm, rnn, tbptt
 from jrnn.testing import assert_trees_close
 
 T, B, V, H = 11, 2, 6, 4
@@ -48,18 +49,17 @@ def _entry_points():
     return [
         ("rnn.scan", lambda u: rnn.scan(elman.step, p, h0, elman.project(p, x), unroll=u)),
         ("rnn.run", lambda u: rnn.run(cells.GRU, gp, feats, unroll=u)),
-        ("rnn.run remat", lambda u: rnn.run(cells.GRU, gp, feats, remat=True, unroll=u)),
+        ("rnn.run remat", lambda u: rnn.run(cells.GRU, gp, feats, grad=jrnn.Remat(), unroll=u)),
         ("rnn.stack", lambda u: rnn.stack(cells.LSTM, lp.layers, x, unroll=u)),
         ("rnn.bidirectional", lambda u: rnn.bidirectional(cells.GRU, gp, gp, feats, unroll=u)),
         ("elman.hidden", lambda u: elman.hidden(p, x, unroll=u)),
         ("elman.apply", lambda u: elman.apply(p, x, unroll=u)),
         ("elman.sequence_loss", lambda u: elman.sequence_loss(p, x, x, unroll=u)),
-        ("elman.sequence_loss remat", lambda u: elman.sequence_loss(p, x, x, remat=True, unroll=u)),
-        ("elman_scan.run", lambda u: elman_scan.run(p.w_hh, elman.project(p, x), h0, unroll=u)),
+        ("elman.sequence_loss remat", lambda u: elman.sequence_loss(p, x, x, grad=jrnn.Remat(), unroll=u)),
+        ("cells.elman.recurrence", lambda u: cells.elman.recurrence(p.w_hh, elman.project(p, x), h0, unroll=u)),
         ("model.apply", lambda u: lm_model.apply(lp, x, unroll=u)),
-        ("model.loss remat", lambda u: lm_model.loss(lp, x, x, remat=True, unroll=u)),
-        ("model.loss tbptt", lambda u: lm_model.loss(lp, x, x, k1=2, k2=5, unroll=u)),
-        ("tbptt.sequence_loss", lambda u: tbptt.sequence_loss(elman.model_of(p), p, x, x, k1=2, k2=5, unroll=u)),
+        ("model.loss remat", lambda u: lm_model.loss(lp, x, x, grad=jrnn.Remat(), unroll=u)),
+        ("model.loss tbptt", lambda u: lm_model.loss(lp, x, x, grad=jrnn.TBPTT(2, 5), unroll=u)),
     ]
 
 
