@@ -302,11 +302,30 @@ CELLS = {
 }
 
 
-def cell_truncated(name, cell, w_hy, b_y, inputs, targets, carry0=None, *, k1, k2, mask=None):
-    """TBPTT(k1, k2) of L = sum_t CE(softmax(h_t W_hy + b_y), target_t) through one layer of
+def _step_loss(loss, y, target):
+    """One step's loss of logits y `[V]` and its gradient dL/dy, written out per loss:
+    cross_entropy (target an id): p - onehot; mse (target `[V]`): mean_v (y - t)^2, 2 (y - t) / V;
+    binary_cross_entropy (target `[V]` in [0, 1]): mean_v softplus(y) - t y, (sigmoid(y) - t) / V."""
+    if loss == "cross_entropy":
+        dy = _softmax(y)
+        dy[target] -= 1
+        return _nll(y, target), dy
+    t, V = np.asarray(target, np.float64), y.shape[0]
+    if loss == "mse":
+        return np.mean((y - t) ** 2), 2.0 * (y - t) / V
+    if loss == "binary_cross_entropy":
+        return np.mean(np.logaddexp(0.0, y) - t * y), (_sigmoid(y) - t) / V
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def cell_truncated(name, cell, w_hy, b_y, inputs, targets, carry0=None, *, k1, k2, mask=None,
+                   loss="cross_entropy"):
+    """TBPTT(k1, k2) of L = sum_t loss(h_t W_hy + b_y, target_t) through one layer of
     `name` ("elman" (tanh), "lstm", "gru"), with an optional 0/1 mask `[T]`; the rules of
     `truncated` (k1 = k2 = T is full BPTT). Each cell's backward step is written out in
-    `_lstm_bwd`, `_gru_bwd`, `_elman_bwd`; this loop owns time, masks and windows.
+    `_lstm_bwd`, `_gru_bwd`, `_elman_bwd`; this loop owns time, masks and windows. `loss`:
+    "cross_entropy" (softmax, targets ids `[T]`), "mse" or "binary_cross_entropy" (targets
+    `[T, V]`), each per step as `_step_loss` writes it.
 
     cell: an object with the cell's parameter attributes (e.g. jrnn.cells.LSTMParams).
     carry0: tuple of the initial carry's arrays ((h0, c0) for the LSTM, (h0,) otherwise).
@@ -334,7 +353,7 @@ def cell_truncated(name, cell, w_hy, b_y, inputs, targets, carry0=None, *, k1, k
         carries.append(new)
         caches.append(cache)
     ys = [carries[t + 1][0] @ w_hy + b_y for t in range(T)]
-    loss = sum(_nll(ys[t], targets[t]) for t in range(T) if m[t])
+    total = sum(_step_loss(loss, ys[t], targets[t])[0] for t in range(T) if m[t])
     grads = {k: np.zeros_like(v) for k, v in P.items()}
     grads["w_hy"], grads["b_y"] = np.zeros_like(w_hy), np.zeros_like(b_y)
     dcarry0 = [np.zeros(H) for _ in range(n_carry)]
@@ -343,8 +362,7 @@ def cell_truncated(name, cell, w_hy, b_y, inputs, targets, carry0=None, *, k1, k
             continue
         end = min((t // k1 + 1) * k1, T) - 1
         first = max(end - k2 + 1, 0)
-        dy = _softmax(ys[t])
-        dy[targets[t]] -= 1
+        dy = _step_loss(loss, ys[t], targets[t])[1]
         grads["w_hy"] += np.outer(carries[t + 1][0], dy)
         grads["b_y"] += dy
         d = (w_hy @ dy,) + tuple(np.zeros(H) for _ in range(n_carry - 1))   # into carry_t
@@ -353,7 +371,7 @@ def cell_truncated(name, cell, w_hy, b_y, inputs, targets, carry0=None, *, k1, k
                 d = bwd(P, caches[k], d, grads)
         if first == 0:
             dcarry0 = [a + b for a, b in zip(dcarry0, d)]
-    return loss, grads, tuple(dcarry0)
+    return total, grads, tuple(dcarry0)
 
 
 def lstm_many_to_many(cell, w_hy, b_y, inputs, targets, h0=None, c0=None, *, mask=None):

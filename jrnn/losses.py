@@ -24,7 +24,6 @@ __all__ = [   # the public API, documented in the API reference
     "reduce",
     "per_step",
     "check_targets",
-    "NAMED",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
