@@ -10,14 +10,14 @@ notebook's "Rprop" rule (source notebooks 000-004; see the README's "Reproduced 
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jrnn import checks
 
 __all__ = [   # the public API, documented in the API reference
     "sgd",
@@ -40,30 +40,17 @@ def check_learning_rate(lr) -> float:
     overflows it (> 3.4e38: every update would be inf) or rounds to 0 in it (< 1.4e-45: no
     update at all) is refused even for float64 parameters, which could hold it. Schedules
     (callables) are not checked here; the training step's guard skips any step whose update
-    is not finite.
+    is not finite. A number is `jrnn.checks.real`'s: Python and numpy numbers and concrete 0-d
+    arrays; bools (numpy's too) are refused.
     """
     if callable(lr):  # an optax schedule
         return lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) and not hasattr(lr, "__float__"):
-        raise TypeError(f"learning rate must be a number, got {type(lr).__name__}")
-    if not math.isfinite(float(lr)) or float(lr) <= 0:
-        raise ValueError(f"learning rate must be finite and > 0, got {lr}")
+    lr = checks.real("learning rate", lr, minimum=0, strict=True)
     f32 = np.finfo(np.float32)
     if not float(f32.smallest_subnormal) <= float(lr) <= float(f32.max):
         raise ValueError(f"learning rate {lr} is not representable in float32 (the parameters' dtype): "
                          f"it must lie in [{f32.smallest_subnormal:.1e}, {float(f32.max):.3e}]")
-    return float(lr)
-
-
-def _number(name: str, value, *, minimum: float = 0.0, strict: bool = True) -> float:
-    """`value` as a finite float > `minimum` (>= with strict=False), or a TypeError/ValueError
-    naming `name` (bools, strings and NaN refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or (value <= minimum if strict else value < minimum):
-        raise ValueError(f"{name} must be finite and {'>' if strict else '>='} {minimum:g}, got {value}")
-    return value
+    return lr
 
 
 def with_clipping(optimizer: optax.GradientTransformation, *, clip_value: float | None = None,
@@ -72,9 +59,9 @@ def with_clipping(optimizer: optax.GradientTransformation, *, clip_value: float 
     Each, when given, must be a finite number > 0 (None: no clipping): 0 stopped training
     silently, a negative clip_value turned descent into ascent, NaN made every update NaN."""
     if clip_value is not None:
-        clip_value = _number("clip_value (None for no clipping)", clip_value)
+        clip_value = checks.real("clip_value (None for no clipping)", clip_value, minimum=0, strict=True)
     if clip_norm is not None:
-        clip_norm = _number("clip_norm (None for no clipping)", clip_norm)
+        clip_norm = checks.real("clip_norm (None for no clipping)", clip_norm, minimum=0, strict=True)
     parts = []
     if clip_value is not None:
         parts.append(optax.clip(clip_value))
@@ -95,7 +82,7 @@ def karpathy_adagrad(learning_rate=0.1, *, clip_value=5.0, eps=1e-8) -> optax.Gr
     optax's defaults differ (accumulator starts at 0.1, eps 1e-7); min-char-rnn starts at 0.
     """
     lr = check_learning_rate(learning_rate)
-    eps = _number("eps", eps, strict=False)   # a negative eps can make sqrt(mem + eps) NaN
+    eps = checks.real("eps", eps, minimum=0)   # a negative eps can make sqrt(mem + eps) NaN
     return with_clipping(optax.adagrad(lr, initial_accumulator_value=0.0, eps=eps), clip_value=clip_value)
 
 
@@ -120,8 +107,9 @@ def scale_by_seed_rprop(eta_plus=1.2, eta_minus=0.5, lo=0.01, hi=100.0) -> optax
     """The Rprop notebook's rule: multiplier *= 1.2 where sign(g) == sign(g_prev), else *= 0.5, clipped to
     [0.01, 100]; the update is g * multiplier. Unlike Rprop it keeps the gradient's magnitude.
     Needs 0 < eta_minus < 1 < eta_plus and 0 < lo <= hi (finite), else a ValueError."""
-    eta_plus, eta_minus = _number("eta_plus", eta_plus, minimum=1.0), _number("eta_minus", eta_minus)
-    lo, hi = _number("lo", lo), _number("hi", hi)
+    eta_plus = checks.real("eta_plus", eta_plus, minimum=1, strict=True)
+    eta_minus = checks.real("eta_minus", eta_minus, minimum=0, strict=True)
+    lo, hi = (checks.real(name, v, minimum=0, strict=True) for name, v in (("lo", lo), ("hi", hi)))
     if eta_minus >= 1.0:
         raise ValueError(f"eta_minus must lie in (0, 1) (it shrinks the step on a sign change), got {eta_minus}")
     if lo > hi:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -35,21 +34,12 @@ def _generate(model, params, key, prime, carry, temperature, *, n):
 
 
 def _temperature(temperature) -> float:
-    """A positive finite number as a Python float: ints, floats, numpy scalars and concrete 0-d
-    numpy or jax arrays of a real dtype; a TypeError or ValueError naming it otherwise."""
-    real = isinstance(temperature, (int, float, np.integer, np.floating)) or (
-        isinstance(temperature, (np.ndarray, jax.Array)) and temperature.ndim == 0
-        and (jnp.issubdtype(temperature.dtype, jnp.floating) or jnp.issubdtype(temperature.dtype, jnp.integer)))
-    if isinstance(temperature, (bool, np.bool_)) or not real:
-        raise TypeError(f"temperature must be a number (a scalar), got {type(temperature).__name__} of shape "
-                        f"{np.shape(temperature) if hasattr(temperature, 'shape') else ()}")
-    if isinstance(temperature, jax.core.Tracer):
+    """A positive finite number as a Python float (`jrnn.checks.real`'s rule: Python and numpy
+    numbers, concrete 0-d arrays of a real dtype); a TypeError or ValueError naming it otherwise."""
+    if isinstance(temperature, jax.core.Tracer):   # checks.real refuses it too; this names the fix
         raise TypeError("temperature must be a concrete number, got a traced value: generate compiles its own "
                         "sampling loop, call it outside jax.jit")
-    value = float(temperature)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"temperature must be finite and > 0, got {value}")
-    return value
+    return checks.real("temperature", temperature, minimum=0, strict=True)
 
 
 def generate(model, params, key, prime, n: int, *, temperature: float = 1.0, carry=None):

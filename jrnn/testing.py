@@ -13,7 +13,6 @@ GPUs).
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -29,11 +28,7 @@ __all__ = [   # the public API, documented in the API reference
 
 
 def _check_rtol(rtol) -> float:
-    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
-        raise TypeError(f"rtol must be a real number, got {type(rtol).__name__}")
-    if not math.isfinite(float(rtol)) or rtol < 0:
-        raise ValueError(f"rtol must be finite and >= 0, got {rtol}")
-    return float(rtol)
+    return checks.real("rtol", rtol, minimum=0)
 
 
 def _nonfinite_leaves(tree) -> list[str]:
@@ -124,10 +119,7 @@ def check_gradients(fn, params, *args, key=None, directions: int = 8, eps: float
       the gradient or a finite difference is NaN/inf.
     """
     directions = checks.integer("directions", directions)
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    if not math.isfinite(float(eps)) or eps <= 0:
-        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    eps = checks.real("eps", eps, minimum=0, strict=True)
     rtol = _check_rtol(rtol)
     _require_x64()
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)

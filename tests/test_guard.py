@@ -17,7 +17,7 @@ V, H = 8, 10
 
 def lm_loss(params, batch, h):
     x, y = batch
-    return elman.sequence_loss(params, x, y, h, k1=x.shape[0], k2=x.shape[0], reduction="sum")
+    return elman.sequence_loss(params, x, y, h, grad=jrnn.TBPTT(x.shape[0], x.shape[0]), reduction="sum")
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_plain_jit_of_a_model_still_works_with_traced_ids(params):
     # the range checks are dropped outside a checkify-ed step: no "not functionalized" error
     x, y = _batch()
     loss = jax.jit(lambda p, x, y: elman.sequence_loss(p, x, y)[0])(params, x, y)
-    remat = jax.jit(lambda p, x, y: elman.sequence_loss(p, x, y, remat=True)[0])(params, x, y)
+    remat = jax.jit(lambda p, x, y: elman.sequence_loss(p, x, y, grad=jrnn.Remat())[0])(params, x, y)
     np.testing.assert_allclose(loss, remat, rtol=1e-6)
 
 

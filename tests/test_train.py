@@ -15,7 +15,7 @@ from jrnn.testing import assert_trees_close
 
 def lm_loss(params, batch, h):
     x, y = batch
-    return elman.sequence_loss(params, x, y, h, k1=x.shape[0], k2=x.shape[0], reduction="sum")
+    return elman.sequence_loss(params, x, y, h, grad=jrnn.TBPTT(x.shape[0], x.shape[0]), reduction="sum")
 
 
 @pytest.fixture
