@@ -19,7 +19,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jrnn import checks, hoisted, train
+from jrnn import batch_split, checks, train
 
 __all__ = [   # the public API, documented in the API reference
     "make_data_parallel_step",
@@ -133,7 +133,7 @@ def make_data_parallel_step(loss_fn: train.LossFn, optimizer: optax.GradientTran
     def step(params, opt_state, batch, carry=None):
         if ids_check is not None:
             ids_check(params, batch, carry)
-        with hoisted.batch_split(mesh):  # traced (on its first call) knowing the batch is split
+        with batch_split.batch_split(mesh):  # traced (on its first call) knowing the batch is split
             return unsplit(params, opt_state, batch, carry)
 
     def sharded_step(params, opt_state, batch, carry=None):
@@ -156,7 +156,7 @@ def _ids_check(loss_fn: train.LossFn, multi_step: bool):
     it: what runs is a min and a max over each id array.
 
     The data-parallel step calls it first and traces its own program without `checkify`, whose
-    rule for a `shard_map` (`jrnn.hoisted.batch_split`) returns one error per device, which
+    rule for a `shard_map` (`jrnn.batch_split.batch_split`) returns one error per device, which
     its rule for a scan (the K-step) then cannot carry ("select cases must have the same
     shapes")."""
     def ids(params, batch, carry):
