@@ -17,7 +17,8 @@ Gradient strategies are values passed as `grad=`: `FullBPTT()` (the default), `R
 `TBPTT(k1, k2)` and `Parallel(method, tol=, max_iters=, lam=)`.
 """
 
-from jrnn import bptt, cells, checkpoint, data, distributed, elman, initializers, lm, losses, model, optim, parallel, rnn, sample, tbptt, testing, train
+from jrnn import (bptt, cells, checkpoint, data, distributed, elman, initializers, interop, lm, losses, model, optim,
+                  parallel, rnn, sample, tbptt, testing, train)
 from jrnn.elman import ElmanParams
 from jrnn.model import Model, Params
 from jrnn.parallel import Parallel
@@ -40,6 +41,7 @@ __all__ = [
     "elman",
     "generate",
     "initializers",
+    "interop",
     "lm",
     "losses",
     "make_multi_step",

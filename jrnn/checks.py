@@ -4,7 +4,7 @@ that also hold inside jrnn's jitted training steps (`traced_ids_in_range`).
 
 Eager calls check concrete ids on the host (`jrnn.rnn.check_input_array`,
 `jrnn.checks.labels`). Under `jit` the values are unknown while tracing, and JAX's gather
-would not fail (jrnn's gather, `jrnn.hoisted.take_rows`, gives a NaN row for an id outside [0, V),
+would not fail (jrnn's gather, `jrnn.projection.take_rows`, gives a NaN row for an id outside [0, V),
 -1 included, where `jnp.take` would read -1 as V-1). So a traced id array gets a
 `checkify.debug_check` instead: it costs nothing (it is dropped) in a plain `jax.jit`, and is
 live inside a `checkify`-ed function, which `jrnn.train.make_step` and friends are by default;

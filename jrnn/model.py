@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks, hoisted, initializers, losses, rnn, tbptt
+from jrnn import batch_split, checks, initializers, losses, projection, rnn, tbptt
 from jrnn.rnn import Directions  # noqa: F401  (a bidirectional layer's params and carry)
 
 __all__ = [   # the public API, documented in the API reference
@@ -332,7 +332,7 @@ def prepared(model, params, layers, inputs, carry, batch, compute_dtype):
 
 def readout(params, hs) -> jax.Array:
     """Logits `[..., V]` from states `[..., H]`."""
-    logits = hoisted.per_device(hoisted.merged, hs, params.w_hy, row_dims=1, unsplit=jnp.matmul)
+    logits = batch_split.per_device(projection.merged, hs, params.w_hy, row_dims=1, unsplit=jnp.matmul)
     return logits + params.b_y.reshape((1,) * (logits.ndim - 1) + params.b_y.shape)
 
 

@@ -174,7 +174,7 @@ class Cell(NamedTuple):
 
     `scan`, optional, is a cell's own whole-sequence loop, `(params, us, carry, *, mask, reverse,
     unroll) -> (hs, carry)`, equal to scanning `step` but faster (the built-in cells hoist their
-    weight gradient out of the backward loop: `jrnn.elman_scan` for Elman, `jrnn.hoisted` for
+    weight gradient out of the backward loop: `jrnn.cells.elman` for Elman, `jrnn.hoisted` for
     LSTM and GRU); `run` uses it unless `remat` is asked for.
     Shapes, for a batch of B: `init(key, D, H)` -> params; `project(params, inputs [T, B, ...])`
     -> us [T, B, ...] (the input projection of every step at once); `step(params, carry, u_t)`
@@ -389,8 +389,9 @@ def check_input_array(input_size: int, inputs) -> None:
     """Inputs must be a non-empty `[T, ...]` of token ids in [0, D) or float features `[T, ..., D]`.
 
     Token ids are range-checked because a gather cannot fail: under a plain `jit` an id outside
-    [0, D) gives a NaN row (`jrnn.hoisted.take_rows`). Concrete values are checked here; traced ids get a check that jrnn's training steps run
-    and raise after the call (`jrnn.checks`). Float
+    [0, D) gives a NaN row (`jrnn.projection.take_rows`). Concrete values are checked here;
+    traced ids get a check that jrnn's training steps run and raise after the call
+    (`jrnn.checks`). Float
     inputs need at least 2 dims: a 1-D float array would otherwise be read as T steps.
     """
     D = input_size
