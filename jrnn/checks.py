@@ -77,8 +77,8 @@ def boolean(name: str, value) -> bool:
 
 
 def mask01(mask) -> None:
-    """A concrete mask must hold only 0 and 1 (True/False): 0.5 is not a step and a half. A
-    traced mask is read as bool (nonzero = real step) by every consumer."""
+    """A concrete mask (`[T, ...]`, any shape) must hold only 0 and 1 (True/False): 0.5 is not a
+    step and a half. A traced mask is read as bool (nonzero = real step) by every consumer."""
     if isinstance(mask, jax.core.Tracer):
         return
     m = np.asarray(mask)

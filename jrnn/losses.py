@@ -114,8 +114,8 @@ def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, reduction: str =
 
 
 def mean_squared_error(outputs, targets, *, mask=None, reduction: str = "mean"):
-    """Squared error per element, `(outputs - targets)^2`, of two float arrays of one shape;
-    `mask` 0/1 of that shape; `reduction` as `reduce`."""
+    """Squared error per element, `(outputs - targets)^2`, of two float arrays of one shape
+    (e.g. `[T, B, V]`); `mask` 0/1 of that shape; `reduction` as `reduce`."""
     outputs = jnp.asarray(outputs)
     if not jnp.issubdtype(outputs.dtype, jnp.floating):
         raise TypeError(f"outputs must be floats, got {outputs.dtype}")

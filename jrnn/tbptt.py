@@ -121,7 +121,8 @@ def truncated_loss(run_steps, per_step_loss, c0, inputs, targets, mask, keep, *,
 
 
 def sequence_loss(model, params, inputs, targets, carry=None, *, k1: int, k2: int, **kw):
-    """Deprecated (0.1): `model.loss(params, inputs, targets, carry, grad=TBPTT(k1, k2), **kw)`."""
+    """Deprecated (0.1): `model.loss(params, inputs, targets, carry, grad=TBPTT(k1, k2), **kw)`,
+    inputs `[T, ...]` ids or `[T, ..., D]` features, targets `[T, ...]`."""
     warnings.warn("jrnn.tbptt.sequence_loss is deprecated and will be removed in jrnn 0.3; use "
                   f"model.loss(..., grad=jrnn.TBPTT({k1!r}, {k2!r}))", DeprecationWarning, stacklevel=2)
     grad = TBPTT(k1, k2)

@@ -110,8 +110,9 @@ def test_the_home_page_summary_is_the_readmes():
 
 # ---- the API reference --------------------------------------------------------------------------
 
-MODULES = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "jrnn", "*.py"))
-                 if not os.path.basename(p).startswith("_"))
+MODULES = sorted([os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "jrnn", "*.py"))
+                  if not os.path.basename(p).startswith("_")]
+                 + [os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(ROOT, "jrnn", "*", "__init__.py"))])
 SHAPE = re.compile(r"\[(?:\]|\.\.\.|\*|[A-Z0-9]|[a-z]\d)")   # [T, B, H], [..., H], [*batch_shape, H], [k2, NB], []
 # names whose arguments and results are not arrays of a fixed layout (a pytree of any structure,
 # files, sizes, settings): their docstrings need no shapes
@@ -128,6 +129,8 @@ NO_SHAPES = {
     "elman_scan.linearization": "a cell's linearization", "lm.model": "a model value",
     "model.make": "a model value", "hoisted.batch_split": "a tracing context", "hoisted.Linearization": "functions",
     "parallel.auto_method": "a method name", "rnn.default_unroll": "an integer",
+    "rnn.FullBPTT": "a strategy value", "rnn.Remat": "a strategy value", "tbptt.TBPTT": "a strategy value",
+    "parallel.Parallel": "a strategy value",
     "distributed.batch_mesh": "a device mesh", "train.with_precision": "a function", "distributed.to_host": "any pytree",
     "initializers": "the shape is an argument",
 }
