@@ -315,9 +315,8 @@ def default_tol(dtype) -> float:
     float32, and 1 eps of a half-precision dtype (2^-7 bfloat16, 2^-10 float16), whose carries
     are iterated in float32 (see `_solve_flat`): every step rounds its carry to the half dtype, so
     the residual falls to 0 only at the half-precision scan's own states, which Newton reaches
-    about one step per iteration (T = 64: 50 iterations, then the fallback). At 1 eps the
-    full-Jacobian methods stopped after 3-6 iterations within 1.4 eps of the half-precision scan,
-    the diagonal ones after 9-27 within 2.5 eps (T = 64, B = 4, H = 8, each cell)."""
+    only about one step per iteration; at 1 eps every method stops within a few eps of the
+    half-precision scan (docs/performance.md has the measured iterations)."""
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float64:
         return 1e-10
@@ -414,8 +413,8 @@ def solve(step, params, xs, carry0, *, method: str = "deer", reverse: bool = Fal
 def _solve_flat(step, params, xs, z0, unflat, method, tol, max_iters, lam):
     # Half-precision carries are iterated in float32, each step rounding its carry to the half
     # dtype and back: the linear solves then do not add half-precision rounding of their own
-    # (iterated in bfloat16 the residual stalled at 1-6 eps, so the default tol of 1e-5 always
-    # fell back after max_iters, and a looser one stopped up to 6% off the scan).
+    # (iterated in bfloat16 the residual stalls at a few eps, so the default tol always fell back
+    # after max_iters, and a looser one stopped visibly off the scan).
     dtype = z0.dtype
     work = jnp.promote_types(dtype, jnp.float32)
 

@@ -48,8 +48,8 @@ Step = Callable[[Any, Any, Any], tuple]
 
 # Steps `lax.scan` unrolls per loop iteration when no `unroll` is given, by backend. A GPU pays a
 # kernel launch and a loop-condition sync per iteration, so unrolling 8 steps won on every GPU
-# config measured on an H100 (issue 14: 2-3.4x at small B*H, 1.15-1.9x at large); on the CPU one
-# step per iteration was fastest (`python -m experiments.bench`). Other backends: unmeasured, 1.
+# config measured; on the CPU one step per iteration was fastest (docs/performance.md has the
+# numbers, `python -m experiments.bench` measures them). Other backends: unmeasured, 1.
 DEFAULT_UNROLL = {"gpu": 8, "cuda": 8, "rocm": 8}
 
 
