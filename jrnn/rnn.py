@@ -181,6 +181,12 @@ class Cell(NamedTuple):
     -> (carry, h_t [B, H]); `zeros(params, (B,))` -> the zero carry.
     `name` names the cell in errors; `params`, optional, is the params type (or tuple of types)
     the cell takes, so that params of another cell are refused with a message naming both.
+    `jacobian` declares the shape of d carry_t / d carry_{t-1}, which the parallel-in-time solver
+    (`jrnn.Parallel`) uses for exact Newton at the cheapest cost: None (dense, `[n, n]` for a
+    carry of n numbers: O(n^3) per step), or an int k >= 1, block-diagonal over the carry's k
+    parts (its leaves, each `[..., H]`) with diagonal blocks, so each unit's k x k block is all
+    (k = 1: diagonal, O(H) per step; an LSTM-like (h, c) with elementwise recurrence: k = 2).
+    A wrong declaration gives wrong parallel solves: tests compare them with the sequential scan.
     A Cell is hashable (its fields are functions, a string and types), so a model holding one
     can be closed over or passed to `jax.jit` as a static argument.
     """
@@ -191,6 +197,7 @@ class Cell(NamedTuple):
     scan: Callable | None = None
     name: str = "custom"
     params: Any = None
+    jacobian: int | None = None
 
 
 # ---- params checked against the cell's own init ------------------------------------------------
@@ -351,10 +358,14 @@ def check_cell_params(cell, params, sizes=None, *, where: str = "params", featur
 
 
 def check_cell(cell) -> None:
-    """TypeError unless `cell` is a `Cell` (a name such as "lstm" goes through `jrnn.cells.get`)."""
+    """TypeError unless `cell` is a `Cell` (a name such as "lstm" goes through `jrnn.cells.get`)
+    whose `jacobian` is None or an int >= 1."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a jrnn.rnn.Cell (e.g. jrnn.cells.LSTM, or jrnn.cells.get('lstm')), "
                         f"got {type(cell).__name__}")
+    if cell.jacobian is not None:
+        checks.integer(f"the {cell.name} cell's jacobian (None for dense, k >= 1 for k diagonal blocks)",
+                       cell.jacobian)
 
 
 def host_inputs(inputs):
