@@ -134,6 +134,56 @@ def _jacobians(f, prev, xs):
     return jax.vmap(jax.jacfwd(one))(prev.reshape(-1, H), flat_xs).reshape(lead + (H, H))
 
 
+def _to_blocks(z, k):
+    """A flat state `[..., k*H]` (k parts of H) as `[..., H, k]`: unit u's k numbers together."""
+    return jnp.swapaxes(z.reshape(z.shape[:-1] + (k, z.shape[-1] // k)), -1, -2)
+
+
+def _from_blocks(x):
+    """`[..., H, k]` back to the flat state `[..., k*H]`."""
+    return jnp.swapaxes(x, -1, -2).reshape(x.shape[:-2] + (-1,))
+
+
+def _block_jacobians(f, prev, xs, k):
+    """Per-step, per-unit k x k blocks `[T, ..., H, k, k]` of a Jacobian that is block-diagonal
+    over the state's k parts with diagonal blocks: k forward-mode products, one per part (a
+    tangent of ones on part j gives column j of every unit's block), O(k * T * n) in all."""
+    n = prev.shape[-1]
+    cols = []
+    for j in range(k):
+        e = jnp.broadcast_to(jnp.zeros((k, n // k), prev.dtype).at[j].set(1.0).reshape(n), prev.shape)
+        cols.append(_to_blocks(jax.jvp(lambda h: f(h, xs), (prev,), (e,))[1], k))
+    return jnp.stack(cols, -1)
+
+
+class _Linear(NamedTuple):
+    """The Jacobians of every step in the cheapest exact form: `kind` "dense" (`J [T, ..., n, n]`),
+    "diagonal" (`[T, ..., n]`) or "block" (`[T, ..., H, k, k]`, k > 1)."""
+    J: jax.Array
+    kind: str
+    k: int
+
+    def apply(self, J, x):
+        """J x for one step's or every step's J and flat states x `[..., n]`."""
+        if self.kind == "diagonal":
+            return J * x
+        if self.kind == "dense":
+            return _mv(J, x)
+        return _from_blocks(_mv(J, _to_blocks(x, self.k)))
+
+
+def _linearize(f, prev, xs, jacobian, quasi: bool) -> _Linear:
+    """d f / d prev at every step, in the form the cell's declared `jacobian` structure allows
+    (None: dense; k: k diagonal blocks), or its diagonal when `quasi`."""
+    if jacobian is None:
+        J = _jacobians(f, prev, xs)
+        return _Linear(jnp.diagonal(J, axis1=-2, axis2=-1), "diagonal", 1) if quasi else _Linear(J, "dense", 1)
+    B = _block_jacobians(f, prev, xs, jacobian)
+    if quasi or jacobian == 1:
+        return _Linear(_from_blocks(jnp.diagonal(B, axis1=-2, axis2=-1)), "diagonal", 1)
+    return _Linear(B, "block", jacobian)
+
+
 def _solve_linear(A, b, *, diagonal: bool, reverse: bool = False):
     """x_t = A_t x_{t-1} + b_t with x_{-1} = 0 (x_t = A_t x_{t+1} + b_t, x_T = 0 when reverse),
     by associative scan. A `[T, ..., H, H]` (or `[T, ..., H]` if `diagonal`), b `[T, ..., H]`."""
@@ -199,9 +249,10 @@ def _smooth(F, c, y, lam, *, diagonal: bool):
     return _solve_linear(E, g, diagonal=diagonal, reverse=True)
 
 
-def _iterate(f, xs, h0, *, method, tol, max_iters, lam):
+def _iterate(f, xs, h0, *, method, tol, max_iters, lam, jacobian=None):
     """The (quasi-)DEER / (quasi-)ELK iteration from h = 0: (hs `[T, ..., H]`, iterations,
-    residual)."""
+    residual). `jacobian`: the cell's declared structure (`jrnn.rnn.Cell.jacobian`), which makes
+    DEER's exact Newton step elementwise (k = 1) or k x k per unit instead of H x H."""
     diagonal = method.startswith("quasi")
     elk = method.endswith("elk")
     T = jax.tree.leaves(xs)[0].shape[0]
@@ -225,13 +276,17 @@ def _iterate(f, xs, h0, *, method, tol, max_iters, lam):
     def body(state):
         hs, fs, lam, it, _ = state
         prev = shift(hs)
-        J = _jacobians(f, prev, xs)
-        if diagonal:
-            J = jnp.diagonal(J, axis1=-2, axis2=-1)
-            b = (fs - J * prev).at[0].add(J[0] * h0)      # h_{-1} = h0 enters through step 0
+        lin = _linearize(f, prev, xs, jacobian, diagonal)
+        J = lin.J
+        b = (fs - lin.apply(J, prev)).at[0].add(lin.apply(J[0], h0))    # h_{-1} = h0 enters through step 0
+        if lin.kind == "block":   # each unit's k x k system, the units a batch axis
+            blocks = lambda z: _to_blocks(z, lin.k)
+            per_unit = jnp.broadcast_to(lam[..., None], lam.shape + (J.shape[-3],))
+            new = _from_blocks(_smooth(J, blocks(b), blocks(hs), per_unit, diagonal=False) if elk
+                               else _solve_linear(J, blocks(b), diagonal=False))
         else:
-            b = (fs - _mv(J, prev)).at[0].add(_mv(J[0], h0))
-        new = _smooth(J, b, hs, lam, diagonal=diagonal) if elk else _solve_linear(J, b, diagonal=diagonal)
+            flat = lin.kind == "diagonal"
+            new = _smooth(J, b, hs, lam, diagonal=flat) if elk else _solve_linear(J, b, diagonal=flat)
         new_fs = f(shift(new), xs)
         # Newton always moves (a NaN then fails the convergence test); ELK keeps finite steps only
         keep = finite(new - new_fs) if elk else jnp.ones(h0.shape[:-1], bool)
@@ -251,12 +306,12 @@ def _iterate(f, xs, h0, *, method, tol, max_iters, lam):
     return hs, it, res
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5, 6, 7, 8))
 @_full_precision
-def _solve(step, params, xs, h0, method, tol, max_iters, lam):
+def _solve(step, params, xs, h0, method, tol, max_iters, lam, jacobian):
     """(hs, DeerInfo): one solve; the info rides along as a non-differentiable output."""
     f = lambda prev, x: step(params, prev, x)[0]
-    hs, it, res = _iterate(f, xs, h0, method=method, tol=tol, max_iters=max_iters, lam=lam)
+    hs, it, res = _iterate(f, xs, h0, method=method, tol=tol, max_iters=max_iters, lam=lam, jacobian=jacobian)
     ok = res <= tol
     # not converged: the sequential scan gives the right answer (one cond, no silent error)
     hs = jax.lax.cond(ok, lambda: hs, lambda: jax.lax.scan(functools.partial(step, params), h0, xs)[1])
@@ -264,22 +319,27 @@ def _solve(step, params, xs, h0, method, tol, max_iters, lam):
 
 
 @_full_precision
-def _solve_fwd(step, params, xs, h0, method, tol, max_iters, lam):
-    hs, info = _solve(step, params, xs, h0, method, tol, max_iters, lam)
+def _solve_fwd(step, params, xs, h0, method, tol, max_iters, lam, jacobian):
+    hs, info = _solve(step, params, xs, h0, method, tol, max_iters, lam, jacobian)
     return (hs, info), (params, xs, h0, hs)
 
 
 @_full_precision  # traced when the caller differentiates, outside the forward's context
-def _solve_bwd(step, method, tol, max_iters, lam, res, cotangents):
+def _solve_bwd(step, method, tol, max_iters, lam, jacobian, res, cotangents):
     params, xs, h0, hs = res
     g = cotangents[0]                    # the info's cotangents are zeros: nothing flows back
     prev = jnp.concatenate([h0[None], hs[:-1]])
     f = lambda p, hp, x: step(p, hp, x)[0]
     _, vjp = jax.vjp(f, params, prev, xs)
-    # adjoint: a_t = g_t + J_{t+1}^T a_{t+1}; the exact gradient needs the full J
-    J = _jacobians(lambda hp, x: f(params, hp, x), prev, xs)        # J[t] = df_t/dh_{t-1}
-    A = jnp.concatenate([_mT(J[1:]), jnp.zeros_like(J[:1])])
-    adjoint = _solve_linear(A, g, diagonal=False, reverse=True)
+    # adjoint: a_t = g_t + J_{t+1}^T a_{t+1}; the exact gradient needs the exact J (in the cell's
+    # declared structure, so a diagonal cell's adjoint is elementwise)
+    lin = _linearize(lambda hp, x: f(params, hp, x), prev, xs, jacobian, False)   # J[t] = df_t/dh_{t-1}
+    J = lin.J if lin.kind == "diagonal" else _mT(lin.J)
+    A = jnp.concatenate([J[1:], jnp.zeros_like(J[:1])])
+    if lin.kind == "block":
+        adjoint = _from_blocks(_solve_linear(A, _to_blocks(g, lin.k), diagonal=False, reverse=True))
+    else:
+        adjoint = _solve_linear(A, g, diagonal=lin.kind == "diagonal", reverse=True)
     d_params, d_prev, d_xs = vjp(adjoint)
     return d_params, d_xs, d_prev[0]
 
@@ -362,7 +422,7 @@ def _check_carry(step, params, xs, carry0):
 
 
 def solve(step, params, xs, carry0, *, method: str = "deer", reverse: bool = False, tol: float | None = None,
-          max_iters: int = 50, lam: float = LAM):
+          max_iters: int = 50, lam: float = LAM, jacobian: int | None = None):
     """All outputs of the recurrence `(carry_t, y_t) = step(params, carry_{t-1}, x_t)`, in parallel.
 
     Args:
@@ -381,6 +441,10 @@ def solve(step, params, xs, carry0, *, method: str = "deer", reverse: bool = Fal
       max_iters: iterations before falling back to the sequential scan (1 to 2^31 - 1).
       lam: ELK's Levenberg-Marquardt parameter (> 0; the observation precision of the current
         guess): small is close to Newton's step, large takes shorter steps.
+      jacobian: the structure of d carry_t / d carry_{t-1} (`jrnn.rnn.Cell.jacobian`): None
+        (dense: H x H products per step), or k, block-diagonal over the carry's k leaves with
+        diagonal blocks (k = 1: diagonal), which makes the exact Newton step and the adjoint
+        elementwise (k x k per unit): O(T * H) instead of O(T * H^3).
 
     Returns:
       (ys `[T, ...]`, final carry, DeerInfo); with `reverse` the final carry is the one after
@@ -394,6 +458,11 @@ def solve(step, params, xs, carry0, *, method: str = "deer", reverse: bool = Fal
     xs = _check_xs(xs)
     carry0 = _check_carry(step, params, xs, carry0)
     z0, unflat = _flat(carry0)
+    if jacobian is not None:
+        jacobian = checks.integer("jacobian (None for dense, k >= 1 for k diagonal blocks)", jacobian)
+        if z0.shape[-1] % jacobian:   # the parts are k equal slices of the flat carry (its leaves, in order)
+            raise ValueError(f"jacobian={jacobian} diagonal blocks need a carry of {jacobian} equal parts, got "
+                             f"leaves of sizes {[l.shape[-1] for l in jax.tree.leaves(carry0)]}")
     work = jnp.promote_types(z0.dtype, jnp.float32)   # the dtype the iteration runs in
     tol = default_tol(z0.dtype) if tol is None else checks.real("tol", tol)
     if not 0 < tol < 1:
@@ -405,12 +474,12 @@ def solve(step, params, xs, carry0, *, method: str = "deer", reverse: bool = Fal
                          f"(<= {float(jnp.finfo(work).max):.3g}), got {lam!r}")
     if reverse:
         xs = jax.tree.map(lambda a: jnp.flip(a, 0), xs)
-    ys, final, info = _solve_flat(step, params, xs, z0, unflat, method, tol, max_iters, lam)
+    ys, final, info = _solve_flat(step, params, xs, z0, unflat, method, tol, max_iters, lam, jacobian)
     return (jax.tree.map(lambda a: jnp.flip(a, 0), ys) if reverse else ys), final, info
 
 
 @_full_precision
-def _solve_flat(step, params, xs, z0, unflat, method, tol, max_iters, lam):
+def _solve_flat(step, params, xs, z0, unflat, method, tol, max_iters, lam, jacobian):
     # Half-precision carries are iterated in float32, each step rounding its carry to the half
     # dtype and back: the linear solves then do not add half-precision rounding of their own
     # (iterated in bfloat16 the residual stalls at a few eps, so the default tol always fell back
@@ -422,7 +491,7 @@ def _solve_flat(step, params, xs, z0, unflat, method, tol, max_iters, lam):
         z = _flat(step(p, unflat(z.astype(dtype)), x)[0])[0].astype(work)
         return z, z
 
-    zs, info = _solve(flat_step, params, xs, z0.astype(work), method, tol, max_iters, lam)
+    zs, info = _solve(flat_step, params, xs, z0.astype(work), method, tol, max_iters, lam, jacobian)
     zs = zs.astype(dtype)
     # the outputs of every step at once, from the carries entering it (parallel over t)
     ys = step(params, unflat(jnp.concatenate([z0[None], zs[:-1]])), xs)[1]
@@ -487,7 +556,7 @@ class Parallel:
         del unroll
         step, xs = (cell.step, us) if mask is None else (rnn.masked(cell.step), (us, mask))
         hs, carry, _ = solve(step, params, xs, carry, method=self.method, reverse=reverse, tol=self.tol,
-                             max_iters=self.max_iters, lam=self.lam)
+                             max_iters=self.max_iters, lam=self.lam, jacobian=cell.jacobian)
         return hs, carry
 
 

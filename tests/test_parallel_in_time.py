@@ -1,5 +1,7 @@
 """Parallel-in-time DEER / quasi-DEER: same states and exact gradients as the sequential scan."""
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -416,3 +418,94 @@ def test_solve_refuses_bad_tol_lam_reverse_max_iters_and_inputs_before_any_work(
         hs, info = ev(**kw)
         assert hs.dtype == jnp.float64 and int(info.iterations) >= 1
     assert not bool(info.fell_back)
+
+
+# ---- structured Jacobians: exact Newton in O(T * H) ------------------------------------------
+
+class DiagParams(NamedTuple):
+    w: jax.Array   # [D, H]
+    u: jax.Array   # [H], elementwise recurrence
+    b: jax.Array   # [H]
+
+
+class PairParams(NamedTuple):
+    w: jax.Array   # [D, 2H]: forget and candidate
+    u: jax.Array   # [2H], elementwise recurrence
+    p: jax.Array   # [H], peephole of the forget gate on c
+
+
+def _bc(v, like):
+    """A per-unit vector [H] broadcast to a state's shape [..., H] (rank promotion is an error here)."""
+    return jnp.broadcast_to(v, like.shape)
+
+
+def _diag_cell():
+    """h_t = tanh(x W + u * h + b): d h_t / d h_{t-1} is diagonal."""
+    init = lambda key, D, H, dtype=jnp.float32: DiagParams(*(0.7 * jax.random.normal(k, s, dtype) for k, s in
+                                                            zip(jax.random.split(key, 3), [(D, H), (H,), (H,)])))
+    return jrnn.rnn.Cell(init, lambda p, xs: xs @ p.w, lambda p, h, u: (jnp.tanh(u + _bc(p.u, h) * h + _bc(p.b, h)),) * 2,
+                         lambda p, batch=(): jnp.zeros(batch + p.u.shape, p.u.dtype), name="diag", jacobian=1)
+
+
+def _pair_step(p, carry, u):
+    """A CIFG-style cell with elementwise recurrence: carry (h, c), a 2 x 2 block per unit."""
+    h, c = carry
+    H = h.shape[-1]
+    f = jax.nn.sigmoid(u[..., :H] + _bc(p.u[:H], h) * h + _bc(p.p, c) * c)
+    c = f * c + (1 - f) * jnp.tanh(u[..., H:] + _bc(p.u[H:], h) * h)
+    h = jnp.tanh(c) * 0.9
+    return (h, c), h
+
+
+def _pair_cell():
+    init = lambda key, D, H, dtype=jnp.float32: PairParams(*(0.7 * jax.random.normal(k, s, dtype) for k, s in
+                                                             zip(jax.random.split(key, 3), [(D, 2 * H), (2 * H,), (H,)])))
+    zeros = lambda p, batch=(): (jnp.zeros(batch + p.p.shape, p.p.dtype),) * 2
+    return jrnn.rnn.Cell(init, lambda p, xs: xs @ p.w, _pair_step, zeros, name="pair", jacobian=2)
+
+
+@pytest.mark.parametrize("make", [_diag_cell, _pair_cell], ids=["diagonal", "2x2 blocks"])
+@pytest.mark.parametrize("method", ["deer", "quasi_deer", "elk", "quasi_elk"])
+def test_a_structured_cells_parallel_states_and_gradients_equal_the_scan_to_1e8_in_x64(make, method):
+    cell = make()
+    p = cell.init(jax.random.key(0), 3, 5, jnp.float64)
+    rng = np.random.RandomState(1)
+    x = jnp.asarray(rng.randn(9, 2, 3))
+    mask = np.ones((9, 2), bool)
+    mask[6:, 1] = False
+    mask[2, 0] = False
+    c0 = jax.tree.map(lambda a: a + 0.3, cell.zeros(p, (2,)))
+
+    def loss(p, x, c0, grad):
+        hs, c = jrnn.rnn.run(cell, p, x, c0, mask=mask, grad=grad)
+        return jnp.sum(jnp.sin(hs)) + sum(jnp.sum(a ** 2) for a in jax.tree.leaves(c)), hs
+
+    (v, hs), g = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(p, x, c0, jrnn.Parallel(method, max_iters=200))
+    (v0, hs0), g0 = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(p, x, c0, None)
+    np.testing.assert_allclose(hs, hs0, rtol=1e-8, atol=1e-12)
+    assert_trees_close(g, g0, rtol=1e-8)
+
+
+def test_exact_newton_on_a_diagonal_cell_converges_in_few_iterations_without_dense_jacobians():
+    cell = _diag_cell()
+    p = cell.init(jax.random.key(2), 3, 16)
+    p = p._replace(u=0.5 * jnp.tanh(p.u))     # a contracting recurrence, as trained gated cells are
+    us = cell.project(p, jnp.asarray(np.random.RandomState(0).randn(256, 4, 3), jnp.float32))
+    h0 = jnp.zeros((4, 16))
+    _, _, info = parallel.solve(cell.step, p, us, h0, method="deer", jacobian=1)
+    _, _, quasi = parallel.solve(cell.step, p, us, h0, method="deer")     # undeclared: dense Newton
+    assert not bool(info.fell_back) and int(info.iterations) <= 8
+    assert int(info.iterations) == int(quasi.iterations)                  # the same Newton steps
+    jaxpr = str(jax.make_jaxpr(lambda us: parallel.solve(cell.step, p, us, h0, method="deer", jacobian=1)[0])(us))
+    dense = str(jax.make_jaxpr(lambda us: parallel.solve(cell.step, p, us, h0, method="deer")[0])(us))
+    assert "16,16" not in jaxpr.replace(" ", "") and "16,16" in dense.replace(" ", "")
+
+
+def test_a_declared_structure_that_does_not_split_the_carry_is_refused():
+    cell = _diag_cell()
+    p = cell.init(jax.random.key(0), 3, 5)
+    us = cell.project(p, jnp.ones((4, 2, 3)))
+    with pytest.raises(ValueError, match="2 equal parts"):
+        parallel.solve(cell.step, p, us, jnp.zeros((2, 5)), jacobian=2)
+    with pytest.raises(TypeError, match="jacobian"):
+        jrnn.rnn.check_cell(cell._replace(jacobian=1.5))
