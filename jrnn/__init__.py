@@ -19,15 +19,17 @@ Gradient strategies are values passed as `grad=`: `FullBPTT()` (the default), `R
 
 from jrnn import (bptt, cells, checkpoint, data, distributed, elman, initializers, interop, lm, losses, model, optim,
                   parallel, rnn, sample, tbptt, testing, train)
+from jrnn import crossovers  # noqa: F401  (the measured table jrnn.Auto reads)
 from jrnn.elman import ElmanParams
 from jrnn.model import Model, Params
-from jrnn.parallel import Parallel
+from jrnn.parallel import Auto, Parallel
 from jrnn.rnn import FullBPTT, Remat
 from jrnn.tbptt import TBPTT
 from jrnn.sample import generate
 from jrnn.train import make_step, make_multi_step
 
 __all__ = [
+    "Auto",
     "ElmanParams",
     "FullBPTT",
     "Parallel",

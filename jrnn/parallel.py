@@ -66,10 +66,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn import checks, rnn
+from jrnn import checks, crossovers, rnn
 
 __all__ = [   # the public API, documented in the API reference
     "Parallel",
+    "Auto",
     "DeerInfo",
     "solve",
     "evaluate",
@@ -558,6 +559,54 @@ class Parallel:
         hs, carry, _ = solve(step, params, xs, carry, method=self.method, reverse=reverse, tol=self.tol,
                              max_iters=self.max_iters, lam=self.lam, jacobian=cell.jacobian)
         return hs, carry
+
+
+def structure(cell) -> str:
+    """"dense", "diagonal" or "blocks": a cell's declared `jacobian` as the crossover table names it."""
+    return "dense" if cell.jacobian is None else "diagonal" if cell.jacobian == 1 else "blocks"
+
+
+@dataclasses.dataclass(frozen=True)
+class Auto:
+    """Per layer, `Parallel(method)` where the measured table (`jrnn.crossovers.CROSSOVERS`, by
+    backend, Jacobian structure, batch, width and length) says it beats the sequential scan, and
+    `FullBPTT()` everywhere else. The choice is made when the layer is traced, from static
+    shapes and `jax.default_backend()`, so it costs nothing at run time.
+
+    Args:
+      method: the parallel method used where parallel wins ("deer" is what the table measured).
+      table: the crossover table (None: `jrnn.crossovers.CROSSOVERS`), `{backend: {structure:
+        ((batch, hidden, t_min), ...)}}`."""
+    method: str = "deer"
+    table: tuple | None = None
+
+    def __post_init__(self):
+        check_method(self.method, parallel_only=True)
+        if self.table is not None and not isinstance(self.table, tuple):   # hashable: a static jit argument
+            object.__setattr__(self, "table", tuple(sorted((b, tuple(sorted((s, tuple(map(tuple, rows)))
+                                                                              for s, rows in v.items())))
+                                                             for b, v in dict(self.table).items())))
+
+    def rows(self, backend: str, kind: str) -> tuple:
+        """The measured `(batch, hidden, t_min)` rows for `backend` and structure `kind`."""
+        if self.table is None:
+            return tuple(map(tuple, crossovers.CROSSOVERS.get(backend, {}).get(kind, ())))
+        return dict(dict(self.table).get(backend, ())).get(kind, ())
+
+    def choose(self, cell, T: int, batch: int, hidden: int, backend: str | None = None):
+        """`Parallel(self.method)` if a measured row covers this layer (the smallest row with
+        batch and hidden at least these) and T reaches its `t_min`, else `FullBPTT()`."""
+        backend = jax.default_backend() if backend is None else backend
+        fits = sorted(r for r in self.rows(backend, structure(cell)) if r[0] >= batch and r[1] >= hidden)
+        t_min = fits[0][2] if fits else None
+        return Parallel(self.method) if t_min is not None and T >= t_min else rnn.FullBPTT()
+
+    def run_layer(self, cell, params, us, carry, *, mask=None, reverse=False, unroll=None):
+        """One layer, run as `choose` picks for its shapes: (hs `[T, ..., H]`, final carry)."""
+        hidden = sum(a.shape[-1] for a in jax.tree.leaves(carry)) // max(cell.jacobian or 1, 1)
+        batch = int(np.prod(us.shape[1:-1], dtype=np.int64))
+        return self.choose(cell, us.shape[0], batch, hidden).run_layer(cell, params, us, carry, mask=mask,
+                                                                       reverse=reverse, unroll=unroll)
 
 
 # 0.1's `method="deer"` etc. in `jrnn.rnn.run` (deprecated) stand for these values

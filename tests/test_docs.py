@@ -4,7 +4,9 @@ its summary quotes the generated tables; the built site has its pages and its li
 
 A block may opt out only with a first line `# readme-test: skip (<why it cannot run here>)`, e.g.
 a GPU-only example; the reason is required. A first line `# readme-test: slow` runs the block in
-the full suite only. The default suite runs README.md's blocks; every docs page's blocks run in the
+the full suite only. A first line `# readme-test: needs torch` (any importable name) skips the
+block where that package is not installed (an optional dependency, e.g. PyTorch for
+`jrnn.interop`). The default suite runs README.md's blocks; every docs page's blocks run in the
 full suite (`-m "slow or not slow"`, as CI runs it): each is a fresh interpreter that imports JAX
 and compiles its own programs, together about two minutes of the default suite's budget.
 """
@@ -14,6 +16,7 @@ import glob
 import html.parser
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import os
 import re
@@ -28,6 +31,7 @@ import jrnn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = re.compile(r"#\s*readme-test:\s*skip\b(.*)")
 SLOW = re.compile(r"#\s*readme-test:\s*slow\b")   # runs in the full suite only
+NEEDS = re.compile(r"#\s*readme-test:\s*needs\s+([A-Za-z_]\w*)")   # runs where that package imports
 PAGES = ["README.md", *sorted(os.path.relpath(p, ROOT).replace(os.sep, "/")
                               for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))]
 
@@ -67,11 +71,20 @@ def test_docs_python_block_runs(name, line, code, tmp_path):
         reason = skip.group(1).strip(" ():-")
         assert reason, f"{name}:{line}: a skipped block must say why it cannot run"
         pytest.skip(f"{name}:{line}: {reason}")
+    needs = NEEDS.match(first)
+    if needs and importlib.util.find_spec(needs.group(1)) is None:
+        pytest.skip(f"{name}:{line}: needs {needs.group(1)}, which is not installed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}   # no test-suite x64 etc.
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, f"{name}:{line} failed:\n{p.stderr[-3000:]}"
+
+
+def test_a_block_that_needs_a_missing_package_is_skipped_not_failed(tmp_path):
+    code = "# readme-test: needs jrnn_no_such_package\nimport jrnn_no_such_package\n"
+    with pytest.raises(pytest.skip.Exception, match="needs jrnn_no_such_package, which is not installed"):
+        test_docs_python_block_runs("docs/x.md", 3, code, tmp_path)
 
 
 # ---- the README ---------------------------------------------------------------------------------
@@ -130,7 +143,7 @@ NO_SHAPES = {
     "model.make": "a model value", "hoisted.batch_split": "a tracing context", "hoisted.Linearization": "functions",
     "parallel.auto_method": "a method name", "rnn.default_unroll": "an integer",
     "rnn.FullBPTT": "a strategy value", "rnn.Remat": "a strategy value", "tbptt.TBPTT": "a strategy value",
-    "parallel.Parallel": "a strategy value",
+    "parallel.Parallel": "a strategy value", "parallel.Auto": "a strategy value",
     "distributed.batch_mesh": "a device mesh", "train.with_precision": "a function", "distributed.to_host": "any pytree",
     "initializers": "the shape is an argument",
 }

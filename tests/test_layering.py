@@ -11,14 +11,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "jrnn"
 
 # bottom to top; a module may import only modules of strictly lower layers (docs/architecture.md)
 LAYERS = [
-    ["jrnn.checks"],
+    ["jrnn.checks", "jrnn.crossovers"],
     ["jrnn.losses", "jrnn.initializers", "jrnn.data", "jrnn.bptt", "jrnn.testing", "jrnn.optim", "jrnn.checkpoint",
      "jrnn.batch_split"],
     ["jrnn.rnn"],                                   # the time loop: Cell, scan, run, masks, FullBPTT/Remat
     ["jrnn.projection"],
     ["jrnn.hoisted"],
     ["jrnn.cells.common"],
-    ["jrnn.cells.lstm", "jrnn.cells.gru", "jrnn.cells.elman"],
+    ["jrnn.cells.lstm", "jrnn.cells.gru", "jrnn.cells.elman", "jrnn.cells.paragru", "jrnn.cells.paralstm",
+     "jrnn.cells.mingru"],
     ["jrnn.cells", "jrnn.elman_scan"],
     ["jrnn.parallel"],                              # a strategy value: the scan never imports it
     ["jrnn.tbptt"],                                 # a strategy value and its windows: no model

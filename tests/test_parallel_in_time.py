@@ -509,3 +509,44 @@ def test_a_declared_structure_that_does_not_split_the_carry_is_refused():
         parallel.solve(cell.step, p, us, jnp.zeros((2, 5)), jacobian=2)
     with pytest.raises(TypeError, match="jacobian"):
         jrnn.rnn.check_cell(cell._replace(jacobian=1.5))
+
+
+# ---- Auto: the measured crossover table ---------------------------------------------------------
+
+TABLE = {"gpu": {"diagonal": [(1, 8, 64), (16, 256, 1024)]}}
+
+
+def test_auto_picks_parallel_exactly_where_the_table_says_it_wins():
+    auto, diag = jrnn.Auto(table=TABLE), _diag_cell()
+    P, S = jrnn.Parallel("deer"), jrnn.FullBPTT()
+    assert auto.choose(diag, 64, 1, 8, "gpu") == P and auto.choose(diag, 63, 1, 8, "gpu") == S
+    assert auto.choose(diag, 512, 2, 8, "gpu") == S            # B = 2: the (16, 256) row, from T = 1,024
+    assert auto.choose(diag, 1024, 2, 8, "gpu") == P
+    assert auto.choose(diag, 10 ** 6, 32, 8, "gpu") == S        # larger than every measured row
+    assert auto.choose(diag, 10 ** 6, 1, 8, "cpu") == S         # no rows for the backend
+    assert auto.choose(cells.GRU, 10 ** 6, 1, 8, "gpu") == S    # no rows for dense cells
+    for backend, kinds in jrnn.crossovers.CROSSOVERS.items():   # the committed table, row by row
+        for kind, rows in kinds.items():
+            cell = {"dense": cells.GRU, "diagonal": diag, "blocks": _pair_cell()}[kind]
+            for B, H, t_min in rows:
+                if t_min is not None:
+                    assert jrnn.Auto().choose(cell, t_min, B, H, backend) == P
+
+
+@pytest.mark.parametrize("backend,parallel_expected", [("gpu", True), ("cpu", False)])
+def test_autos_choice_reaches_the_lowered_program_on_each_backend(backend, parallel_expected, monkeypatch):
+    """The choice is made at trace time from the backend: the parallel solve is a custom_vjp call
+    in the program, the sequential scan is not."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    cell = _diag_cell()
+    model = jrnn.model.make(cell, input_size=3, hidden_size=8, output_size=2, layers=2)
+    p = model.init(jax.random.key(0))
+    x = jnp.ones((64, 1, 3))
+    jaxpr = str(jax.make_jaxpr(lambda p: model.loss(p, x, jnp.zeros((64, 1), jnp.int32), grad=jrnn.Auto(table=TABLE))[0])(p))
+    assert ("custom_vjp_call" in jaxpr) == parallel_expected
+
+
+def test_auto_is_hashable_and_checks_its_method():
+    assert hash(jrnn.Auto(table=TABLE)) == hash(jrnn.Auto(table=TABLE)) and jrnn.Auto() != jrnn.FullBPTT()
+    with pytest.raises(ValueError, match="unknown method"):
+        jrnn.Auto("sequential")
