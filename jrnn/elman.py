@@ -131,8 +131,10 @@ def hidden(params: ElmanParams, inputs, h0=None, *, grad=None, mask=None, length
         `time_major=False`.
       h0: initial state `[..., H]`; zeros if None.
       grad: `jrnn.FullBPTT()` (None), `jrnn.Remat()` or `jrnn.Parallel(...)` (`jrnn.rnn.run`).
-      mask / lengths: padding (mask 0, or steps past each length): across it the carry is
-        frozen and the output is zero, so right-padded sequences end in their real last state.
+      mask: optional 0/1 padding `[T, ...]` (0 = padding): across it the carry is frozen and the
+        output is zero, so right-padded sequences end in their real last state.
+      lengths: optional step counts `[...]`, the mask of right-padded sequences (steps past each
+        length are padding).
       unroll: scan steps per loop iteration (None: `jrnn.rnn.default_unroll`).
       **deprecated: 0.1's `remat=`, `method=`.
     """
@@ -199,8 +201,8 @@ def sequence_loss(params: ElmanParams, inputs, targets, h0=None, *, grad=None, l
       grad: `jrnn.FullBPTT()` (None), `jrnn.Remat()` (memory growing like sqrt(T)),
         `jrnn.TBPTT(k1, k2)` (the truncated-BPTT notebook's k-step rule is TBPTT(1, k + 1)) or
         `jrnn.Parallel(...)`.
-      mask / lengths: padding (mask 0, or steps past each length): ignored by the loss, carry
-        frozen across it.
+      mask: optional 0/1 padding `[T, ...]` (0 = padding): ignored by the loss, carry frozen across it.
+      lengths: optional step counts `[...]`: steps past each length are padding, as a mask's 0s.
       **deprecated: 0.1's `remat=`, `k1=`, `k2=`.
     """
     value, (h_T,) = model_lib.sequence_loss(model_of(params, activation), params, inputs, targets,

@@ -545,13 +545,15 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, grad=Non
         TBPTT and Remat run the stack step by step, so a bidirectional model takes neither.
       loss: "cross_entropy" (softmax, the default), "binary_cross_entropy" (sigmoid), "mse", or a
         function `(outputs_t [..., V], targets_t) -> [...]`, one loss per step (`jrnn.losses.per_step`).
-      mask / lengths: padding (mask 0, or steps past each length): ignored by the loss, carry
-        frozen across it.
+      mask: optional 0/1 padding `[T, ...]` (0 = padding): ignored by the loss, carry frozen across it.
+      lengths: optional step counts `[...]`: steps past each length are padding, as a mask's 0s.
       reduction: "mean" over real steps, "sum", or "none" (per-step losses `[T, ...]`; not TBPTT).
       dropout: rate between layers (needs `key`). Its keep-masks are drawn once for the chunk
         (`dropout_masks`), so with the same key every strategy drops the same units at the same
         steps: equal values, and equal gradients where the truncation is none.
-      compute_dtype, unroll, time_major: as `hidden`.
+      compute_dtype: as `hidden`.
+      unroll: as `hidden`.
+      time_major: as `hidden` (False: batch-first inputs, targets, mask and a "none" reduction's losses).
       **deprecated: 0.1's `k1=`, `k2=`, `remat=` (now `grad=`), with a DeprecationWarning.
     """
     grad = _legacy_loss_strategy(grad, deprecated)
