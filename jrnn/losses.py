@@ -97,7 +97,8 @@ def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, reduction: str =
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"logits must be floats, got {logits.dtype}")
-    if not isinstance(targets, jax.core.Tracer):
+    traced = isinstance(targets, jax.core.Tracer)
+    if not traced:
         t = np.asarray(targets)
         if t.dtype.kind not in "biuf":
             raise TypeError(f"targets must be numbers in [0, 1], got {t.dtype}")
@@ -110,7 +111,13 @@ def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, reduction: str =
         raise ValueError(f"targets shape {targets.shape} != logits shape {logits.shape}")
     if mask is not None and np.shape(mask) == logits.shape:   # double where, as above
         logits = jnp.where(jnp.asarray(mask, bool), logits, 0.0)
-    return reduce(optax.sigmoid_binary_cross_entropy(logits, targets), mask, reduction)
+    values = optax.sigmoid_binary_cross_entropy(logits, targets)
+    if traced:
+        # unchecked (traced) targets: 5.0 would give a finite, wrong loss; outside [0, 1] (NaN
+        # too) the loss is NaN instead, which the training step's guard catches, as a traced
+        # label out of range does in softmax_cross_entropy
+        values = jnp.where((targets >= 0) & (targets <= 1), values, jnp.nan)
+    return reduce(values, mask, reduction)
 
 
 def mean_squared_error(outputs, targets, *, mask=None, reduction: str = "mean"):
@@ -162,13 +169,27 @@ def per_step(loss):
     return loss
 
 
-def check_targets(loss, targets, lead: tuple, num_outputs: int, dtype=jnp.float32):
+def _as_given(shape, time_major: bool) -> tuple:
+    """A time-major shape as a batch-first caller laid it out (its two leading axes swapped)."""
+    shape = tuple(shape)
+    return shape if time_major or len(shape) < 2 else (shape[1], shape[0], *shape[2:])
+
+
+def check_targets(loss, targets, lead: tuple, num_outputs: int, dtype=jnp.float32, *, time_major: bool = True):
     """`targets` for the per-step `loss` over steps of shape `lead` (`[T, ...]`), checked on the
     host before anything is traced, and returned as an array: class ids of shape `lead` in
     [0, V) for cross-entropy; floats `lead + (V,)` for MSE and binary cross-entropy (in [0, 1]);
     for your own function, any array whose leading axes are `lead`, and the function must give
-    one loss per step (checked on shapes, `jax.eval_shape`)."""
+    one loss per step (checked on shapes, `jax.eval_shape`). `time_major=False`: the targets
+    are batch-first `[B, T, ...]` (returned time-major), and errors name the shapes so laid out."""
     targets = targets if hasattr(targets, "dtype") else np.asarray(targets)
+    if not checks.boolean("time_major", time_major):
+        if np.ndim(targets) < 2:
+            raise ValueError(f"time_major=False takes batch-first targets [B, T, ...], got shape "
+                             f"{tuple(np.shape(targets))}")
+        targets = jnp.swapaxes(targets, 0, 1) if isinstance(targets, jax.Array) else np.swapaxes(targets, 0, 1)
+    given = lambda s: _as_given(s, time_major)   # shapes as the caller laid them out
+    steps = "[T, ...]" if time_major else "[B, T, ...]"
     lead, shape = tuple(lead), tuple(np.shape(targets))
     fn = per_step(loss)
     if fn is _cross_entropy_step:
@@ -181,15 +202,15 @@ def check_targets(loss, targets, lead: tuple, num_outputs: int, dtype=jnp.float3
     else:
         want = None
         if shape[:len(lead)] != lead:
-            raise ValueError(f"targets must start with the steps' shape [T, ...] = {lead}, got {shape}")
+            raise ValueError(f"targets must start with the steps' shape {steps} = {given(lead)}, got {given(shape)}")
         out = jax.eval_shape(fn, jax.ShapeDtypeStruct(lead + (num_outputs,), dtype),
                              jax.ShapeDtypeStruct(shape, targets.dtype))
         if not hasattr(out, "shape") or tuple(out.shape) != lead:
             raise ValueError(f"loss {getattr(fn, '__name__', fn)!r} must return one loss per step, shape {lead} "
                              f"for outputs {lead + (num_outputs,)}, got {getattr(out, 'shape', type(out).__name__)}")
     if want is not None and shape != want:
-        raise ValueError(f"targets must have the inputs' shape {want} ([T, ...]"
-                         f"{'' if want == lead else ' + [V]'} for loss={loss!r}), got {shape}")
+        raise ValueError(f"targets must have the inputs' shape {given(want)} ({steps}"
+                         f"{'' if want == lead else ' + [V]'} for loss={loss!r}), got {given(shape)}")
     if fn is _bce_step and not isinstance(targets, jax.core.Tracer):
         t = np.asarray(targets, np.float64)
         if t.size and not np.all((t >= 0) & (t <= 1)):

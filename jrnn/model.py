@@ -38,8 +38,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -341,17 +339,19 @@ def sequences(model: Model, inputs, mask=None, lengths=None, *, time_major: bool
     0/1 `[T, ...]` or `lengths` `[...]` (integers in [0, T]: the first `lengths` steps are real),
     or both, which must then agree; the mask comes back bool `[T, ...]` or None. A mask or lengths
     whose shape fits the other layout is named as such (`time_major=False`?)."""
-    inputs = rnn.time_major_view(inputs, time_major)
+    inputs = rnn.time_major_inputs(inputs, time_major)
     rnn.check_input_array(model.input_size, inputs)
     x = inputs if hasattr(inputs, "dtype") else np.asarray(inputs)
     T, batch = x.shape[0], batch_shape(model, x)
     other = "" if len(batch) < 1 else (" (batch-first data? pass time_major=False)" if time_major
                                        else " (time-major data? drop time_major=False)")
     if mask is not None:
+        # checked as given: an error names the shapes in the caller's layout
+        want = rnn.as_given((T, *batch), time_major)
+        if tuple(np.shape(mask)) != want:
+            raise ValueError(f"mask must have shape {want} ({'[T, ...]' if time_major else '[B, T, ...]'}), got "
+                             f"{tuple(np.shape(mask))}: one entry per step of the inputs" + other)
         mask = rnn.time_major_view(mask, time_major)
-        if tuple(np.shape(mask)) != (T, *batch):
-            raise ValueError(f"mask must have shape {(T, *batch)} ([T, ...]), got {tuple(np.shape(mask))}: one "
-                             f"entry per step of the inputs" + other)
         checks.mask01(mask)
         mask = jnp.asarray(mask, bool)
     if lengths is not None:
@@ -362,6 +362,8 @@ def sequences(model: Model, inputs, mask=None, lengths=None, *, time_major: bool
             raise ValueError(f"lengths must have the batch shape {tuple(batch)}, got {tuple(n.shape)}" + other)
         if not isinstance(n, jax.core.Tracer) and n.size and (np.min(n) < 0 or np.max(n) > T):
             raise ValueError(f"lengths must lie in [0, T = {T}], got min {np.min(n)}, max {np.max(n)}")
+        # traced: a check that jrnn's training steps run (else T + 5 would read as T, -1 as 0)
+        checks.traced_ids_in_range(n, T + 1, "lengths")
         from_lengths = jnp.arange(T).reshape((T,) + (1,) * len(batch)) < jnp.asarray(n)[None]
         if mask is not None:
             if isinstance(n, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
@@ -517,14 +519,17 @@ def _legacy_loss_strategy(grad, deprecated: dict):
         return rnn.legacy_strategy(grad, deprecated, "jrnn.model.sequence_loss")
     if grad is not None:
         raise TypeError("jrnn.model.sequence_loss: pass grad= or the deprecated k1=/k2=, not both")
+    if deprecated.get("method") is not None:   # two strategies at once
+        raise TypeError(f"jrnn.model.sequence_loss: pass the deprecated k1=/k2= (TBPTT) or method="
+                        f"{deprecated['method']!r}, not both (TBPTT windows run the step-by-step stack)")
     new = tbptt.TBPTT(k1, k2) if (k1 is not None and k2 is not None) else tbptt.check_k(k1, k2)
     if deprecated.get("remat") is not None and checks.boolean("remat", deprecated["remat"]):
         raise ValueError("TBPTT (k1, k2) takes no remat: its windows already bound the backward pass "
                          "to k2 steps each; use one or the other")
     deprecated.pop("remat", None)
     rnn.legacy_strategy(None, deprecated, "jrnn.model.sequence_loss")   # unknown keywords
-    warnings.warn(f"jrnn.model.sequence_loss: k1=, k2= are deprecated and will be removed in jrnn 0.3; "
-                  f"pass grad={new!r}", DeprecationWarning, stacklevel=4)
+    rnn.warn_deprecated(f"jrnn.model.sequence_loss: k1=, k2= are deprecated and will be removed in jrnn 0.3; "
+                        f"pass grad={new!r}")
     return new
 
 
@@ -559,7 +564,8 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, grad=Non
     grad = _legacy_loss_strategy(grad, deprecated)
     grad = rnn.FullBPTT() if grad is None else grad
     if not isinstance(grad, tbptt.TBPTT):
-        rnn.check_strategy(grad, what="Model.loss")
+        rnn.check_strategy(grad, what="Model.loss",
+                           takes="jrnn.FullBPTT(), jrnn.Remat(), jrnn.TBPTT(k1, k2), jrnn.Parallel(...) or jrnn.Auto()")
     fn = losses.per_step(loss)
     rnn.check_dropout(dropout, key)
     if reduction not in losses.REDUCTIONS:
@@ -568,7 +574,7 @@ def sequence_loss(model: Model, params, inputs, targets, carry=None, *, grad=Non
     inputs, mask = sequences(model, inputs, mask, lengths, time_major=time_major)
     batch = batch_shape(model, inputs)
     T = np.shape(inputs)[0]
-    targets = losses.check_targets(loss, rnn.time_major_view(targets, time_major), (T, *batch), model.output_size)
+    targets = losses.check_targets(loss, targets, (T, *batch), model.output_size, time_major=time_major)
     if isinstance(grad, (tbptt.TBPTT, rnn.Remat)):
         check_causal(model, "TBPTT (k1, k2)" if isinstance(grad, tbptt.TBPTT)
                      else "the remat loss (grad=Remat(): a fused per-step scan)")

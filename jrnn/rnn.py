@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import sys
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -106,17 +108,38 @@ def _scan_layer(cell, params, us, carry, mask, reverse, unroll, *, remat):
 METHOD_STRATEGIES = {"sequential": FullBPTT, "auto": FullBPTT}
 
 
-def check_strategy(grad, *, what: str = "run"):
+LAYER_STRATEGIES = "jrnn.FullBPTT(), jrnn.Remat(), jrnn.Parallel(...) or jrnn.Auto()"
+
+
+def check_strategy(grad, *, what: str = "run", takes: str = LAYER_STRATEGIES):
     """`grad` if it is a strategy a time loop can run (it has `run_layer`; None is `FullBPTT()`),
-    else a TypeError naming what it is and what `what` takes."""
+    else a TypeError naming what it is and what `what` takes (`takes`: a loss also takes TBPTT)."""
     if grad is None:
         return FullBPTT()
     if not hasattr(grad, "run_layer") or isinstance(grad, type):
-        hint = (" (TBPTT truncates a loss's gradient: pass it to Model.loss)" if type(grad).__name__ == "TBPTT"
-                else " (an instance: FullBPTT(), not FullBPTT)" if isinstance(grad, type) else "")
-        raise TypeError(f"{what}'s grad= must be jrnn.FullBPTT(), jrnn.Remat() or jrnn.Parallel(...), got "
-                        f"{grad!r}" + hint)
+        if isinstance(grad, type):   # the class for its value: name that class
+            args = "k1, k2" if grad.__name__ == "TBPTT" else "..." if grad.__name__ == "Parallel" else ""
+            hint = f" (an instance: {grad.__name__}({args}), not {grad.__name__})"
+        else:
+            hint = (" (TBPTT truncates a loss's gradient: pass it to Model.loss)"
+                    if type(grad).__name__ == "TBPTT" else "")
+        raise TypeError(f"{what}'s grad= must be {takes}, got {grad!r}" + hint)
     return grad
+
+
+# jrnn's own folder: a deprecation is attributed to the first caller outside it
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_deprecated(message: str) -> None:
+    """A DeprecationWarning attributed to the first caller outside jrnn. Python's default filters
+    show a DeprecationWarning only where it is attributed to `__main__`: one attributed to a jrnn
+    module (a `Model` method forwarding to `jrnn.model`, `jrnn.elman` forwarding to it) would never
+    reach the script that wrote the old spelling."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DeprecationWarning, stacklevel=level)
 
 
 def legacy_strategy(grad, deprecated: dict, where: str, *, allowed=("remat", "method")):
@@ -140,8 +163,7 @@ def legacy_strategy(grad, deprecated: dict, where: str, *, allowed=("remat", "me
     if remat and method not in (None, "sequential", "auto"):
         raise ValueError(f"remat applies to the sequential scan only, not to method={method!r}")
     new = Remat() if remat else METHOD_STRATEGIES[method or "sequential"]()
-    warnings.warn(f"{where}: {names} is deprecated and will be removed in jrnn 0.3; pass grad={new!r}",
-                  DeprecationWarning, stacklevel=3)
+    warn_deprecated(f"{where}: {names} is deprecated and will be removed in jrnn 0.3; pass grad={new!r}")
     return new
 
 
@@ -167,6 +189,28 @@ def time_major_view(x, time_major: bool):
     if x.ndim < 2:
         raise ValueError(f"time_major=False takes batch-first [B, T, ...] arrays, got shape {tuple(x.shape)}")
     return jnp.swapaxes(x, 0, 1) if isinstance(x, jax.Array) else np.swapaxes(x, 0, 1)
+
+
+def as_given(shape, time_major: bool) -> tuple:
+    """A time-major `shape` as the caller laid it out: itself, or its two leading axes swapped
+    for batch-first data, so an error names the shapes the caller passed and must pass."""
+    shape = tuple(shape)
+    return shape if time_major or len(shape) < 2 else (shape[1], shape[0], *shape[2:])
+
+
+def time_major_inputs(inputs, time_major: bool):
+    """Inputs time-major (`time_major_view`): batch-first ones must have their batch axis, ids
+    `[B, T, ...]`, features `[B, T, ..., D]`. A `[T, D]` feature sequence is time-major already;
+    swapped, its D would be read as time (and, where the sizes fit, the outputs come back
+    transposed)."""
+    if checks.boolean("time_major", time_major):
+        return inputs
+    x = host_array(inputs)
+    if not jnp.issubdtype(x.dtype, jnp.integer) and x.ndim < 3:
+        raise ValueError(f"time_major=False takes batch-first features [B, T, D] (or ids [B, T]), got shape "
+                         f"{tuple(x.shape)}: one sequence [T, D] is time-major already (drop time_major=False), "
+                         f"or give it its batch axis (x[None])")
+    return time_major_view(x, time_major)
 
 
 class Cell(NamedTuple):
@@ -580,7 +624,7 @@ def run(cell, params, inputs, carry=None, *, grad=None, mask=None, reverse: bool
     grad = check_strategy(legacy_strategy(grad, deprecated, "jrnn.rnn.run"), what="jrnn.rnn.run")
     check_cell(cell)
     reverse = checks.boolean("reverse", reverse)   # "False" is truthy
-    inputs, mask = time_major_view(inputs, time_major), time_major_view(mask, time_major)
+    inputs, mask = time_major_inputs(inputs, time_major), time_major_view(mask, time_major)
     x = host_inputs(inputs)
     sizes = check_cell_params(cell, params, features=dense_features(x))
     if sizes is not None and dense_features(x) not in (None, sizes[0]):
@@ -594,8 +638,9 @@ def run(cell, params, inputs, carry=None, *, grad=None, mask=None, reverse: bool
         mask = jnp.asarray(mask, bool)
         steps = inputs.shape if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[:-1]
         if mask.shape != steps:   # checked before the padding is zeroed (a broadcast error there)
-            raise ValueError(f"mask must have the inputs' steps' shape {steps} ([T, ...]), got {mask.shape}"
-                             + ("" if time_major else " (time_major=False: both batch-first)"))
+            raise ValueError(f"mask must have the inputs' steps' shape {as_given(steps, time_major)} "
+                             f"({'[T, ...]' if time_major else '[B, T, ...]: time_major=False, both batch-first'}), "
+                             f"got {as_given(mask.shape, time_major)}")
     inputs = zero_padding(inputs, mask)
     us = cell.project(params, inputs)
     carry = check_carry(cell, params, carry, us.shape[1:-1])
@@ -641,7 +686,7 @@ def bidirectional(cell, params_fwd, params_bwd, inputs, *, grad=None, mask=None,
     `unroll` and `time_major` as `run`. Returns (hs, Directions(final forward carry, final
     backward carry)); the backward one is its state after the first real step."""
     grad = check_strategy(legacy_strategy(grad, deprecated, "jrnn.rnn.bidirectional"), what="bidirectional")
-    inputs, mask = time_major_view(inputs, time_major), time_major_view(mask, time_major)
+    inputs, mask = time_major_inputs(inputs, time_major), time_major_view(mask, time_major)
     if merge not in ("concat", "sum"):
         raise ValueError(f"merge must be 'concat' or 'sum', got {merge!r}")
     check_cell(cell)
@@ -684,7 +729,7 @@ def stack(cell, layer_params, inputs, carries=None, *, grad=None, mask=None, dro
     grad = check_strategy(legacy_strategy(grad, deprecated, "jrnn.rnn.stack"), what="jrnn.rnn.stack")
     check_dropout(dropout, key)
     reverse = checks.boolean("reverse", reverse)
-    inputs, mask = time_major_view(inputs, time_major), time_major_view(mask, time_major)
+    inputs, mask = time_major_inputs(inputs, time_major), time_major_view(mask, time_major)
     if checks.boolean("bidirectional", bidirectional) and reverse:
         raise ValueError("reverse does not apply to a bidirectional stack: it reads both directions already")
     check_cell(cell)
