@@ -294,12 +294,108 @@ def _elman_bwd(P, cache, dcarry, grads):
     return (P["w_hh"] @ dz,)
 
 
+# ---- cells with elementwise recurrence (jrnn.cells.paragru, paralstm, mingru) -------------------
+# The recurrent weights are vectors acting per unit (u_h [G*H]: u_g * h, not h @ W_g), so each
+# gate's recurrent gradient is a product, not an outer product, and dh_prev a sum over gates.
+
+def _gates_of(v, n):
+    """`v` [n*H] split into its n gate blocks of H."""
+    return np.split(v, n)
+
+
+def _paragru_fwd(P, carry, x):
+    w_i, u_h, b_i, b_h = P["w_i"], P["u_h"], P["b_i"], P["b_h"]
+    (h,) = carry
+    H = len(h)
+    u, a = x @ w_i + b_i, np.tile(h, 3) * u_h + b_h
+    r, z = _sigmoid(u[:H] + a[:H]), _sigmoid(u[H:2 * H] + a[H:2 * H])
+    n = np.tanh(u[2 * H:] + r * a[2 * H:])
+    return ((1 - z) * n + z * h,), (x, h, r, z, n, a)
+
+
+def _paragru_bwd(P, cache, dcarry, grads):
+    # as _gru_bwd, with a = u_h * [h | h | h] + b_h: du_h += da * [h | h | h], dh_prev += sum_g u_g da_g
+    x, h, r, z, n, a = cache
+    (dh,) = dcarry
+    H = len(h)
+    dn, dz, dh_prev = dh * (1 - z), dh * (h - n), dh * z
+    dn_pre = dn * (1 - n * n)
+    dr_pre, dz_pre = dn_pre * a[2 * H:] * r * (1 - r), dz * z * (1 - z)
+    du = np.concatenate([dr_pre, dz_pre, dn_pre])
+    da = np.concatenate([dr_pre, dz_pre, dn_pre * r])
+    grads["w_i"] += np.outer(x, du)
+    grads["b_i"] += du
+    grads["u_h"] += da * np.tile(h, 3)
+    grads["b_h"] += da
+    return (dh_prev + sum(ug * dag for ug, dag in zip(_gates_of(P["u_h"], 3), _gates_of(da, 3))),)
+
+
+def _paralstm_fwd(P, carry, x):
+    #   f = sigmoid(z_f + p_f c),  g = tanh(z_g),  c' = f c + (1 - f) g,
+    #   o = sigmoid(z_o + p_o c'),  h' = o tanh(c'),   z = x W_i + b + u_h * [h | h | h]
+    w_i, u_h, b, p = P["w_i"], P["u_h"], P["b"], P["p"]
+    h, c = carry
+    H = len(h)
+    z = x @ w_i + b + np.tile(h, 3) * u_h
+    f = _sigmoid(z[:H] + p[:H] * c)
+    g = np.tanh(z[H:2 * H])
+    c_new = f * c + (1 - f) * g
+    o = _sigmoid(z[2 * H:] + p[H:] * c_new)
+    return (o * np.tanh(c_new), c_new), (x, h, c, f, g, o, c_new)
+
+
+def _paralstm_bwd(P, cache, dcarry, grads):
+    #   do_pre = dh tanh(c') o (1 - o);  dc' = dh o (1 - tanh^2 c') + dc_next + p_o do_pre
+    #   df_pre = dc' (c - g) f (1 - f);  dg_pre = dc' (1 - f) (1 - g^2)
+    #   dc_prev = dc' f + p_f df_pre;    dh_prev = sum_g u_g dz_g
+    x, h, c, f, g, o, c_new = cache
+    dh, dc_next = dcarry
+    H = len(h)
+    p_f, p_o = P["p"][:H], P["p"][H:]
+    tc = np.tanh(c_new)
+    do_pre = dh * tc * o * (1 - o)
+    dc = dh * o * (1 - tc * tc) + dc_next + p_o * do_pre
+    df_pre = dc * (c - g) * f * (1 - f)
+    dg_pre = dc * (1 - f) * (1 - g * g)
+    dz = np.concatenate([df_pre, dg_pre, do_pre])
+    grads["w_i"] += np.outer(x, dz)
+    grads["b"] += dz
+    grads["u_h"] += dz * np.tile(h, 3)
+    grads["p"] += np.concatenate([df_pre * c, do_pre * c_new])
+    dh_prev = sum(ug * dzg for ug, dzg in zip(_gates_of(P["u_h"], 3), _gates_of(dz, 3)))
+    return dh_prev, dc * f + p_f * df_pre
+
+
+def _mingru_fwd(P, carry, x):
+    #   z = sigmoid(u_z),  h~ = u_h,  h' = (1 - z) h + z h~,   u = x W_i + b
+    (h,) = carry
+    H = len(h)
+    u = x @ P["w_i"] + P["b"]
+    z, h_tilde = _sigmoid(u[:H]), u[H:]
+    return ((1 - z) * h + z * h_tilde,), (x, h, z, h_tilde)
+
+
+def _mingru_bwd(P, cache, dcarry, grads):
+    x, h, z, h_tilde = cache
+    (dh,) = dcarry
+    du = np.concatenate([dh * (h_tilde - h) * z * (1 - z), dh * z])
+    grads["w_i"] += np.outer(x, du)
+    grads["b"] += du
+    return (dh * (1 - z),)
+
+
 # row-layout cells for `cell_truncated`: parameter names, forward step, backward step
 CELLS = {
     "elman": (("w_xh", "w_hh", "b_h"), _elman_fwd, _elman_bwd),
     "lstm": (("w_i", "w_h", "b"), _lstm_fwd, _lstm_bwd),
     "gru": (("w_i", "w_h", "b_i", "b_h"), _gru_fwd, _gru_bwd),
+    "paragru": (("w_i", "u_h", "b_i", "b_h"), _paragru_fwd, _paragru_bwd),
+    "paralstm": (("w_i", "u_h", "b", "p"), _paralstm_fwd, _paralstm_bwd),
+    "mingru": (("w_i", "b"), _mingru_fwd, _mingru_bwd),
 }
+
+# how many [H] arrays a cell's carry holds (its first is h, read out); 1 unless listed
+CARRY_PARTS = {"lstm": 2, "paralstm": 2}
 
 
 def _step_loss(loss, y, target):
@@ -321,14 +417,16 @@ def _step_loss(loss, y, target):
 def cell_truncated(name, cell, w_hy, b_y, inputs, targets, carry0=None, *, k1, k2, mask=None,
                    loss="cross_entropy"):
     """TBPTT(k1, k2) of L = sum_t loss(h_t W_hy + b_y, target_t) through one layer of
-    `name` ("elman" (tanh), "lstm", "gru"), with an optional 0/1 mask `[T]`; the rules of
-    `truncated` (k1 = k2 = T is full BPTT). Each cell's backward step is written out in
-    `_lstm_bwd`, `_gru_bwd`, `_elman_bwd`; this loop owns time, masks and windows. `loss`:
+    `name` ("elman" (tanh), "lstm", "gru", "paragru", "paralstm", "mingru"), with an optional
+    0/1 mask `[T]`; the rules of `truncated` (k1 = k2 = T is full BPTT). Each cell's backward
+    step is written out in `_lstm_bwd`, `_gru_bwd`, `_elman_bwd`, `_paragru_bwd`,
+    `_paralstm_bwd`, `_mingru_bwd`; this loop owns time, masks and windows. `loss`:
     "cross_entropy" (softmax, targets ids `[T]`), "mse" or "binary_cross_entropy" (targets
     `[T, V]`), each per step as `_step_loss` writes it.
 
     cell: an object with the cell's parameter attributes (e.g. jrnn.cells.LSTMParams).
-    carry0: tuple of the initial carry's arrays ((h0, c0) for the LSTM, (h0,) otherwise).
+    carry0: tuple of the initial carry's arrays ((h0, c0) for the LSTM and the ParaLSTM, (h0,)
+      otherwise).
 
     Returns (loss, grads dict {cell names..., w_hy, b_y}, dL/dcarry0 tuple).
     """
@@ -341,7 +439,7 @@ def cell_truncated(name, cell, w_hy, b_y, inputs, targets, carry0=None, *, k1, k
     xs = _one_hot_inputs(inputs, P[names[0]].shape[0])
     T = len(xs)
     m = np.ones(T, bool) if mask is None else np.asarray(mask).astype(bool)
-    n_carry = 2 if name == "lstm" else 1
+    n_carry = CARRY_PARTS.get(name, 1)
     carries = [tuple(np.zeros(H) for _ in range(n_carry)) if carry0 is None
                else tuple(np.asarray(c, np.float64) for c in carry0)]
     caches = []

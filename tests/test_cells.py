@@ -172,7 +172,8 @@ def test_unknown_cell_and_custom_cell():
 def test_get_refuses_a_name_that_is_not_a_string_with_an_error_naming_the_choices():
     """`cells.get(["lstm"])` raised JAX-free Python's "unhashable type: 'list'" from the registry's
     dict lookup, naming neither the argument nor the choices."""
-    with pytest.raises(TypeError, match=r"cell must be a name, one of \('elman', 'lstm', 'gru'\).*got list"):
+    with pytest.raises(TypeError, match=r"cell must be a name, one of \('elman', 'lstm', 'gru', 'paragru', "
+                                        r"'paralstm', 'mingru'\).*got list"):
         cells.get(["lstm"])
     with pytest.raises(TypeError, match="cell must be a name.*got int"):
         cells.get(3)
@@ -187,7 +188,8 @@ def test_the_cells_package_keeps_every_name_and_each_cell_lives_in_its_own_modul
     missing = [n for n in CELLS_NAMES_0_1 if not hasattr(cells, n)]
     assert missing == []
     assert (cells.LSTM, cells.GRU, cells.ELMAN) == (cells.lstm.LSTM, cells.gru.GRU, cells.elman.ELMAN)
-    assert cells.CELLS == {"elman": cells.ELMAN, "lstm": cells.LSTM, "gru": cells.GRU}
+    assert cells.CELLS == {"elman": cells.ELMAN, "lstm": cells.LSTM, "gru": cells.GRU, "paragru": cells.PARAGRU,
+                           "paralstm": cells.PARALSTM, "mingru": cells.MINGRU}
     assert cells.Cell is rnn.Cell and cells.ELMAN is jrnn.elman.cell("tanh")
     for name, cell in cells.CELLS.items():   # the cell's functions are its module's
         assert {f.__module__ for f in (cell.init, cell.project, cell.zeros)} == {f"jrnn.cells.{name}"}
@@ -222,7 +224,8 @@ def test_the_cells_sit_below_the_model_layer_and_the_flat_elman_api():
                 return p
         return None   # a name imported from a module, not a module
 
-    seen, todo, edges = set(), ["jrnn.cells", *(f"jrnn.cells.{n}" for n in ("lstm", "gru", "elman", "common"))], {}
+    seen, todo, edges = set(), ["jrnn.cells", *(f"jrnn.cells.{n}" for n in ("lstm", "gru", "elman", "common",
+                                                                           "paragru", "paralstm", "mingru"))], {}
     while todo:
         mod = todo.pop()
         if mod in seen or source(mod) is None:

@@ -18,6 +18,8 @@ def test_every_cell_and_scheme_inits_in_half_precision(dtype):
     for name, cell in cells.CELLS.items():
         p = cell.init(KEY, 3, 4, dtype)
         assert {a.dtype for a in jax.tree.leaves(p)} == {jnp.dtype(dtype)}, name
+        if cell.jacobian is not None:   # elementwise recurrence: no recurrent matrix to be orthogonal
+            continue
         w_h = np.asarray(jax.tree.leaves(p)[1][:, :4] if name != "elman" else p.w_hh, np.float32)
         np.testing.assert_allclose(w_h.T @ w_h, np.eye(4), atol=0.05)          # orthogonal, rounded
     for scheme in initializers.SCHEMES:
