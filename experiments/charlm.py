@@ -19,10 +19,15 @@ Both modes take any cell (--cell elman|lstm|gru; the seed recipe's Elman keeps i
 U(+-1/sqrt(fan_in)) init, the gated cells their own).
 
 Both modes end with a 500-char sample (--temperature, --prime).
+
+--recipe shakespeare-char: nanoGPT's shakespeare_char baseline (its 90/10 split, validation
+1.4697 nats/char) with a recurrent LM; its own flags (`--recipe shakespeare-char --help`), in
+experiments/shakespeare.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -37,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from experiments import common
+from experiments import common, shakespeare
 
 # hyperparameters: the default recipe (the truncated-BPTT notebook's)
 SEED_CHARS = 10_000    # training_examples
@@ -300,8 +305,19 @@ FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "check
              "max_bad_steps", "k1", "k2")   # not --overwrite: it replaces a default-recipe run too
 
 
+RECIPES = {"shakespeare-char": shakespeare.main}   # --recipe NAME: a recipe with its own flags
+
+
 def main(argv=None):
+    pre = argparse.ArgumentParser(prog="python -m experiments.charlm", add_help=False)   # --recipe first: the recipe parses the rest
+    pre.add_argument("--recipe", choices=sorted(RECIPES), default=None)
+    known, rest = pre.parse_known_args(argv)
+    if known.recipe is not None:
+        return RECIPES[known.recipe](rest)
     ap = common.parser("charlm", __doc__, epochs=10, plots=("cost.png", "validation_loss.png"))
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                    help="a recipe with its own flags (see --recipe NAME --help): shakespeare-char trains to "
+                         "nanoGPT's shakespeare_char baseline on its split")
     ap.add_argument("--seeds", type=common.positive_int, default=1,
                     help="default recipe: independent runs with random seeds seed..seed+n-1 (median reported)")
     ap.add_argument("--full", action="store_true", help="train on the whole corpus with minibatches")

@@ -288,6 +288,16 @@ def device_markdown(report: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {h['epoch']} | {h['step']} | {h['val_nats']:.4f} | {h['val_bits']:.4f} | {h['wall_s']:.1f} |"
                   for h in c.get("history", [])]
+    s = (c or {}).get("shakespeare_char")
+    if s:
+        m, cfg = s["metrics"], s["config"]
+        lines += ["", "## charlm --recipe shakespeare-char (nanoGPT's baseline: 1.4697 nats/char)", "",
+                  f"{cfg['layers']}-layer {cfg['cell']} H={cfg['hidden']}, {m['parameters']:,} parameters, "
+                  f"{m['device']}: best validation **{m['best_val_nats']:.4f}** nats/char at "
+                  f"{m['best_at_wall_s']:.0f} s (step {m['best_at_step']}), target {m['target_nats']} "
+                  + ("reached" if m["reached_target"] else "missed") + f"; nanoGPT-style {m['val_nanogpt_style_nats']:.4f}; "
+                  f"{m['tokens_per_s']:,.0f} tokens/s", "", "| wall s | step | val nats/char |", "|---|---|---|"]
+        lines += [f"| {h['wall_s']:.1f} | {h['step']} | {h['val_nats']:.4f} |" for h in s.get("history", [])]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ notebook's "Rprop" rule (source notebooks 000-004; see the README's "Reproduced 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -23,6 +24,9 @@ __all__ = [   # the public API, documented in the API reference
     "sgd",
     "karpathy_adagrad",
     "adam",
+    "adamw",
+    "warmup_cosine",
+    "set_learning_rate",
     "rprop",
     "seed_rprop",
     "scale_by_seed_rprop",
@@ -90,6 +94,79 @@ def adam(learning_rate=1e-3, *, clip_value=None, clip_norm=None, **kw) -> optax.
     """optax.adam with optional clipping."""
     return with_clipping(optax.adam(check_learning_rate(learning_rate), **kw),
                          clip_value=clip_value, clip_norm=clip_norm)
+
+
+def adamw(learning_rate=1e-3, *, weight_decay=1e-4, clip_value=None, clip_norm=None, settable: bool = False,
+          **kw) -> optax.GradientTransformation:
+    """optax.adamw (decoupled weight decay) with optional clipping. `settable=True` builds it with
+    `optax.inject_hyperparams`, so that `set_learning_rate` can change its rate between calls of
+    a step (a schedule driven from outside the step, e.g. by the wall clock)."""
+    lr = check_learning_rate(learning_rate)
+    weight_decay = checks.real("weight_decay", weight_decay, minimum=0)
+    inner = (optax.inject_hyperparams(optax.adamw) if checks.boolean("settable", settable) else optax.adamw)(
+        learning_rate=lr, weight_decay=weight_decay, **kw)
+    return with_clipping(inner, clip_value=clip_value, clip_norm=clip_norm)
+
+
+def warmup_cosine(peak, *, warmup_steps: int, floor: float = 0.1):
+    """A learning-rate schedule of two clocks, `lr(step, progress) -> float`: a linear warm-up over
+    the first `warmup_steps` optimizer steps (from peak / warmup_steps), times a cosine decay from
+    `peak` to `floor * peak` as `progress` (the fraction of the run's budget used, in [0, 1];
+    beyond 1 it stays at the floor) goes from 0 to 1.
+
+    The budget can be steps (progress = step / total) or wall time (progress = seconds / budget):
+    a run given minutes rather than steps then ends its decay when its time is up however fast
+    the machine turns out to be. Host-side floats; feed them to an optimizer built with
+    `settable=True` through `set_learning_rate`.
+
+    Examples:
+      >>> lr = jrnn.optim.warmup_cosine(2e-3, warmup_steps=100, floor=0.05)
+      >>> lr(0, 0.0), lr(100, 0.5), lr(5000, 1.0)      # (2e-05, 0.00105, 0.0001)
+    """
+    peak = check_learning_rate(peak)
+    warmup_steps = checks.integer("warmup_steps", warmup_steps, minimum=0)
+    floor = checks.real("floor", floor, minimum=0)
+    if floor > 1:
+        raise ValueError(f"floor is the final rate as a fraction of the peak, in [0, 1], got {floor}")
+
+    def lr(step, progress) -> float:
+        step = checks.integer("step", step, minimum=0)
+        progress = min(1.0, checks.real("progress", progress, minimum=0))
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        return peak * warm * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return lr
+
+
+_INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)   # what inject_hyperparams keeps
+
+
+def set_learning_rate(opt_state, learning_rate):
+    """`opt_state` with the learning rate of its `optax.inject_hyperparams` transformation (e.g.
+    `adamw(..., settable=True)`, clipped or not) replaced by `learning_rate`; the optimizer's
+    moments and counts are untouched. Between calls of a jitted step this is a new value of the
+    same shape and dtype: no recompilation. ValueError if the state has no injected
+    learning rate (an optimizer built without `settable=True`), or more than one."""
+    lr = check_learning_rate(learning_rate)
+    found = []
+
+    def replace(node):
+        if isinstance(node, _INJECTED):
+            if "learning_rate" in node.hyperparams:
+                found.append(node)
+                old = node.hyperparams["learning_rate"]
+                return node._replace(hyperparams={**node.hyperparams,
+                                                  "learning_rate": jnp.asarray(lr, jnp.result_type(old))})
+        if isinstance(node, tuple) and not hasattr(node, "_fields"):
+            return tuple(replace(n) for n in node)
+        return node
+
+    new = replace(opt_state)
+    if len(found) != 1:
+        raise ValueError("set_learning_rate: the optimizer state holds " + ("no" if not found else f"{len(found)}")
+                         + " injected learning rate(s); build the optimizer with a settable rate "
+                         "(jrnn.optim.adamw(..., settable=True), or optax.inject_hyperparams)")
+    return new
 
 
 def rprop(learning_rate=1e-3, **kw) -> optax.GradientTransformation:

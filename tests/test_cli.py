@@ -11,12 +11,12 @@ import pytest
 
 import jrnn
 from experiments import (bench, binary_addition, charlm, common, device_report, many_to_many, memory, minchar,
-                         sentiment, sequences)
+                         sentiment, sequences, shakespeare)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = {"sentiment": sentiment, "binary_addition": binary_addition, "many_to_many": many_to_many,
                "minchar": minchar, "charlm": charlm, "sequences": sequences, "memory": memory, "bench": bench,
-               "device_report": device_report}
+               "device_report": device_report, "shakespeare": shakespeare}
 BAD = {
     common.positive_int: ["0", "-5", "2.5", "x", ""],
     common.non_negative_int: ["-1", "1.5", "x"],

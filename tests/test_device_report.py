@@ -172,9 +172,9 @@ def test_smoke_run_writes_the_whole_report(tmp_path, data_dir):
     assert "## charlm --full" in md and "quasi_elk" in md
 
 
-def test_gpu_limits_fit_the_8_minute_window():
+def test_gpu_limits_fit_the_device_window():
     assert set(device_report.LIMIT_S) == set(device_report.PARTS)
-    assert sum(device_report.LIMIT_S.values()) <= 8 * 60
+    assert sum(device_report.LIMIT_S.values()) <= 12 * 60   # a session's 15 device minutes, less the start
     assert device_report.BENCH_SOFT_S < device_report.LIMIT_S["bench"]
     assert device_report.DEER_SOFT_S < device_report.LIMIT_S["deer"]
     assert len(device_report.DEER_CONFIGS) == 12 and {c[0] for c in device_report.DEER_CONFIGS} == {16384, 65536}
