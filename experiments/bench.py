@@ -14,26 +14,37 @@ everywhere (Flax's GRUCell has none). Those extra products are part of their API
 PyTorch runs min-char-rnn's Adagrad with in-place tensor ops (torch.optim.Adagrad puts eps
 outside the square root, a different update).
 
-jrnn's rows: its default step (`jrnn.make_step` with the library's defaults: `unroll` chosen by
-backend, full float32 matmuls); K steps per jit call (`make_multi_step`); where there is more
-than one device, `make_data_parallel_step` with the batch's rows split over the most devices
-that divide B (`jrnn.distributed.batch_mesh`); without `--quick`, explicit unroll 1 / 4 / 8. On a CPU
-the bench asks XLA for one device per core before jax starts: XLA runs a scan's per-step
-matmuls of this size on one core, so two devices, each scanning half the batch, keep both cores
-busy. Flax and PyTorch run with their defaults on the same cores.
+Two ratios per config, each library's train time per step over jrnn's (above 1: jrnn faster):
+
+- default/default: each library's plain jitted step as its docs show it. jrnn: `jrnn.make_step`
+  with its defaults (NaN/inf guard and id checks on, `unroll` chosen by backend, full float32
+  matmuls); Flax: `jax.jit` of grad + optax update; PyTorch: its eager step.
+- best/best: each library's fastest row, every technique of jrnn's best path given to the JAX
+  peer too: K steps per jit call in one `lax.scan` (`jrnn.make_multi_step`; Flax's same step
+  scanned K times) and, where there is more than one device, the batch's rows split over the same
+  mesh (`jrnn.distributed.make_data_parallel_step` over `jrnn.distributed.batch_mesh`, the most
+  devices that divide B; Flax's arrays sharded with `jax.sharding` over that mesh, params
+  replicated). PyTorch gets `torch.compile` (inductor); where it cannot compile (no C++ compiler
+  on a CPU, no Triton on a GPU) the bench prints why and results.json lists it under
+  "unavailable".
+
+Without `--quick`, jrnn also runs explicit unroll 1 / 4 / 8. On a CPU the bench asks XLA for one
+device per core before jax starts: XLA runs a scan's per-step matmuls of this size on one core,
+so two devices, each scanning half the batch, keep both cores busy; Flax's data-parallel rows use
+the same devices, and Flax and PyTorch's default rows run with their defaults on the same cores.
 
 Each row is printed when measured and results.json is rewritten after every row, so a run cut
 short keeps what it measured; `--time-budget S` starts no new measurement after S seconds.
-`--gpu-quick` measures the six GPU configs for jrnn's default step, jrnn's best path, Flax and
-PyTorch with 2 short repeats and no forward timing, within a 225 s budget.
+`--gpu-quick` measures the six GPU configs for jrnn's default step and best path, Flax's
+default step and the same best path, PyTorch and `torch.compile`, with 2 short repeats and no
+forward timing, within a 225 s budget.
 
 Reported per implementation: compile seconds (the first training call, apart from the timing),
 then the median over repeats of microseconds per training step (forward+backward+update) and
-per forward alone, and per timestep; the ratio is the best peer's time over jrnn's best,
-measured in this run.
+per forward alone, and per timestep; then both ratios, measured in this run.
 
 The plot, speedup.png (deer_speedup.png with --deer), has one group of bars per config, named
-on its axis, and one bar per ratio (today the best peer's over jrnn's best), on a log axis from a
+on its axis, and one bar per ratio (default/default and best/best), on a log axis from a
 dashed 1x line; the run ends by printing `plot:` and `results:` with their paths.
 
 Requires the `bench` extra (flax, torch): `pip install -e '.[bench]'` (`pip install
@@ -190,9 +201,14 @@ def _flax_weights(cell, params, fp):
     return fp
 
 
-def flax_impl(params, x, y, cell="elman"):
+def flax_impl(params, x, y, cell="elman", multi=False, data_parallel=False):
     """Flax `nn.RNN` of `SimpleCell` (token embedding, identity input kernel), or of
-    `OptimizedLSTMCell` / `GRUCell` reading one-hot tokens (input kernels = jrnn's [V, G*H])."""
+    `OptimizedLSTMCell` / `GRUCell` reading one-hot tokens (input kernels = jrnn's [V, G*H]).
+
+    Its plain jitted step as Flax's docs show it; with `multi`, the same step K times inside one
+    jitted `lax.scan` (what `jrnn.make_multi_step` does); with `data_parallel`, the batch's rows
+    sharded with `jax.sharding` over the mesh jrnn's data-parallel step uses
+    (`jrnn.distributed.batch_mesh`), params replicated (None when B does not split)."""
     import flax.linen as nn
     import optax
 
@@ -215,30 +231,52 @@ def flax_impl(params, x, y, cell="elman"):
     opt = optax.chain(optax.clip(CLIP), optax.adagrad(LR, initial_accumulator_value=0.0, eps=EPS))
     loss = lambda p, xb, yb: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, xb), yb).mean()
 
-    @jax.jit
-    def step(p, s, xb, yb):
+    def update(p, s, xb, yb):
         g = jax.grad(loss)(p, xb, yb)
         if cell == "elman":  # the identity input kernel stands in for jrnn's absent matrix: never trained
             g["params"]["SimpleCell_0"]["i"]["kernel"] = jnp.zeros_like(g["params"]["SimpleCell_0"]["i"]["kernel"])
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s
 
+    if multi:
+        @jax.jit
+        def step(p, s, xs, ys):
+            (p, s), _ = jax.lax.scan(lambda c, b: (update(*c, *b), None), (p, s), (xs, ys))
+            return p, s
+    else:
+        step = jax.jit(update)
+
     fwd = jax.jit(loss)
     state = {"p": fp, "s": opt.init(fp)}
+    mesh = None
+    if data_parallel:
+        mesh = jrnn.distributed.batch_mesh(len(x))
+        if mesh.size == 1:
+            return None
+        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        x, y = jax.device_put((x, y), rows)
+        state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    xs, ys = (jnp.broadcast_to(x, (MULTI_K,) + x.shape), jnp.broadcast_to(y, (MULTI_K,) + y.shape)) if multi else (x, y)
+    if data_parallel and multi:  # [K, B, T]: the rows of every batch split
+        xs, ys = jax.device_put((xs, ys), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")))
 
     def train():
-        state["p"], state["s"] = step(state["p"], state["s"], x, y)
+        state["p"], state["s"] = step(state["p"], state["s"], xs, ys)
         jax.block_until_ready(state["p"])
 
     return {"train": train, "forward": lambda: jax.block_until_ready(fwd(state["p"], x, y)),
-            "loss": lambda: float(fwd(state["p"], x, y)), "steps_per_call": 1}
+            "loss": lambda: float(fwd(state["p"], x, y)), "steps_per_call": MULTI_K if multi else 1,
+            "devices": 1 if mesh is None else mesh.size}
 
 
 # ---- PyTorch ----------------------------------------------------------------------------------
 
-def torch_impl(params, x, y, precision="float32", cell="elman"):
+def torch_impl(params, x, y, precision="float32", cell="elman", compiled=False):
     """PyTorch `nn.RNN` (embedding, identity input matrix), `nn.LSTM` / `nn.GRU` reading one-hot
-    tokens (cuDNN on a GPU), min-char-rnn's clip + Adagrad in place."""
+    tokens (cuDNN on a GPU), min-char-rnn's clip + Adagrad in place. With `compiled`, the
+    training step through `torch.compile` (its default inductor backend), what a PyTorch user
+    reaches for to speed a step up; where it fails to compile the row says why
+    (`{"unavailable": reason}`)."""
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -288,7 +326,7 @@ def torch_impl(params, x, y, precision="float32", cell="elman"):
         hs, _ = rnn(inputs())
         return torch.nn.functional.cross_entropy(out(hs).reshape(-1, V), yb.reshape(-1))
 
-    def train():
+    def update():
         for p in ps:
             p.grad = None
         loss().backward()
@@ -299,6 +337,12 @@ def torch_impl(params, x, y, precision="float32", cell="elman"):
                 g = p.grad.clamp_(-CLIP, CLIP)
                 m.addcmul_(g, g)
                 p.addcdiv_(g, (m + EPS).sqrt_(), value=-LR)
+
+    if compiled:
+        update = torch.compile(update)
+
+    def train():
+        update()
         sync()
 
     def forward():
@@ -310,6 +354,18 @@ def torch_impl(params, x, y, precision="float32", cell="elman"):
         with torch.no_grad():
             return float(loss())
 
+    if compiled:   # compiled here, on a copy of the state: a failure leaves the row out, saying why
+        saved = [t.detach().clone() for t in (*ps, *mem)]
+        t0 = time.perf_counter()
+        try:
+            train()
+        except Exception as e:                 # inductor needs a C++ compiler on a CPU, Triton on a GPU
+            return {"unavailable": f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        with torch.no_grad():
+            for t, v in zip((*ps, *mem), saved):
+                t.copy_(v)
+        return {"train": train, "forward": forward, "loss": value, "steps_per_call": 1,
+                "compile_s": time.perf_counter() - t0}
     return {"train": train, "forward": forward, "loss": value, "steps_per_call": 1}
 
 
@@ -372,9 +428,11 @@ def deer_rows(configs, repeats, *, methods=None, budget=None, on_row=None):
 
 # ---- plots ------------------------------------------------------------------------------------
 
-# the series of speedup.png this bench computes: per config, the fastest peer's train-step time
-# over the fastest jrnn row's (`run_config`'s ratio, results.json's jrnn_speedup_vs_best_peer)
-BEST_PEER_SERIES = "fastest peer ÷ fastest jrnn, train-step time (above 1×: jrnn faster)"
+# the series of speedup.png this bench computes, per config (`ratios_of`; results.json's
+# jrnn_speedup_default_vs_default and jrnn_speedup_vs_best_peer): each library's plain step, and
+# each one's fastest row, the peers given the techniques of jrnn's best path
+DEFAULT_SERIES = "default/default: fastest peer default step ÷ jrnn default step (above 1×: jrnn faster)"
+BEST_PEER_SERIES = "best/best: fastest peer ÷ fastest jrnn, the same techniques (above 1×: jrnn faster)"
 PEER_NAMES = {"flax": "Flax", "torch": "PyTorch"}
 
 
@@ -384,8 +442,7 @@ def config_label(cfg):
     return f"B={B} H={H}\nT={T} V={V}"
 
 
-def speedup_series(configs, rows, ratios):
-    """{BEST_PEER_SERIES: one value per config}: the ratio this run measured, or why there is none."""
+def _series(configs, rows, ratios):
     values = []
     for cfg in configs:
         ratio = ratios.get(",".join(map(str, cfg)))
@@ -398,7 +455,15 @@ def speedup_series(configs, rows, ratios):
             values.append("no peer measured")
         else:
             values.append("no jrnn row")
-    return {BEST_PEER_SERIES: values}
+    return values
+
+
+def speedup_series(configs, rows, ratios, defaults=None):
+    """{BEST_PEER_SERIES: one value per config} (and DEFAULT_SERIES first, given `defaults`): the
+    ratios this run measured (`{"B,H,T,V": ratio}`), or why there is none."""
+    out = {} if defaults is None else {DEFAULT_SERIES: _series(configs, rows, defaults)}
+    out[BEST_PEER_SERIES] = _series(configs, rows, ratios)
+    return out
 
 
 def _where(env):
@@ -452,37 +517,73 @@ class Budget:
         return self.seconds is not None and self.elapsed() >= self.seconds
 
 
+# the rows of each library's plain step as its docs show it: the default/default ratio's
+DEFAULT_IMPLS = ("jrnn", "flax", "torch")
+
+
 def implementations(quick, precision="float32", cell="elman", selection="all"):
     """name -> make(params, x, y) -> impl dict (or None to leave the row out).
 
+    Each library's default step (`DEFAULT_IMPLS`) and the techniques jrnn's best path uses, given
+    to the JAX peer too: K steps per call in one `lax.scan` and, where there are several devices,
+    the batch's rows split over the same mesh; PyTorch gets `torch.compile`.
     selection "gpu": jrnn's default step, jrnn's best path (K steps per call, split over the
-    devices where there are several), Flax, PyTorch: the GPU selection of `--gpu-quick`.
+    devices where there are several), Flax and Flax's same best path, PyTorch and
+    `torch.compile`: the GPU selection of `--gpu-quick`.
     """
     prec = None if precision == "default" else precision
     j = lambda **kw: (lambda p, x, y: jrnn_impl(p, x, y, cell=cell, precision=prec, **kw))
+    f = lambda **kw: (lambda p, x, y: flax_impl(p, x, y, cell=cell, **kw))
     impls = {"jrnn": j()}
+    several = jax.device_count() > 1
     if selection == "gpu":
-        if jax.device_count() > 1:
+        if several:
             impls[f"jrnn best: data-parallel multi-step (K={MULTI_K})"] = j(multi=True, data_parallel=True)
         else:
             impls[f"jrnn best: multi-step (K={MULTI_K})"] = j(multi=True)
     else:
         impls[f"jrnn multi-step (K={MULTI_K})"] = j(multi=True)
-        if jax.device_count() > 1:
+        if several:
             impls["jrnn data-parallel"] = j(data_parallel=True)
             impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = j(data_parallel=True, multi=True)
         if not quick:
             impls["jrnn unroll=1"] = j(unroll=1)
             impls["jrnn unroll=4"] = j(unroll=4)
             impls["jrnn unroll=8"] = j(unroll=8)
-    impls["flax"] = lambda p, x, y: flax_impl(p, x, y, cell=cell)
+    impls["flax"] = f()
+    if selection == "gpu":
+        if several:
+            impls[f"flax best: data-parallel multi-step (K={MULTI_K})"] = f(multi=True, data_parallel=True)
+        else:
+            impls[f"flax best: multi-step (K={MULTI_K})"] = f(multi=True)
+    else:
+        impls[f"flax multi-step (K={MULTI_K})"] = f(multi=True)
+        if several:
+            impls["flax data-parallel"] = f(data_parallel=True)
+            impls[f"flax data-parallel multi-step (K={MULTI_K})"] = f(data_parallel=True, multi=True)
     impls["torch"] = lambda p, x, y: torch_impl(p, x, y, precision, cell=cell)
+    impls["torch.compile"] = lambda p, x, y: torch_impl(p, x, y, precision, cell=cell, compiled=True)
     return impls
 
 
-def run_config(cfg, impls, repeats, *, cell="elman", forward=True, budget=None, on_row=None, min_repeat_s=None):
-    """Measure every implementation on one (B, H, T, V); returns (rows, best peer / best jrnn).
-    Stops before an implementation once `budget` is spent (the rows so far are kept)."""
+def ratios_of(rows):
+    """{"default/default": fastest peer default step ÷ jrnn's default step, "best/best": fastest
+    peer row ÷ fastest jrnn row} in train time per step (above 1: jrnn faster); None where a side
+    has no row. Both sides' best rows use the same techniques (see `implementations`)."""
+    time = lambda names: min((r["train_us"] for r in rows if r["impl"] in names), default=None)
+    mine = [r["train_us"] for r in rows if r["impl"].startswith("jrnn")]
+    peers = [r["train_us"] for r in rows if not r["impl"].startswith("jrnn")]
+    jd, pd = time(("jrnn",)), time(DEFAULT_IMPLS[1:])
+    return {"default/default": pd / jd if jd and pd else None,
+            "best/best": min(peers) / min(mine) if peers and mine else None}
+
+
+def run_config(cfg, impls, repeats, *, cell="elman", forward=True, budget=None, on_row=None, min_repeat_s=None,
+               on_skip=None):
+    """Measure every implementation on one (B, H, T, V); returns (rows, `ratios_of(rows)`).
+    Stops before an implementation once `budget` is spent (the rows so far are kept); an
+    implementation that cannot run here (torch.compile without its compiler) is left out and
+    `on_skip(name, why)` told."""
     B, H, T, V = cfg
     params = init_params(cell, V, H)
     x, y = make_batch(B, T, V)
@@ -493,12 +594,16 @@ def run_config(cfg, impls, repeats, *, cell="elman", forward=True, budget=None, 
         impl = make(params, x, y)
         if impl is None:
             continue
+        if "unavailable" in impl:
+            if on_skip is not None:
+                on_skip(name, impl["unavailable"])
+            continue
         t0 = time.perf_counter()
         loss0 = impl["loss"]()                            # compiles the forward
         fwd_compile = time.perf_counter() - t0
         t0 = time.perf_counter()
         impl["train"]()                                   # first call: compile / warm-up
-        compile_s = time.perf_counter() - t0
+        compile_s = time.perf_counter() - t0 + impl.get("compile_s", 0.0)   # torch.compile's, done when made
         loss1 = impl["loss"]()                            # after one call: steps_per_call steps
         k = impl["steps_per_call"]
         step_s = timed(impl["train"], repeats, False, min_repeat_s) / k        # compiled and run above
@@ -513,11 +618,7 @@ def run_config(cfg, impls, repeats, *, cell="elman", forward=True, budget=None, 
                      "loss_after_one_step": loss1 if k == 1 else None})
         if on_row is not None:
             on_row(rows[-1])
-    mine = [r["train_us"] for r in rows if r["impl"].startswith("jrnn")]
-    peers = [r["train_us"] for r in rows if not r["impl"].startswith("jrnn")]
-    for r in rows:
-        r["ratio_best_peer_over_this"] = min(peers) / r["train_us"] if peers else None
-    return rows, (min(peers) / min(mine) if peers and mine else None)
+    return rows, ratios_of(rows)
 
 
 def versions():
@@ -618,15 +719,21 @@ def main(argv=None):
     print(f"{env['backend']} / {env['device']} / {env['cpus']} CPUs; " + ", ".join(f"{k} {v}" for k, v in vs.items())
           + f"; cell {args.cell}; matmul precision {args.precision}", flush=True)
     print(report.BENCH_ROW_HEADER, flush=True)
-    all_rows, ratios, skipped = [], {}, []
+    all_rows, ratios, defaults, skipped = [], {}, {}, []
     config = {"configs": configs, "repeats": repeats, "quick": args.quick, "gpu_quick": args.gpu_quick,
               "cell": args.cell, "precision": args.precision, "time_budget_s": budget.seconds}
+    unavailable = {}
 
     def save(done, final=False, plot=None):
         # complete only once the run has ended with nothing skipped: a run killed mid-way says so
-        common.save_results(args.out, "bench", config, {"jrnn_speedup_vs_best_peer": ratios}, budget.elapsed(),
-                            rows=all_rows + done, versions=vs, not_measured=skipped, complete=final and not skipped,
-                            plot=plot)
+        common.save_results(args.out, "bench", config, {"jrnn_speedup_default_vs_default": defaults,
+                                                        "jrnn_speedup_vs_best_peer": ratios},
+                            budget.elapsed(), rows=all_rows + done, versions=vs, not_measured=skipped,
+                            complete=final and not skipped, plot=plot, unavailable=unavailable)
+
+    def skip(name, why):
+        unavailable[name] = why
+        print(f"| {', '.join(map(str, cfg))} | {name}: not measured: {why} | | | | | |", flush=True)
 
     bar = common.progress(len(configs), "bench", args.quiet)
     for cfg in configs:
@@ -635,21 +742,22 @@ def main(argv=None):
             continue
         partial = []   # this config's rows so far: each reaches results.json when measured
         with jax.default_matmul_precision(None if args.precision == "default" else args.precision):  # read when jit traces
-            rows, ratio = run_config(cfg, impls, repeats, cell=args.cell, forward=not args.gpu_quick, budget=budget,
-                                     min_repeat_s=GPU_QUICK_REPEAT_S if args.gpu_quick else None,
-                                     on_row=lambda r: (partial.append(r), print(report.bench_row(r), flush=True),
-                                                       save(partial)))
+            rows, both = run_config(cfg, impls, repeats, cell=args.cell, forward=not args.gpu_quick, budget=budget,
+                                    min_repeat_s=GPU_QUICK_REPEAT_S if args.gpu_quick else None, on_skip=skip,
+                                    on_row=lambda r: (partial.append(r), print(report.bench_row(r), flush=True),
+                                                      save(partial)))
         all_rows += rows
-        ratios[",".join(map(str, cfg))] = ratio
-        if len(rows) < len(impls) and budget.spent():
+        key = ",".join(map(str, cfg))
+        defaults[key], ratios[key] = both["default/default"], both["best/best"]
+        if len(rows) < len(impls) - len(unavailable) and budget.spent():
             skipped.append(list(cfg))
         save([])
-        if ratio is not None:
-            print(report.bench_ratio_row(cfg, ratio), flush=True)
+        if any(v is not None for v in both.values()):
+            print(report.bench_ratio_row(cfg, both), flush=True)
         bar.update(1)
     bar.close()
-    peers = [n for n in dict.fromkeys(r["impl"] for r in all_rows) if not n.startswith("jrnn")]
-    plot = plot_speedups(args.out, configs, speedup_series(configs, all_rows, ratios), cell=args.cell,
+    peers = [n for n in dict.fromkeys(r["impl"].split()[0].split(".")[0] for r in all_rows) if n != "jrnn"]
+    plot = plot_speedups(args.out, configs, speedup_series(configs, all_rows, ratios, defaults), cell=args.cell,
                          precision=args.precision, env=env, peers=peers)
     save([], final=True, plot=plot.name)
     if skipped:

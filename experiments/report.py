@@ -226,9 +226,21 @@ def bench_row(r) -> str:
             f"{fwd} | {r['train_us_per_timestep']:.2f} | {r['loss_after_first_call']:.5f} |")
 
 
-def bench_ratio_row(cfg, ratio) -> str:
-    """The line bench prints after a config's rows: best peer / best jrnn."""
-    return f"| {', '.join(map(str, cfg))} | best peer / best jrnn: {ratio:.2f}x | | | | | |"
+BENCH_RATIOS = {  # bench's two ratios (results.json metrics key -> the name each table gives it)
+    "jrnn_speedup_default_vs_default": "default/default: fastest peer default ÷ jrnn default",
+    "jrnn_speedup_vs_best_peer": "best/best: fastest peer ÷ fastest jrnn, same techniques",
+}
+
+
+def _ratio(value) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def bench_ratio_row(cfg, ratios) -> str:
+    """The line bench prints after a config's rows: `{"default/default": x, "best/best": y}`,
+    each named."""
+    names = " · ".join(f"{k}: {_ratio(v)}" for k, v in ratios.items())
+    return f"| {', '.join(map(str, cfg))} | {names} | | | | | |"
 
 
 DEER_ROW_HEADER = ("| T | H | B | method | compile s | fwd ms | fwd+bwd ms | vs sequential (fwd, fwd+bwd) "
@@ -271,7 +283,10 @@ def device_markdown(report: dict) -> str:
         lines += ["", f"## bench --gpu-quick --cell {cell} (precision {b.get('config', {}).get('precision')})", "",
                   BENCH_ROW_HEADER]
         lines += [bench_row(r) for r in b.get("rows", [])]
+        defaults = b.get("metrics", {}).get("jrnn_speedup_default_vs_default", {})
         ratios = b.get("metrics", {}).get("jrnn_speedup_vs_best_peer", {})
+        lines += ["", "default/default (fastest peer default ÷ jrnn default): "
+                  + (", ".join(f"({k}) {v:.2f}x" for k, v in defaults.items() if v) or "none measured")]
         lines += ["", "best peer / best jrnn: " + (", ".join(f"({k}) {v:.2f}x" for k, v in ratios.items() if v)
                                                    or "none measured")]
         if b.get("not_measured"):
@@ -308,13 +323,17 @@ def bench_table(r):
         if row["impl"] not in impls:
             impls.append(row["impl"])
         by_cfg.setdefault(", ".join(map(str, row["config"])), {})[row["impl"]] = row["train_us"]
-    ratios = r["metrics"]["jrnn_speedup_vs_best_peer"]
-    lines = ["| B, H, T, V | " + " | ".join(impls) + " | best peer / best jrnn |",
-             "|---" * (len(impls) + 2) + "|"]
+    # two ratios, each named in the header; a run from before the default/default ratio shows "–"
+    metrics = r["metrics"]
+    if not isinstance(metrics, dict):
+        raise TypeError(f"'metrics' is {_kind(metrics)}, not an object")
+    ratios = [metrics.get(key) or {} for key in BENCH_RATIOS]
+    lines = ["| B, H, T, V | " + " | ".join(impls) + " | " + " | ".join(BENCH_RATIOS.values()) + " |",
+             "|---" * (len(impls) + 1 + len(BENCH_RATIOS)) + "|"]
     for cfg, us in by_cfg.items():
-        ratio = ratios.get(cfg.replace(" ", ""))
+        cells = [ratio.get(cfg.replace(" ", "")) for ratio in ratios]
         lines.append(f"| {cfg} | " + " | ".join(f"{us[i]:,.0f}" if i in us else "–" for i in impls)
-                     + f" | {'–' if ratio is None else f'**{ratio:.2f}x**'} |")
+                     + "".join(f" | {'–' if v is None else f'**{v:.2f}x**'}" for v in cells) + " |")
     if r.get("not_measured"):   # a --time-budget run: configs it did not (fully) measure
         lines += ["", "Not (fully) measured (time budget spent): "
                   + ", ".join(f"({', '.join(map(str, c))})" for c in r["not_measured"]) + "."]

@@ -6,13 +6,17 @@ Eager calls check concrete ids on the host (`jrnn.rnn.check_input_array`,
 `jrnn.checks.labels`). Under `jit` the values are unknown while tracing, and JAX's gather
 would not fail (jrnn's gather, `jrnn.projection.take_rows`, gives a NaN row for an id outside [0, V),
 -1 included, where `jnp.take` would read -1 as V-1). So a traced id array gets a
-`checkify.debug_check` instead: it costs nothing (it is dropped) in a plain `jax.jit`, and is
-live inside a `checkify`-ed function, which `jrnn.train.make_step` and friends are by default;
-they raise the check's error after the call, naming the range and the offending min/max.
+`checkify.debug_check` instead, while `jrnn.train.make_step` and friends trace their
+`checkify`-ed program (`tracing_id_checks`); they raise the check's error after the call, naming
+the range and the offending min/max. Anywhere else (a plain `jax.jit`) no check is added: a
+`debug_check` left in a plain jit's program gives it an error effect, and a jitted function with an
+effect leaves JAX's C++ dispatch path for a Python one on every call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import numbers
@@ -101,9 +105,26 @@ def labels(values, num_classes: int) -> None:
         raise ValueError(f"labels must lie in [0, {num_classes}), got min {values.min()}, max {values.max()}")
 
 
+# whether traced_ids_in_range adds its check: only while a step that checkifies traces its program
+# (a context variable: another thread tracing at the same time keeps its own value)
+_ID_CHECKS = contextvars.ContextVar("jrnn_id_checks", default=False)
+
+
+@contextlib.contextmanager
+def tracing_id_checks():
+    """Within this context, `traced_ids_in_range` adds its check to the function being traced;
+    `jrnn.train`'s steps trace their `checkify`-ed program inside it. Not part of the public API."""
+    token = _ID_CHECKS.set(True)
+    try:
+        yield
+    finally:
+        _ID_CHECKS.reset(token)
+
+
 def traced_ids_in_range(ids, n: int, what: str) -> None:
-    """Under a trace, add a check that every integer in `ids` lies in [0, n); no-op otherwise."""
-    if not isinstance(ids, jax.core.Tracer) or ids.size == 0:
+    """Under the trace of a jrnn step's checkified program (`tracing_id_checks`), add a check that
+    every integer in `ids` lies in [0, n); no-op otherwise (eager calls check on the host)."""
+    if not _ID_CHECKS.get() or not isinstance(ids, jax.core.Tracer) or ids.size == 0:
         return
     lo, hi = jnp.min(ids), jnp.max(ids)
     checkify.debug_check((lo >= 0) & (hi < n), f"{what} must lie in [0, {n}), got min {{lo}}, max {{hi}}",

@@ -137,11 +137,12 @@ def _update(loss_fn, optimizer, guard_nonfinite, params, opt_state, batch, carry
     # rate or an optimizer statistic can overflow on its own (sgd(1e38) with |g| ~ 10). So the
     # test covers the loss, the gradients (their global norm: any NaN/inf, or an overflowing
     # norm, makes it non-finite), and every float value of the candidate params and optimizer
-    # state (finite params after a finite p + u also mean a finite update). One `cond`, not a
-    # `where` per leaf: the good path then writes the new state once instead of selecting every
-    # leaf (docs/performance.md); under `vmap` it becomes the same select.
+    # state (finite params after a finite p + u also mean a finite update). A select per leaf,
+    # not a `lax.cond`: XLA's CPU backend gives a conditional its own output buffers and copies
+    # the kept params and optimizer state into them on every step (docs/performance.md).
     ok = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & _all_finite((new_params, new_opt_state))
-    new_params, new_opt_state = jax.lax.cond(ok, lambda: (new_params, new_opt_state), lambda: (params, opt_state))
+    new_params, new_opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                             (new_params, new_opt_state), (params, opt_state))
     # carry None means "start from zeros" for every jrnn model; a carry the model took as a list
     # or a plain tuple comes back in its canonical structure, the one both branches return
     old_carry = jax.tree.map(jnp.zeros_like, new_carry) if carry is None else _like(carry, new_carry)
@@ -237,6 +238,12 @@ class _SkipGuard:
         self.counter._fix = ("Build the step with a larger max_consecutive_skips to allow longer runs of skipped "
                              "steps, or max_consecutive_skips=None to turn this check off.")
 
+    def passed(self, out):
+        """Count a call whose steps were all good (known without reading `skipped`)."""
+        self.counter.step += int(np.prod(np.shape(out[2]["skipped"])))
+        self.counter.run = 0
+        return out
+
     def __call__(self, out):
         skipped = out[2]["skipped"]
         if isinstance(skipped, jax.core.Tracer):
@@ -244,9 +251,7 @@ class _SkipGuard:
             return out
         flags = np.asarray(skipped)   # waits for the step: one small device-to-host read
         if not flags.any():           # the usual call, without BadStepCounter.update's loop
-            self.counter.step += flags.size
-            self.counter.run = 0
-            return out
+            return self.passed(out)
         if not self.warned:
             self.warned = True
             first = self.counter.step + int(np.argmax(flags.reshape(-1))) + 1
@@ -289,6 +294,25 @@ def skip_guard(guard_nonfinite, max_consecutive_skips, name: str):
     return _SkipGuard(int(max_consecutive_skips), name) if guard_nonfinite else None
 
 
+# the bits of the one scalar a checked step returns beside its outputs, read after each call
+_ALERT_SKIPPED, _ALERT_IDS = 1, 2
+
+
+def _alert(err, out, guarded: bool):
+    """int32 scalar, computed inside the step: `_ALERT_SKIPPED` if a step was skipped (with the
+    guard), `_ALERT_IDS` if an id check failed (or, without checkify's private `_pred`, always:
+    the host then asks `err.throw()` on every call, as before the flags could be read)."""
+    preds = getattr(err, "_pred", None)
+    if not isinstance(preds, dict):
+        failed = jnp.bool_(True)
+    else:
+        failed = functools.reduce(jnp.logical_or, [jnp.any(p) for p in preds.values()], jnp.bool_(False))
+    alert = jnp.where(failed, _ALERT_IDS, 0).astype(jnp.int32)
+    if guarded:
+        alert = alert | jnp.where(jnp.any(out[2]["skipped"] != 0), _ALERT_SKIPPED, 0).astype(jnp.int32)
+    return alert
+
+
 def jit_step(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None):
     """`jax.jit(fn)`; with `check_ids`, checkify-ed so the id range checks that jrnn's gathers and
     losses add under a trace (`jrnn.checks`) run, and their error is raised after each call;
@@ -309,22 +333,30 @@ def jit_step(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None)
 
         guarded._cache_size, guarded.lower = jitted._cache_size, jitted.lower
         return guarded
-    checked = jax.jit(checkify.checkify(fn, errors=checkify.user_checks), donate_argnums=donate_argnums)
+
+    def traced_with_checks(*args, **kw):
+        # jrnn's gathers and losses add their id checks only while traced inside this context
+        with checks.tracing_id_checks():
+            return fn(*args, **kw)
+
+    def checked_fn(*args, **kw):
+        err, out = checkify.checkify(traced_with_checks, errors=checkify.user_checks)(*args, **kw)
+        return _alert(err, out, guard is not None), err, out
+
+    checked = jax.jit(checked_fn, donate_argnums=donate_argnums)
 
     def call(*args, **kw):
         checks.host_ints_fit((args[2:], kw))   # batch and carry, before JAX narrows them at the jit boundary
-        err, out = checked(*args, **kw)
-        # `err.throw()` runs Python on every call, a noticeable share of a small step; reading
-        # the error flags first costs one small device-to-host read. Without the private
-        # `_pred` (a jax version that lacks it), fall back to `throw`.
-        preds = getattr(err, "_pred", None)
-        flags = list(preds.values()) if isinstance(preds, dict) else jax.tree.leaves(out)[:1]
-        if any(isinstance(f, jax.core.Tracer) for f in flags):
+        alert, err, out = checked(*args, **kw)
+        if isinstance(alert, jax.core.Tracer):
             # called inside the caller's own jit / scan / vmap: the flags are traced values that
             # cannot be read here, so the checks drop out as under any jit (an out-of-range label
             # still gives a NaN loss, which the guard skips)
             return out
-        if not isinstance(preds, dict) or any(np.any(np.asarray(f)) for f in flags):
+        # one scalar read per call (it waits for the step): 0 in the usual call, which then
+        # runs no more Python; `err.throw()` alone cost about 20 µs of Python per call
+        alert = int(alert)
+        if alert & _ALERT_IDS:
             try:
                 err.throw()  # JaxRuntimeError (a ValueError) naming the range and the bad min/max
             except ValueError as e:
@@ -333,7 +365,9 @@ def jit_step(fn, donate: bool, check_ids: bool, guard: _SkipGuard | None = None)
                 # out of range gives NaN rows, so the step was skipped)
                 e.state = out
                 raise
-        return out if guard is None else guard(out)
+        if guard is None:
+            return out
+        return guard(out) if alert & _ALERT_SKIPPED else guard.passed(out)
 
     call._cache_size, call.lower = checked._cache_size, checked.lower
     return call

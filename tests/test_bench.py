@@ -144,7 +144,8 @@ def test_gpu_selection_has_the_six_configs_and_four_implementations(tmp_path):
     assert {(1, 100, 25, 80), (64, 512, 256, 65), (256, 1024, 512, 256), (8, 256, 8192, 65),
             (1024, 1024, 512, 65)} <= set(bench.GPU_CONFIGS)
     names = list(bench.implementations(True, selection="gpu"))
-    assert names == ["jrnn", f"jrnn best: multi-step (K={bench.MULTI_K})", "flax", "torch"]
+    assert names == ["jrnn", f"jrnn best: multi-step (K={bench.MULTI_K})", "flax",
+                     f"flax best: multi-step (K={bench.MULTI_K})", "torch", "torch.compile"]
     rows = bench.main(["--gpu-quick", "--configs", "2,8,5,7", "--only", "jrnn", "--quiet", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["impl"] for r in rows] == names[:2] and all(r["forward_us"] is None for r in rows)
@@ -165,7 +166,7 @@ def _fake_run_config(ratios):
         rows = [row("jrnn", 100.0)] + ([] if ratio is None else [row("flax", 100.0 * ratio)])
         for r in rows:
             kw["on_row"](r)
-        return rows, ratio
+        return rows, bench.ratios_of(rows)
     return run_config
 
 
@@ -191,7 +192,9 @@ def test_bench_prints_plot_and_results_and_saves_speedup_png_with_each_config_na
     assert [p.name for p in tmp_path.glob("*.png")] == ["speedup.png"]
     assert (tmp_path / "speedup.png").stat().st_size > 5000
     assert drawn["labels"] == ["B=1 H=100\nT=25 V=80", "B=32 H=256\nT=128 V=65", "B=1 H=64\nT=1024 V=65"]
-    assert drawn["series"] == {bench.BEST_PEER_SERIES: [4.5, 0.3, "no peer measured"]}
+    assert drawn["series"] == {bench.DEFAULT_SERIES: [4.5, 0.3, "no peer measured"],
+                               bench.BEST_PEER_SERIES: [4.5, 0.3, "no peer measured"]}
+    assert saved["metrics"]["jrnn_speedup_default_vs_default"]["1,100,25,80"] == 4.5
     assert drawn["filename"] == "speedup.png" and "speed-up" in drawn["ylabel"]
     assert "vs Flax: speed-up" in drawn["title"]                      # the peers this run measured
 
@@ -256,3 +259,40 @@ def test_ratio_plot_names_configs_on_a_log_speedup_axis_with_a_dashed_1x_line_an
                        ((labels, {"a": [1.0]}), "'a' has 1 values for 3 labels")]:
         with pytest.raises(ValueError, match=match):
             bench.common.ratios_figure(*bad, title="t")
+
+
+# ---- the two ratios: default/default and best/best, never one side's best over the other's default --
+
+def test_ratios_are_default_over_default_and_best_over_best():
+    """A peer's default step is compared with jrnn's default step only, and jrnn's fastest row
+    with the fastest peer row: jrnn's K-step is not divided into the peers' default step."""
+    rows = [{"impl": "jrnn", "train_us": 300.0}, {"impl": "jrnn multi-step (K=20)", "train_us": 100.0},
+            {"impl": "flax", "train_us": 240.0}, {"impl": "flax multi-step (K=20)", "train_us": 150.0},
+            {"impl": "torch", "train_us": 600.0}, {"impl": "torch.compile", "train_us": 400.0}]
+    assert bench.ratios_of(rows) == {"default/default": 240.0 / 300.0, "best/best": 150.0 / 100.0}
+    assert bench.ratios_of(rows[:2]) == {"default/default": None, "best/best": None}
+    assert bench.ratios_of([r for r in rows if r["impl"] != "flax"])["default/default"] == 600.0 / 300.0
+
+
+def test_every_jax_technique_of_jrnns_best_path_is_given_to_flax():
+    """Each jrnn row beyond its default step (K steps per call; data-parallel where there are
+    several devices) has a Flax row with the same technique; PyTorch gets torch.compile."""
+    for selection in ("all", "gpu"):
+        names = list(bench.implementations(True, selection=selection))
+        techniques = lambda lib: {n.split(" ", 1)[1].split(": ", 1)[-1] for n in names
+                                  if n.startswith(lib + " ")}
+        assert techniques("jrnn") == techniques("flax"), selection
+        assert {"jrnn", "flax", "torch", "torch.compile"} <= set(names)
+
+
+def test_bench_prints_both_ratios_named(capsys):
+    """The bench's ratio line names each ratio; the README/docs table names both in its header."""
+    line = bench.report.bench_ratio_row((1, 100, 25, 80), {"default/default": 1.04, "best/best": 1.62})
+    assert "default/default: 1.04x" in line and "best/best: 1.62x" in line
+    r = {"rows": [{"config": [1, 100, 25, 80], "impl": "jrnn", "train_us": 300.0},
+                  {"config": [1, 100, 25, 80], "impl": "flax", "train_us": 312.0}],
+         "metrics": {"jrnn_speedup_default_vs_default": {"1,100,25,80": 1.04},
+                     "jrnn_speedup_vs_best_peer": {"1,100,25,80": 1.62}}}
+    header, _, row = bench.report.bench_table(r)
+    assert "default/default" in header and "best/best" in header and "best peer / best jrnn" not in header
+    assert row == "| 1, 100, 25, 80 | 300 | 312 | **1.04x** | **1.62x** |"

@@ -426,3 +426,38 @@ def test_a_skipped_step_keeps_the_carry_and_a_carry_given_wider_than_returned_st
             want = c0
     assert c.dtype == jnp.float32
     np.testing.assert_array_equal(c, want)
+
+
+# ---- what the guard and the id checks cost: nothing that a plain jit or the good path pays for ----
+
+def test_a_plain_jit_of_a_jrnn_loss_has_no_error_effect(params):
+    """The id checks are added only while a jrnn step traces its checkified program. A
+    `checkify.debug_check` left in a plain jit's program gave it an ErrorEffect, and a jitted
+    function with an effect leaves JAX's C++ dispatch for a Python path on every call (the step
+    built with check_ids=False measured slower than the checked one)."""
+    x, y = _batch()
+    jaxpr = jax.make_jaxpr(lambda p: lm_loss(p, (x, y), jnp.zeros(H))[0])(params)
+    assert jaxpr.effects == set()
+
+
+def test_id_checks_hold_after_the_same_loss_was_traced_under_a_plain_jit(params):
+    """The checks are a tracing context, not a cached trace: a loss traced first without them
+    (the user's own jit) still raises inside a step built afterwards."""
+    x, y = _batch()
+    jax.jit(lambda p, x, y: lm_loss(p, (x, y), jnp.zeros(H))[0])(params, x, y)
+    opt = optim.sgd(0.1)
+    step = jrnn.make_step(lm_loss, opt)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 8\), got min -1"):
+        step(params, opt.init(params), (x.at[2].set(-1), y), jnp.zeros(H))
+
+
+@pytest.mark.parametrize("make", [jrnn.make_step, jrnn.make_multi_step])
+def test_guard_keeps_the_state_with_a_select_not_a_conditional_that_copies_it(params, make):
+    """The guard keeps or replaces params and optimizer state with a select per leaf: a
+    `lax.cond` made XLA's CPU backend copy every kept leaf into the conditional's own buffers on
+    each step. The skipped step still returns the old state exactly (the tests above)."""
+    opt = optim.sgd(0.1)
+    x, y = _batch()
+    batch = (x, y) if make is jrnn.make_step else (x[None], y[None])
+    text = make(lm_loss, opt).lower(params, opt.init(params), batch, jnp.zeros(H)).as_text()
+    assert "stablehlo.case" not in text and "stablehlo.if" not in text
