@@ -266,9 +266,9 @@ def train(args, vocab, train_ids, val_ids):
                 best_params = params
                 jrnn.checkpoint.save(best_dir, {"params": params}, step=step, config=config, vocab=vocab.chars,
                                      cursor=cur["best"], run_id=best_run, keep=1)
-            if args.quiet:
-                print(f"{after / 60:6.1f} min  step {step:6d}  train {loss:.4f}  val {val:.4f} nats/char "
-                      f"({val / math.log(2):.3f} bits)  " + ("-" if toks_s is None else f"{toks_s:,.0f}") + " tok/s", flush=True)
+            line = (f"{after / 60:6.1f} min  step {step:6d}  train {loss:.4f}  val {val:.4f} nats/char "
+                    f"({val / math.log(2):.3f} bits)  " + ("-" if toks_s is None else f"{toks_s:,.0f}") + " tok/s")
+            (print if args.quiet else bar.write)(line)   # the curve as it goes, above the bar
         if after - last_ckpt >= 60.0 * args.checkpoint_minutes and args.checkpoint_minutes:
             save(after)
             last_ckpt = after
@@ -276,7 +276,7 @@ def train(args, vocab, train_ids, val_ids):
         bar.set_postfix(loss=f"{loss:.3f}", val="-" if val is None else f"{val:.3f}", tok_s="-" if toks_s is None else f"{toks_s:,.0f}",
                         lr=f"{lr:.1e}")
     bar.close()
-    if run_id:
+    if run_id and args.checkpoint_minutes:   # the last state too, so that a resume past the budget is a no-op
         save(wall())
     cur.update(step=step, epoch=epoch, wall_s=wall(), skipped=bad.total, tokens_per_s=toks_s,
                devices=devices, parameters=jrnn.lm.param_count(params))
@@ -409,7 +409,8 @@ def main(argv=None):
                         history=hist, curve=rec["curve"])
     print(f"best validation {best['val_nats']:.4f} nats/char ({metrics['best_val_bits']:.4f} bits) at "
           f"{best['wall_s'] / 60:.1f} min, step {best['step']} (nanoGPT: {NANOGPT_VAL}); nanoGPT-style "
-          f"(256-char blocks from a zero carry) {blocks:.4f}; {metrics['tokens_per_s']:,.0f} tok/s, "
+          f"(256-char blocks from a zero carry) {blocks:.4f}; {metrics['tokens_per_s_steady'] or 0:,.0f} tok/s training, "
+          f"{metrics['tokens_per_s']:,.0f} overall (compiling and evaluations included), "
           f"{metrics['epochs']:.1f} epochs")
     common.print_saved(args.out, plot)
     return metrics
