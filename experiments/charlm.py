@@ -182,7 +182,7 @@ def run_full_mode(args, ids, vocab):
     model = common.model(args.cell, vocab=V, hidden=args.hidden, layers=args.layers)
     k1 = args.k1 or None
     k2 = (args.k2 or args.k1) or None
-    grad = jrnn.TBPTT(k1, k2) if k1 else jrnn.FullBPTT()
+    grad = (jrnn.TBPTT(k1, k2) if k1 else jrnn.Parallel(args.parallel) if args.parallel else jrnn.FullBPTT())
     if mesh.size > 1:
         # the streams split over the devices (one per CPU core, see experiments.bench): each core
         # scans its share of the batch; XLA adds the gradient all-reduce
@@ -195,7 +195,7 @@ def run_full_mode(args, ids, vocab):
                                        max_consecutive_skips=None)
     params = common.init(model, jax.random.key(args.seed))
     print(f"{args.cell} x{args.layers}, H={args.hidden}: {jrnn.lm.param_count(params):,} parameters"
-          + (f", TBPTT({k1}, {k2})" if k1 else ""))
+          + (f", TBPTT({k1}, {k2})" if k1 else f", parallel in time ({args.parallel})" if args.parallel else ""))
     n_calls = len(xs) // FULL_CALL_STEPS
     state = {"params": params, "opt_state": opt.init(params), "h": model.zeros(params, (args.batch,))}
     ckpt_dir = args.out / "checkpoints"
@@ -302,7 +302,7 @@ def _same_checkpoint_everywhere(ckpt_dir, step):
 MAX_SAMPLE_LEN = 100_000   # the sample is drawn after training: a length it cannot draw would lose the run
 
 FULL_ONLY = ("hidden", "layers", "batch", "seq_len", "lr", "max_minutes", "checkpoint_every", "resume",
-             "max_bad_steps", "k1", "k2")   # not --overwrite: it replaces a default-recipe run too
+             "max_bad_steps", "k1", "k2", "parallel")   # not --overwrite: it replaces a default-recipe run too
 
 
 RECIPES = {"shakespeare-char": shakespeare.main}   # --recipe NAME: a recipe with its own flags
@@ -325,6 +325,9 @@ def main(argv=None):
     ap.add_argument("--cell", choices=sorted(jrnn.cells.CELLS), default="elman", help="recurrent cell")
     ap.add_argument("--k1", type=common.non_negative_int, default=0, help="--full: TBPTT block length inside a chunk (0: full BPTT)")
     ap.add_argument("--k2", type=common.non_negative_int, default=0, help="--full: TBPTT window, k2 >= k1 (0: k2 = k1)")
+    ap.add_argument("--parallel", choices=jrnn.parallel.PARALLEL_METHODS, default=None,
+                    help="--full: solve each layer in parallel in time (grad=jrnn.Parallel(METHOD)); exact Newton "
+                         "in O(T*H) for the structured cells (paragru, paralstm, mingru)")
     ap.add_argument("--layers", type=common.positive_int, default=1, help="--full: stacked layers")
     ap.add_argument("--batch", type=common.positive_int, default=FULL_BATCH, help="--full: parallel streams")
     ap.add_argument("--seq-len", type=common.positive_int, default=FULL_SEQ_LEN, help="--full: BPTT length")
@@ -359,6 +362,9 @@ def main(argv=None):
         jrnn.optim.check_learning_rate(args.lr)
     except ValueError as e:
         raise ValueError(f"--lr: {e}") from None
+    if args.parallel and args.k1:
+        raise ValueError("--parallel and --k1: TBPTT truncates a loss, Parallel solves each layer in time; "
+                         "choose one gradient strategy")
     if (args.k2 and not args.k1) or (args.k1 and args.k2 and args.k2 < args.k1):
         raise ValueError(f"--k1/--k2: need 1 <= k1 <= k2 (or 0 for full BPTT), got --k1 {args.k1} --k2 {args.k2}")
     text = jrnn.data.load_text("tinyshakespeare", args.data)
@@ -391,7 +397,7 @@ def main(argv=None):
                       "batch": args.batch, "seq_len": args.seq_len, "optimizer": "adam", "lr": args.lr,
                       "clip_global_norm": FULL_CLIP_NORM, "steps_per_call": FULL_CALL_STEPS,
                       "val_fraction": VAL_FRACTION, "train_chars": len(ids) - int(len(ids) * VAL_FRACTION),
-                      "k1": args.k1, "k2": args.k2, "epochs": args.epochs, "seed": args.seed, "max_minutes": args.max_minutes}
+                      "k1": args.k1, "k2": args.k2, "parallel": args.parallel, "epochs": args.epochs, "seed": args.seed, "max_minutes": args.max_minutes}
             curves = {"validation": ([r["step"] for r in history], [r["val_nats"] for r in history])}
             xlabel, ylabel = "optimizer step", "validation loss, nats per char"
         else:

@@ -169,6 +169,19 @@ def test_charlm_full_mode_takes_any_cell_and_depth(data_dir, tmp_path):
     assert m["val_nats"] < np.log(65)
 
 
+@pytest.mark.slow
+def test_charlm_full_mode_trains_a_structured_cell_in_parallel_in_time_as_sequentially(data_dir, tmp_path):
+    """--parallel deer (issue 30): the same run as the sequential scan's, up to the solve's tolerance."""
+    args = ["--full", "--cell", "paragru", "--epochs", "1", "--chars", "20000", "--hidden", "16", "--batch", "4",
+            "--seq-len", "32", "--sample-len", "10", "--quiet"]
+    seq = charlm.main(args + ["--out", str(tmp_path / "seq")])
+    par = charlm.main(args + ["--parallel", "deer", "--out", str(tmp_path / "par")])
+    assert outputs(tmp_path / "par")["config"]["parallel"] == "deer"
+    np.testing.assert_allclose(par["val_nats"], seq["val_nats"], rtol=1e-4)
+    with pytest.raises(ValueError, match="--parallel and --k1"):
+        charlm.main(args + ["--parallel", "deer", "--k1", "4", "--out", str(tmp_path / "both")])
+
+
 def test_binary_addition_seed_recipe_adds_every_pair_after_3000_steps(tmp_path, capsys):
     """Measured on seeds 0-7: all 16,384 sums right first at iterations 1300-2100 (seed 0: 1900),
     so 3,000 of iamtrask's 10,000 iterations must reach 100 % (at 300 they are at 0-0.4 %)."""
