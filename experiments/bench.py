@@ -534,33 +534,23 @@ def implementations(quick, precision="float32", cell="elman", selection="all"):
     prec = None if precision == "default" else precision
     j = lambda **kw: (lambda p, x, y: jrnn_impl(p, x, y, cell=cell, precision=prec, **kw))
     f = lambda **kw: (lambda p, x, y: flax_impl(p, x, y, cell=cell, **kw))
-    impls = {"jrnn": j()}
     several = jax.device_count() > 1
-    if selection == "gpu":
+    impls = {}
+    for lib, make in (("jrnn", j), ("flax", f)):     # the same techniques for both JAX libraries
+        impls[lib] = make()
+        if selection == "gpu":
+            if several:
+                impls[f"{lib} best: data-parallel multi-step (K={MULTI_K})"] = make(multi=True, data_parallel=True)
+            else:
+                impls[f"{lib} best: multi-step (K={MULTI_K})"] = make(multi=True)
+            continue
+        impls[f"{lib} multi-step (K={MULTI_K})"] = make(multi=True)
         if several:
-            impls[f"jrnn best: data-parallel multi-step (K={MULTI_K})"] = j(multi=True, data_parallel=True)
-        else:
-            impls[f"jrnn best: multi-step (K={MULTI_K})"] = j(multi=True)
-    else:
-        impls[f"jrnn multi-step (K={MULTI_K})"] = j(multi=True)
-        if several:
-            impls["jrnn data-parallel"] = j(data_parallel=True)
-            impls[f"jrnn data-parallel multi-step (K={MULTI_K})"] = j(data_parallel=True, multi=True)
-        if not quick:
-            impls["jrnn unroll=1"] = j(unroll=1)
-            impls["jrnn unroll=4"] = j(unroll=4)
-            impls["jrnn unroll=8"] = j(unroll=8)
-    impls["flax"] = f()
-    if selection == "gpu":
-        if several:
-            impls[f"flax best: data-parallel multi-step (K={MULTI_K})"] = f(multi=True, data_parallel=True)
-        else:
-            impls[f"flax best: multi-step (K={MULTI_K})"] = f(multi=True)
-    else:
-        impls[f"flax multi-step (K={MULTI_K})"] = f(multi=True)
-        if several:
-            impls["flax data-parallel"] = f(data_parallel=True)
-            impls[f"flax data-parallel multi-step (K={MULTI_K})"] = f(data_parallel=True, multi=True)
+            impls[f"{lib} data-parallel"] = make(data_parallel=True)
+            impls[f"{lib} data-parallel multi-step (K={MULTI_K})"] = make(data_parallel=True, multi=True)
+        if lib == "jrnn" and not quick:
+            for u in (1, 4, 8):
+                impls[f"jrnn unroll={u}"] = j(unroll=u)
     impls["torch"] = lambda p, x, y: torch_impl(p, x, y, precision, cell=cell)
     impls["torch.compile"] = lambda p, x, y: torch_impl(p, x, y, precision, cell=cell, compiled=True)
     return impls

@@ -263,15 +263,20 @@ def _gru_fwd(P, carry, x):
     return ((1 - z) * n + z * h,), (x, h, r, z, n, a)
 
 
-def _gru_bwd(P, cache, dcarry, grads):
+def _gru_gates_bwd(cache, dh):
+    """The GRU's gate backward, shared by the dense and the elementwise cell: (du = dL/d(x w_i +
+    b_i), da = dL/d(recurrent pre-activations a), the direct dh_prev = dh * z)."""
     x, h, r, z, n, a = cache
-    (dh,) = dcarry
     H = len(h)
     dn, dz, dh_prev = dh * (1 - z), dh * (h - n), dh * z
     dn_pre = dn * (1 - n * n)
     dr_pre, dz_pre = dn_pre * a[2 * H:] * r * (1 - r), dz * z * (1 - z)
-    du = np.concatenate([dr_pre, dz_pre, dn_pre])
-    da = np.concatenate([dr_pre, dz_pre, dn_pre * r])
+    return np.concatenate([dr_pre, dz_pre, dn_pre]), np.concatenate([dr_pre, dz_pre, dn_pre * r]), dh_prev
+
+
+def _gru_bwd(P, cache, dcarry, grads):
+    x, h = cache[:2]
+    du, da, dh_prev = _gru_gates_bwd(cache, dcarry[0])
     grads["w_i"] += np.outer(x, du)
     grads["b_i"] += du
     grads["w_h"] += np.outer(h, da)
@@ -315,14 +320,8 @@ def _paragru_fwd(P, carry, x):
 
 def _paragru_bwd(P, cache, dcarry, grads):
     # as _gru_bwd, with a = u_h * [h | h | h] + b_h: du_h += da * [h | h | h], dh_prev += sum_g u_g da_g
-    x, h, r, z, n, a = cache
-    (dh,) = dcarry
-    H = len(h)
-    dn, dz, dh_prev = dh * (1 - z), dh * (h - n), dh * z
-    dn_pre = dn * (1 - n * n)
-    dr_pre, dz_pre = dn_pre * a[2 * H:] * r * (1 - r), dz * z * (1 - z)
-    du = np.concatenate([dr_pre, dz_pre, dn_pre])
-    da = np.concatenate([dr_pre, dz_pre, dn_pre * r])
+    x, h = cache[:2]
+    du, da, dh_prev = _gru_gates_bwd(cache, dcarry[0])
     grads["w_i"] += np.outer(x, du)
     grads["b_i"] += du
     grads["u_h"] += da * np.tile(h, 3)
