@@ -76,7 +76,7 @@ def test_docs_python_block_runs(name, line, code, tmp_path):
         pytest.skip(f"{name}:{line}: needs {needs.group(1)}, which is not installed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}   # no test-suite x64 etc.
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, f"{name}:{line} failed:\n{p.stderr[-3000:]}"
 
