@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from experiments import common
+from experiments import common, report
 
 # hyperparameters: the issue's grid, and a quick one that fits a loaded 2-core CPU
 CELLS = ("paragru", "paralstm", "mingru", "gru")
@@ -89,12 +89,13 @@ def crossovers(rows, backend):
     return {backend: {k: sorted(v) for k, v in out.items()}}
 
 
-def write_table(table, command):
-    """Rewrite the data line of jrnn/crossovers.py (its docstrings stay)."""
+def write_table(table, command, env=None):
+    """Rewrite the data line of jrnn/crossovers.py (its docstrings stay), naming the command and
+    where it ran (`env`: a results.json's environment; None: this process's)."""
     text = TABLE_FILE.read_text()
     head, rest = text.split("CROSSOVERS = ", 1)
     tail = rest[rest.index('\n"""'):]
-    env = common.environment()
+    env = common.environment() if env is None else env
     head = head.rsplit("# python -m experiments.crossover", 1)[0]
     TABLE_FILE.write_text(head + f"# {command}  (commit {env['commit']}, {env['backend']}: {env['cpu_model']}, "
                           f"{env['cpus']} cores, load {env.get('load_avg_1min')}, jax {env['jax']})\n"
@@ -122,12 +123,7 @@ def main(argv=None):
     bar.close()
     print(f"forward+backward of a {LAYERS}-layer model, sequential scan vs DEER ({jax.default_backend()}, "
           f"jax {jax.__version__}, min of {args.rounds} rounds):")
-    print("| cell | T | H | B | sequential ms | DEER ms | speed-up | iterations | compile s (seq / DEER) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['cell']} | {r['T']} | {r['H']} | {r['B']} | {1e3 * r['seq_s']:.1f} | {1e3 * r['par_s']:.1f} | "
-              f"{r['speedup']:.2f}x | {r['iterations']}{' (fell back)' if r['fell_back'] else ''} | "
-              f"{r['compile_seq_s']:.1f} / {r['compile_par_s']:.1f} |")
+    print("\n".join(report.crossover_table({"metrics": {"rows": rows}})))
     table = crossovers(rows, jax.default_backend())
     print("crossovers:", table)
     if args.write:

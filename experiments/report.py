@@ -357,6 +357,17 @@ def deer_table(r):
     return lines
 
 
+def crossover_table(r):
+    """experiments.crossover's rows: sequential vs DEER forward+backward per cell and size."""
+    lines = ["| cell | T | H | B | sequential ms | DEER ms | speed-up | Newton iterations | compile s (seq / DEER) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for x in r["metrics"]["rows"]:
+        lines.append(f"| {x['cell']} | {x['T']} | {x['H']} | {x['B']} | {1e3 * x['seq_s']:.1f} | {1e3 * x['par_s']:.1f} "
+                     f"| {x['speedup']:.2f}x | {x['iterations']}{' (fell back)' if x['fell_back'] else ''} "
+                     f"| {x['compile_seq_s']:.1f} / {x['compile_par_s']:.1f} |")
+    return lines
+
+
 WHOLE = {  # tables that are one run's rows: (run, command, expected config, lines formatter)
     "bench": ("bench", "python -m experiments.bench --quick", {"quick": True, "precision": "float32"}, bench_table),
     "bench_lstm": ("bench_lstm", "python -m experiments.bench --quick --cell lstm",
@@ -365,6 +376,8 @@ WHOLE = {  # tables that are one run's rows: (run, command, expected config, lin
                   {"quick": True, "precision": "float32", "cell": "gru", "time_budget_s": None}, bench_table),
     "deer": ("bench_deer", "python -m experiments.bench --deer --quick --time-budget 240",
              {"quick": True, "time_budget_s": 240}, deer_table),
+    "crossover": ("crossover", "python -m experiments.crossover --quick",
+                  {"grid": {"lengths": [256, 1024, 4096], "hiddens": [64, 256], "batches": [1, 16]}}, crossover_table),
 }
 
 
@@ -557,7 +570,9 @@ def build(name: str, runs: Path) -> tuple[list[str], list[str]]:
             try:
                 notes = Footnotes()
                 mark = notes.mark(r)
-                unit = ("ms per call, compiling excluded" if name == "deer" else "µs per training step unless noted")
+                unit = {"deer": "ms per call, compiling excluded",
+                        "crossover": "ms per forward+backward of a 2-layer model, min of interleaved rounds, "
+                                     "compiling excluded"}.get(name, "µs per training step unless noted")
                 head = f"`{command}` {mark}, {r['wall_time_s']:.0f} s ({unit}):"
                 return [head, "", *fmt(r), "", *notes.lines()], []
             except MALFORMED as e:
