@@ -111,7 +111,7 @@ def test_parallel_in_time_methods_give_a_bidirectional_model_the_sequential_stat
     model, p, x, _, carry = _problem("gru", seed=3)
     want, _ = model.hidden(p, x, carry, mask=MASK)
     for method in ("deer", "elk"):
-        got, _ = model.hidden(p, x, carry, mask=MASK, method=method)
+        got, _ = model.hidden(p, x, carry, mask=MASK, grad=jrnn.Parallel(method))
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10, err_msg=method)
 
 

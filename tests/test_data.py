@@ -147,9 +147,9 @@ def test_batching_helpers_refuse_bad_arguments_and_accept_numpy_integers():
     with pytest.raises(ValueError, match="1-D"):
         data.streams(np.zeros((10, 10), np.int32), 2, 2)
     with pytest.raises(ValueError, match="bucket must be >= 1"):
-        data.pad_batch([[1, 2]], bucket=0)
+        data.pad([[1, 2]], bucket=0, time_major=False)
     with pytest.raises(TypeError, match="length must be an integer"):
-        data.pad_batch([[1, 2]], length=2.5)
+        data.pad([[1, 2]], length=2.5, time_major=False)
     assert data.bucket_length(np.int64(33), 32) == 64
 
 
@@ -225,13 +225,13 @@ def test_streams_and_chunks_refuse_what_is_not_token_ids(ids, err):
     ([[1, 2], [1]], {"pad_id": 1.5}, TypeError),             # was truncated to 1
     ([[1, 2], [1]], {"pad_id": True}, TypeError),
 ])
-def test_pad_batch_refuses_ids_it_would_change(seqs, kw, err):
+def test_pad_refuses_ids_it_would_change(seqs, kw, err):
     with pytest.raises(err):
-        data.pad_batch(seqs, **kw)
+        data.pad(seqs, **kw, time_major=False)
 
 
-def test_pad_batch_accepts_numpy_integer_ids_and_pad_id():
-    ids, mask = data.pad_batch([np.array([3, 4], np.int64), [5]], pad_id=np.int32(7))
+def test_pad_accepts_numpy_integer_ids_and_pad_id():
+    ids, mask = data.pad([np.array([3, 4], np.int64), [5]], pad_id=np.int32(7), time_major=False)
     assert ids.tolist() == [[3, 4], [5, 7]] and mask.tolist() == [[True, True], [True, False]]
 
 
@@ -243,15 +243,15 @@ def test_text_where_token_ids_are_expected_is_a_named_type_error():
     with pytest.raises(TypeError, match="got text"):
         data.streams("abcdef", 1, 2)
     with pytest.raises(TypeError, match="sequence 1 is text"):
-        data.pad_batch([[1, 2], "ab"])
+        data.pad([[1, 2], "ab"], time_major=False)
     with pytest.raises(TypeError, match="got text"):
-        data.pad_batch("abc")
+        data.pad("abc", time_major=False)
     with pytest.raises(TypeError, match="decode bytes with jrnn.data.decode_text"):
         data.build_vocab(b"abc")
     with pytest.raises(ValueError, match="empty text"):
         data.build_vocab("")
     with pytest.raises(TypeError, match="raw bytes"):
         data.decode_text("ab")
-    ids, mask = data.pad_batch(iter([[1, 2], np.array([3])]))   # any iterable, ragged
+    ids, mask = data.pad(iter([[1, 2], np.array([3])]), time_major=False)   # any iterable, ragged
     np.testing.assert_array_equal(ids, [[1, 2], [3, 0]])
     np.testing.assert_array_equal(mask, [[True, True], [True, False]])

@@ -31,9 +31,9 @@ def test_remat_and_full_window_tbptt_equal_the_plain_loss_with_mask_and_dropout(
     kw = dict(mask=MASK, dropout=0.4, key=jax.random.key(7))
     vg = lambda **extra: jax.value_and_grad(lambda p: model.loss(p, x, y, **kw, **extra)[0])(p)
     plain = vg()
-    assert_trees_close(vg(remat=True), plain, rtol=1e-12, what="remat")
-    assert_trees_close(vg(k1=1, k2=T), plain, rtol=1e-12, what="TBPTT(1, T)")
-    np.testing.assert_allclose(vg(k1=2, k2=3)[0], plain[0], rtol=1e-12)
+    assert_trees_close(vg(grad=jrnn.Remat()), plain, rtol=1e-12, what="remat")
+    assert_trees_close(vg(grad=jrnn.TBPTT(1, T)), plain, rtol=1e-12, what="TBPTT(1, T)")
+    np.testing.assert_allclose(vg(grad=jrnn.TBPTT(2, 3))[0], plain[0], rtol=1e-12)
 
 
 @pytest.mark.slow   # every loss path compiled in bfloat16, 9 s: test_model's bfloat16 carry test is the default case
