@@ -23,6 +23,7 @@ def test_crossovers_are_the_smallest_t_from_which_every_larger_t_won():
     assert table["dense"] == [(1, 8, None)]
 
 
+@pytest.mark.slow   # compiles DEER for two cells: the crossovers rule above is the default case
 def test_a_run_prints_the_table_writes_results_plot_and_the_crossover_module(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(crossover, "QUICK", dict(lengths=(8, 16), hiddens=(4,), batches=(1,)))
     table_file = tmp_path / "crossovers.py"

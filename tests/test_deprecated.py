@@ -50,7 +50,7 @@ def test_the_losss_old_keywords_warn_and_give_the_same_value_and_gradient(old, n
 @pytest.mark.parametrize("old,new", [
     (dict(remat=True), dict(grad=jrnn.Remat())),
     (dict(method="deer"), dict(grad=jrnn.Parallel("deer"))),
-    (dict(method="quasi_elk"), dict(grad=jrnn.Parallel("quasi_elk"))),
+    pytest.param(dict(method="quasi_elk"), dict(grad=jrnn.Parallel("quasi_elk")), marks=pytest.mark.slow),
     (dict(method="sequential"), dict()),
     (dict(method="auto"), dict()),
 ], ids=["remat", "deer", "quasi_elk", "sequential", "auto"])

@@ -465,7 +465,8 @@ def _pair_cell():
 
 
 @pytest.mark.parametrize("make", [_diag_cell, _pair_cell], ids=["diagonal", "2x2 blocks"])
-@pytest.mark.parametrize("method", ["deer", "quasi_deer", "elk", "quasi_elk"])
+@pytest.mark.parametrize("method", ["deer", pytest.param("quasi_deer", marks=pytest.mark.slow),
+                                    pytest.param("elk", marks=pytest.mark.slow), "quasi_elk"])
 def test_a_structured_cells_parallel_states_and_gradients_equal_the_scan_to_1e8_in_x64(make, method):
     cell = make()
     p = cell.init(jax.random.key(0), 3, 5, jnp.float64)

@@ -62,6 +62,7 @@ def _run(out, *extra):
             "--sample-len", "20", "--quiet", "--out", str(out), *extra]
 
 
+@pytest.mark.slow   # trains twice (a kill and a resume): the split and validation tests are the default case
 def test_recipe_smoke_writes_results_plot_best_checkpoint_and_resumes_the_same_curve(data_dir, tmp_path, monkeypatch):
     """charlm --recipe shakespeare-char, a few steps of a tiny model: results.json (config, best
     validation and when, parameters, device), the plot, the best params; a run killed after its

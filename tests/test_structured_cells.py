@@ -222,7 +222,7 @@ def test_padding_never_changes_real_steps_and_reverse_is_length_aware(name, reve
         assert_trees_close(cr, cf, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n if n == "paragru" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_two_layer_stack_and_bidirectional_equal_their_single_layers(name):
     cell = cells.get(name)
     p1, p2 = _cell_problem(name, seed=1)[1], cell.init(jax.random.key(2), H, H, jnp.float64)
@@ -261,7 +261,7 @@ def test_parallel_states_and_gradients_equal_the_sequential_scan_with_masks(name
     assert_trees_close(f(jrnn.Parallel("deer")), f(None), rtol=1e-8)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n if n == "paralstm" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_dropout_is_keyed_and_the_same_under_every_strategy(name):
     model, p, x, y, _ = _problem(name, 8, seed=7, layers=2)
     key = jax.random.key(1)
@@ -272,7 +272,7 @@ def test_dropout_is_keyed_and_the_same_under_every_strategy(name):
     np.testing.assert_allclose(loss(jrnn.TBPTT(8, 8)), plain, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n if n == "mingru" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_generate_reads_the_prime_and_feeds_back_what_it_samples(name):
     model, p, _, _, _ = _problem(name, 1, seed=8, layers=2)
     prime = np.array([1, 4, 2])
@@ -284,7 +284,7 @@ def test_generate_reads_the_prime_and_feeds_back_what_it_samples(name):
     assert_trees_close(carry, want, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n if n == "paragru" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_one_training_step_is_the_sgd_update_of_the_loss_gradient(name):
     model, p, _, _, _ = _problem(name, 1, seed=9)
     rng = np.random.RandomState(9)
@@ -299,7 +299,7 @@ def test_one_training_step_is_the_sgd_update_of_the_loss_gradient(name):
     assert_trees_close(carry, final, rtol=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n if n == "paralstm" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_a_checkpoint_round_trip_gives_back_the_params_and_carry(name, tmp_path):
     model, p, _, _, carry = _problem(name, 1, seed=10)
     run = checkpoint.start_run(tmp_path)
