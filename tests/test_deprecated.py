@@ -49,7 +49,7 @@ def test_the_losss_old_keywords_warn_and_give_the_same_value_and_gradient(old, n
 
 @pytest.mark.parametrize("old,new", [
     (dict(remat=True), dict(grad=jrnn.Remat())),
-    (dict(method="deer"), dict(grad=jrnn.Parallel("deer"))),
+    pytest.param(dict(method="deer"), dict(grad=jrnn.Parallel("deer")), marks=pytest.mark.slow),
     pytest.param(dict(method="quasi_elk"), dict(grad=jrnn.Parallel("quasi_elk")), marks=pytest.mark.slow),
     (dict(method="sequential"), dict()),
     (dict(method="auto"), dict()),

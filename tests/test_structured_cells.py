@@ -251,7 +251,7 @@ def test_padding_nan_features_leave_the_mingru_scan_gradient_finite():
 
 
 # by default the 2 x 2 block cell only (the costliest solver compile); the others in the full suite
-@pytest.mark.parametrize("name", [n if n == "paralstm" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
+@pytest.mark.parametrize("name", [n if n == "mingru" else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
 def test_parallel_states_and_gradients_equal_the_sequential_scan_with_masks(name):
     model, p, _, _, _ = _problem(name, 1, seed=6)
     rng = np.random.RandomState(6)
