@@ -80,6 +80,13 @@ def boolean(name: str, value) -> bool:
     return bool(value)
 
 
+def as_given(shape, time_major: bool) -> tuple:
+    """A time-major `shape` as the caller laid it out: itself, or its two leading axes swapped
+    for batch-first data, so an error names the shapes the caller passed and must pass."""
+    shape = tuple(shape)
+    return shape if time_major or len(shape) < 2 else (shape[1], shape[0], *shape[2:])
+
+
 def mask01(mask) -> None:
     """A concrete mask (`[T, ...]`, any shape) must hold only 0 and 1 (True/False): 0.5 is not a
     step and a half. A traced mask is read as bool (nonzero = real step) by every consumer."""

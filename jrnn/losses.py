@@ -169,12 +169,6 @@ def per_step(loss):
     return loss
 
 
-def _as_given(shape, time_major: bool) -> tuple:
-    """A time-major shape as a batch-first caller laid it out (its two leading axes swapped)."""
-    shape = tuple(shape)
-    return shape if time_major or len(shape) < 2 else (shape[1], shape[0], *shape[2:])
-
-
 def check_targets(loss, targets, lead: tuple, num_outputs: int, dtype=jnp.float32, *, time_major: bool = True):
     """`targets` for the per-step `loss` over steps of shape `lead` (`[T, ...]`), checked on the
     host before anything is traced, and returned as an array: class ids of shape `lead` in
@@ -188,7 +182,7 @@ def check_targets(loss, targets, lead: tuple, num_outputs: int, dtype=jnp.float3
             raise ValueError(f"time_major=False takes batch-first targets [B, T, ...], got shape "
                              f"{tuple(np.shape(targets))}")
         targets = jnp.swapaxes(targets, 0, 1) if isinstance(targets, jax.Array) else np.swapaxes(targets, 0, 1)
-    given = lambda s: _as_given(s, time_major)   # shapes as the caller laid them out
+    given = lambda s: checks.as_given(s, time_major)   # shapes as the caller laid them out
     steps = "[T, ...]" if time_major else "[B, T, ...]"
     lead, shape = tuple(lead), tuple(np.shape(targets))
     fn = per_step(loss)

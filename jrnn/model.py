@@ -347,7 +347,7 @@ def sequences(model: Model, inputs, mask=None, lengths=None, *, time_major: bool
                                        else " (time-major data? drop time_major=False)")
     if mask is not None:
         # checked as given: an error names the shapes in the caller's layout
-        want = rnn.as_given((T, *batch), time_major)
+        want = checks.as_given((T, *batch), time_major)
         if tuple(np.shape(mask)) != want:
             raise ValueError(f"mask must have shape {want} ({'[T, ...]' if time_major else '[B, T, ...]'}), got "
                              f"{tuple(np.shape(mask))}: one entry per step of the inputs" + other)

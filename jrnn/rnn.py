@@ -191,13 +191,6 @@ def time_major_view(x, time_major: bool):
     return jnp.swapaxes(x, 0, 1) if isinstance(x, jax.Array) else np.swapaxes(x, 0, 1)
 
 
-def as_given(shape, time_major: bool) -> tuple:
-    """A time-major `shape` as the caller laid it out: itself, or its two leading axes swapped
-    for batch-first data, so an error names the shapes the caller passed and must pass."""
-    shape = tuple(shape)
-    return shape if time_major or len(shape) < 2 else (shape[1], shape[0], *shape[2:])
-
-
 def time_major_inputs(inputs, time_major: bool):
     """Inputs time-major (`time_major_view`): batch-first ones must have their batch axis, ids
     `[B, T, ...]`, features `[B, T, ..., D]`. A `[T, D]` feature sequence is time-major already;
@@ -638,9 +631,9 @@ def run(cell, params, inputs, carry=None, *, grad=None, mask=None, reverse: bool
         mask = jnp.asarray(mask, bool)
         steps = inputs.shape if jnp.issubdtype(inputs.dtype, jnp.integer) else inputs.shape[:-1]
         if mask.shape != steps:   # checked before the padding is zeroed (a broadcast error there)
-            raise ValueError(f"mask must have the inputs' steps' shape {as_given(steps, time_major)} "
+            raise ValueError(f"mask must have the inputs' steps' shape {checks.as_given(steps, time_major)} "
                              f"({'[T, ...]' if time_major else '[B, T, ...]: time_major=False, both batch-first'}), "
-                             f"got {as_given(mask.shape, time_major)}")
+                             f"got {checks.as_given(mask.shape, time_major)}")
     inputs = zero_padding(inputs, mask)
     us = cell.project(params, inputs)
     carry = check_carry(cell, params, carry, us.shape[1:-1])
